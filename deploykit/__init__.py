@@ -1,0 +1,30 @@
+"""deploykit: hardware-aware deployment of BERT-family text models.
+
+    import deploykit as dk
+    result = dk.build("minilm-l6", target="intel-cpu", data="reviews.jsonl")
+    result.artifact.path, result.metrics.latency_ms.p50, result.metrics.accuracy_drop
+
+Heavy frameworks (TensorFlow, OpenVINO) load only when a build or profile runs.
+"""
+
+__version__ = "0.1.0"
+
+from deploykit.errors import DeployKitError, GateFailure  # noqa: E402
+from deploykit.targets import list_targets, load_target  # noqa: E402
+
+
+def build(*args, **kwargs):
+    """Build one target; see `deploykit.build.build`."""
+    from deploykit.build import build as _build
+
+    return _build(*args, **kwargs)
+
+
+def build_targets(*args, **kwargs):
+    """Build several targets; see `deploykit.build.build_targets`."""
+    from deploykit.build import build_targets as _build_targets
+
+    return _build_targets(*args, **kwargs)
+
+
+__all__ = ["build", "build_targets", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

@@ -1,0 +1,106 @@
+"""The common interface of exporters/runtimes, and their registry.
+
+A backend is one module `deploykit/backends/<runtime>.py` holding one `Backend`
+subclass whose `name` is the runtime named in target YAML files. Everything
+vendor-specific stays in that module; the rest of deploykit calls `export` and
+`load`. Runtime modules import their vendor packages lazily, so that the
+profiling worker can load an artifact without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from deploykit.errors import DeployKitError
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass
+class Runner:
+    """A loaded artifact: call it on one batch-1 example; `facts` says how the runtime runs it."""
+
+    run: Callable[[Inputs], np.ndarray]
+    facts: dict = field(default_factory=dict)
+
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        return self.run(inputs)
+
+
+@dataclass
+class ExportedArtifact:
+    """Files a backend wrote, and how to run them as intended."""
+
+    path: Path  # the file a runtime opens
+    files: list[Path]  # every file of the model (e.g. .xml and .bin)
+    format: str
+    precision: str
+    method: str  # how it was produced, in words, for the plan and the report
+    runtime_config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an exporter needs to know beyond the model: the target's constraints and the calibration data."""
+
+    calibration: list[Inputs]
+    integer_only: bool = False
+    integer_io: bool = False
+
+
+class Backend:
+    """One exporter + runtime. Subclasses register themselves under `name`."""
+
+    name: ClassVar[str]
+    format: ClassVar[str]
+    precisions: ClassVar[dict[str, str]]  # precision -> how this backend produces it
+    registry: ClassVar[dict[str, type["Backend"]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Backend.registry[cls.name] = cls
+
+    def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
+        """Convert the SavedModel at `saved_model` into `folder` at `precision`."""
+        raise NotImplementedError
+
+    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+        """Load the artifact with the runtime, ready to run batch-1 examples."""
+        raise NotImplementedError
+
+    def describe(self, precision: str) -> str:
+        if precision not in self.precisions:
+            raise DeployKitError(
+                f"precision {precision!r} is not available on the {self.name} backend; "
+                f"choose one of {', '.join(self.precisions)}."
+            )
+        return self.precisions[precision]
+
+
+def get_backend(runtime: str) -> Backend:
+    """The backend for a runtime name; a runtime without an exporter is a clear error."""
+    if runtime not in Backend.registry:
+        try:
+            importlib.import_module(f"deploykit.backends.{runtime}")
+        except ModuleNotFoundError as error:
+            if error.name != f"deploykit.backends.{runtime}":
+                raise DeployKitError(
+                    f"the {runtime} backend needs the package {error.name!r}; install it and retry."
+                )
+    if runtime not in Backend.registry:
+        available = sorted(_available_runtimes())
+        raise DeployKitError(
+            f"deploykit has no exporter for the {runtime!r} runtime yet; targets on "
+            f"{', '.join(available)} can be built today."
+        )
+    return Backend.registry[runtime]()
+
+
+def _available_runtimes() -> list[str]:
+    folder = Path(__file__).parent
+    return [p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base")]

@@ -1,0 +1,68 @@
+"""LiteRT (TFLite): export with the TFLite converter, run with ai-edge-litert's interpreter (XNNPACK)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
+
+
+class LiteRTBackend(Backend):
+    name = "litert"
+    format = "tflite"
+    precisions = {
+        "fp32": "TFLiteConverter, float32",
+        "fp16": "TFLiteConverter, float16 weights (Optimize.DEFAULT, supported_types=[float16])",
+        "dynamic-int8": "TFLiteConverter dynamic-range int8 (Optimize.DEFAULT): int8 weights, activations quantized at run time",
+        "int8": "TFLiteConverter full-integer int8 with a representative dataset (calibration samples)",
+    }
+
+    def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
+        import tensorflow as tf
+
+        method = self.describe(precision)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        if precision == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif precision == "dynamic-int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif precision == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            samples = options.calibration
+            converter.representative_dataset = lambda: (dict(sample) for sample in samples)
+            if options.integer_only:
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                method += ", integer-only ops"
+            else:
+                converter.target_spec.supported_ops = [
+                    tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                    tf.lite.OpsSet.TFLITE_BUILTINS,
+                ]
+            if options.integer_io:
+                converter.inference_output_type = tf.int8
+                method += ", int8 output"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.tflite"
+        path.write_bytes(converter.convert())
+        return ExportedArtifact(path=path, files=[path], format=self.format, precision=precision, method=method)
+
+    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        runner = interpreter.get_signature_runner()
+        output_details = runner.get_output_details()
+        (output_name,) = output_details
+        scale, zero_point = output_details[output_name]["quantization"]
+
+        def run(inputs: Inputs) -> np.ndarray:
+            output = runner(**inputs)[output_name]
+            if output.dtype != np.float32 and scale:
+                return (output.astype(np.float32) - zero_point) * scale
+            return output
+
+        return Runner(run, {"input_types": {k: v["dtype"].__name__ for k, v in runner.get_input_details().items()},
+                            "output_type": output_details[output_name]["dtype"].__name__})

@@ -1,0 +1,340 @@
+"""Runs builds: load model and data once, then per target export, validate, profile and report.
+
+Each target's output is assembled in a hidden staging folder beside the final one
+and renamed into place only when complete, so a failed build leaves no
+half-written target folder. A build that misses a quality gate is complete: its
+folder is written and its result says `passed=False` (the CLI exits with 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, get_backend
+from deploykit.data import DEFAULT_DATA, DataSplit, choose_sequence_length, load_dataset, split_dataset
+from deploykit.errors import DeployKitError
+from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
+from deploykit.models import ModelBundle, load_model
+from deploykit.planner import BASELINE_PRECISION, Gates, Plan, choose_precision, make_plan
+from deploykit.profiling.local import ProfileSettings, profile_artifact
+from deploykit.progress import StepLog
+from deploykit.report.assemble import assemble_report
+from deploykit.report.manifest import write_manifest
+from deploykit.report.markdown import render_markdown
+from deploykit.targets import Target, resolve_targets
+
+DEFAULT_MODEL = "minilm-l6"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Every knob of a build; the defaults are what `deploykit build` does without flags."""
+
+    out: Path = Path("dist")
+    precision: str | None = None  # None: the target's preferred precision
+    sequence_length: int | None = None  # None: chosen from the data
+    sequence_length_percentile: float = 99.0
+    max_accuracy_drop: float | None = None  # None: the target's budget
+    min_cosine: float | None = None  # None: the target's budget
+    calibration_samples: int = 300
+    evaluation_samples: int = 500
+    profile: ProfileSettings = ProfileSettings()
+    seed: int = 0
+
+
+class View:
+    """Attribute access over a report's nested dicts: `result.metrics.latency_ms.p50`."""
+
+    def __init__(self, data: dict):
+        self._data = data
+
+    def __getattr__(self, name: str):
+        try:
+            value = self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return View(value) if isinstance(value, dict) else value
+
+    def __repr__(self) -> str:
+        return f"View({self._data!r})"
+
+
+@dataclass
+class BuildResult:
+    """One target's outcome: where its files are and what report.json says."""
+
+    target: str
+    folder: Path
+    report: dict
+
+    @property
+    def passed(self) -> bool:
+        return self.report["gates"]["passed"]
+
+    @property
+    def artifact(self) -> View:
+        return View({**self.report["artifact"], "path": self.folder / self.report["artifact"]["path"]})
+
+    @property
+    def metrics(self) -> View:
+        return View(self.report["metrics"])
+
+
+@dataclass
+class _Reference:
+    """What the original Keras model does on the evaluation samples at one sequence length."""
+
+    saved_model: Path
+    outputs: np.ndarray
+    accuracy: float | None
+
+
+@dataclass
+class _Measured:
+    """An exported model with its validation and profiling results."""
+
+    artifact: ExportedArtifact
+    quality: dict
+    profile: dict
+
+
+@dataclass
+class BuildSession:
+    """Shares the model, data, reference outputs and fp32 baselines between the targets of one build."""
+
+    bundle: ModelBundle
+    split: DataSplit
+    sequence_length: int
+    sequence_length_reason: str
+    options: BuildOptions
+    log: StepLog
+    workdir: Path
+    _reference: _Reference | None = None
+    _baselines: dict = field(default_factory=dict)
+    _encoded: dict = field(default_factory=dict)
+
+    def encoded(self, which: str) -> Inputs:
+        if which not in self._encoded:
+            dataset = getattr(self.split, which)
+            self._encoded[which] = self.bundle.encode(dataset.texts, self.sequence_length)
+        return self._encoded[which]
+
+    def label_ids(self, classes: int) -> tuple[np.ndarray | None, str | None]:
+        labels = self.split.evaluation.labels
+        if self.bundle.task != "classification" or labels is None:
+            return None, None
+        return label_ids(labels, self.bundle.class_names, classes)
+
+    def reference(self) -> _Reference:
+        if self._reference is None:
+            with self.log.step("reference", "Running the original Keras model on the evaluation samples"):
+                model = self.bundle.deployment_model(self.sequence_length)
+                outputs = self.bundle.predict(self.encoded("evaluation"), model=model)
+                ids, _ = self.label_ids(outputs.shape[-1])
+                original_accuracy = accuracy(outputs, ids) if ids is not None else None
+            with self.log.step("saved_model", "Tracing the model to a SavedModel"):
+                saved_model = self.workdir / f"saved_model_{self.sequence_length}"
+                self.bundle.write_saved_model(saved_model, self.sequence_length)
+            self._reference = _Reference(saved_model, outputs, original_accuracy)
+        return self._reference
+
+    def quality(self, outputs: np.ndarray) -> dict:
+        """Fidelity against the original and, with labels, accuracy."""
+        reference = self.reference()
+        if self.bundle.task == "embedding":
+            fidelity = embedding_fidelity(reference.outputs, outputs)
+        else:
+            fidelity = classification_fidelity(reference.outputs, outputs)
+        ids, _ = self.label_ids(outputs.shape[-1])
+        return {"fidelity": fidelity, "accuracy": accuracy(outputs, ids) if ids is not None else None}
+
+    def measure(self, backend: Backend, artifact: ExportedArtifact, threads: int, label: str) -> _Measured:
+        with self.log.step(f"validate_{label}", f"Validating the {label} artifact on {len(self.split.evaluation)} samples"):
+            runner = backend.load(artifact.path, threads, artifact.runtime_config)
+            quality = self.quality(run_examples(runner, self.encoded("evaluation")))
+        sample = {name: values[:1] for name, values in self.encoded("evaluation").items()}
+        runs = self.options.profile.runs
+        with self.log.step(f"profile_{label}", f"Profiling the {label} artifact ({runs} runs, {threads} threads)"):
+            profile = profile_artifact(
+                backend.name, artifact.path, artifact.runtime_config, sample, threads, self.options.profile
+            )
+        return _Measured(artifact, quality, profile)
+
+    def export_options(self, target: Target) -> ExportOptions:
+        calibration = self.encoded("calibration")
+        samples = [{name: values[i:i + 1] for name, values in calibration.items()} for i in range(len(self.split.calibration))]
+        return ExportOptions(calibration=samples, integer_only=target.integer_only, integer_io=target.integer_io)
+
+    def baseline(self, backend: Backend, target: Target, threads: int) -> _Measured:
+        key = (backend.name, threads)
+        if key not in self._baselines:
+            folder = self.workdir / f"baseline_{backend.name}_{threads}"
+            with self.log.step("export_baseline", f"Exporting the fp32 {backend.name} baseline"):
+                artifact = backend.export(self.reference().saved_model, BASELINE_PRECISION, self.export_options(target), folder)
+            self._baselines[key] = self.measure(backend, artifact, threads, f"fp32 {backend.name} baseline")
+        return self._baselines[key]
+
+    def gates(self, target: Target) -> Gates:
+        budgets = target.budgets
+        return Gates(
+            max_accuracy_drop=_first_set(self.options.max_accuracy_drop, budgets.max_accuracy_drop),
+            min_cosine=_first_set(self.options.min_cosine, budgets.min_cosine),
+        )
+
+    def plan(self, target: Target) -> tuple[Backend, Plan]:
+        backend = get_backend(target.runtime)
+        precision = choose_precision(target, backend, self.options.precision)
+        plan = make_plan(
+            target, backend, precision, self.sequence_length, self.sequence_length_reason,
+            len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
+        )
+        return backend, plan
+
+    def build_target(self, target: Target) -> BuildResult:
+        backend, plan = self.plan(target)
+        self.log.info(f"\n[bold]Plan for {target.name}[/] ({target.device}):")
+        for line in plan.lines():
+            self.log.info(f"  {line}")
+        threads = plan.steps[-1]["threads"]
+        out = self.options.out
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
+        try:
+            reference = self.reference()
+            with self.log.step("export", f"Exporting {plan.precision} {backend.format} for {target.name}"):
+                artifact = backend.export(reference.saved_model, plan.precision, self.export_options(target), staging)
+            measured = self.measure(backend, artifact, threads, f"{plan.precision} {backend.name}")
+            baseline = self.baseline(backend, target, threads)
+            self.bundle.write_tokenizer(staging, self.sequence_length)
+            report = assemble_report(
+                target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
+                artifact=measured, baseline=baseline, original_accuracy=reference.accuracy,
+                label_mapping=self.label_ids(reference.outputs.shape[-1])[1], timings=self.log.seconds,
+            )
+            (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            (staging / "report.md").write_text(render_markdown(report))
+            write_manifest(staging)
+            final = out / target.name
+            _replace_folder(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        result = BuildResult(target.name, final, report)
+        for check in report["gates"]["checks"]:
+            if not check["passed"]:
+                self.log.info(f"[red]✗ gate {check['name']}: {check['value']:.4f} misses the limit {check['limit']}[/]")
+        return result
+
+
+def _first_set(*values):
+    return next(v for v in values if v is not None)
+
+
+def _replace_folder(staging: Path, final: Path) -> None:
+    """Move a finished staging folder into place, replacing an older build of the same target."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    staging.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_session(
+    model: str | Path | None,
+    data: str | Path | None,
+    eval_data: str | Path | None,
+    options: BuildOptions,
+    log: StepLog,
+    workdir: Path,
+    task: str | None = None,
+    tokenizer: str | Path | None = None,
+) -> BuildSession:
+    """Load data and model, split, and choose the sequence length, failing early on bad input."""
+    dataset = load_dataset(data or DEFAULT_DATA)
+    evaluation = load_dataset(eval_data) if eval_data else None
+    with log.step("load_model", f"Loading model {model or DEFAULT_MODEL}"):
+        bundle = load_model(model or DEFAULT_MODEL, task=task, tokenizer=tokenizer)
+    split = split_dataset(dataset, evaluation, options.calibration_samples, options.evaluation_samples, options.seed)
+    if options.sequence_length is not None:
+        bundle.check_sequence_length(options.sequence_length)
+        length, reason = options.sequence_length, "--sequence-length"
+    else:
+        texts = dataset.texts + (evaluation.texts if evaluation else [])
+        lengths = bundle.token_lengths(texts)
+        length = choose_sequence_length(lengths, bundle.max_sequence_length, options.sequence_length_percentile)
+        reason = (
+            f"p{options.sequence_length_percentile:g} of {len(texts)} token lengths "
+            f"({np.percentile(lengths, options.sequence_length_percentile):.0f}) rounded up to a multiple of 8, "
+            f"capped at {bundle.max_sequence_length}"
+        )
+    return BuildSession(bundle, split, length, reason, options, log, workdir)
+
+
+def build_targets(
+    model: str | Path | None = None,
+    targets: str = "intel-cpu",
+    data: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    options: BuildOptions = BuildOptions(),
+    task: str | None = None,
+    tokenizer: str | Path | None = None,
+    log: StepLog | None = None,
+) -> list[BuildResult]:
+    """Build every target in a comma-separated list ('all' for the whole registry)."""
+    log = log or StepLog()
+    resolved = resolve_targets(targets)
+    for target in resolved:  # fail before any work when a target cannot be built at all
+        choose_precision(target, get_backend(target.runtime), options.precision)
+    _check_sizes(options)
+    out_existed = options.out.exists()
+    try:
+        with tempfile.TemporaryDirectory(prefix="deploykit-build-") as workdir:
+            session = prepare_session(model, data, eval_data, options, log, Path(workdir), task, tokenizer)
+            log.info(
+                f"Model: {session.bundle.source} ({session.bundle.task}); data: {len(session.split.calibration)} "
+                f"calibration, {len(session.split.evaluation)} evaluation samples; sequence length "
+                f"{session.sequence_length} ({session.sequence_length_reason})."
+            )
+            return [session.build_target(target) for target in resolved]
+    except BaseException:
+        if not out_existed and options.out.is_dir() and not any(options.out.iterdir()):
+            options.out.rmdir()
+        raise
+
+
+def _check_sizes(options: BuildOptions) -> None:
+    for name in ("calibration_samples", "evaluation_samples"):
+        if getattr(options, name) < 1:
+            raise DeployKitError(f"{name} must be at least 1, got {getattr(options, name)}.")
+    if options.profile.runs < 1 or options.profile.warmup < 0:
+        raise DeployKitError("profiling needs runs >= 1 and warmup >= 0.")
+
+
+def build(
+    model: str | Path | None = None,
+    target: str = "intel-cpu",
+    data: str | Path | None = None,
+    **kwargs,
+) -> BuildResult:
+    """Build one target: `dk.build("./my-bert", target="intel-cpu", data="reviews.jsonl")`.
+
+    Keyword arguments: `eval_data`, `task`, `tokenizer`, `options` (a BuildOptions),
+    `log` (a StepLog), or any BuildOptions field (e.g. `precision="fp16"`, `out="dist"`).
+    """
+    if "," in target or target == "all":
+        raise DeployKitError("build() takes one target; use build_targets() for a list or 'all'.")
+    fields = BuildOptions.__dataclass_fields__
+    option_values = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    if "out" in option_values:
+        option_values["out"] = Path(option_values["out"])
+    options = kwargs.pop("options", None) or BuildOptions(**option_values)
+    return build_targets(model, target, data, options=options, **kwargs)[0]

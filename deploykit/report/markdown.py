@@ -1,0 +1,71 @@
+"""report.md: the build report for people, rendered from report.json's content."""
+
+from __future__ import annotations
+
+
+def _number(value, digits: int = 3, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _megabytes(size: int | None) -> str:
+    return "–" if size is None else f"{size / 1e6:.2f} MB"
+
+
+def render_markdown(report: dict) -> str:
+    artifact, baseline, metrics = report["artifact"], report["baseline"], report["metrics"]
+    fidelity, base_fidelity = metrics["fidelity"], baseline["fidelity"]
+    model = report["model"]
+    lines = [
+        f"# deploykit build: {report['target']}",
+        "",
+        f"Model `{model['source']}` ({model['task']}, sequence length {model['sequence_length']}) → "
+        f"`{artifact['path']}` ({artifact['format']}, {artifact['precision']}).",
+        "",
+        f"**Gates: {'passed' if report['gates']['passed'] else 'FAILED'}**",
+        "",
+        "| | baseline | artifact | ratio |",
+        "|---|---|---|---|",
+        f"| precision | {baseline['precision']} | {artifact['precision']} | |",
+        f"| size | {_megabytes(baseline['bytes'])} | {_megabytes(artifact['bytes'])} | {_number(metrics['size_ratio_vs_baseline'], 3, '×')} |",
+    ]
+    for key in ("p50", "p90", "p99"):
+        lines.append(
+            f"| latency {key} | {_number(baseline['latency_ms'][key], 2, ' ms')} | "
+            f"{_number(metrics['latency_ms'][key], 2, ' ms')} | "
+            + (f"{_number(metrics['speedup_vs_baseline'], 2, '× faster')} |" if key == "p50" else "|")
+        )
+    lines += [
+        f"| throughput | {_number(baseline['latency_ms']['throughput_per_s'], 1, '/s')} | {_number(metrics['latency_ms']['throughput_per_s'], 1, '/s')} | |",
+        f"| peak RSS | {_number(baseline['peak_rss_mb'], 1, ' MB')} | {_number(metrics['peak_rss_mb'], 1, ' MB')} | |",
+        f"| cosine vs original (mean / min) | {_number(base_fidelity['cosine_mean'], 4)} / {_number(base_fidelity['cosine_min'], 4)} | "
+        f"{_number(fidelity['cosine_mean'], 4)} / {_number(fidelity['cosine_min'], 4)} | |",
+        f"| agreement with original | {_number(base_fidelity['agreement'], 4)} | {_number(fidelity['agreement'], 4)} | |",
+        f"| accuracy | {_number(baseline['accuracy'], 4)} | {_number(metrics['accuracy'], 4)} | |",
+        "",
+        f"Original Keras model accuracy: {_number(metrics['original_accuracy'], 4)}; "
+        f"accuracy drop: {_number(metrics['accuracy_drop'], 2, ' points')}.",
+        "",
+        "## Gates",
+        "",
+    ]
+    for check in report["gates"]["checks"]:
+        verdict = "pass" if check["passed"] else "FAIL"
+        lines.append(f"- {check['name']}: {_number(check['value'], 4)} (limit {check['limit']}) — {verdict}")
+    if not report["gates"]["checks"]:
+        lines.append("- no gate applies (no labels and not an embedding model)")
+    lines += ["", "## Plan", ""]
+    for number, step in enumerate(report["plan"], 1):
+        details = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
+        lines.append(f"{number}. **{step['step']}**: {details}")
+    measured = report["measured_on"]
+    lines += ["", "## Where this was measured", "", measured["note"], ""]
+    lines += [
+        f"Data: `{report['data']['source']}`, {report['data']['calibration_samples']} calibration and "
+        f"{report['data']['evaluation_samples']} evaluation samples ({report['data']['evaluation_source']}).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,6 @@
+"""Process settings that must be in place before TensorFlow or Keras is imported."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,175 @@
+"""Hardware targets: the YAML schema and the registry that finds them.
+
+A target is one YAML file describing what a class of hardware runs fast. The
+built-in ones live in the repository's `targets/` folder; a user adds more by
+pointing `DEPLOYKIT_TARGETS` at one or more folders (separated by `os.pathsep`),
+whose files override built-ins of the same name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deploykit.errors import DeployKitError
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "dynamic-int8", "fp8", "int4-weights"]
+Runtime = Literal["litert", "openvino", "tensorrt"]
+Sparsity = Literal["none", "2:4", "unstructured"]
+
+BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_ENV = "DEPLOYKIT_TARGETS"
+
+
+class Budgets(BaseModel):
+    """Quality gates a build must pass on this target, overridable per build."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_accuracy_drop: float = Field(
+        1.0, ge=0, description="Largest allowed accuracy loss, in percentage points."
+    )
+    min_cosine: float = Field(
+        0.99, ge=-1, le=1, description="Smallest allowed mean cosine similarity of embeddings."
+    )
+
+
+class Target(BaseModel):
+    """One hardware profile, as written in `targets/<name>.yaml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    device: str = Field(description="The hardware this profile stands for, in words.")
+    runtime: Runtime
+    precisions: list[Precision] = Field(
+        min_length=1, description="Precisions the hardware runs fast, most preferred first."
+    )
+    integer_only: bool = Field(False, description="Every op must be integer (NPU, Edge TPU).")
+    integer_io: bool = Field(False, description="Float inputs/outputs become int8 too.")
+    static_shapes: bool = False
+    sparsity: list[Sparsity] = ["none"]
+    unsupported_ops: list[str] = []
+    max_tensor_dims: int | None = Field(None, ge=1)
+    memory_mb: int | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1, description="Profiling threads; null means all cores.")
+    host_match: str | None = Field(
+        None,
+        description="Regex over '<arch> <cpu model>'; when it matches, local profiling "
+        "runs on the target's own kind of device.",
+    )
+    profiling: Literal["local", "ssh", "adb"] = "local"
+    budgets: Budgets = Budgets()
+
+    @model_validator(mode="after")
+    def _integer_only_needs_int8(self) -> "Target":
+        if self.integer_only and self.precisions != ["int8"]:
+            raise ValueError("an integer_only target must list exactly precisions: [int8]")
+        return self
+
+    @property
+    def default_precision(self) -> Precision:
+        return self.precisions[0]
+
+    def profiling_threads(self) -> int:
+        """The target's thread count, never more than this host's cores (oversubscription only adds noise)."""
+        cores = os.cpu_count() or 1
+        return min(self.threads or cores, cores)
+
+    def matches_host(self) -> bool:
+        """True when this machine is an instance of the target's device class."""
+        if not self.host_match:
+            return False
+        return re.search(self.host_match, host_description()) is not None
+
+
+def host_description() -> str:
+    """'<arch> <cpu model name>' of this machine, e.g. 'x86_64 AMD EPYC 9654'."""
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {model}".strip()
+
+
+def target_dirs() -> list[Path]:
+    """Folders searched for targets, later ones overriding earlier ones."""
+    extra = [Path(p) for p in os.environ.get(TARGETS_ENV, "").split(os.pathsep) if p]
+    for folder in extra:
+        if not folder.is_dir():
+            raise DeployKitError(
+                f"{TARGETS_ENV} names {str(folder)!r}, which is not a folder; "
+                "point it at a folder of target YAML files."
+            )
+    return [BUILTIN_TARGETS_DIR, *extra]
+
+
+def load_target_file(path: Path) -> Target:
+    """Parse and validate one target YAML file, with a one-line error on any problem."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0]
+        raise DeployKitError(f"target file {path} is not readable YAML ({first}); fix its syntax.")
+    if not isinstance(raw, dict):
+        raise DeployKitError(f"target file {path} must hold a mapping of fields, got {type(raw).__name__}.")
+    raw.setdefault("name", path.stem)
+    if raw["name"] != path.stem:
+        raise DeployKitError(
+            f"target file {path} declares name {raw['name']!r}; it must match the file name {path.stem!r}."
+        )
+    try:
+        return Target.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in error.errors()
+        )
+        raise DeployKitError(f"target file {path} is invalid: {problems}.")
+
+
+def _target_files() -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for folder in target_dirs():
+        for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+            files[path.stem] = path
+    return files
+
+
+def list_targets() -> list[Target]:
+    """Every registered target, sorted by name."""
+    return [load_target_file(path) for _, path in sorted(_target_files().items())]
+
+
+def load_target(name: str) -> Target:
+    """The target called `name`; an unknown name errors with the closest known names."""
+    files = _target_files()
+    if name not in files:
+        close = difflib.get_close_matches(name, files, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise DeployKitError(
+            f"unknown target {name!r}.{hint} Known targets: {', '.join(sorted(files))} "
+            f"(add one as a YAML file in a folder named by {TARGETS_ENV})."
+        )
+    return load_target_file(files[name])
+
+
+def resolve_targets(names: str) -> list[Target]:
+    """Targets from a comma-separated list; 'all' means every registered target."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        raise DeployKitError("no target given; pass --target NAME (see `deploykit targets`).")
+    if wanted == ["all"]:
+        return list_targets()
+    return [load_target(name) for name in wanted]
