@@ -134,6 +134,11 @@ def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Pa
     """Load any supported model source; `task` overrides detection, `tokenizer` names a vocabulary."""
     if task is not None and task not in TASKS:
         raise DeployKitError(f"unknown task {task!r}; use one of {', '.join(TASKS)}.")
+    import keras
+
+    # Layer names end up in exported graphs; a fresh naming state makes the same
+    # model give byte-identical artifacts however many models this process loaded.
+    keras.backend.clear_session()
     name = str(source)
     if name in ALIASES:
         path = _alias_path(name)
@@ -302,7 +307,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
     import keras_hub
 
     try:
-        model = keras.saving.load_model(str(path), safe_mode=True)
+        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
     except Exception as error:
         raise DeployKitError(
             f"could not load {path} as a Keras model ({_first_line(error)}); pass a file written by model.save()."

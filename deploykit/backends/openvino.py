@@ -59,7 +59,7 @@ class OpenVINOBackend(Backend):
         def run(inputs: Inputs) -> np.ndarray:
             return np.array(request.infer(inputs)[output], copy=True)
 
-        return Runner(run, {"inference_precision": str(compiled.get_property(PRECISION_HINT))})
+        return Runner(run, {"inference_precision": compiled.get_property(PRECISION_HINT).to_string()})
 
 
 def _quantize(model, calibration: list[Inputs]):

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny BERT models and datasets built in the test session (seconds, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TOPICS = {
+    "sports": "team match goal score coach league player win season",
+    "food": "bread soup cheese recipe bake taste garlic dinner salad",
+}
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _sentences(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = list(TOPICS)[i % 2]
+        words = TOPICS[label].split()
+        length = rng.randint(3, 9)
+        rows.append({"text": " ".join(rng.choice(words) for _ in range(length)), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def vocabulary() -> list[str]:
+    words = sorted({w for text in TOPICS.values() for w in text.split()})
+    return SPECIAL + words
+
+
+@pytest.fixture(scope="session")
+def labelled_data(tmp_path_factory) -> Path:
+    """120 two-class sentences with string labels."""
+    return write_jsonl(tmp_path_factory.mktemp("data") / "topics.jsonl", _sentences(120, seed=0))
+
+
+def _tiny_backbone(vocabulary):
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=32,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, vocabulary, labelled_data) -> Path:
+    """A keras-hub BertTextClassifier with its preprocessor, briefly trained, saved as .keras with labels.txt."""
+    import keras_hub
+
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    classifier = keras_hub.models.BertTextClassifier(_tiny_backbone(vocabulary), num_classes=2, preprocessor=preprocessor)
+    rows = [json.loads(line) for line in labelled_data.read_text().splitlines()]
+    names = sorted(TOPICS)
+    classifier.fit(
+        [r["text"] for r in rows], [names.index(r["label"]) for r in rows], batch_size=16, epochs=3, verbose=0
+    )
+    folder = tmp_path_factory.mktemp("classifier")
+    path = folder / "classifier.keras"
+    classifier.save(path)
+    (folder / "labels.txt").write_text("\n".join(names) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_file(tmp_path_factory, vocabulary) -> Path:
+    """A bare keras-hub BertBackbone saved as .keras, with vocab.txt beside it (an embedding model)."""
+    folder = tmp_path_factory.mktemp("backbone")
+    path = folder / "encoder.keras"
+    _tiny_backbone(vocabulary).save(path)
+    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    return path

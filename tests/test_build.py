@@ -1,0 +1,106 @@
+"""End-to-end builds of tiny models: artifacts, reports, manifests, gates and atomic output folders."""
+
+import json
+
+import pytest
+
+from deploykit.build import BuildOptions, build, build_targets
+from deploykit.errors import DeployKitError
+from deploykit.profiling.local import ProfileSettings
+from deploykit.report.manifest import sha256_of
+
+FAST = ProfileSettings(runs=5, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def classifier_builds(tiny_classifier, labelled_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    options = BuildOptions(out=out, profile=FAST, calibration_samples=40, evaluation_samples=40)
+    return build_targets(tiny_classifier, "intel-cpu,arm-cpu", labelled_data, options=options)
+
+
+def test_each_target_gets_its_artifact_and_reports(classifier_builds):
+    names = {r.target: sorted(p.name for p in r.folder.iterdir()) for r in classifier_builds}
+    assert names["intel-cpu"] == sorted(
+        ["model.xml", "model.bin", "vocab.txt", "tokenizer.json", "report.json", "report.md", "manifest.json"]
+    )
+    assert "model.tflite" in names["arm-cpu"]
+
+
+def test_precision_follows_the_target(classifier_builds):
+    precisions = {r.target: r.report["artifact"]["precision"] for r in classifier_builds}
+    assert precisions == {"intel-cpu": "int8", "arm-cpu": "dynamic-int8"}
+
+
+def test_report_has_the_promised_fields(classifier_builds):
+    report = classifier_builds[0].report
+    assert report["model"]["sequence_length"] % 8 == 0
+    assert [step["step"] for step in report["plan"]] == ["tokenize", "export", "baseline", "validate", "profile"]
+    for key in ("p50", "p90", "p99"):
+        assert report["metrics"]["latency_ms"][key] > 0 and report["baseline"]["latency_ms"][key] > 0
+    assert report["metrics"]["peak_rss_mb"] > 0
+    assert report["baseline"]["precision"] == "fp32"
+    assert report["metrics"]["fidelity"]["cosine_mean"] is None  # not an embedding model
+    assert 0 <= report["metrics"]["accuracy"] <= 1
+    drop = (report["metrics"]["original_accuracy"] - report["metrics"]["accuracy"]) * 100
+    assert report["metrics"]["accuracy_drop"] == pytest.approx(drop, abs=1e-3)
+    assert report["gates"]["checks"][0]["name"] == "accuracy_drop"
+
+
+def test_int8_artifacts_really_hold_int8(classifier_builds):
+    from ai_edge_litert.interpreter import Interpreter
+
+    intel, arm = classifier_builds
+    assert "FakeQuantize" in (intel.folder / "model.xml").read_text()
+    interpreter = Interpreter(model_path=str(arm.folder / "model.tflite"))
+    assert any(t["dtype"].__name__ == "int8" for t in interpreter.get_tensor_details())
+
+
+def test_baseline_really_runs_fp32_on_openvino(classifier_builds):
+    report = classifier_builds[0].report
+    assert report["baseline"]["runtime"]["inference_precision"] == "f32"
+
+
+def test_manifest_hashes_every_file(classifier_builds):
+    folder = classifier_builds[0].folder
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
+    assert set(listed) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    assert all(sha256_of(folder / name) == digest for name, digest in listed.items())
+
+
+def test_result_exposes_artifact_and_metrics(classifier_builds):
+    result = classifier_builds[1]
+    assert result.artifact.path.exists() and result.metrics.latency_ms.p50 > 0
+
+
+def test_same_inputs_give_byte_identical_tflite(tiny_classifier, labelled_data, tmp_path, classifier_builds):
+    again = build(tiny_classifier, "arm-cpu", labelled_data, out=tmp_path, profile=FAST,
+                  calibration_samples=40, evaluation_samples=40)
+    assert again.report["artifact"]["sha256"] == classifier_builds[1].report["artifact"]["sha256"]
+
+
+def test_missed_gate_still_writes_a_complete_report(tiny_backbone_file, labelled_data, tmp_path):
+    result = build(tiny_backbone_file, "arm-cpu", labelled_data, out=tmp_path, profile=FAST,
+                   min_cosine=1.0, calibration_samples=20, evaluation_samples=20)
+    assert not result.passed
+    assert json.loads((result.folder / "report.json").read_text())["gates"]["passed"] is False
+    assert [c["name"] for c in result.report["gates"]["checks"]] == ["cosine_mean"]
+
+
+def test_target_without_exporter_stops_before_any_work(tiny_classifier, labelled_data, tmp_path):
+    with pytest.raises(DeployKitError, match="no exporter for the 'tensorrt' runtime"):
+        build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_export_leaves_no_partial_folder(tiny_classifier, labelled_data, tmp_path, monkeypatch):
+    from deploykit.backends.litert import LiteRTBackend
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(LiteRTBackend, "export", explode)
+    with pytest.raises(RuntimeError):
+        build(tiny_classifier, "arm-cpu", labelled_data, out=tmp_path / "out", profile=FAST)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,101 @@
+"""The command line: bad input gets one clear line, a non-zero exit code and no files under --out."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from deploykit.cli import main
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def assert_clean_failure(result, out, message):
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_targets_lists_the_registry():
+    result = run("targets")
+    assert result.exit_code == 0
+    for name in ("intel-cpu", "arm-cpu", "mobile-npu", "edge-tpu", "nvidia-gpu"):
+        assert name in result.stdout
+
+
+def test_targets_show_prints_one_profile():
+    result = run("targets", "show", "mobile-npu")
+    assert result.exit_code == 0 and "integer_only: true" in result.stdout
+
+
+def test_unknown_target_suggests_close_names(tmp_path):
+    result = run("build", "--target", "arm-cpux", "--out", str(tmp_path / "out"))
+    assert_clean_failure(result, tmp_path / "out", "Did you mean arm-cpu")
+
+
+def test_nonexistent_model(tmp_path, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tmp_path / "nope"), "--data", str(labelled_data), "--out", str(out))
+    assert_clean_failure(result, out, "does not exist")
+
+
+def test_corrupt_model(tmp_path, labelled_data):
+    broken = tmp_path / "broken.keras"
+    broken.write_text("garbage")
+    out = tmp_path / "out"
+    result = run("build", str(broken), "--data", str(labelled_data), "--out", str(out))
+    assert_clean_failure(result, out, "could not load")
+
+
+@pytest.mark.parametrize("content, message", [('{"sentence": "a"}\n{"sentence": "b"}\n', "no 'text' column"), ("", "no rows")])
+def test_bad_data(tmp_path, tiny_classifier, content, message):
+    data = tmp_path / "d.jsonl"
+    data.write_text(content)
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--data", str(data), "--out", str(out))
+    assert_clean_failure(result, out, message)
+
+
+def test_malformed_target_yaml(tmp_path, tiny_classifier, labelled_data):
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    (folder / "lab-board.yaml").write_text("runtime: litert\nprecisions: int8: x\n")
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--target", "lab-board", "--data", str(labelled_data),
+                 "--out", str(out), env={"DEPLOYKIT_TARGETS": str(folder)})
+    assert_clean_failure(result, out, "lab-board.yaml")
+
+
+def test_sequence_length_beyond_the_model(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--data", str(labelled_data), "--sequence-length", "4096",
+                 "--out", str(out))
+    assert_clean_failure(result, out, "--sequence-length between")
+
+
+def test_precision_the_backend_lacks(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--target", "arm-cpu", "--precision", "bf16",
+                 "--data", str(labelled_data), "--out", str(out))
+    assert_clean_failure(result, out, "not available on the litert backend")
+
+
+def test_nvidia_gpu_says_what_is_missing(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--target", "nvidia-gpu", "--data", str(labelled_data), "--out", str(out))
+    assert_clean_failure(result, out, "no exporter for the 'tensorrt' runtime")
+
+
+def test_missed_gate_exits_3_with_report(tmp_path, tiny_backbone_file, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_backbone_file), "--target", "arm-cpu", "--data", str(labelled_data),
+                 "--out", str(out), "--min-cosine", "1.0", "--runs", "3", "--warmup", "0",
+                 "--evaluation-samples", "10", "--calibration-samples", "10")
+    assert result.exit_code == 3, result.output
+    assert "quality gate missed for arm-cpu" in result.stderr
+    report = json.loads((out / "arm-cpu" / "report.json").read_text())
+    assert report["gates"]["passed"] is False

@@ -1,0 +1,76 @@
+"""Loading models: keras-hub tasks and backbones from .keras files, with clear errors for bad input."""
+
+import numpy as np
+import pytest
+
+from deploykit.errors import DeployKitError
+from deploykit.models import load_model
+
+
+def test_keras_classifier_with_preprocessor_is_a_classification_bundle(tiny_classifier):
+    bundle = load_model(tiny_classifier)
+    assert bundle.task == "classification"
+    assert bundle.class_names == ["food", "sports"]
+    assert bundle.max_sequence_length == 32
+
+
+def test_backbone_with_vocab_is_an_embedding_bundle(tiny_backbone_file):
+    bundle = load_model(tiny_backbone_file)
+    assert bundle.task == "embedding" and bundle.output_name == "embedding"
+
+
+def test_deployment_model_has_static_int32_inputs(tiny_classifier):
+    bundle = load_model(tiny_classifier)
+    model = bundle.deployment_model(16)
+    inputs = bundle.encode(["team goal", "bread soup cheese"], 16)
+    assert inputs["token_ids"].shape == (2, 16) and inputs["token_ids"].dtype == np.int32
+    assert model.predict(inputs, verbose=0).shape == (2, 2)
+
+
+def test_embedding_ignores_padding(tiny_backbone_file):
+    bundle = load_model(tiny_backbone_file)
+    short = bundle.predict(bundle.encode(["team goal"], 8))
+    long = bundle.predict(bundle.encode(["team goal"], 24))
+    np.testing.assert_allclose(short, long, atol=1e-5)
+
+
+def test_token_lengths_count_special_tokens(tiny_classifier):
+    bundle = load_model(tiny_classifier)
+    assert bundle.token_lengths(["team goal", "bread"]).tolist() == [4, 3]
+
+
+def test_tokenizer_files_travel(tiny_classifier, tmp_path):
+    bundle = load_model(tiny_classifier)
+    written = bundle.write_tokenizer(tmp_path, 16)
+    assert {p.name for p in written} == {"vocab.txt", "tokenizer.json"}
+    assert (tmp_path / "vocab.txt").read_text().splitlines()[:2] == ["[PAD]", "[UNK]"]
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DeployKitError, match="does not exist"):
+        load_model(tmp_path / "missing")
+
+
+def test_corrupt_keras_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.keras"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(DeployKitError, match="could not load") as error:
+        load_model(path)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DeployKitError, match="cannot tell what kind of model"):
+        load_model(tmp_path)
+
+
+def test_backbone_without_vocabulary_asks_for_one(tiny_backbone_file, tmp_path):
+    lonely = tmp_path / "encoder.keras"
+    lonely.write_bytes(tiny_backbone_file.read_bytes())
+    with pytest.raises(DeployKitError, match="--tokenizer"):
+        load_model(lonely)
+
+
+def test_too_long_sequence_is_rejected(tiny_classifier):
+    with pytest.raises(DeployKitError, match=r"outside what the model accepts \(2..32\)"):
+        load_model(tiny_classifier).deployment_model(64)
