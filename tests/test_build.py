@@ -104,3 +104,13 @@ def test_failed_export_leaves_no_partial_folder(tiny_classifier, labelled_data, 
     with pytest.raises(RuntimeError):
         build(tiny_classifier, "arm-cpu", labelled_data, out=tmp_path / "out", profile=FAST)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target, precision, runs_as", [("arm-cpu", "fp16", None), ("intel-cpu", "bf16", "bf16")])
+def test_precision_override(tiny_classifier, labelled_data, tmp_path, target, precision, runs_as):
+    result = build(tiny_classifier, target, labelled_data, out=tmp_path, precision=precision, profile=FAST,
+                   calibration_samples=20, evaluation_samples=20)
+    assert result.report["artifact"]["precision"] == precision
+    assert result.report["plan"][1]["precision"] == precision
+    if runs_as:
+        assert result.report["artifact"]["runtime_config"]["INFERENCE_PRECISION_HINT"] == runs_as

@@ -74,3 +74,15 @@ def test_backbone_without_vocabulary_asks_for_one(tiny_backbone_file, tmp_path):
 def test_too_long_sequence_is_rejected(tiny_classifier):
     with pytest.raises(DeployKitError, match=r"outside what the model accepts \(2..32\)"):
         load_model(tiny_classifier).deployment_model(64)
+
+
+def test_keras_hub_preset_folder_loads_with_its_task(tiny_classifier, tmp_path):
+    import keras
+    import keras_hub  # noqa: F401  (registers the classes saved in the file)
+
+    classifier = keras.saving.load_model(tiny_classifier, compile=False)
+    classifier.save_to_preset(str(tmp_path / "preset"))
+    bundle = load_model(tmp_path / "preset")
+    assert bundle.task == "classification" and bundle.details["format"] == "keras-hub-preset"
+    as_encoder = load_model(tmp_path / "preset", task="embedding")
+    assert as_encoder.task == "embedding"

@@ -1,0 +1,77 @@
+"""Integration tests on the real all-MiniLM-L6-v2 (marked slow; CI runs them too)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit.build import BuildOptions, build_targets
+from deploykit.models import load_model
+from deploykit.profiling.local import ProfileSettings
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ProfileSettings(runs=20, warmup=3)
+
+
+@pytest.fixture(scope="module")
+def minilm_builds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("minilm")
+    options = BuildOptions(out=out, profile=QUICK, calibration_samples=200, evaluation_samples=200)
+    return {r.target: r for r in build_targets("minilm-l6", "intel-cpu,arm-cpu,mobile-npu", options=options)}
+
+
+def test_hugging_face_folder_loads_as_normalised_mean_pooled_embedding():
+    bundle = load_model("minilm-l6")
+    assert bundle.task == "embedding" and bundle.max_sequence_length == 512
+    assert bundle.details["pooling"] == "mean" and bundle.details["normalize"]
+    embeddings = bundle.predict(bundle.encode(["A man is eating food.", "A man eats a meal.", "The stock fell."], 16))
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    similar, unrelated = embeddings[0] @ embeddings[1], embeddings[0] @ embeddings[2]
+    assert similar > 0.7 > unrelated
+
+
+def test_intel_cpu_int8_is_faithful_and_quarter_size(minilm_builds):
+    report = minilm_builds["intel-cpu"].report
+    assert report["artifact"]["format"] == "openvino-ir" and report["artifact"]["precision"] == "int8"
+    assert report["metrics"]["fidelity"]["cosine_mean"] >= 0.99
+    assert report["metrics"]["size_ratio_vs_baseline"] <= 0.27
+    assert report["gates"]["passed"]
+
+
+def test_arm_cpu_dynamic_int8_is_faithful(minilm_builds):
+    report = minilm_builds["arm-cpu"].report
+    assert report["artifact"]["precision"] == "dynamic-int8"
+    assert report["metrics"]["fidelity"]["cosine_mean"] >= 0.99 and report["gates"]["passed"]
+
+
+def test_mobile_npu_gets_a_full_integer_model_and_its_true_fidelity(minilm_builds):
+    from ai_edge_litert.interpreter import Interpreter
+
+    result = minilm_builds["mobile-npu"]
+    interpreter = Interpreter(model_path=str(result.artifact.path))
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    float_ops = {op["op_name"] for op in interpreter._get_ops_details()} & {"DEQUANTIZE", "QUANTIZE"}
+    assert float_ops <= {"QUANTIZE"}  # no float islands inside the graph
+    fidelity = result.report["metrics"]["fidelity"]["cosine_mean"]
+    assert result.passed == (fidelity >= result.report["gates"]["checks"][0]["limit"])
+
+
+def test_keras_classifier_reports_accuracy_and_drop(tmp_path):
+    model_dir = tmp_path / "classifier"
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train_classifier.py"), "--out", str(model_dir), "--epochs", "1",
+         "--train-limit", "320", "--sequence-length", "32"],
+        check=True, capture_output=True,
+    )
+    options = BuildOptions(out=tmp_path / "dist", profile=QUICK, evaluation_samples=200, calibration_samples=100)
+    (result,) = build_targets(model_dir / "classifier.keras", "intel-cpu", model_dir / "train.jsonl",
+                              model_dir / "test.jsonl", options=options)
+    report = json.loads((result.folder / "report.json").read_text())
+    assert report["model"]["task"] == "classification"
+    assert report["data"]["label_mapping"] == "labels.txt beside the model"
+    assert report["metrics"]["original_accuracy"] > 1 / 6  # learned something beyond chance
+    assert report["metrics"]["accuracy_drop"] is not None

@@ -1,0 +1,120 @@
+"""Benchmark: deploykit's post-training artifacts vs fp32 and vs each vendor's one-call default path.
+
+Everything is measured in one run, on one machine, with the same profiler (a fresh
+worker process per artifact, batch 1, the same real sentence) and the same
+evaluation sentences, so the printed ratios compare like with like:
+
+    python tools/bench/ptq_vs_vendor.py                  # MiniLM, sequence length 128
+    python tools/bench/ptq_vs_vendor.py --sequence-length 48 --runs 200
+
+Vendor default paths: TFLiteConverter with Optimize.DEFAULT; openvino.convert_model
++ save_model with its defaults (fp16-compressed weights) run with the CPU plugin's
+default inference precision; nncf.quantize with default arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from deploykit import runtime_env  # noqa: F401
+from deploykit.backends.base import ExportedArtifact, get_backend
+from deploykit.build import BuildOptions, prepare_session
+from deploykit.profiling.local import ProfileSettings
+from deploykit.progress import StepLog
+from deploykit.targets import load_target
+
+
+def vendor_tflite_default(saved_model: Path, folder: Path) -> ExportedArtifact:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    folder.mkdir(parents=True)
+    path = folder / "model.tflite"
+    path.write_bytes(converter.convert())
+    return ExportedArtifact(path, [path], "tflite", "Optimize.DEFAULT", "vendor default")
+
+
+def vendor_openvino_default(saved_model: Path, folder: Path, calibration=None) -> ExportedArtifact:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(saved_model))
+    if calibration is not None:
+        model = nncf.quantize(model, nncf.Dataset(calibration))
+    folder.mkdir(parents=True)
+    path = folder / "model.xml"
+    ov.save_model(model, str(path))
+    label = "nncf.quantize defaults" if calibration is not None else "convert_model defaults"
+    return ExportedArtifact(path, [path, path.with_suffix(".bin")], "openvino-ir", label, "vendor default")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--data", default=None, help="JSONL/CSV (default: the bundled sentences)")
+    parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    options = BuildOptions(sequence_length=args.sequence_length,
+                           profile=ProfileSettings(runs=args.runs, threads=args.threads))
+    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
+        work = Path(workdir)
+        session = prepare_session(args.model, args.data, None, options, StepLog(), work)
+        saved_model = session.reference().saved_model
+        rows = []
+        for runtime, target_name, deploykit_precisions in (
+            ("litert", "arm-cpu", ["dynamic-int8", "fp16", "int8"]),
+            ("openvino", "intel-cpu", ["int8", "bf16"]),
+        ):
+            backend, target = get_backend(runtime), load_target(target_name)
+            threads = args.threads or target.profiling_threads()
+            export_options = session.export_options(target)
+            baseline = session.baseline(backend, target, threads)
+            rows.append((runtime, "fp32 baseline", baseline))
+            for precision in deploykit_precisions:
+                artifact = backend.export(saved_model, precision, export_options, work / f"{runtime}-{precision}")
+                rows.append((runtime, f"deploykit {precision}", session.measure(backend, artifact, threads, precision)))
+            if runtime == "litert":
+                vendor = [vendor_tflite_default(saved_model, work / "vendor-tflite")]
+            else:
+                vendor = [
+                    vendor_openvino_default(saved_model, work / "vendor-ov"),
+                    vendor_openvino_default(saved_model, work / "vendor-nncf", export_options.calibration),
+                ]
+            for artifact in vendor:
+                rows.append((runtime, f"vendor {artifact.precision}", session.measure(backend, artifact, threads, artifact.precision)))
+        print_table(rows, session, threads)
+
+
+def print_table(rows, session, threads) -> None:
+    print(f"\nModel {session.bundle.source}, sequence length {session.sequence_length}, "
+          f"{len(session.split.evaluation)} evaluation / {len(session.split.calibration)} calibration sentences, "
+          f"{threads} threads, batch 1.\n")
+    header = "| runtime | path | MB | size vs fp32 | p50 ms | p90 ms | speed-up vs fp32 | cosine mean | cosine min | NN agreement | runs as |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    baselines = {}
+    for runtime, label, measured in rows:
+        size = sum(path.stat().st_size for path in measured.artifact.files)
+        latency = measured.profile["latency_ms"]
+        if label == "fp32 baseline":
+            baselines[runtime] = (size, latency["p50"])
+        base_size, base_p50 = baselines[runtime]
+        fidelity = measured.quality["fidelity"]
+        runs_as = measured.profile["runtime"].get("inference_precision", "")
+        print(f"| {runtime} | {label} | {size / 1e6:.1f} | {size / base_size:.3f}× | {latency['p50']:.2f} | "
+              f"{latency['p90']:.2f} | {base_p50 / latency['p50']:.2f}× | {_format(fidelity['cosine_mean'])} | "
+              f"{_format(fidelity['cosine_min'])} | {_format(fidelity['agreement'], 3)} | {runs_as} |")
+
+
+def _format(value, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+if __name__ == "__main__":
+    main()
