@@ -101,6 +101,9 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
     minilm-l6 (the default). Writes OUT/<target>/ with the artifact, tokenizer files, report.json,
     report.md and manifest.json. Exits with 3 when an artifact misses a quality gate.
     """
+    from deploykit.runtime_env import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from deploykit.build import BuildOptions, build_targets
     from deploykit.profiling.local import ProfileSettings
     from deploykit.progress import StepLog

@@ -38,7 +38,9 @@ def test_report_has_the_promised_fields(classifier_builds):
     assert [step["step"] for step in report["plan"]] == ["tokenize", "export", "baseline", "validate", "profile"]
     for key in ("p50", "p90", "p99"):
         assert report["metrics"]["latency_ms"][key] > 0 and report["baseline"]["latency_ms"][key] > 0
-    assert report["metrics"]["peak_rss_mb"] > 0
+    # The runtime and a tiny model need far less than this test process (TensorFlow loaded, >1 GB):
+    # the worker must report its own peak, not the one it inherits across exec.
+    assert 0 < report["metrics"]["peak_rss_mb"] < 1000
     assert report["baseline"]["precision"] == "fp32"
     assert report["metrics"]["fidelity"]["cosine_mean"] is None  # not an embedding model
     assert 0 <= report["metrics"]["accuracy"] <= 1
