@@ -8,6 +8,7 @@ folder is written and its result says `passed=False` (the CLI exits with 3).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -155,10 +156,16 @@ class BuildSession:
         ids, _ = self.label_ids(outputs.shape[-1])
         return {"fidelity": fidelity, "accuracy": accuracy(outputs, ids) if ids is not None else None}
 
+    def validate(self, backend: Backend, artifact: ExportedArtifact, threads: int) -> dict:
+        """Run the artifact on every evaluation sample; the runtime is released on return."""
+        runner = backend.load(artifact.path, threads, artifact.runtime_config)
+        return self.quality(run_examples(runner, self.encoded("evaluation")))
+
     def measure(self, backend: Backend, artifact: ExportedArtifact, threads: int, label: str) -> _Measured:
         with self.log.step(f"validate_{label}", f"Validating the {label} artifact on {len(self.split.evaluation)} samples"):
-            runner = backend.load(artifact.path, threads, artifact.runtime_config)
-            quality = self.quality(run_examples(runner, self.encoded("evaluation")))
+            quality = self.validate(backend, artifact, threads)
+        # Release the in-process runtime's worker threads before timing another process.
+        gc.collect()
         sample = {name: values[:1] for name, values in self.encoded("evaluation").items()}
         runs = self.options.profile.runs
         with self.log.step(f"profile_{label}", f"Profiling the {label} artifact ({runs} runs, {threads} threads)"):
