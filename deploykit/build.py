@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, get_backend
-from deploykit.data import DEFAULT_DATA, DataSplit, choose_sequence_length, load_dataset, split_dataset
+from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, load_model
@@ -209,7 +209,7 @@ class BuildSession:
         self.log.info(f"\n[bold]Plan for {target.name}[/] ({target.device}):")
         for line in plan.lines():
             self.log.info(f"  {line}")
-        threads = plan.steps[-1]["threads"]
+        threads = plan.threads
         out = self.options.out
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
@@ -217,12 +217,13 @@ class BuildSession:
             reference = self.reference()
             with self.log.step("export", f"Exporting {plan.precision} {backend.format} for {target.name}"):
                 artifact = backend.export(reference.saved_model, plan.precision, self.export_options(target), staging)
+            fallback_ops = backend.fallback_ops(artifact.path) if target.integer_only else None
             measured = self.measure(backend, artifact, threads, f"{plan.precision} {backend.name}")
             baseline = self.baseline(backend, target, threads)
             self.bundle.write_tokenizer(staging, self.sequence_length)
             report = assemble_report(
                 target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
-                artifact=measured, baseline=baseline, original_accuracy=reference.accuracy,
+                artifact=measured, baseline=baseline, original_accuracy=reference.accuracy, fallback_ops=fallback_ops,
                 label_mapping=self.label_ids(reference.outputs.shape[-1])[1], timings=self.log.seconds,
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -236,7 +237,7 @@ class BuildSession:
         result = BuildResult(target.name, final, report)
         for check in report["gates"]["checks"]:
             if not check["passed"]:
-                self.log.info(f"[red]✗ gate {check['name']}: {check['value']:.4f} misses the limit {check['limit']}[/]")
+                self.log.info(f"[red]✗ gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
         return result
 
 
@@ -267,6 +268,10 @@ def prepare_session(
 ) -> BuildSession:
     """Load data and model, split, and choose the sequence length, failing early on bad input."""
     dataset = load_dataset(data or DEFAULT_DATA)
+    if data is None and model is not None:
+        # The bundled labels belong to the bundled topics, not to the user's classes.
+        dataset = TextDataset(dataset.texts, None, dataset.source)
+        log.info("No --data given: calibrating and evaluating on the bundled sentences, without their labels.")
     evaluation = load_dataset(eval_data) if eval_data else None
     with log.step("load_model", f"Loading model {model or DEFAULT_MODEL}"):
         bundle = load_model(model or DEFAULT_MODEL, task=task, tokenizer=tokenizer)

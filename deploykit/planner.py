@@ -32,6 +32,7 @@ class Plan:
     backend: str
     precision: str
     sequence_length: int
+    threads: int
     gates: Gates
     steps: list[dict] = field(default_factory=list)
 
@@ -74,6 +75,11 @@ def make_plan(
     profile: ProfileSettings,
 ) -> Plan:
     """The steps of one target's build (post-training: export at a precision, validate, profile)."""
+    if target.profiling != "local":
+        raise DeployKitError(
+            f"target {target.name!r} asks for the {target.profiling!r} profiling runner, which deploykit does not "
+            "have yet; use profiling: local in its YAML."
+        )
     threads = profile.threads or target.profiling_threads()
     steps = [
         {"step": "tokenize", "sequence_length": sequence_length, "chosen_by": sequence_length_reason},
@@ -99,9 +105,6 @@ def make_plan(
         },
         {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
     ]
-    if target.profiling != "local":
-        raise DeployKitError(
-            f"target {target.name!r} asks for the {target.profiling!r} profiling runner, which deploykit does not have yet; "
-            "use profiling: local in its YAML."
-        )
-    return Plan(target.name, backend.name, precision, sequence_length, gates, steps)
+    if target.integer_only:
+        steps.insert(2, {"step": "check_integer_only", "fails_build_on": "any op reading or writing a float tensor"})
+    return Plan(target.name, backend.name, precision, sequence_length, threads, gates, steps)

@@ -116,3 +116,19 @@ def test_precision_override(tiny_classifier, labelled_data, tmp_path, target, pr
     assert result.report["plan"][1]["precision"] == precision
     if runs_as:
         assert result.report["artifact"]["runtime_config"]["INFERENCE_PRECISION_HINT"] == runs_as
+
+
+def test_integer_only_target_lists_float_ops_and_fails_on_them(tiny_classifier, labelled_data, tmp_path):
+    result = build(tiny_classifier, "mobile-npu", labelled_data, out=tmp_path, profile=FAST,
+                   calibration_samples=20, evaluation_samples=20)
+    fallback = result.report["compatibility"]["fallback_ops"]
+    assert isinstance(fallback, dict)
+    check = next(c for c in result.report["gates"]["checks"] if c["name"] == "fallback_ops")
+    assert check["value"] == sum(fallback.values()) and check["passed"] == (not fallback)
+    assert "check_integer_only" in [step["step"] for step in result.report["plan"]]
+
+
+def test_user_model_without_data_uses_bundled_text_without_labels(tiny_classifier, tmp_path):
+    result = build(tiny_classifier, "arm-cpu", out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20)
+    assert result.report["data"]["labels"] is False and result.report["metrics"]["accuracy"] is None

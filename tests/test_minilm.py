@@ -54,10 +54,14 @@ def test_mobile_npu_gets_a_full_integer_model_and_its_true_fidelity(minilm_build
     result = minilm_builds["mobile-npu"]
     interpreter = Interpreter(model_path=str(result.artifact.path))
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
-    float_ops = {op["op_name"] for op in interpreter._get_ops_details()} & {"DEQUANTIZE", "QUANTIZE"}
-    assert float_ops <= {"QUANTIZE"}  # no float islands inside the graph
-    fidelity = result.report["metrics"]["fidelity"]["cosine_mean"]
-    assert result.passed == (fidelity >= result.report["gates"]["checks"][0]["limit"])
+    matmul_types = {interpreter.get_tensor_details()[op["outputs"][0]]["dtype"]
+                    for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"}
+    assert matmul_types == {np.int8}
+    report = result.report
+    checks = {c["name"]: c for c in report["gates"]["checks"]}
+    assert checks["fallback_ops"]["value"] == sum(report["compatibility"]["fallback_ops"].values())
+    assert checks["cosine_mean"]["value"] == report["metrics"]["fidelity"]["cosine_mean"]
+    assert result.passed == all(c["passed"] for c in checks.values())
 
 
 def test_keras_classifier_reports_accuracy_and_drop(tmp_path):

@@ -73,6 +73,13 @@ class Backend:
         """Load the artifact with the runtime, ready to run batch-1 examples."""
         raise NotImplementedError
 
+    def fallback_ops(self, path: Path) -> dict[str, int] | None:
+        """Ops that would not run as integer ops on integer-only hardware, by name and count.
+
+        None when this backend cannot tell; an empty mapping means the graph is integer-only.
+        """
+        return None
+
     def describe(self, precision: str) -> str:
         if precision not in self.precisions:
             raise DeployKitError(

@@ -48,8 +48,12 @@ def _measured_on(target: Target, threads: int) -> dict:
     return {"host": host, "cores": os.cpu_count(), "threads": threads, "on_target_device": on_device, "note": note}
 
 
-def _gate_checks(plan: Plan, accuracy_drop: float | None, fidelity: dict, task: str) -> list[dict]:
+def _gate_checks(plan: Plan, accuracy_drop: float | None, fidelity: dict, task: str,
+                 fallback_ops: dict[str, int] | None) -> list[dict]:
     checks = []
+    if fallback_ops is not None:
+        count = sum(fallback_ops.values())
+        checks.append({"name": "fallback_ops", "value": count, "limit": 0, "passed": count == 0})
     if accuracy_drop is not None:
         checks.append({"name": "accuracy_drop", "value": accuracy_drop, "limit": plan.gates.max_accuracy_drop,
                        "passed": accuracy_drop <= plan.gates.max_accuracy_drop})
@@ -71,6 +75,7 @@ def assemble_report(
     original_accuracy: float | None,
     label_mapping: str | None,
     timings: dict,
+    fallback_ops: dict[str, int] | None = None,
 ) -> dict:
     """The report of one target's build; `artifact` and `baseline` are measured exports."""
     accuracy = artifact.quality["accuracy"]
@@ -79,7 +84,7 @@ def assemble_report(
         accuracy_drop = round((original_accuracy - accuracy) * 100, 4)
     artifact_entry = _artifact_entry(artifact, folder)
     baseline_entry = _artifact_entry(baseline, None)
-    checks = _gate_checks(plan, accuracy_drop, artifact.quality["fidelity"], bundle.task)
+    checks = _gate_checks(plan, accuracy_drop, artifact.quality["fidelity"], bundle.task, fallback_ops)
     return {
         "deploykit_version": __version__,
         "target": target.name,
@@ -124,6 +129,7 @@ def assemble_report(
             "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),
             "size_ratio_vs_baseline": _ratio(artifact_entry["bytes"], baseline_entry["bytes"]),
         },
+        "compatibility": {"integer_only_required": target.integer_only, "fallback_ops": fallback_ops},
         "measured_on": _measured_on(target, artifact.profile["threads"]),
         "gates": {"passed": all(c["passed"] for c in checks), "checks": checks},
         "timings_s": dict(timings),

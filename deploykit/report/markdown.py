@@ -57,6 +57,10 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- {check['name']}: {_number(check['value'], 4)} (limit {check['limit']}) — {verdict}")
     if not report["gates"]["checks"]:
         lines.append("- no gate applies (no labels and not an embedding model)")
+    fallback = report["compatibility"]["fallback_ops"]
+    if fallback:
+        listed = ", ".join(f"{name} ×{count}" for name, count in fallback.items())
+        lines += ["", f"Ops that would fall back from the integer-only accelerator to the CPU: {listed}."]
     lines += ["", "## Plan", ""]
     for number, step in enumerate(report["plan"], 1):
         details = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
