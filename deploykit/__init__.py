@@ -27,4 +27,11 @@ def build_targets(*args, **kwargs):
     return _build_targets(*args, **kwargs)
 
 
-__all__ = ["build", "build_targets", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]
+def profile(path, threads=None, runs: int = 100, warmup: int = 10) -> dict:
+    """Profile a built artifact on this machine; see `deploykit.profiling.local.profile_path`."""
+    from deploykit.profiling.local import ProfileSettings, profile_path
+
+    return profile_path(path, threads, ProfileSettings(runs=runs, warmup=warmup))
+
+
+__all__ = ["build", "build_targets", "profile", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

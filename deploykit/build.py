@@ -210,6 +210,7 @@ class BuildSession:
         for line in plan.lines():
             self.log.info(f"  {line}")
         threads = plan.threads
+        timings_before = dict(self.log.seconds)
         out = self.options.out
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
@@ -224,7 +225,8 @@ class BuildSession:
             report = assemble_report(
                 target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
                 artifact=measured, baseline=baseline, original_accuracy=reference.accuracy, fallback_ops=fallback_ops,
-                label_mapping=self.label_ids(reference.outputs.shape[-1])[1], timings=self.log.seconds,
+                label_mapping=self.label_ids(reference.outputs.shape[-1])[1],
+                timings=_timings_since(timings_before, self.log.seconds),
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             (staging / "report.md").write_text(render_markdown(report))
@@ -239,6 +241,12 @@ class BuildSession:
             if not check["passed"]:
                 self.log.info(f"[red]✗ gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
         return result
+
+
+def _timings_since(before: dict, now: dict) -> dict:
+    """Seconds spent per step since `before`: this target's share of a shared StepLog."""
+    spent = {key: round(value - before.get(key, 0.0), 2) for key, value in now.items()}
+    return {key: value for key, value in spent.items() if value > 0}
 
 
 def _first_set(*values):
@@ -303,9 +311,18 @@ def build_targets(
 ) -> list[BuildResult]:
     """Build every target in a comma-separated list ('all' for the whole registry)."""
     log = log or StepLog()
-    resolved = resolve_targets(targets)
-    for target in resolved:  # fail before any work when a target cannot be built at all
-        choose_precision(target, get_backend(target.runtime), options.precision)
+    resolved = []
+    for target in resolve_targets(targets):  # fail before any work when a named target cannot be built
+        try:
+            choose_precision(target, get_backend(target.runtime), options.precision)
+        except DeployKitError as error:
+            if targets.strip() != "all":
+                raise
+            log.info(f"[yellow]Skipping {target.name}:[/] {error}")
+            continue
+        resolved.append(target)
+    if not resolved:
+        raise DeployKitError(f"none of the targets in {targets!r} can be built; see the messages above.")
     _check_sizes(options)
     out_existed = options.out.exists()
     try:

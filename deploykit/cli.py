@@ -115,7 +115,7 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
-    output.print(_summary_table(results))
+    output.print(_summary_table([r.report for r in results]))
     for result in results:
         output.print(f"{result.target}: {result.folder}/report.md", highlight=False)
     failed = [r.target for r in results if not r.passed]
@@ -124,17 +124,52 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         sys.exit(3)
 
 
-def _summary_table(results) -> Table:
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--threads", type=int, help="Runtime threads (default: all cores).")
+@click.option("--runs", type=int, default=100, show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True)
+def profile(artifact, threads, runs, warmup) -> None:
+    """Time a built ARTIFACT (model.xml or model.tflite from a build folder) on this machine.
+
+    Runs batch 1 at the artifact's full sequence length in a fresh process and
+    prints latency percentiles, throughput and peak memory.
+    """
+    from deploykit.profiling.local import ProfileSettings, profile_path
+
+    measured = profile_path(artifact, threads, ProfileSettings(runs=runs, warmup=warmup))
+    latency = measured["latency_ms"]
+    table = Table(title=f"{measured['artifact']} ({measured['backend']}, sequence length {measured['sequence_length']}, "
+                  f"{measured['threads']} threads)")
+    for column in ("p50 ms", "p90 ms", "p99 ms", "throughput /s", "peak RSS MB"):
+        table.add_column(column)
+    table.add_row(f"{latency['p50']:.2f}", f"{latency['p90']:.2f}", f"{latency['p99']:.2f}",
+                  f"{latency['throughput_per_s']:.1f}", f"{measured['peak_rss_mb']:.1f}")
+    output.print(table)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+def report(folder) -> None:
+    """Compare the targets built into FOLDER side by side (reads each FOLDER/<target>/report.json)."""
+    import json
+
+    reports = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*/report.json"))]
+    if not reports:
+        raise DeployKitError(f"{folder} holds no <target>/report.json; pass the --out folder of a build.")
+    output.print(_summary_table(reports))
+
+
+def _summary_table(reports: list[dict]) -> Table:
     table = Table(title="fp32 baseline vs deploykit artifact (same runtime, same run)")
     for column in ("target", "artifact", "size MB (fp32 → art.)", "p50 ms (fp32 → art.)", "speed-up",
                    "cosine mean", "agreement", "accuracy drop", "gates"):
         table.add_column(column)
-    for result in results:
-        report = result.report
+    for report in reports:
         baseline, metrics, artifact = report["baseline"], report["metrics"], report["artifact"]
         fidelity = metrics["fidelity"]
         table.add_row(
-            result.target,
+            report["target"],
             f"{artifact['format']} {artifact['precision']}",
             f"{baseline['bytes'] / 1e6:.1f} → {artifact['bytes'] / 1e6:.1f}",
             f"{baseline['latency_ms']['p50']:.2f} → {metrics['latency_ms']['p50']:.2f}",
@@ -142,7 +177,7 @@ def _summary_table(results) -> Table:
             _optional(fidelity["cosine_mean"]),
             _optional(fidelity["agreement"]),
             _optional(metrics["accuracy_drop"], 2),
-            "[green]pass[/]" if result.passed else "[red]FAIL[/]",
+            "[green]pass[/]" if report["gates"]["passed"] else "[red]FAIL[/]",
         )
     return table
 

@@ -132,3 +132,19 @@ def test_user_model_without_data_uses_bundled_text_without_labels(tiny_classifie
     result = build(tiny_classifier, "arm-cpu", out=tmp_path, profile=FAST, calibration_samples=20,
                    evaluation_samples=20)
     assert result.report["data"]["labels"] is False and result.report["metrics"]["accuracy"] is None
+
+
+def test_timings_belong_to_each_target(classifier_builds):
+    intel, arm = (r.report["timings_s"] for r in classifier_builds)
+    assert "reference" in intel and "reference" not in arm  # shared work is counted once
+    assert "export" in intel and "export" in arm
+
+
+def test_all_skips_targets_without_an_exporter(tiny_classifier, labelled_data, tmp_path, monkeypatch):
+    from deploykit import build as build_module
+    from deploykit.targets import load_target
+
+    monkeypatch.setattr(build_module, "resolve_targets", lambda names: [load_target("nvidia-gpu"), load_target("arm-cpu")])
+    results = build_targets(tiny_classifier, "all", labelled_data,
+                            options=BuildOptions(out=tmp_path, profile=FAST, calibration_samples=20, evaluation_samples=20))
+    assert [r.target for r in results] == ["arm-cpu"]

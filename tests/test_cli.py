@@ -99,3 +99,26 @@ def test_missed_gate_exits_3_with_report(tmp_path, tiny_backbone_file, labelled_
     assert "quality gate missed for arm-cpu" in result.stderr
     report = json.loads((out / "arm-cpu" / "report.json").read_text())
     assert report["gates"]["passed"] is False
+
+
+def test_report_and_profile_read_a_build_folder(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    built = run("build", str(tiny_classifier), "--target", "arm-cpu", "--data", str(labelled_data), "--out", str(out),
+                "--runs", "3", "--warmup", "0", "--evaluation-samples", "10", "--calibration-samples", "10")
+    assert built.exit_code == 0, built.output
+    compared = run("report", str(out))
+    assert compared.exit_code == 0 and "arm-cpu" in compared.stdout and "dynamic-int8" in compared.stdout
+    profiled = run("profile", str(out / "arm-cpu" / "model.tflite"), "--runs", "5", "--warmup", "1")
+    assert profiled.exit_code == 0 and "p50 ms" in profiled.stdout
+
+
+def test_profile_rejects_files_it_cannot_run(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    result = run("profile", str(model))
+    assert result.exit_code == 2 and "not an artifact deploykit can run" in result.stderr
+
+
+def test_report_of_an_empty_folder(tmp_path):
+    result = run("report", str(tmp_path))
+    assert result.exit_code == 2 and "holds no <target>/report.json" in result.stderr

@@ -58,6 +58,7 @@ class Backend:
 
     name: ClassVar[str]
     format: ClassVar[str]
+    suffix: ClassVar[str]  # of the file a runtime opens
     precisions: ClassVar[dict[str, str]]  # precision -> how this backend produces it
     registry: ClassVar[dict[str, type["Backend"]]] = {}
 
@@ -106,6 +107,16 @@ def get_backend(runtime: str) -> Backend:
             f"{', '.join(available)} can be built today."
         )
     return Backend.registry[runtime]()
+
+
+def backend_for_file(path: Path) -> Backend:
+    """The backend whose runtime opens files like `path` (by suffix)."""
+    for runtime in _available_runtimes():
+        backend = get_backend(runtime)
+        if path.suffix == backend.suffix:
+            return backend
+    known = ", ".join(sorted(get_backend(r).suffix for r in _available_runtimes()))
+    raise DeployKitError(f"{path} is not an artifact deploykit can run; pass a file ending in one of {known}.")
 
 
 def _available_runtimes() -> list[str]:

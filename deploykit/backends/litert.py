@@ -11,6 +11,7 @@ from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, In
 
 class LiteRTBackend(Backend):
     name = "litert"
+    suffix = ".tflite"
     format = "tflite"
     precisions = {
         "fp32": "TFLiteConverter, float32",

@@ -19,6 +19,7 @@ PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
 class OpenVINOBackend(Backend):
     name = "openvino"
+    suffix = ".xml"
     format = "openvino-ir"
     precisions = {
         "fp32": "openvino.convert_model, float32 IR, inference precision f32",

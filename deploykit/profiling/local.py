@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -59,3 +60,34 @@ def profile_artifact(
         "threads": threads,
         "runtime": measured["runtime"],
     }
+
+
+def profile_path(path: str | Path, threads: int | None = None, settings: ProfileSettings = ProfileSettings()) -> dict:
+    """Profile an artifact written by `deploykit build`, from the files beside it.
+
+    The input is a full-length sequence (every position unmasked), the worst case
+    for the sequence length the artifact was built for; the runtime settings come
+    from the report.json beside it.
+    """
+    from deploykit.backends.base import backend_for_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployKitError(f"artifact {str(path)!r} does not exist; pass a model.xml or model.tflite from a build folder.")
+    backend = backend_for_file(path)
+    tokenizer_file = path.parent / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise DeployKitError(f"{path.parent} has no tokenizer.json; profile an artifact from a `deploykit build` folder.")
+    config = json.loads(tokenizer_file.read_text())
+    length = config["sequence_length"]
+    vocabulary = (path.parent / config["vocabulary"]).read_text(encoding="utf-8").splitlines()
+    special = config["special_tokens"]
+    token_ids = np.full((1, length), vocabulary.index(special["unk"]), dtype=np.int32)
+    token_ids[0, 0], token_ids[0, -1] = vocabulary.index(special["cls"]), vocabulary.index(special["sep"])
+    sample = {"token_ids": token_ids, "padding_mask": np.ones((1, length), dtype=np.int32)}
+    runtime_config = {}
+    report_file = path.parent / "report.json"
+    if report_file.is_file():
+        runtime_config = json.loads(report_file.read_text())["artifact"].get("runtime_config", {})
+    profile = profile_artifact(backend.name, path, runtime_config, sample, threads or os.cpu_count() or 1, settings)
+    return {"artifact": str(path), "backend": backend.name, "sequence_length": length, **profile}
