@@ -8,6 +8,7 @@ device default for int8 (what the target device would do).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,11 @@ class OpenVINOBackend(Backend):
 
         method = self.describe(precision)
         model = ov.convert_model(str(saved_model))
+        # convert_model records the (temporary) input path; a stable value keeps artifacts byte-identical.
+        model.set_rt_info("saved_model", ["conversion_parameters", "input_model"])
         if precision == "int8":
             model = _quantize(model, options.calibration)
+        _number_unnamed_nodes(model)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
         ov.save_model(model, str(path), compress_to_fp16=precision in ("fp16", "bf16"))
@@ -72,3 +76,17 @@ def _quantize(model, calibration: list[Inputs]):
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
     )
+
+
+def _number_unnamed_nodes(model) -> None:
+    """Rename auto-named nodes (`Name_<process-wide counter>`) by their position in the graph.
+
+    The counter depends on how many graphs this process built before, so without this
+    the same model exported twice in one process gives different bytes. Inputs and
+    outputs keep their names.
+    """
+    for index, op in enumerate(model.get_ordered_ops()):
+        if op.get_type_name() in ("Parameter", "Result"):
+            continue
+        if re.fullmatch(r"[A-Za-z]+_\d+", op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_n{index}")
