@@ -344,6 +344,8 @@ def _check_sizes(options: BuildOptions) -> None:
     for name in ("calibration_samples", "evaluation_samples"):
         if getattr(options, name) < 1:
             raise DeployKitError(f"{name} must be at least 1, got {getattr(options, name)}.")
+    if not 0 < options.sequence_length_percentile <= 100:
+        raise DeployKitError(f"the length percentile must be in (0, 100], got {options.sequence_length_percentile}.")
     if options.profile.runs < 1 or options.profile.warmup < 0:
         raise DeployKitError("profiling needs runs >= 1 and warmup >= 0.")
 

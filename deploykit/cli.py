@@ -88,13 +88,19 @@ def targets_show(name: str) -> None:
 @click.option("--min-cosine", type=float, help="Gate: smallest mean cosine vs the original (default: the target's).")
 @click.option("--task", type=click.Choice(["embedding", "classification"]), help="Override the detected task.")
 @click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt or tokenizer folder for models that carry none.")
-@click.option("--calibration-samples", type=int, default=300, show_default=True)
-@click.option("--evaluation-samples", type=int, default=500, show_default=True)
+@click.option("--length-percentile", type=float, default=99.0, show_default=True,
+              help="Token-length percentile of the data that sets the sequence length.")
+@click.option("--calibration-samples", type=int, default=300, show_default=True,
+              help="Sentences used to calibrate int8 ranges.")
+@click.option("--evaluation-samples", type=int, default=500, show_default=True,
+              help="Held-out sentences the artifact is validated on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/evaluation split.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
-          task, tokenizer, calibration_samples, evaluation_samples, runs, warmup, threads) -> None:
+          task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, runs, warmup,
+          threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -110,8 +116,8 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
 
     options = BuildOptions(
         out=Path(out), precision=precision, sequence_length=sequence_length,
-        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
-        calibration_samples=calibration_samples, evaluation_samples=evaluation_samples,
+        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
+        calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
