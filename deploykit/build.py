@@ -48,6 +48,7 @@ class BuildOptions:
     evaluation_samples: int = 500
     profile: ProfileSettings = ProfileSettings()
     seed: int = 0
+    masked_logit: float = -30.0  # padded attention positions in integer-only graphs; see bounded_attention_mask
 
 
 class View:
@@ -92,7 +93,6 @@ class BuildResult:
 class _Reference:
     """What the original Keras model does on the evaluation samples at one sequence length."""
 
-    saved_model: Path
     outputs: np.ndarray
     accuracy: float | None
 
@@ -118,6 +118,7 @@ class BuildSession:
     log: StepLog
     workdir: Path
     _reference: _Reference | None = None
+    _saved_models: dict = field(default_factory=dict)
     _baselines: dict = field(default_factory=dict)
     _encoded: dict = field(default_factory=dict)
 
@@ -140,11 +141,18 @@ class BuildSession:
                 outputs = self.bundle.predict(self.encoded("evaluation"), model=model)
                 ids, _ = self.label_ids(outputs.shape[-1])
                 original_accuracy = accuracy(outputs, ids) if ids is not None else None
-            with self.log.step("saved_model", "Tracing the model to a SavedModel"):
-                saved_model = self.workdir / f"saved_model_{self.sequence_length}"
-                self.bundle.write_saved_model(saved_model, self.sequence_length)
-            self._reference = _Reference(saved_model, outputs, original_accuracy)
+            self._reference = _Reference(outputs, original_accuracy)
         return self._reference
+
+    def saved_model(self, masked_logit: float | None = None) -> Path:
+        """The traced graph, once per masked-logit setting (None: the framework's own mask)."""
+        if masked_logit not in self._saved_models:
+            how = "" if masked_logit is None else f" (padded attention logits at {masked_logit:g})"
+            with self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
+                folder = self.workdir / f"saved_model_{len(self._saved_models)}"
+                self.bundle.write_saved_model(folder, self.sequence_length, masked_logit)
+            self._saved_models[masked_logit] = folder
+        return self._saved_models[masked_logit]
 
     def quality(self, outputs: np.ndarray) -> dict:
         """Fidelity against the original and, with labels, accuracy."""
@@ -184,7 +192,7 @@ class BuildSession:
         if key not in self._baselines:
             folder = self.workdir / f"baseline_{backend.name}_{threads}"
             with self.log.step("export_baseline", f"Exporting the fp32 {backend.name} baseline"):
-                artifact = backend.export(self.reference().saved_model, BASELINE_PRECISION, self.export_options(target), folder)
+                artifact = backend.export(self.saved_model(), BASELINE_PRECISION, self.export_options(target), folder)
             self._baselines[key] = self.measure(backend, artifact, threads, f"fp32 {backend.name} baseline")
         return self._baselines[key]
 
@@ -201,6 +209,7 @@ class BuildSession:
         plan = make_plan(
             target, backend, precision, self.sequence_length, self.sequence_length_reason,
             len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
+            self.options.masked_logit,
         )
         return backend, plan
 
@@ -216,8 +225,9 @@ class BuildSession:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
         try:
             reference = self.reference()
+            saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None)
             with self.log.step("export", f"Exporting {plan.precision} {backend.format} for {target.name}"):
-                artifact = backend.export(reference.saved_model, plan.precision, self.export_options(target), staging)
+                artifact = backend.export(saved_model, plan.precision, self.export_options(target), staging)
             fallback_ops = backend.fallback_ops(artifact.path) if target.integer_only else None
             measured = self.measure(backend, artifact, threads, f"{plan.precision} {backend.name}")
             baseline = self.baseline(backend, target, threads)

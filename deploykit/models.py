@@ -10,9 +10,10 @@ deploykit exports, a pooled sentence embedding or classification logits.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -85,8 +86,15 @@ class ModelBundle:
         model = model or self.deployment_model(inputs["token_ids"].shape[1])
         return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
 
-    def write_saved_model(self, folder: Path, sequence_length: int) -> None:
-        """The exported graph at batch 1 as a TF SavedModel: the common input of every exporter."""
+    def write_saved_model(self, folder: Path, sequence_length: int, masked_logit: float | None = None) -> None:
+        """The exported graph at batch 1 as a TF SavedModel: the common input of every exporter.
+
+        `masked_logit` replaces Keras's -1e9 in padded attention positions (see
+        `bounded_attention_mask`); None keeps the framework's value.
+        """
+        if masked_logit is not None:
+            with bounded_attention_mask(masked_logit):
+                return self.write_saved_model(folder, sequence_length)
         import tensorflow as tf
         from keras.export import ExportArchive
 
@@ -128,6 +136,30 @@ class ModelBundle:
         config_path = folder / "tokenizer.json"
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return [vocab_path, config_path]
+
+
+@contextmanager
+def bounded_attention_mask(masked_logit: float) -> Iterator[None]:
+    """Trace attention with `masked_logit` written into padded positions instead of -1e9.
+
+    Integer-only graphs quantize the pre-softmax scores with one scale per tensor;
+    a -1e9 there makes every real score round to the same integer. A bounded value
+    still gives padded positions a weight of about exp(masked_logit - max score)
+    relative to the largest real score, negligible for values like -30.
+    """
+    from keras.src.layers.activations import softmax
+
+    original = getattr(softmax, "_large_negative_number", None)
+    if original is None:
+        raise DeployKitError(
+            "this Keras version does not expose the attention mask value deploykit bounds; "
+            "install the Keras version pinned by deploykit."
+        )
+    softmax._large_negative_number = lambda dtype: masked_logit
+    try:
+        yield
+    finally:
+        softmax._large_negative_number = original
 
 
 def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Path | None = None) -> ModelBundle:

@@ -73,6 +73,7 @@ def make_plan(
     evaluation_samples: int,
     gates: Gates,
     profile: ProfileSettings,
+    masked_logit: float,
 ) -> Plan:
     """The steps of one target's build (post-training: export at a precision, validate, profile)."""
     if target.profiling != "local":
@@ -106,5 +107,6 @@ def make_plan(
         {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
     ]
     if target.integer_only:
+        steps[1]["masked_attention_logit"] = masked_logit
         steps.insert(2, {"step": "check_integer_only", "fails_build_on": "any op reading or writing a float tensor"})
     return Plan(target.name, backend.name, precision, sequence_length, threads, gates, steps)

@@ -37,3 +37,30 @@ def test_fp32_export_matches_keras(saved_classifier, tmp_path, runtime):
 def test_unknown_runtime_is_a_clear_error():
     with pytest.raises(DeployKitError, match="no exporter for the 'tensorrt' runtime"):
         get_backend("tensorrt")
+
+
+def test_bounded_attention_mask_keeps_float_outputs_and_drops_the_huge_constant(tiny_classifier, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    bundle = load_model(tiny_classifier)
+    inputs = bundle.encode(["team goal", "bread soup cheese recipe"], 16)  # mostly padding
+    backend = get_backend("litert")
+    outputs, smallest = {}, {}
+    for name, masked_logit in (("keras", None), ("bounded", -30.0)):
+        bundle.write_saved_model(tmp_path / name, 16, masked_logit)
+        artifact = backend.export(tmp_path / name, "fp32", ExportOptions(calibration=[]), tmp_path / f"{name}-tflite")
+        outputs[name] = run_examples(backend.load(artifact.path, 1, {}), inputs)
+        interpreter = Interpreter(model_path=str(artifact.path))
+        constants = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.float32 and t["shape"].size <= 1]
+        smallest[name] = min(float(np.min(interpreter.get_tensor(t["index"]))) for t in constants
+                             if _has_data(interpreter, t))
+    np.testing.assert_allclose(outputs["bounded"], outputs["keras"], atol=1e-5)
+    assert smallest["keras"] <= -1e8 and smallest["bounded"] >= -30.0
+
+
+def _has_data(interpreter, tensor) -> bool:
+    try:
+        interpreter.get_tensor(tensor["index"])
+        return True
+    except ValueError:
+        return False

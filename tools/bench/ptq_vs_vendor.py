@@ -65,26 +65,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
         work = Path(workdir)
         session = prepare_session(args.model, args.data, None, options, StepLog(), work)
-        saved_model = session.reference().saved_model
+        saved_model = session.saved_model()
         rows = []
-        for runtime, target_name, deploykit_precisions in (
-            ("litert", "arm-cpu", ["dynamic-int8", "fp16", "int8"]),
-            ("openvino", "intel-cpu", ["int8", "bf16"]),
+        for runtime, deploykit_paths in (
+            ("litert", [("arm-cpu", None), ("arm-cpu", "fp16"), ("mobile-npu", None)]),
+            ("openvino", [("intel-cpu", None), ("intel-cpu", "bf16")]),
         ):
-            backend, target = get_backend(runtime), load_target(target_name)
-            threads = args.threads or target.profiling_threads()
-            export_options = session.export_options(target)
-            baseline = session.baseline(backend, target, threads)
+            backend = get_backend(runtime)
+            threads = args.threads or load_target(deploykit_paths[0][0]).profiling_threads()
+            baseline = session.baseline(backend, load_target(deploykit_paths[0][0]), threads)
             rows.append((runtime, "fp32 baseline", baseline))
-            for precision in deploykit_precisions:
-                artifact = backend.export(saved_model, precision, export_options, work / f"{runtime}-{precision}")
-                rows.append((runtime, f"deploykit {precision}", session.measure(backend, artifact, threads, precision)))
+            for target_name, precision in deploykit_paths:
+                target = load_target(target_name)
+                precision = precision or target.default_precision
+                source = session.saved_model(options.masked_logit if target.integer_only else None)
+                folder = work / f"{target_name}-{precision}"
+                artifact = backend.export(source, precision, session.export_options(target), folder)
+                label = f"deploykit {precision} ({target_name})"
+                rows.append((runtime, label, session.measure(backend, artifact, threads, label)))
             if runtime == "litert":
-                vendor = [vendor_tflite_default(saved_model, work / "vendor-tflite")]
+                # The stock full-integer recipe: the same converter settings on the graph as Keras traces it.
+                stock = backend.export(saved_model, "int8", session.export_options(load_target("mobile-npu")),
+                                       work / "vendor-full-integer")
+                stock.precision = "full-integer converter, Keras mask"
+                vendor = [vendor_tflite_default(saved_model, work / "vendor-tflite"), stock]
             else:
+                calibration = session.export_options(load_target("intel-cpu")).calibration
                 vendor = [
                     vendor_openvino_default(saved_model, work / "vendor-ov"),
-                    vendor_openvino_default(saved_model, work / "vendor-nncf", export_options.calibration),
+                    vendor_openvino_default(saved_model, work / "vendor-nncf", calibration),
                 ]
             for artifact in vendor:
                 rows.append((runtime, f"vendor {artifact.precision}", session.measure(backend, artifact, threads, artifact.precision)))
