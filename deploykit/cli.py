@@ -95,12 +95,15 @@ def targets_show(name: str) -> None:
 @click.option("--evaluation-samples", type=int, default=500, show_default=True,
               help="Held-out sentences the artifact is validated on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/evaluation split.")
+@click.option("--masked-logit", type=float, default=-30.0, show_default=True,
+              help="Attention logit of padded positions in integer-only graphs (Keras uses -1e9, "
+              "which one int8 scale cannot share with the real scores).")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
-          task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, runs, warmup,
-          threads) -> None:
+          task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit, runs,
+          warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -118,6 +121,7 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         out=Path(out), precision=precision, sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
+        masked_logit=masked_logit,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
