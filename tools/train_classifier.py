@@ -71,7 +71,7 @@ def main() -> None:
     classifier.save(args.out / "classifier.keras")
     (args.out / "labels.txt").write_text("\n".join(names) + "\n")
     for split_name, split in (("train", train), ("test", test)):
-        rows = (json.dumps({"text": t, "label": str(l)}) for t, l in zip(split.texts, split.labels))
+        rows = (json.dumps({"text": t, "label": str(l)}) for t, l in zip(split.texts, split.labels, strict=True))
         (args.out / f"{split_name}.jsonl").write_text("\n".join(rows) + "\n")
     print(json.dumps({"train_rows": len(train), "test_rows": len(test), "classes": names,
                       "test_accuracy": round(float(test_accuracy), 4), "backbone": folder,

@@ -99,7 +99,7 @@ def get_backend(runtime: str) -> Backend:
             if error.name != f"deploykit.backends.{runtime}":
                 raise DeployKitError(
                     f"the {runtime} backend needs the package {error.name!r}; install it and retry."
-                )
+                ) from error
     if runtime not in Backend.registry:
         available = sorted(_available_runtimes())
         raise DeployKitError(
