@@ -82,7 +82,7 @@ def targets_show(name: str) -> None:
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Separate evaluation file (default: held out from --data).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="dist", show_default=True,
               help="Output folder; each target gets OUT/<target>/.")
-@click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, dynamic-int8).")
+@click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, a16w8, dynamic-int8).")
 @click.option("--sequence-length", type=int, help="Static sequence length (default: p99 of the data's token lengths).")
 @click.option("--max-accuracy-drop", type=float, help="Gate: largest accuracy loss in points (default: the target's).")
 @click.option("--min-cosine", type=float, help="Gate: smallest mean cosine vs the original (default: the target's).")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from deploykit.backends.base import Backend
 from deploykit.errors import DeployKitError
 from deploykit.profiling.local import ProfileSettings
-from deploykit.targets import Target
+from deploykit.targets import INTEGER_PRECISIONS, Target
 
 BASELINE_PRECISION = "fp32"
 
@@ -49,9 +49,10 @@ def choose_precision(target: Target, backend: Backend, requested: str | None) ->
     """The target's most preferred precision this backend can produce, or the user's choice."""
     if requested is not None:
         backend.describe(requested)
-        if target.integer_only and requested != "int8":
+        if target.integer_only and requested not in target.precisions:
             raise DeployKitError(
-                f"target {target.name!r} runs integer-only graphs; --precision {requested} cannot run there, use int8."
+                f"target {target.name!r} runs integer-only graphs in {', '.join(target.precisions)}; "
+                f"--precision {requested} cannot run there."
             )
         return requested
     for precision in target.precisions:
@@ -90,7 +91,7 @@ def make_plan(
             "format": backend.format,
             "precision": precision,
             "method": backend.describe(precision),
-            "calibration_samples": calibration_samples if precision == "int8" else 0,
+            "calibration_samples": calibration_samples if precision in INTEGER_PRECISIONS else 0,
         },
         {
             "step": "baseline",

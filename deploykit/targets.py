@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deploykit.errors import DeployKitError
 
-Precision = Literal["fp32", "fp16", "bf16", "int8", "dynamic-int8", "fp8", "int4-weights"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "a16w8", "dynamic-int8", "fp8", "int4-weights"]
+INTEGER_PRECISIONS = ("int8", "a16w8")  # full-integer graphs: int8 weights, int8 or int16 activations
 Runtime = Literal["litert", "openvino", "tensorrt"]
 Sparsity = Literal["none", "2:4", "unstructured"]
 
@@ -70,9 +71,9 @@ class Target(BaseModel):
     budgets: Budgets = Budgets()
 
     @model_validator(mode="after")
-    def _integer_only_needs_int8(self) -> "Target":
-        if self.integer_only and self.precisions != ["int8"]:
-            raise ValueError("an integer_only target must list exactly precisions: [int8]")
+    def _integer_only_needs_integer_precisions(self) -> "Target":
+        if self.integer_only and not set(self.precisions) <= set(INTEGER_PRECISIONS):
+            raise ValueError(f"an integer_only target may list only the precisions {list(INTEGER_PRECISIONS)}")
         return self
 
     @property

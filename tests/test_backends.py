@@ -64,3 +64,16 @@ def _has_data(interpreter, tensor) -> bool:
         return True
     except ValueError:
         return False
+
+
+def test_int16_activation_export_is_integer_and_close_to_float(saved_classifier, tmp_path):
+    folder, inputs, expected = saved_classifier
+    backend = get_backend("litert")
+    calibration = [{name: values[i:i + 1] for name, values in inputs.items()} for i in range(len(expected))]
+    artifact = backend.export(folder, "a16w8", ExportOptions(calibration=calibration, integer_only=True), tmp_path)
+    from ai_edge_litert.interpreter import Interpreter
+
+    dtypes = {t["dtype"] for t in Interpreter(model_path=str(artifact.path)).get_tensor_details()}
+    assert np.int16 in dtypes and np.int8 in dtypes
+    outputs = run_examples(backend.load(artifact.path, 1, {}), inputs)
+    np.testing.assert_allclose(outputs, expected, atol=0.05)

