@@ -89,11 +89,13 @@ class ModelBundle:
     def write_saved_model(self, folder: Path, sequence_length: int, masked_logit: float | None = None) -> None:
         """The exported graph at batch 1 as a TF SavedModel: the common input of every exporter.
 
-        `masked_logit` replaces Keras's -1e9 in padded attention positions (see
-        `bounded_attention_mask`); None keeps the framework's value.
+        `masked_logit` traces the graph for integer-only hardware: that value replaces
+        Keras's -1e9 in padded attention positions (`bounded_attention_mask`) and layer
+        normalisation is written with integer-capable ops (`integer_layer_norm`).
+        None traces the framework's own graph.
         """
         if masked_logit is not None:
-            with bounded_attention_mask(masked_logit):
+            with bounded_attention_mask(masked_logit), integer_layer_norm():
                 return self.write_saved_model(folder, sequence_length)
         import tensorflow as tf
         from keras.export import ExportArchive
@@ -162,6 +164,40 @@ def bounded_attention_mask(masked_logit: float) -> Iterator[None]:
         softmax._large_negative_number = original
 
 
+@contextmanager
+def integer_layer_norm() -> Iterator[None]:
+    """Trace LayerNormalization as mean, SUB, MUL, RSQRT: the same numbers, integer-capable ops.
+
+    Keras's own formulation lowers `x - mean` to a NEG that the TFLite quantizer
+    leaves in float, one per LayerNorm (13 in MiniLM), each a fallback to the CPU on
+    an integer-only accelerator.
+    """
+    import keras
+    from keras.src.layers.normalization.layer_normalization import LayerNormalization
+
+    original = LayerNormalization.call
+
+    def call(self, inputs):
+        if getattr(self, "rms_scaling", False):
+            return original(self, inputs)
+        ops = keras.ops
+        mean = ops.mean(inputs, axis=self.axis, keepdims=True)
+        centered = ops.subtract(inputs, mean)
+        variance = ops.mean(ops.multiply(centered, centered), axis=self.axis, keepdims=True)
+        outputs = ops.multiply(centered, ops.rsqrt(ops.add(variance, self.epsilon)))
+        if self.gamma is not None:
+            outputs = ops.multiply(outputs, self.gamma)
+        if self.beta is not None:
+            outputs = ops.add(outputs, self.beta)
+        return ops.cast(outputs, self.compute_dtype)
+
+    LayerNormalization.call = call
+    try:
+        yield
+    finally:
+        LayerNormalization.call = original
+
+
 def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Path | None = None) -> ModelBundle:
     """Load any supported model source; `task` overrides detection, `tokenizer` names a vocabulary."""
     if task is not None and task not in TASKS:
@@ -218,10 +254,17 @@ def _embedding_forward(backbone, pooling: str, normalize: bool) -> Callable:
         if pooling == "cls":
             pooled = sequence[:, 0, :]
         else:
-            mask = keras.ops.cast(keras.ops.expand_dims(padding_mask, -1), sequence.dtype)
-            total = keras.ops.sum(sequence * mask, axis=1)
-            pooled = total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
-        return keras.ops.normalize(pooled, axis=-1) if normalize else pooled
+            keep = keras.ops.expand_dims(keras.ops.greater(padding_mask, 0), -1)
+            pooled = keras.ops.sum(keras.ops.where(keep, sequence, keras.ops.zeros_like(sequence)), axis=1)
+            if not normalize:  # the token count cancels under normalisation, so only divide when it matters
+                ones = keras.ops.ones_like(sequence[..., :1])  # selected, not cast: CAST has no integer kernel
+                count = keras.ops.sum(keras.ops.where(keep, ones, keras.ops.zeros_like(ones)), axis=1)
+                pooled = pooled / keras.ops.maximum(count, 1.0)
+        if not normalize:
+            return pooled
+        # x * rsqrt(sum x^2) rather than ops.normalize: every op here has integer kernels.
+        squares = keras.ops.sum(keras.ops.multiply(pooled, pooled), axis=-1, keepdims=True)
+        return keras.ops.multiply(pooled, keras.ops.rsqrt(keras.ops.add(squares, 1e-12)))
 
     return forward
 

@@ -77,3 +77,15 @@ def test_int16_activation_export_is_integer_and_close_to_float(saved_classifier,
     assert np.int16 in dtypes and np.int8 in dtypes
     outputs = run_examples(backend.load(artifact.path, 1, {}), inputs)
     np.testing.assert_allclose(outputs, expected, atol=0.05)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_classifier", "tiny_backbone_file"])
+def test_integer_graph_has_no_float_ops(request, model_fixture, tmp_path):
+    bundle = load_model(request.getfixturevalue(model_fixture))
+    bundle.write_saved_model(tmp_path / "saved", 16, masked_logit=-30.0)
+    inputs = bundle.encode(["team goal win", "bread soup", "coach league season"], 16)
+    calibration = [{name: values[i:i + 1] for name, values in inputs.items()} for i in range(3)]
+    backend = get_backend("litert")
+    options = ExportOptions(calibration=calibration, integer_only=True, integer_io=True)
+    artifact = backend.export(tmp_path / "saved", "int8", options, tmp_path / "int8")
+    assert backend.fallback_ops(artifact.path) == {}
