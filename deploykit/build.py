@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, load_model
-from deploykit.planner import BASELINE_PRECISION, Gates, Plan, choose_precision, make_plan
+from deploykit.planner import BASELINE_PRECISION, Gates, Plan, candidate_precisions, make_plan
 from deploykit.profiling.local import ProfileSettings, profile_artifact
 from deploykit.progress import StepLog
 from deploykit.report.assemble import assemble_report
@@ -104,6 +104,39 @@ class _Measured:
     artifact: ExportedArtifact
     quality: dict
     profile: dict
+
+
+@dataclass
+class _Candidate:
+    """One precision tried for a target: its measurements and gate verdicts."""
+
+    measured: _Measured
+    fallback_ops: dict[str, int] | None
+    accuracy_drop: float | None
+    checks: list[dict]
+
+    @property
+    def passed(self) -> bool:
+        return all(check["passed"] for check in self.checks)
+
+    def move_to(self, folder: Path) -> None:
+        """Move the artifact's files into the target folder and point the record at them."""
+        artifact = self.measured.artifact
+        moved = [Path(shutil.move(str(path), str(folder / path.name))) for path in artifact.files]
+        self.measured.artifact = replace(artifact, path=folder / artifact.path.name, files=moved)
+
+    def summary(self) -> dict:
+        """The candidate's footprint in the report: what it cost and what it kept."""
+        quality, profile = self.measured.quality, self.measured.profile
+        return {
+            "precision": self.measured.artifact.precision,
+            "passed": self.passed,
+            "latency_ms_p50": profile["latency_ms"]["p50"],
+            "bytes": sum(path.stat().st_size for path in self.measured.artifact.files),
+            "fidelity": quality["fidelity"],
+            "accuracy_drop": self.accuracy_drop,
+            "checks": self.checks,
+        }
 
 
 @dataclass
@@ -205,37 +238,55 @@ class BuildSession:
 
     def plan(self, target: Target) -> tuple[Backend, Plan]:
         backend = get_backend(target.runtime)
-        precision = choose_precision(target, backend, self.options.precision)
+        precisions = candidate_precisions(target, backend, self.options.precision)
         plan = make_plan(
-            target, backend, precision, self.sequence_length, self.sequence_length_reason,
+            target, backend, precisions, self.sequence_length, self.sequence_length_reason,
             len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
             self.options.masked_logit,
         )
         return backend, plan
+
+    def candidate(self, backend: Backend, target: Target, plan: Plan, precision: str, folder: Path) -> _Candidate:
+        """Export one precision, validate and profile it, and check it against the gates."""
+        saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None)
+        with self.log.step("export", f"Exporting {precision} {backend.format} for {target.name}"):
+            artifact = backend.export(saved_model, precision, self.export_options(target), folder)
+        fallback_ops = backend.fallback_ops(artifact.path) if target.integer_only else None
+        measured = self.measure(backend, artifact, plan.threads, f"{precision} {backend.name}")
+        original_accuracy = self.reference().accuracy
+        accuracy_drop = None
+        if measured.quality["accuracy"] is not None and original_accuracy is not None:
+            accuracy_drop = round((original_accuracy - measured.quality["accuracy"]) * 100, 4)
+        cosine = measured.quality["fidelity"]["cosine_mean"] if self.bundle.task == "embedding" else None
+        checks = plan.gates.checks(accuracy_drop, cosine, fallback_ops)
+        for check in checks:
+            if not check["passed"]:
+                self.log.info(f"[red]✗ {precision}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
+        return _Candidate(measured, fallback_ops, accuracy_drop, checks)
 
     def build_target(self, target: Target) -> BuildResult:
         backend, plan = self.plan(target)
         self.log.info(f"\n[bold]Plan for {target.name}[/] ({target.device}):")
         for line in plan.lines():
             self.log.info(f"  {line}")
-        threads = plan.threads
         timings_before = dict(self.log.seconds)
         out = self.options.out
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
         try:
-            reference = self.reference()
-            saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None)
-            with self.log.step("export", f"Exporting {plan.precision} {backend.format} for {target.name}"):
-                artifact = backend.export(saved_model, plan.precision, self.export_options(target), staging)
-            fallback_ops = backend.fallback_ops(artifact.path) if target.integer_only else None
-            measured = self.measure(backend, artifact, threads, f"{plan.precision} {backend.name}")
-            baseline = self.baseline(backend, target, threads)
+            tried = []
+            for precision in plan.precisions:  # fastest first; keep the first that passes every gate
+                chosen = self.candidate(backend, target, plan, precision, self.workdir / f"{target.name}-{precision}")
+                tried.append(chosen)
+                if chosen.passed:
+                    break
+            chosen.move_to(staging)
+            baseline = self.baseline(backend, target, plan.threads)
             self.bundle.write_tokenizer(staging, self.sequence_length)
             report = assemble_report(
                 target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
-                artifact=measured, baseline=baseline, original_accuracy=reference.accuracy, fallback_ops=fallback_ops,
-                label_mapping=self.label_ids(reference.outputs.shape[-1])[1],
+                chosen=chosen, tried=tried, baseline=baseline, original_accuracy=self.reference().accuracy,
+                label_mapping=self.label_ids(self.reference().outputs.shape[-1])[1],
                 timings=_timings_since(timings_before, self.log.seconds),
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -246,11 +297,7 @@ class BuildSession:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        result = BuildResult(target.name, final, report)
-        for check in report["gates"]["checks"]:
-            if not check["passed"]:
-                self.log.info(f"[red]✗ gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
-        return result
+        return BuildResult(target.name, final, report)
 
 
 def _timings_since(before: dict, now: dict) -> dict:
@@ -324,7 +371,7 @@ def build_targets(
     resolved = []
     for target in resolve_targets(targets):  # fail before any work when a named target cannot be built
         try:
-            choose_precision(target, get_backend(target.runtime), options.precision)
+            candidate_precisions(target, get_backend(target.runtime), options.precision)
         except DeployKitError as error:
             if targets.strip() != "all":
                 raise

@@ -23,6 +23,21 @@ class Gates:
     max_accuracy_drop: float  # percentage points, checked when the data has labels
     min_cosine: float  # mean cosine vs the original, checked for embedding models
 
+    def checks(self, accuracy_drop: float | None, cosine_mean: float | None,
+               fallback_ops: dict[str, int] | None) -> list[dict]:
+        """Every gate that applies, with its value, limit and verdict."""
+        checks = []
+        if fallback_ops is not None:
+            count = sum(fallback_ops.values())
+            checks.append({"name": "fallback_ops", "value": count, "limit": 0, "passed": count == 0})
+        if accuracy_drop is not None:
+            checks.append({"name": "accuracy_drop", "value": accuracy_drop, "limit": self.max_accuracy_drop,
+                           "passed": accuracy_drop <= self.max_accuracy_drop})
+        if cosine_mean is not None:
+            checks.append({"name": "cosine_mean", "value": cosine_mean, "limit": self.min_cosine,
+                           "passed": cosine_mean >= self.min_cosine})
+        return checks
+
 
 @dataclass
 class Plan:
@@ -30,7 +45,7 @@ class Plan:
 
     target: str
     backend: str
-    precision: str
+    precisions: list[str]  # tried in order until one passes the gates
     sequence_length: int
     threads: int
     gates: Gates
@@ -45,8 +60,12 @@ class Plan:
         return rendered
 
 
-def choose_precision(target: Target, backend: Backend, requested: str | None) -> str:
-    """The target's most preferred precision this backend can produce, or the user's choice."""
+def candidate_precisions(target: Target, backend: Backend, requested: str | None) -> list[str]:
+    """The precisions to try, in order: the user's choice alone, or the target's that this backend produces.
+
+    The build keeps the first candidate that passes the gates, so a target lists its
+    precisions fastest first and a miss falls back to the next, more faithful one.
+    """
     if requested is not None:
         backend.describe(requested)
         if target.integer_only and requested not in target.precisions:
@@ -54,10 +73,10 @@ def choose_precision(target: Target, backend: Backend, requested: str | None) ->
                 f"target {target.name!r} runs integer-only graphs in {', '.join(target.precisions)}; "
                 f"--precision {requested} cannot run there."
             )
-        return requested
-    for precision in target.precisions:
-        if precision in backend.precisions:
-            return precision
+        return [requested]
+    candidates = [p for p in target.precisions if p in backend.precisions]
+    if candidates:
+        return candidates
     raise DeployKitError(
         f"target {target.name!r} lists precisions {target.precisions}, none of which the {backend.name} "
         f"backend produces ({', '.join(backend.precisions)}); fix the target file or pass --precision."
@@ -67,7 +86,7 @@ def choose_precision(target: Target, backend: Backend, requested: str | None) ->
 def make_plan(
     target: Target,
     backend: Backend,
-    precision: str,
+    precisions: list[str],
     sequence_length: int,
     sequence_length_reason: str,
     calibration_samples: int,
@@ -89,9 +108,9 @@ def make_plan(
             "step": "export",
             "backend": backend.name,
             "format": backend.format,
-            "precision": precision,
-            "method": backend.describe(precision),
-            "calibration_samples": calibration_samples if precision in INTEGER_PRECISIONS else 0,
+            "precision": precisions[0],
+            "method": backend.describe(precisions[0]),
+            "calibration_samples": calibration_samples if precisions[0] in INTEGER_PRECISIONS else 0,
         },
         {
             "step": "baseline",
@@ -107,7 +126,9 @@ def make_plan(
         },
         {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
     ]
+    if len(precisions) > 1:
+        steps[1]["if_gates_fail_try"] = precisions[1:]
     if target.integer_only:
         steps[1]["masked_attention_logit"] = masked_logit
         steps.insert(2, {"step": "check_integer_only", "fails_build_on": "any op reading or writing a float tensor"})
-    return Plan(target.name, backend.name, precision, sequence_length, threads, gates, steps)
+    return Plan(target.name, backend.name, precisions, sequence_length, threads, gates, steps)

@@ -84,7 +84,7 @@ def test_same_inputs_give_byte_identical_artifacts(tiny_classifier, labelled_dat
 
 
 def test_missed_gate_still_writes_a_complete_report(tiny_backbone_file, labelled_data, tmp_path):
-    result = build(tiny_backbone_file, "arm-cpu", labelled_data, out=tmp_path, profile=FAST,
+    result = build(tiny_backbone_file, "arm-cpu", labelled_data, out=tmp_path, profile=FAST, precision="dynamic-int8",
                    min_cosine=1.0, calibration_samples=20, evaluation_samples=20)
     assert not result.passed
     assert json.loads((result.folder / "report.json").read_text())["gates"]["passed"] is False
@@ -149,3 +149,16 @@ def test_all_skips_targets_without_an_exporter(tiny_classifier, labelled_data, t
     results = build_targets(tiny_classifier, "all", labelled_data,
                             options=BuildOptions(out=tmp_path, profile=FAST, calibration_samples=20, evaluation_samples=20))
     assert [r.target for r in results] == ["arm-cpu"]
+
+
+def test_a_missed_gate_falls_back_to_the_next_precision(tiny_backbone_file, labelled_data, tmp_path):
+    settings = dict(profile=FAST, calibration_samples=20, evaluation_samples=20)
+    int8 = build(tiny_backbone_file, "arm-cpu", labelled_data, out=tmp_path / "a", precision="dynamic-int8", **settings)
+    cosine = int8.report["metrics"]["fidelity"]["cosine_mean"]
+    assert cosine < 1.0
+    between = (cosine + 1.0) / 2  # dynamic-int8 misses it; fp16 (or fp32) of the same model clears it
+    result = build(tiny_backbone_file, "arm-cpu", labelled_data, out=tmp_path / "b", min_cosine=between, **settings)
+    tried = [c["precision"] for c in result.report["candidates"]]
+    assert tried[0] == "dynamic-int8" and not result.report["candidates"][0]["passed"]
+    assert result.passed and result.report["artifact"]["precision"] == tried[-1] != "dynamic-int8"
+    assert (result.folder / "model.tflite").exists()

@@ -93,7 +93,7 @@ def test_nvidia_gpu_says_what_is_missing(tmp_path, tiny_classifier, labelled_dat
 def test_missed_gate_exits_3_with_report(tmp_path, tiny_backbone_file, labelled_data):
     out = tmp_path / "out"
     result = run("build", str(tiny_backbone_file), "--target", "arm-cpu", "--data", str(labelled_data),
-                 "--out", str(out), "--min-cosine", "1.0", "--runs", "3", "--warmup", "0",
+                 "--out", str(out), "--min-cosine", "1.0", "--precision", "dynamic-int8", "--runs", "3", "--warmup", "0",
                  "--evaluation-samples", "10", "--calibration-samples", "10")
     assert result.exit_code == 3, result.output
     assert "quality gate missed for arm-cpu" in result.stderr

@@ -48,43 +48,27 @@ def _measured_on(target: Target, threads: int) -> dict:
     return {"host": host, "cores": os.cpu_count(), "threads": threads, "on_target_device": on_device, "note": note}
 
 
-def _gate_checks(plan: Plan, accuracy_drop: float | None, fidelity: dict, task: str,
-                 fallback_ops: dict[str, int] | None) -> list[dict]:
-    checks = []
-    if fallback_ops is not None:
-        count = sum(fallback_ops.values())
-        checks.append({"name": "fallback_ops", "value": count, "limit": 0, "passed": count == 0})
-    if accuracy_drop is not None:
-        checks.append({"name": "accuracy_drop", "value": accuracy_drop, "limit": plan.gates.max_accuracy_drop,
-                       "passed": accuracy_drop <= plan.gates.max_accuracy_drop})
-    if task == "embedding":
-        cosine = fidelity["cosine_mean"]
-        checks.append({"name": "cosine_mean", "value": cosine, "limit": plan.gates.min_cosine,
-                       "passed": cosine >= plan.gates.min_cosine})
-    return checks
-
-
 def assemble_report(
     target: Target,
     plan: Plan,
     bundle: ModelBundle,
     split: DataSplit,
     folder: Path,
-    artifact,
+    chosen,
+    tried: list,
     baseline,
     original_accuracy: float | None,
     label_mapping: str | None,
     timings: dict,
-    fallback_ops: dict[str, int] | None = None,
 ) -> dict:
-    """The report of one target's build; `artifact` and `baseline` are measured exports."""
+    """The report of one target's build: the chosen candidate, every candidate tried, the baseline."""
+    artifact = chosen.measured
     accuracy = artifact.quality["accuracy"]
-    accuracy_drop = None
-    if accuracy is not None and original_accuracy is not None:
-        accuracy_drop = round((original_accuracy - accuracy) * 100, 4)
+    accuracy_drop = chosen.accuracy_drop
+    fallback_ops = chosen.fallback_ops
+    checks = chosen.checks
     artifact_entry = _artifact_entry(artifact, folder)
     baseline_entry = _artifact_entry(baseline, None)
-    checks = _gate_checks(plan, accuracy_drop, artifact.quality["fidelity"], bundle.task, fallback_ops)
     return {
         "deploykit_version": __version__,
         "target": target.name,
@@ -106,6 +90,7 @@ def assemble_report(
             "label_mapping": label_mapping,
         },
         "plan": plan.steps,
+        "candidates": [candidate.summary() for candidate in tried],
         "artifact": artifact_entry,
         "baseline": {
             "format": baseline_entry["format"],

@@ -61,6 +61,13 @@ def render_markdown(report: dict) -> str:
     if fallback:
         listed = ", ".join(f"{name} ×{count}" for name, count in fallback.items())
         lines += ["", f"Ops that would fall back from the integer-only accelerator to the CPU: {listed}."]
+    if len(report["candidates"]) > 1:
+        lines += ["", "## Precisions tried (fastest first; the first to pass every gate is kept)", ""]
+        for candidate in report["candidates"]:
+            verdict = "passed" if candidate["passed"] else "missed a gate"
+            lines.append(f"- {candidate['precision']}: p50 {_number(candidate['latency_ms_p50'], 2, ' ms')}, "
+                         f"cosine {_number(candidate['fidelity']['cosine_mean'], 4)}, "
+                         f"accuracy drop {_number(candidate['accuracy_drop'], 2)} — {verdict}")
     lines += ["", "## Plan", ""]
     for number, step in enumerate(report["plan"], 1):
         details = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
