@@ -95,6 +95,8 @@ class _Reference:
 
     outputs: np.ndarray
     accuracy: float | None
+    label_ids: np.ndarray | None  # evaluation labels as output indices (classifiers with labels)
+    label_mapping: str | None  # how labels were mapped to indices, for the report
 
 
 @dataclass
@@ -154,6 +156,7 @@ class BuildSession:
     _saved_models: dict = field(default_factory=dict)
     _baselines: dict = field(default_factory=dict)
     _encoded: dict = field(default_factory=dict)
+    _calibration: list[Inputs] | None = None
 
     def encoded(self, which: str) -> Inputs:
         if which not in self._encoded:
@@ -161,20 +164,17 @@ class BuildSession:
             self._encoded[which] = self.bundle.encode(dataset.texts, self.sequence_length)
         return self._encoded[which]
 
-    def label_ids(self, classes: int) -> tuple[np.ndarray | None, str | None]:
-        labels = self.split.evaluation.labels
-        if self.bundle.task != "classification" or labels is None:
-            return None, None
-        return label_ids(labels, self.bundle.class_names, classes)
-
     def reference(self) -> _Reference:
         if self._reference is None:
             with self.log.step("reference", "Running the original Keras model on the evaluation samples"):
                 model = self.bundle.deployment_model(self.sequence_length)
                 outputs = self.bundle.predict(self.encoded("evaluation"), model=model)
-                ids, _ = self.label_ids(outputs.shape[-1])
+                ids, mapping = None, None
+                labels = self.split.evaluation.labels
+                if self.bundle.task == "classification" and labels is not None:
+                    ids, mapping = label_ids(labels, self.bundle.class_names, outputs.shape[-1])
                 original_accuracy = accuracy(outputs, ids) if ids is not None else None
-            self._reference = _Reference(outputs, original_accuracy)
+            self._reference = _Reference(outputs, original_accuracy, ids, mapping)
         return self._reference
 
     def saved_model(self, masked_logit: float | None = None) -> Path:
@@ -194,7 +194,7 @@ class BuildSession:
             fidelity = embedding_fidelity(reference.outputs, outputs)
         else:
             fidelity = classification_fidelity(reference.outputs, outputs)
-        ids, _ = self.label_ids(outputs.shape[-1])
+        ids = reference.label_ids
         return {"fidelity": fidelity, "accuracy": accuracy(outputs, ids) if ids is not None else None}
 
     def validate(self, backend: Backend, artifact: ExportedArtifact, threads: int) -> dict:
@@ -216,9 +216,12 @@ class BuildSession:
         return _Measured(artifact, quality, profile)
 
     def export_options(self, target: Target) -> ExportOptions:
-        calibration = self.encoded("calibration")
-        samples = [{name: values[i:i + 1] for name, values in calibration.items()} for i in range(len(self.split.calibration))]
-        return ExportOptions(calibration=samples, integer_only=target.integer_only, integer_io=target.integer_io)
+        if self._calibration is None:  # batch-1 examples, built once per session
+            calibration = self.encoded("calibration")
+            self._calibration = [
+                {name: values[i:i + 1] for name, values in calibration.items()} for i in range(len(self.split.calibration))
+            ]
+        return ExportOptions(calibration=self._calibration, integer_only=target.integer_only, integer_io=target.integer_io)
 
     def baseline(self, backend: Backend, target: Target, threads: int) -> _Measured:
         key = (backend.name, threads)
@@ -286,7 +289,7 @@ class BuildSession:
             report = assemble_report(
                 target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
                 chosen=chosen, tried=tried, baseline=baseline, original_accuracy=self.reference().accuracy,
-                label_mapping=self.label_ids(self.reference().outputs.shape[-1])[1],
+                label_mapping=self.reference().label_mapping,
                 timings=_timings_since(timings_before, self.log.seconds),
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -53,11 +53,12 @@ class Plan:
 
     def lines(self) -> list[str]:
         """Human-readable steps, one per line."""
-        rendered = []
-        for number, step in enumerate(self.steps, 1):
-            details = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
-            rendered.append(f"{number}. {step['step']}: {details}")
-        return rendered
+        return [f"{number}. {step['step']}: {step_details(step)}" for number, step in enumerate(self.steps, 1)]
+
+
+def step_details(step: dict) -> str:
+    """A plan step's parameters as `key=value, ...` (the step's name left out)."""
+    return ", ".join(f"{key}={value}" for key, value in step.items() if key != "step")
 
 
 def candidate_precisions(target: Target, backend: Backend, requested: str | None) -> list[str]:

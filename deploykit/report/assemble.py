@@ -63,10 +63,6 @@ def assemble_report(
 ) -> dict:
     """The report of one target's build: the chosen candidate, every candidate tried, the baseline."""
     artifact = chosen.measured
-    accuracy = artifact.quality["accuracy"]
-    accuracy_drop = chosen.accuracy_drop
-    fallback_ops = chosen.fallback_ops
-    checks = chosen.checks
     artifact_entry = _artifact_entry(artifact, folder)
     baseline_entry = _artifact_entry(baseline, None)
     return {
@@ -108,14 +104,14 @@ def assemble_report(
             "rss_before_load_mb": artifact.profile["rss_before_load_mb"],
             "runtime": artifact.profile["runtime"],
             "fidelity": artifact.quality["fidelity"],
-            "accuracy": accuracy,
+            "accuracy": artifact.quality["accuracy"],
             "original_accuracy": original_accuracy,
-            "accuracy_drop": accuracy_drop,
+            "accuracy_drop": chosen.accuracy_drop,
             "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),
             "size_ratio_vs_baseline": _ratio(artifact_entry["bytes"], baseline_entry["bytes"]),
         },
-        "compatibility": {"integer_only_required": target.integer_only, "fallback_ops": fallback_ops},
+        "compatibility": {"integer_only_required": target.integer_only, "fallback_ops": chosen.fallback_ops},
         "measured_on": _measured_on(target, artifact.profile["threads"]),
-        "gates": {"passed": all(c["passed"] for c in checks), "checks": checks},
+        "gates": {"passed": chosen.passed, "checks": chosen.checks},
         "timings_s": dict(timings),
     }

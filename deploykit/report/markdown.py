@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from deploykit.planner import step_details
+
 
 def _number(value, digits: int = 3, suffix: str = "") -> str:
     if value is None:
@@ -70,8 +72,7 @@ def render_markdown(report: dict) -> str:
                          f"accuracy drop {_number(candidate['accuracy_drop'], 2)} — {verdict}")
     lines += ["", "## Plan", ""]
     for number, step in enumerate(report["plan"], 1):
-        details = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step")
-        lines.append(f"{number}. **{step['step']}**: {details}")
+        lines.append(f"{number}. **{step['step']}**: {step_details(step)}")
     measured = report["measured_on"]
     lines += ["", "## Where this was measured", "", measured["note"], ""]
     lines += [
