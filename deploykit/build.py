@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, get_backend
+from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
@@ -49,6 +50,7 @@ class BuildOptions:
     profile: ProfileSettings = ProfileSettings()
     seed: int = 0
     masked_logit: float = -30.0  # padded attention positions in integer-only graphs; see bounded_attention_mask
+    allow_fallback: bool = False  # report ops that would leave the accelerator, but do not fail the build on them
 
 
 class View:
@@ -113,7 +115,7 @@ class _Candidate:
     """One precision tried for a target: its measurements and gate verdicts."""
 
     measured: _Measured
-    fallback_ops: dict[str, int] | None
+    compatibility: Compatibility | None  # None when the target sets no op limits or the backend cannot list ops
     accuracy_drop: float | None
     checks: list[dict]
 
@@ -237,6 +239,7 @@ class BuildSession:
         return Gates(
             max_accuracy_drop=_first_set(self.options.max_accuracy_drop, budgets.max_accuracy_drop),
             min_cosine=_first_set(self.options.min_cosine, budgets.min_cosine),
+            allow_fallback=self.options.allow_fallback,
         )
 
     def plan(self, target: Target) -> tuple[Backend, Plan]:
@@ -254,18 +257,20 @@ class BuildSession:
         saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None)
         with self.log.step("export", f"Exporting {precision} {backend.format} for {target.name}"):
             artifact = backend.export(saved_model, precision, self.export_options(target), folder)
-        fallback_ops = backend.fallback_ops(artifact.path) if target.integer_only else None
+        compatibility = None
+        if target.checks_ops and (ops := backend.graph_ops(artifact.path)) is not None:
+            compatibility = check_compatibility(ops, target)
         measured = self.measure(backend, artifact, plan.threads, f"{precision} {backend.name}")
         original_accuracy = self.reference().accuracy
         accuracy_drop = None
         if measured.quality["accuracy"] is not None and original_accuracy is not None:
             accuracy_drop = round((original_accuracy - measured.quality["accuracy"]) * 100, 4)
         cosine = measured.quality["fidelity"]["cosine_mean"] if self.bundle.task == "embedding" else None
-        checks = plan.gates.checks(accuracy_drop, cosine, fallback_ops)
+        checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None)
         for check in checks:
             if not check["passed"]:
                 self.log.info(f"[red]✗ {precision}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
-        return _Candidate(measured, fallback_ops, accuracy_drop, checks)
+        return _Candidate(measured, compatibility, accuracy_drop, checks)
 
     def build_target(self, target: Target) -> BuildResult:
         backend, plan = self.plan(target)

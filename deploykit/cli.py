@@ -98,12 +98,15 @@ def targets_show(name: str) -> None:
 @click.option("--masked-logit", type=float, default=-30.0, show_default=True,
               help="Attention logit of padded positions in integer-only graphs (Keras uses -1e9, "
               "which one int8 scale cannot share with the real scores).")
+@click.option("--allow-fallback", is_flag=True,
+              help="Report ops that would fall back from the target's accelerator (float ops, ops outside its "
+              "op set or shape limits) without failing the build on them.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
-          task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit, runs,
-          warmup, threads) -> None:
+          task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
+          allow_fallback, runs, warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -121,7 +124,7 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         out=Path(out), precision=precision, sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
-        masked_logit=masked_logit,
+        masked_logit=masked_logit, allow_fallback=allow_fallback,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
@@ -137,6 +140,9 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--threads", type=int, help="Runtime threads (default: all cores).")
+@click.option("--allow-fallback", is_flag=True,
+              help="Report ops that would fall back from the target's accelerator (float ops, ops outside its "
+              "op set or shape limits) without failing the build on them.")
 @click.option("--runs", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
 def profile(artifact, threads, runs, warmup) -> None:

@@ -58,8 +58,13 @@ class Target(BaseModel):
     integer_io: bool = Field(False, description="Float inputs/outputs become int8 too.")
     static_shapes: bool = False
     sparsity: list[Sparsity] = ["none"]
+    supported_ops: list[str] | None = Field(
+        None, description="The accelerator's op set (runtime op names); null means any op the runtime has."
+    )
     unsupported_ops: list[str] = []
-    max_tensor_dims: int | None = Field(None, ge=1)
+    max_tensor_dims: int | None = Field(
+        None, ge=1, description="Most dimensions larger than 1 that any tensor of an op may have."
+    )
     memory_mb: int | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1, description="Profiling threads; null means all cores.")
     host_match: str | None = Field(
@@ -75,6 +80,12 @@ class Target(BaseModel):
         if self.integer_only and not set(self.precisions) <= set(INTEGER_PRECISIONS):
             raise ValueError(f"an integer_only target may list only the precisions {list(INTEGER_PRECISIONS)}")
         return self
+
+    @property
+    def checks_ops(self) -> bool:
+        """Whether exported graphs must be checked op by op against this target's limits."""
+        return bool(self.integer_only or self.supported_ops is not None or self.unsupported_ops
+                    or self.max_tensor_dims is not None)
 
     @property
     def default_precision(self) -> Precision:

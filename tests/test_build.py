@@ -126,7 +126,7 @@ def test_integer_only_target_lists_float_ops_and_fails_on_them(tiny_classifier, 
     assert isinstance(fallback, dict)
     check = next(c for c in result.report["gates"]["checks"] if c["name"] == "fallback_ops")
     assert check["value"] == sum(fallback.values()) and check["passed"] == (not fallback)
-    assert "check_integer_only" in [step["step"] for step in result.report["plan"]]
+    assert "check_ops" in [step["step"] for step in result.report["plan"]]
 
 
 def test_user_model_without_data_uses_bundled_text_without_labels(tiny_classifier, tmp_path):

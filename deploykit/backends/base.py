@@ -16,6 +16,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from deploykit.compatibility import GraphOp
 from deploykit.errors import DeployKitError
 
 Inputs = dict[str, np.ndarray]
@@ -74,11 +75,8 @@ class Backend:
         """Load the artifact with the runtime, ready to run batch-1 examples."""
         raise NotImplementedError
 
-    def fallback_ops(self, path: Path) -> dict[str, int] | None:
-        """Ops that would not run as integer ops on integer-only hardware, by name and count.
-
-        None when this backend cannot tell; an empty mapping means the graph is integer-only.
-        """
+    def graph_ops(self, path: Path) -> list[GraphOp] | None:
+        """The artifact's ops with their tensors' types and shapes; None when this backend cannot list them."""
         return None
 
     def describe(self, precision: str) -> str:

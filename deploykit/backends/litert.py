@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.compatibility import GraphOp, GraphTensor
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
 
 
@@ -55,18 +56,18 @@ class LiteRTBackend(Backend):
         path.write_bytes(model)
         return ExportedArtifact(path=path, files=[path], format=self.format, precision=precision, method=method)
 
-    def fallback_ops(self, path: Path) -> dict[str, int]:
-        """Ops reading or writing a float tensor: an integer-only accelerator hands them back to the CPU."""
+    def graph_ops(self, path: Path) -> list[GraphOp]:
         from ai_edge_litert.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=str(path))
-        dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-        counts: dict[str, int] = {}
-        for op in interpreter._get_ops_details():
-            tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
-            if any(np.issubdtype(dtypes[i], np.floating) for i in tensors):
-                counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-        return dict(sorted(counts.items()))
+        tensors = {
+            t["index"]: GraphTensor(np.dtype(t["dtype"]).name, tuple(int(d) for d in t["shape_signature"]))
+            for t in interpreter.get_tensor_details()
+        }
+        return [
+            GraphOp(op["op_name"], tuple(tensors[i] for i in [*op["inputs"], *op["outputs"]] if i >= 0))
+            for op in interpreter._get_ops_details()
+        ]
 
     def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
         from ai_edge_litert.interpreter import Interpreter

@@ -110,7 +110,10 @@ def assemble_report(
             "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),
             "size_ratio_vs_baseline": _ratio(artifact_entry["bytes"], baseline_entry["bytes"]),
         },
-        "compatibility": {"integer_only_required": target.integer_only, "fallback_ops": chosen.fallback_ops},
+        "compatibility": {
+            "integer_only_required": target.integer_only,
+            **(chosen.compatibility.as_dict() if chosen.compatibility else {"fallback_ops": None, "fallback_reasons": None}),
+        },
         "measured_on": _measured_on(target, artifact.profile["threads"]),
         "gates": {"passed": chosen.passed, "checks": chosen.checks},
         "timings_s": dict(timings),

@@ -61,8 +61,9 @@ def render_markdown(report: dict) -> str:
         lines.append("- no gate applies (no labels and not an embedding model)")
     fallback = report["compatibility"]["fallback_ops"]
     if fallback:
-        listed = ", ".join(f"{name} ×{count}" for name, count in fallback.items())
-        lines += ["", f"Ops that would fall back from the integer-only accelerator to the CPU: {listed}."]
+        reasons = report["compatibility"]["fallback_reasons"]
+        lines += ["", "Ops that would fall back from the accelerator to the CPU:", ""]
+        lines += [f"- {name} ×{count}: {'; '.join(reasons[name])}" for name, count in fallback.items()]
     if len(report["candidates"]) > 1:
         lines += ["", "## Precisions tried (fastest first; the first to pass every gate is kept)", ""]
         for candidate in report["candidates"]:
