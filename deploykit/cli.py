@@ -140,9 +140,6 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--threads", type=int, help="Runtime threads (default: all cores).")
-@click.option("--allow-fallback", is_flag=True,
-              help="Report ops that would fall back from the target's accelerator (float ops, ops outside its "
-              "op set or shape limits) without failing the build on them.")
 @click.option("--runs", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
 def profile(artifact, threads, runs, warmup) -> None:
