@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, load_model
-from deploykit.planner import BASELINE_PRECISION, Gates, Plan, candidate_precisions, make_plan
+from deploykit.passes.base import PassContext, get_pass
+from deploykit.planner import BASELINE_PRECISION, Candidate, Gates, Plan, candidate_precisions, make_plan, plan_candidates
 from deploykit.profiling.local import ProfileSettings, profile_artifact
 from deploykit.progress import StepLog
 from deploykit.report.assemble import assemble_report
@@ -51,6 +53,8 @@ class BuildOptions:
     seed: int = 0
     masked_logit: float = -30.0  # padded attention positions in integer-only graphs; see bounded_attention_mask
     allow_fallback: bool = False  # report ops that would leave the accelerator, but do not fail the build on them
+    qat: bool = True  # integer-only targets try quantization-aware training when post-training int8 misses a gate
+    pass_parameters: dict = field(default_factory=dict)  # pass name -> parameter overrides, e.g. {"qat": {"steps": 600}}
 
 
 class View:
@@ -118,6 +122,8 @@ class _Candidate:
     compatibility: Compatibility | None  # None when the target sets no op limits or the backend cannot list ops
     accuracy_drop: float | None
     checks: list[dict]
+    label: str  # passes + precision, e.g. "qat + int8"
+    passes: list[dict]  # what each training-time pass did
 
     @property
     def passed(self) -> bool:
@@ -133,7 +139,9 @@ class _Candidate:
         """The candidate's footprint in the report: what it cost and what it kept."""
         quality, profile = self.measured.quality, self.measured.profile
         return {
+            "candidate": self.label,
             "precision": self.measured.artifact.precision,
+            "passes": self.passes,
             "passed": self.passed,
             "latency_ms_p50": profile["latency_ms"]["p50"],
             "bytes": sum(path.stat().st_size for path in self.measured.artifact.files),
@@ -159,6 +167,7 @@ class BuildSession:
     _baselines: dict = field(default_factory=dict)
     _encoded: dict = field(default_factory=dict)
     _calibration: list[Inputs] | None = None
+    _pass_results: dict = field(default_factory=dict)
 
     def encoded(self, which: str) -> Inputs:
         if which not in self._encoded:
@@ -179,15 +188,53 @@ class BuildSession:
             self._reference = _Reference(outputs, original_accuracy, ids, mapping)
         return self._reference
 
-    def saved_model(self, masked_logit: float | None = None) -> Path:
-        """The traced graph, once per masked-logit setting (None: the framework's own mask)."""
-        if masked_logit not in self._saved_models:
-            how = "" if masked_logit is None else f" (padded attention logits at {masked_logit:g})"
-            with self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
-                folder = self.workdir / f"saved_model_{len(self._saved_models)}"
-                self.bundle.write_saved_model(folder, self.sequence_length, masked_logit)
-            self._saved_models[masked_logit] = folder
-        return self._saved_models[masked_logit]
+    def saved_model(self, masked_logit: float | None = None, passes: tuple[str, ...] = ()) -> Path:
+        """The traced graph, once per masked-logit setting (None: the framework's own mask) and recipe."""
+        key = (masked_logit, passes)
+        if key not in self._saved_models:
+            folder = self.workdir / f"saved_model_{len(self._saved_models)}"
+            if passes:
+                self._pass_results[passes] = self._run_passes(passes, masked_logit, folder)
+            else:
+                how = "" if masked_logit is None else f" (padded attention logits at {masked_logit:g})"
+                with self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
+                    self.bundle.write_saved_model(folder, self.sequence_length, masked_logit)
+            self._saved_models[key] = folder
+        return self._saved_models[key]
+
+    def _run_passes(self, names: tuple[str, ...], masked_logit: float | None, folder: Path) -> list[dict]:
+        """Train with each pass in order, trace the result, then put the original weights back."""
+        context = self._pass_context(masked_logit)
+        weights = self.bundle.deployment_model(self.sequence_length).weights
+        original = [variable.numpy() for variable in weights]
+        results = []
+        try:
+            tracing = None
+            for name in names:
+                chosen = get_pass(name, **self.options.pass_parameters.get(name, {}))
+                results.append(chosen.apply(context).as_dict())
+                tracing = chosen.export_context(masked_logit)
+            with self.log.step("saved_model", f"Tracing the model after {' + '.join(names)} to a SavedModel"):
+                with tracing or nullcontext():
+                    self.bundle.write_saved_model(folder, self.sequence_length)
+        finally:
+            for variable, value in zip(weights, original):
+                variable.assign(value)
+        return results
+
+    def _pass_context(self, masked_logit: float | None) -> PassContext:
+        """The training texts, what the original model outputs on them, and their labels if any."""
+        inputs = self.encoded("training")
+        with self.log.step("teacher", f"Running the original model on {len(self.split.training)} training texts"):
+            teacher = self.bundle.predict(inputs)
+        ids = None
+        if self.bundle.task == "classification" and self.split.training.labels is not None:
+            ids, _ = label_ids(self.split.training.labels, self.bundle.class_names, teacher.shape[-1])
+        return PassContext(
+            bundle=self.bundle, sequence_length=self.sequence_length, train_inputs=inputs, teacher_outputs=teacher,
+            label_ids=ids, calibration=self.calibration_samples(), log=self.log, masked_logit=masked_logit,
+            seed=self.options.seed,
+        )
 
     def quality(self, outputs: np.ndarray) -> dict:
         """Fidelity against the original and, with labels, accuracy."""
@@ -217,13 +264,17 @@ class BuildSession:
             )
         return _Measured(artifact, quality, profile)
 
-    def export_options(self, target: Target) -> ExportOptions:
+    def calibration_samples(self) -> list[Inputs]:
         if self._calibration is None:  # batch-1 examples, built once per session
             calibration = self.encoded("calibration")
             self._calibration = [
                 {name: values[i:i + 1] for name, values in calibration.items()} for i in range(len(self.split.calibration))
             ]
-        return ExportOptions(calibration=self._calibration, integer_only=target.integer_only, integer_io=target.integer_io)
+        return self._calibration
+
+    def export_options(self, target: Target) -> ExportOptions:
+        return ExportOptions(calibration=self.calibration_samples(), integer_only=target.integer_only,
+                             integer_io=target.integer_io)
 
     def baseline(self, backend: Backend, target: Target, threads: int) -> _Measured:
         key = (backend.name, threads)
@@ -244,23 +295,24 @@ class BuildSession:
 
     def plan(self, target: Target) -> tuple[Backend, Plan]:
         backend = get_backend(target.runtime)
-        precisions = candidate_precisions(target, backend, self.options.precision)
+        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat)
         plan = make_plan(
-            target, backend, precisions, self.sequence_length, self.sequence_length_reason,
+            target, backend, candidates, self.sequence_length, self.sequence_length_reason,
             len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
-            self.options.masked_logit,
+            self.options.masked_logit, self.options.pass_parameters,
         )
         return backend, plan
 
-    def candidate(self, backend: Backend, target: Target, plan: Plan, precision: str, folder: Path) -> _Candidate:
-        """Export one precision, validate and profile it, and check it against the gates."""
-        saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None)
-        with self.log.step("export", f"Exporting {precision} {backend.format} for {target.name}"):
+    def candidate(self, backend: Backend, target: Target, plan: Plan, candidate: Candidate, folder: Path) -> _Candidate:
+        """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
+        precision = candidate.precision
+        saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None, candidate.passes)
+        with self.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
             artifact = backend.export(saved_model, precision, self.export_options(target), folder)
         compatibility = None
         if target.checks_ops and (ops := backend.graph_ops(artifact.path)) is not None:
             compatibility = check_compatibility(ops, target)
-        measured = self.measure(backend, artifact, plan.threads, f"{precision} {backend.name}")
+        measured = self.measure(backend, artifact, plan.threads, f"{candidate.label} {backend.name}")
         original_accuracy = self.reference().accuracy
         accuracy_drop = None
         if measured.quality["accuracy"] is not None and original_accuracy is not None:
@@ -269,8 +321,9 @@ class BuildSession:
         checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None)
         for check in checks:
             if not check["passed"]:
-                self.log.info(f"[red]✗ {precision}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
-        return _Candidate(measured, compatibility, accuracy_drop, checks)
+                self.log.info(f"[red]✗ {candidate.label}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
+        passes = self._pass_results.get(candidate.passes, [])
+        return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes)
 
     def build_target(self, target: Target) -> BuildResult:
         backend, plan = self.plan(target)
@@ -283,8 +336,8 @@ class BuildSession:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
         try:
             tried = []
-            for precision in plan.precisions:  # fastest first; keep the first that passes every gate
-                chosen = self.candidate(backend, target, plan, precision, self.workdir / f"{target.name}-{precision}")
+            for number, candidate in enumerate(plan.candidates):  # fastest first; keep the first passing every gate
+                chosen = self.candidate(backend, target, plan, candidate, self.workdir / f"{target.name}-{number}")
                 tried.append(chosen)
                 if chosen.passed:
                     break

@@ -101,12 +101,16 @@ def targets_show(name: str) -> None:
 @click.option("--allow-fallback", is_flag=True,
               help="Report ops that would fall back from the target's accelerator (float ops, ops outside its "
               "op set or shape limits) without failing the build on them.")
+@click.option("--qat/--no-qat", default=True, show_default=True,
+              help="On integer-only targets, try quantization-aware training (a short fine-tune against the "
+              "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
+@click.option("--qat-steps", type=int, default=300, show_default=True, help="Optimizer steps of quantization-aware training.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
           task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
-          allow_fallback, runs, warmup, threads) -> None:
+          allow_fallback, qat, qat_steps, runs, warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -124,7 +128,8 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         out=Path(out), precision=precision, sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
-        masked_logit=masked_logit, allow_fallback=allow_fallback,
+        masked_logit=masked_logit, allow_fallback=allow_fallback, qat=qat,
+        pass_parameters={"qat": {"steps": qat_steps}},
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))

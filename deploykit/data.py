@@ -39,10 +39,14 @@ class TextDataset:
 
 @dataclass(frozen=True)
 class DataSplit:
-    """Disjoint samples: calibration feeds quantization, evaluation measures the artifact."""
+    """Calibration feeds quantization, training feeds training-time passes, evaluation measures the artifact.
+
+    Evaluation is disjoint from both others; calibration is a subset of training.
+    """
 
     calibration: TextDataset
     evaluation: TextDataset
+    training: TextDataset
 
 
 def load_dataset(path: str | Path) -> TextDataset:
@@ -133,12 +137,13 @@ def split_dataset(
     if evaluation_data is not None:
         evaluation_order = np.random.default_rng(seed).permutation(len(evaluation_data))
         evaluation = evaluation_data.subset(evaluation_order[:evaluation_samples])
-        calibration = data.subset(order[:calibration_samples])
+        training = data.subset(order)
     else:
         evaluation_count = min(evaluation_samples, len(data) // 2)
         evaluation = data.subset(order[:evaluation_count])
-        calibration = data.subset(order[evaluation_count:evaluation_count + calibration_samples])
-    return DataSplit(calibration=calibration, evaluation=evaluation)
+        training = data.subset(order[evaluation_count:])
+    calibration = training.subset(list(range(min(calibration_samples, len(training)))))
+    return DataSplit(calibration=calibration, evaluation=evaluation, training=training)
 
 
 def choose_sequence_length(

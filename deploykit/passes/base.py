@@ -55,7 +55,7 @@ class Pass:
         self.parameters = self.Parameters(**parameters)
 
     def describe(self) -> dict:
-        return {"pass": self.name, **{f.name: getattr(self.parameters, f.name) for f in fields(self.Parameters)}}
+        return {f.name: getattr(self.parameters, f.name) for f in fields(self.Parameters)}
 
 
 def get_pass(name: str, **parameters: Any) -> Pass:
@@ -73,3 +73,6 @@ class PassResult:
     name: str
     parameters: dict
     effect: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"pass": self.name, "parameters": self.parameters, "effect": self.effect}

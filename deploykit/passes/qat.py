@@ -159,7 +159,8 @@ class QuantizationAwareTraining(Pass):
             def train_step(inputs, teacher, labels):
                 with tf.GradientTape() as tape:
                     loss = loss_of(model(inputs, training=False), teacher, labels)
-                optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                gradients = tape.gradient(loss, variables)  # None for layers the output does not use
+                optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables) if g is not None])
                 return loss
 
             rng = np.random.default_rng(context.seed)

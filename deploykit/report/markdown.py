@@ -65,10 +65,10 @@ def render_markdown(report: dict) -> str:
         lines += ["", "Ops that would fall back from the accelerator to the CPU:", ""]
         lines += [f"- {name} ×{count}: {'; '.join(reasons[name])}" for name, count in fallback.items()]
     if len(report["candidates"]) > 1:
-        lines += ["", "## Precisions tried (fastest first; the first to pass every gate is kept)", ""]
+        lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept)", ""]
         for candidate in report["candidates"]:
             verdict = "passed" if candidate["passed"] else "missed a gate"
-            lines.append(f"- {candidate['precision']}: p50 {_number(candidate['latency_ms_p50'], 2, ' ms')}, "
+            lines.append(f"- {candidate['candidate']}: p50 {_number(candidate['latency_ms_p50'], 2, ' ms')}, "
                          f"cosine {_number(candidate['fidelity']['cosine_mean'], 4)}, "
                          f"accuracy drop {_number(candidate['accuracy_drop'], 2)} — {verdict}")
     lines += ["", "## Plan", ""]
