@@ -147,6 +147,7 @@ class _Candidate:
             "bytes": sum(path.stat().st_size for path in self.measured.artifact.files),
             "fidelity": quality["fidelity"],
             "accuracy_drop": self.accuracy_drop,
+            "fallback_ops": self.compatibility.fallback_ops if self.compatibility else None,
             "checks": self.checks,
         }
 

@@ -164,6 +164,27 @@ def bounded_attention_mask(masked_logit: float) -> Iterator[None]:
         softmax._large_negative_number = original
 
 
+_ROUNDING_HOOKS: list[Callable] = []
+
+
+def rounding_point(owner: object, site: str, values):
+    """A tensor an integer graph stores in 8 bits; quantization-aware training simulates the rounding here.
+
+    Identity unless a hook is installed with `simulated_rounding` (see passes/qat.py).
+    """
+    return _ROUNDING_HOOKS[-1](owner, site, values) if _ROUNDING_HOOKS else values
+
+
+@contextmanager
+def simulated_rounding(hook: Callable) -> Iterator[None]:
+    """Install `hook(owner, site, values) -> values` at every `rounding_point`."""
+    _ROUNDING_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _ROUNDING_HOOKS.remove(hook)
+
+
 @contextmanager
 def integer_layer_norm() -> Iterator[None]:
     """Trace LayerNormalization as mean, SUB, MUL, RSQRT: the same numbers, integer-capable ops.
@@ -181,12 +202,14 @@ def integer_layer_norm() -> Iterator[None]:
         if getattr(self, "rms_scaling", False):
             return original(self, inputs)
         ops = keras.ops
-        mean = ops.mean(inputs, axis=self.axis, keepdims=True)
-        centered = ops.subtract(inputs, mean)
-        variance = ops.mean(ops.multiply(centered, centered), axis=self.axis, keepdims=True)
-        outputs = ops.multiply(centered, ops.rsqrt(ops.add(variance, self.epsilon)))
+        mean = rounding_point(self, "mean", ops.mean(inputs, axis=self.axis, keepdims=True))
+        centered = rounding_point(self, "centered", ops.subtract(inputs, mean))
+        squares = rounding_point(self, "squares", ops.multiply(centered, centered))
+        variance = rounding_point(self, "variance", ops.mean(squares, axis=self.axis, keepdims=True))
+        scale = rounding_point(self, "rsqrt", ops.rsqrt(rounding_point(self, "variance_eps", ops.add(variance, self.epsilon))))
+        outputs = rounding_point(self, "normalized", ops.multiply(centered, scale))
         if self.gamma is not None:
-            outputs = ops.multiply(outputs, self.gamma)
+            outputs = rounding_point(self, "scaled", ops.multiply(outputs, self.gamma))
         if self.beta is not None:
             outputs = ops.add(outputs, self.beta)
         return ops.cast(outputs, self.compute_dtype)
@@ -245,28 +268,52 @@ def _embedding_forward(backbone, pooling: str, normalize: bool) -> Callable:
     """Backbone + pooling over the padding mask (+ L2 normalisation, as sentence-transformers does)."""
     import keras
 
+    head = _pooling_head_class()(pooling, normalize, name="sentence_embedding")
+
     def forward(token_ids, padding_mask):
         inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
         if "segment_ids" in _input_names(backbone):
             inputs["segment_ids"] = keras.ops.zeros_like(token_ids)
         outputs = backbone(inputs)
         sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
-        if pooling == "cls":
-            pooled = sequence[:, 0, :]
-        else:
-            keep = keras.ops.expand_dims(keras.ops.greater(padding_mask, 0), -1)
-            pooled = keras.ops.sum(keras.ops.where(keep, sequence, keras.ops.zeros_like(sequence)), axis=1)
-            if not normalize:  # the token count cancels under normalisation, so only divide when it matters
-                ones = keras.ops.ones_like(sequence[..., :1])  # selected, not cast: CAST has no integer kernel
-                count = keras.ops.sum(keras.ops.where(keep, ones, keras.ops.zeros_like(ones)), axis=1)
-                pooled = pooled / keras.ops.maximum(count, 1.0)
-        if not normalize:
-            return pooled
-        # x * rsqrt(sum x^2) rather than ops.normalize: every op here has integer kernels.
-        squares = keras.ops.sum(keras.ops.multiply(pooled, pooled), axis=-1, keepdims=True)
-        return keras.ops.multiply(pooled, keras.ops.rsqrt(keras.ops.add(squares, 1e-12)))
+        return head(sequence, padding_mask)
 
     return forward
+
+
+def _pooling_head_class():
+    """The pooling head as a Keras layer, so its tensors are real tensors where rounding is simulated."""
+    import keras
+
+    class PoolingHead(keras.layers.Layer):
+        def __init__(self, pooling: str, normalize: bool, **kwargs):
+            super().__init__(**kwargs)
+            self.pooling, self.normalize = pooling, normalize
+
+        def call(self, sequence, padding_mask):
+            ops = keras.ops
+            if self.pooling == "cls":
+                pooled = sequence[:, 0, :]
+            else:
+                keep = ops.expand_dims(ops.greater(padding_mask, 0), -1)
+                kept = rounding_point(self, "kept", ops.where(keep, sequence, ops.zeros_like(sequence)))
+                pooled = rounding_point(self, "sum", ops.sum(kept, axis=1))
+                if not self.normalize:  # the token count cancels under normalisation, so only divide when it matters
+                    ones = ops.ones_like(sequence[..., :1])  # selected, not cast: CAST has no integer kernel
+                    count = ops.sum(ops.where(keep, ones, ops.zeros_like(ones)), axis=1)
+                    pooled = pooled / ops.maximum(count, 1.0)
+            if not self.normalize:
+                return pooled
+            # x * rsqrt(sum x^2) rather than ops.normalize: every op here has integer kernels.
+            squares = rounding_point(self, "squares", ops.multiply(pooled, pooled))
+            total = rounding_point(self, "total", ops.sum(squares, axis=-1, keepdims=True))
+            scale = rounding_point(self, "rsqrt", ops.rsqrt(ops.add(total, 1e-12)))
+            return rounding_point(self, "output", ops.multiply(pooled, scale))
+
+        def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
+            return (sequence_shape[0], sequence_shape[-1])
+
+    return PoolingHead
 
 
 def _classifier_forward(model) -> Callable:

@@ -3,12 +3,13 @@ full-integer export keeps the original model's outputs.
 
 Fake-quantization (`keras.quantizers.fake_quant_with_min_max_vars`, which the TFLite
 converter reads as quantization parameters) is inserted at trace time, without
-rebuilding the model: every Dense/EinsumDense kernel is rounded per tensor,
-symmetric, to 8 bits; the outputs of those layers and the input and output of every
-LayerNormalization (the residual sums, where BERT-family models keep their outlier
-channels) are rounded to 8 bits with a range initialised from calibration and then
-learned. The converter calibrates every tensor without a fake-quant node as in
-post-training quantization, so the export is full-integer either way.
+rebuilding the model, on every tensor the integer graph stores: Dense/EinsumDense
+outputs, LayerNormalization inputs (the residual sums, where BERT-family models
+keep their outlier channels) and internals, attention scores, softmax and context,
+the pooling head. Each range is initialised from calibration and then learned.
+Kernels are rounded per output channel during training, as the converter will
+round them. The converter calibrates any tensor left without a fake-quant node,
+so the export is full-integer either way.
 
 The fine-tune needs no labels: the student matches the original model's outputs
 (cosine for embeddings, softened logits for classifiers), plus the labels when the
@@ -24,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.models import bounded_attention_mask, integer_layer_norm
+from deploykit.models import bounded_attention_mask, integer_layer_norm, simulated_rounding
 from deploykit.passes.base import Pass, PassContext, PassResult
 
 
@@ -32,7 +33,8 @@ from deploykit.passes.base import Pass, PassContext, PassResult
 class QatParameters:
     steps: int = 300  # optimizer steps; about 4 passes over 1,300 texts at batch 16
     batch_size: int = 16
-    learning_rate: float = 2e-5  # the usual BERT fine-tuning rate; ranges learn at the same rate
+    learning_rate: float = 1e-4  # weights; a few times the usual BERT fine-tuning rate, as the run is short
+    range_learning_rate: float = 1e-3  # activation ranges, in the activations' own units
     calibration_samples: int = 64  # samples that initialise the activation ranges
     temperature: float = 2.0  # softening of teacher logits (classifiers)
     label_weight: float = 0.5  # share of the label loss when labels exist; the rest is distillation
@@ -61,73 +63,137 @@ class ActivationRanges:
             )
         return [v for pair in self.variables.values() for v in pair]
 
+    @staticmethod
+    def softmax(probabilities):
+        """Softmax outputs: int8 kernels fix their range to [0, 1) in steps of 1/256."""
+        from keras.quantizers import fake_quant_with_min_max_vars
+
+        return fake_quant_with_min_max_vars(probabilities, 0.0, 255.0 / 256.0, num_bits=8)
+
     def freeze(self) -> None:
         """Fix the learned ranges as constants, for tracing the export graph."""
         self.frozen = {key: (float(low.numpy()), float(high.numpy())) for key, (low, high) in self.variables.items()}
+
+    def bounds(self, key: tuple[int, str]):
+        """The (low, high) range for `key`: constants once frozen, variables while training, None while observing."""
+        if self.frozen is not None:
+            return self.frozen[key]
+        return self.variables.get(key)
 
     def apply(self, key: tuple[int, str], values):
         """Fake-quantize `values` with the range for `key` (or record it while observing)."""
         from keras.quantizers import fake_quant_with_min_max_vars
 
-        if self.frozen is not None:
-            low, high = self.frozen[key]
-        elif self.variables:
-            low, high = self.variables[key]
-        else:
+        bounds = self.bounds(key)
+        if bounds is None:
             import tensorflow as tf
 
             if tf.executing_eagerly():  # symbolic shape inference passes through unrecorded
                 self.observe(key, np.asarray(values))
             return values
-        return fake_quant_with_min_max_vars(values, low, high, num_bits=8)
+        return fake_quant_with_min_max_vars(values, bounds[0], bounds[1], num_bits=8)
 
 
-def _quantized_kernel(kernel):
-    """Per-tensor symmetric int8 rounding of a kernel, as the converter stores it."""
+def _rounded_kernel(kernel, reduced_axes: tuple[int, ...], exporting: bool):
+    """Kernel rounding as the converter does it: int8, symmetric, one scale per output channel.
+
+    Training rounds with a straight-through gradient; the export graph keeps the float
+    kernel, since the converter applies this very rounding (per-channel fake-quant
+    nodes do not convert with TF 2.21's converter, per-tensor ones cost accuracy).
+    """
     from keras import ops
-    from keras.quantizers import fake_quant_with_min_max_vars
 
-    bound = ops.stop_gradient(ops.max(ops.abs(kernel)))
-    return fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=8, narrow_range=True)
+    if exporting:
+        return kernel
+    scale = ops.maximum(ops.max(ops.abs(kernel), axis=reduced_axes, keepdims=True), 1e-12) / 127.0
+    rounded = ops.round(kernel / scale) * scale
+    return kernel + ops.stop_gradient(rounded - kernel)
+
+
+def _einsum_input_axes(equation: str) -> tuple[int, ...]:
+    """Axes of an EinsumDense kernel that are summed over (the rest are output channels)."""
+    inputs, output = equation.split("->")
+    kernel_spec = inputs.split(",")[1]
+    return tuple(i for i, letter in enumerate(kernel_spec) if letter not in output)
 
 
 @contextmanager
 def fake_quantized(ranges: ActivationRanges) -> Iterator[None]:
-    """Trace Dense, EinsumDense and LayerNormalization with int8 rounding simulated."""
+    """Trace the model with int8 rounding simulated wherever the integer graph stores a tensor.
+
+    Dense/EinsumDense (kernel, output before and after the activation), LayerNormalization
+    (input, i.e. the residual sum, and output), attention (scaled query, scores, softmax,
+    context), and every `rounding_point` deploykit's own integer-capable ops declare.
+    """
     from keras import layers, ops
+    from keras.src.layers.activations import softmax as softmax_module
+
+    def round_at(owner, site, values):
+        return ranges.apply((id(owner), site), values)
 
     def dense_call(self, inputs, training=None):
-        outputs = ops.matmul(inputs, _quantized_kernel(self.kernel))
-        return ranges.apply((id(self), "output"), _bias_and_activation(self, outputs))
+        kernel = _rounded_kernel(self.kernel, (0,), ranges.frozen is not None)
+        return _dense(self, ops.matmul(inputs, kernel), round_at)
 
     def einsum_dense_call(self, inputs, training=None):
-        outputs = ops.einsum(self.equation, inputs, _quantized_kernel(self.kernel))
-        return ranges.apply((id(self), "output"), _bias_and_activation(self, outputs))
+        kernel = _rounded_kernel(self.kernel, _einsum_input_axes(self.equation), ranges.frozen is not None)
+        return _dense(self, ops.einsum(self.equation, inputs, kernel), round_at)
 
     norm_call = layers.LayerNormalization.call  # integer_layer_norm's, when it is active
 
     def layer_norm_call(self, inputs):
-        outputs = norm_call(self, ranges.apply((id(self), "input"), inputs))
-        return ranges.apply((id(self), "output"), outputs)
+        return round_at(self, "output", norm_call(self, round_at(self, "input", inputs)))
 
-    replaced = {layers.Dense: dense_call, layers.EinsumDense: einsum_dense_call,
-                layers.LayerNormalization: layer_norm_call}
-    originals = {cls: cls.call for cls in replaced}
-    for cls, call in replaced.items():
-        cls.call = call
+    def compute_attention(self, query, key, value, attention_mask=None, training=None,
+                          return_attention_scores=False, use_causal_mask=False):
+        if use_causal_mask or len(query.shape) != 4:
+            return attention_call(self, query, key, value, attention_mask, training, return_attention_scores,
+                                  use_causal_mask)
+        query = round_at(self, "query", ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype)))
+        scores = round_at(self, "scores", ops.einsum(self._dot_product_equation, key, query))
+        if attention_mask is not None:  # as keras.layers.Softmax does, but padded keys get the range's floor
+            while len(attention_mask.shape) < len(scores.shape):
+                attention_mask = ops.expand_dims(attention_mask, axis=-len(self._attention_axes) * 2 - 1)
+            bounds = ranges.bounds((id(self), "scores"))
+            if bounds is None:  # observing: the mask value must not widen the scores' range
+                scores = ops.where(attention_mask, scores, softmax_module._large_negative_number(scores.dtype))
+            else:  # the lowest score int8 can hold: weight ~exp(floor - max) for padding, at no cost in resolution
+                scores = round_at(self, "scores", ops.where(attention_mask, scores, bounds[0]))
+        probabilities = ranges.softmax(ops.softmax(scores, axis=-1))
+        if attention_mask is not None:
+            probabilities = ranges.softmax(ops.where(attention_mask, probabilities, 0.0))
+        context = round_at(self, "context", ops.einsum(self._combine_equation, probabilities, value))
+        return context, probabilities
+
+    attention_call = layers.MultiHeadAttention._compute_attention
+    replaced = {(layers.Dense, "call"): dense_call, (layers.EinsumDense, "call"): einsum_dense_call,
+                (layers.LayerNormalization, "call"): layer_norm_call,
+                (layers.MultiHeadAttention, "_compute_attention"): compute_attention}
+    originals = {(cls, name): getattr(cls, name) for cls, name in replaced}
+    for (cls, name), method in replaced.items():
+        setattr(cls, name, method)
     try:
-        yield
+        with simulated_rounding(round_at):
+            yield
     finally:
-        for cls, call in originals.items():
-            cls.call = call
+        for (cls, name), method in originals.items():
+            setattr(cls, name, method)
 
 
-def _bias_and_activation(layer, outputs):
+def _dense(layer, outputs, round_at):
     from keras import ops
 
     if layer.bias is not None:
         outputs = ops.add(outputs, layer.bias)
-    return layer.activation(outputs) if layer.activation is not None else outputs
+    if layer.activation is not None and layer.activation is not _linear():
+        outputs = layer.activation(round_at(layer, "pre_activation", outputs))
+    return round_at(layer, "output", outputs)
+
+
+def _linear():
+    from keras import activations
+
+    return activations.linear
 
 
 class QuantizationAwareTraining(Pass):
@@ -151,8 +217,9 @@ class QuantizationAwareTraining(Pass):
                 for start in range(0, len(samples), p.batch_size):
                     model({k: v[start:start + p.batch_size] for k, v in batch.items()}, training=False)
             range_variables = ranges.make_trainable()
-            variables = list(model.trainable_variables) + range_variables
-            optimizer = keras.optimizers.Adam(p.learning_rate)
+            weights = list(model.trainable_variables)
+            variables = weights + range_variables
+            optimizers = (keras.optimizers.Adam(p.learning_rate), keras.optimizers.Adam(p.range_learning_rate))
             loss_of = _loss_function(context.bundle.task, p, context.label_ids is not None)
 
             @tf.function(reduce_retracing=True)
@@ -160,7 +227,10 @@ class QuantizationAwareTraining(Pass):
                 with tf.GradientTape() as tape:
                     loss = loss_of(model(inputs, training=False), teacher, labels)
                 gradients = tape.gradient(loss, variables)  # None for layers the output does not use
-                optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables) if g is not None])
+                weight_pairs = [(g, v) for g, v in zip(gradients[:len(weights)], weights) if g is not None]
+                range_pairs = [(g, v) for g, v in zip(gradients[len(weights):], range_variables) if g is not None]
+                optimizers[0].apply_gradients(weight_pairs)
+                optimizers[1].apply_gradients(range_pairs)
                 return loss
 
             rng = np.random.default_rng(context.seed)
