@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,11 +24,12 @@ from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
-from deploykit.models import ModelBundle, load_model
+from deploykit.models import ModelBundle, integer_graph, load_model
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.planner import BASELINE_PRECISION, Candidate, Gates, Plan, candidate_precisions, make_plan, plan_candidates
 from deploykit.profiling.local import ProfileSettings, profile_artifact
 from deploykit.progress import StepLog
+from deploykit.residual_scaling import find_scales, scaled_residual_stream
 from deploykit.report.assemble import assemble_report
 from deploykit.report.manifest import write_manifest
 from deploykit.report.markdown import render_markdown
@@ -53,6 +54,7 @@ class BuildOptions:
     seed: int = 0
     masked_logit: float = -30.0  # padded attention positions in integer-only graphs; see bounded_attention_mask
     allow_fallback: bool = False  # report ops that would leave the accelerator, but do not fail the build on them
+    max_residual_scale: float = 8.0  # integer graphs: largest per-channel divisor of the residual stream (1 = off)
     qat: bool = True  # integer-only targets try quantization-aware training when post-training int8 misses a gate
     pass_parameters: dict = field(default_factory=dict)  # pass name -> parameter overrides, e.g. {"qat": {"steps": 600}}
 
@@ -169,6 +171,7 @@ class BuildSession:
     _encoded: dict = field(default_factory=dict)
     _calibration: list[Inputs] | None = None
     _pass_results: dict = field(default_factory=dict)
+    _residual: dict = field(default_factory=dict)
 
     def encoded(self, which: str) -> Inputs:
         if which not in self._encoded:
@@ -190,22 +193,43 @@ class BuildSession:
         return self._reference
 
     def saved_model(self, masked_logit: float | None = None, passes: tuple[str, ...] = ()) -> Path:
-        """The traced graph, once per masked-logit setting (None: the framework's own mask) and recipe."""
+        """The traced graph, once per masked-logit setting (None: the framework's own graph) and recipe."""
         key = (masked_logit, passes)
         if key not in self._saved_models:
             folder = self.workdir / f"saved_model_{len(self._saved_models)}"
-            if passes:
-                self._pass_results[passes] = self._run_passes(passes, masked_logit, folder)
-            else:
-                how = "" if masked_logit is None else f" (padded attention logits at {masked_logit:g})"
-                with self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
-                    self.bundle.write_saved_model(folder, self.sequence_length, masked_logit)
+            with self._graph_context(masked_logit):
+                if passes:
+                    self._pass_results[passes] = self._run_passes(passes, folder)
+                else:
+                    how = "" if masked_logit is None else " for integer-only hardware"
+                    with self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
+                        self.bundle.write_saved_model(folder, self.sequence_length)
             self._saved_models[key] = folder
         return self._saved_models[key]
 
-    def _run_passes(self, names: tuple[str, ...], masked_logit: float | None, folder: Path) -> list[dict]:
+    def _graph_context(self, masked_logit: float | None) -> ExitStack:
+        """How the graph is traced: as the framework does, or integer-capable (masked_logit set)."""
+        stack = ExitStack()
+        if masked_logit is not None:
+            stack.enter_context(integer_graph(masked_logit))
+            scales = self.residual_scales()
+            if scales is not None:
+                stack.enter_context(scaled_residual_stream(self.bundle, scales))
+        return stack
+
+    def residual_scales(self) -> np.ndarray | None:
+        """Per-channel scales of the residual stream for integer graphs (found once per session)."""
+        if "scales" not in self._residual:
+            limit = self.options.max_residual_scale
+            with self.log.step("residual_scales", "Measuring residual-stream outlier channels on calibration samples"):
+                scales = find_scales(self.bundle, self.sequence_length, self.calibration_samples()[:64], limit)
+            self._residual["scales"] = scales
+            self._residual["scaled_channels"] = int((scales > 1).sum()) if scales is not None else 0
+        return self._residual["scales"]
+
+    def _run_passes(self, names: tuple[str, ...], folder: Path) -> list[dict]:
         """Train with each pass in order, trace the result, then put the original weights back."""
-        context = self._pass_context(masked_logit)
+        context = self._pass_context()
         weights = self.bundle.deployment_model(self.sequence_length).weights
         original = [variable.numpy() for variable in weights]
         results = []
@@ -214,7 +238,7 @@ class BuildSession:
             for name in names:
                 chosen = get_pass(name, **self.options.pass_parameters.get(name, {}))
                 results.append(chosen.apply(context).as_dict())
-                tracing = chosen.export_context(masked_logit)
+                tracing = chosen.export_context()
             with self.log.step("saved_model", f"Tracing the model after {' + '.join(names)} to a SavedModel"):
                 with tracing or nullcontext():
                     self.bundle.write_saved_model(folder, self.sequence_length)
@@ -223,7 +247,7 @@ class BuildSession:
                 variable.assign(value)
         return results
 
-    def _pass_context(self, masked_logit: float | None) -> PassContext:
+    def _pass_context(self) -> PassContext:
         """The training texts, what the original model outputs on them, and their labels if any."""
         inputs = self.encoded("training")
         with self.log.step("teacher", f"Running the original model on {len(self.split.training)} training texts"):
@@ -233,8 +257,7 @@ class BuildSession:
             ids, _ = label_ids(self.split.training.labels, self.bundle.class_names, teacher.shape[-1])
         return PassContext(
             bundle=self.bundle, sequence_length=self.sequence_length, train_inputs=inputs, teacher_outputs=teacher,
-            label_ids=ids, calibration=self.calibration_samples(), log=self.log, masked_logit=masked_logit,
-            seed=self.options.seed,
+            label_ids=ids, calibration=self.calibration_samples(), log=self.log, seed=self.options.seed,
         )
 
     def quality(self, outputs: np.ndarray) -> dict:

@@ -104,7 +104,7 @@ def targets_show(name: str) -> None:
 @click.option("--qat/--no-qat", default=True, show_default=True,
               help="On integer-only targets, try quantization-aware training (a short fine-tune against the "
               "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
-@click.option("--qat-steps", type=int, default=300, show_default=True, help="Optimizer steps of quantization-aware training.")
+@click.option("--qat-steps", type=int, help="Optimizer steps of quantization-aware training (default: 600, batch 16).")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
@@ -129,7 +129,7 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, allow_fallback=allow_fallback, qat=qat,
-        pass_parameters={"qat": {"steps": qat_steps}},
+        pass_parameters={"qat": {"steps": qat_steps}} if qat_steps else {},
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))

@@ -42,6 +42,7 @@ class ModelBundle:
     source: str
     class_names: list[str] | None = None
     details: dict = field(default_factory=dict)
+    backbone: object | None = None  # the keras-hub backbone, when there is one (integer-graph rewrites use it)
 
     @property
     def output_name(self) -> str:
@@ -95,7 +96,7 @@ class ModelBundle:
         None traces the framework's own graph.
         """
         if masked_logit is not None:
-            with bounded_attention_mask(masked_logit), integer_layer_norm():
+            with integer_graph(masked_logit):
                 return self.write_saved_model(folder, sequence_length)
         import tensorflow as tf
         from keras.export import ExportArchive
@@ -141,6 +142,13 @@ class ModelBundle:
 
 
 @contextmanager
+def integer_graph(masked_logit: float) -> Iterator[None]:
+    """Trace for integer-only hardware: bounded attention mask and integer-capable LayerNorm."""
+    with bounded_attention_mask(masked_logit), integer_layer_norm():
+        yield
+
+
+@contextmanager
 def bounded_attention_mask(masked_logit: float) -> Iterator[None]:
     """Trace attention with `masked_logit` written into padded positions instead of -1e9.
 
@@ -165,6 +173,8 @@ def bounded_attention_mask(masked_logit: float) -> Iterator[None]:
 
 
 _ROUNDING_HOOKS: list[Callable] = []
+# id(LayerNormalization) -> (k its input is divided by, k its output is divided by); see residual_scaling.py
+LAYER_NORM_SCALES: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
 
 
 def rounding_point(owner: object, site: str, values):
@@ -199,19 +209,39 @@ def integer_layer_norm() -> Iterator[None]:
     original = LayerNormalization.call
 
     def call(self, inputs):
-        if getattr(self, "rms_scaling", False):
+        axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
+        if getattr(self, "rms_scaling", False) or [a % len(inputs.shape) for a in axes] != [len(inputs.shape) - 1]:
             return original(self, inputs)
         ops = keras.ops
-        mean = rounding_point(self, "mean", ops.mean(inputs, axis=self.axis, keepdims=True))
-        centered = rounding_point(self, "centered", ops.subtract(inputs, mean))
+        scale_in, scale_out = LAYER_NORM_SCALES.get(id(self), (None, None))
+        inputs = rounding_point(self, "input", inputs)
+        width = inputs.shape[-1]
+        if scale_in is None:
+            mean = ops.mean(inputs, axis=-1, keepdims=True)
+            centered = ops.subtract(inputs, rounding_point(self, "mean", mean))
+        else:  # inputs hold x / k: weighted sums give x's statistics, centring happens in the scaled basis
+            mean = rounding_point(self, "mean", ops.matmul(inputs, (scale_in / width).reshape(-1, 1)))
+            centered = ops.subtract(inputs, rounding_point(self, "mean_scaled", ops.multiply(mean, 1.0 / scale_in)))
+        centered = rounding_point(self, "centered", centered)
         squares = rounding_point(self, "squares", ops.multiply(centered, centered))
-        variance = rounding_point(self, "variance", ops.mean(squares, axis=self.axis, keepdims=True))
+        if scale_in is None:
+            variance = ops.mean(squares, axis=-1, keepdims=True)
+        else:
+            variance = ops.matmul(squares, (scale_in**2 / width).reshape(-1, 1))
+        variance = rounding_point(self, "variance", variance)
         scale = rounding_point(self, "rsqrt", ops.rsqrt(rounding_point(self, "variance_eps", ops.add(variance, self.epsilon))))
         outputs = rounding_point(self, "normalized", ops.multiply(centered, scale))
-        if self.gamma is not None:
-            outputs = rounding_point(self, "scaled", ops.multiply(outputs, self.gamma))
-        if self.beta is not None:
-            outputs = ops.add(outputs, self.beta)
+        gamma = self.gamma if self.gamma is not None else ops.ones((width,))
+        beta = self.beta
+        if scale_in is not None:
+            gamma = gamma * scale_in
+        if scale_out is not None:
+            gamma = gamma / scale_out
+            beta = beta / scale_out if beta is not None else None
+        if self.gamma is not None or scale_in is not None or scale_out is not None:
+            outputs = rounding_point(self, "scaled", ops.multiply(outputs, gamma))
+        if beta is not None:
+            outputs = ops.add(outputs, beta)
         return ops.cast(outputs, self.compute_dtype)
 
     LayerNormalization.call = call
@@ -375,6 +405,7 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
         forward=_embedding_forward(backbone, pooling, normalize),
         tokenizer=tokenizer,
         task="embedding",
+        backbone=backbone,
         max_sequence_length=int(backbone.max_sequence_length),
         source=str(folder),
         details={"format": "huggingface", "parameters": int(backbone.count_params()),
@@ -399,6 +430,7 @@ def _load_keras_hub_preset(folder: Path, task: Task | None) -> ModelBundle:
         forward=_embedding_forward(backbone, "mean", False),
         tokenizer=tokenizer,
         task="embedding",
+        backbone=backbone,
         max_sequence_length=int(getattr(backbone, "max_sequence_length", 512)),
         source=str(folder),
         details={"format": "keras-hub-preset", "parameters": int(backbone.count_params())},
@@ -416,6 +448,7 @@ def _bundle_from_task(model, source: str, format_name: str) -> ModelBundle:
         forward=_classifier_forward(model),
         tokenizer=preprocessor.tokenizer,
         task="classification",
+        backbone=getattr(model, "backbone", None),
         max_sequence_length=int(getattr(model.backbone, "max_sequence_length", 512)),
         source=source,
         class_names=_class_names_beside(Path(source)),
@@ -459,6 +492,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
         forward=forward,
         tokenizer=tokenizer,
         task=chosen,
+        backbone=model if is_backbone else None,
         max_sequence_length=int(getattr(model, "max_sequence_length", 0) or _static_length(model) or 512),
         source=str(path),
         class_names=_class_names_beside(path) if chosen == "classification" else None,

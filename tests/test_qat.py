@@ -8,7 +8,7 @@ from deploykit.backends.base import ExportOptions, get_backend
 from deploykit.build import build
 from deploykit.compatibility import check_compatibility
 from deploykit.errors import DeployKitError
-from deploykit.models import load_model
+from deploykit.models import integer_graph, load_model
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
@@ -22,7 +22,7 @@ def _context(bundle, labels=None):
     inputs = bundle.encode(TEXTS, 16)
     calibration = [{name: values[i:i + 1] for name, values in inputs.items()} for i in range(8)]
     return PassContext(bundle=bundle, sequence_length=16, train_inputs=inputs, teacher_outputs=bundle.predict(inputs),
-                       label_ids=labels, calibration=calibration, log=StepLog(), masked_logit=-30.0)
+                       label_ids=labels, calibration=calibration, log=StepLog())
 
 
 def _graph_ops(saved_model) -> set[str]:
@@ -40,10 +40,11 @@ def test_qat_traces_fake_quant_and_exports_integer_only(request, model_fixture, 
     context = _context(bundle, np.arange(len(TEXTS)) % 2 if with_labels else None)
     before = bundle.predict(context.train_inputs)
     qat = get_pass("qat", steps=8, batch_size=4, learning_rate=1e-3)
-    result = qat.apply(context)
+    with integer_graph(-30.0):
+        result = qat.apply(context)
+        with qat.export_context():
+            bundle.write_saved_model(tmp_path / "saved", 16)
     assert result.effect["fake_quant_ranges"] > 0 and np.isfinite(result.effect["loss_last"])
-    with qat.export_context(-30.0):
-        bundle.write_saved_model(tmp_path / "saved", 16)
     assert "FakeQuantWithMinMaxVars" in _graph_ops(tmp_path / "saved")
     backend = get_backend("litert")
     options = ExportOptions(calibration=context.calibration, integer_only=True, integer_io=True)

@@ -29,7 +29,6 @@ class PassContext:
     label_ids: np.ndarray | None  # output indices of train_inputs' labels (classifiers with labels)
     calibration: list[dict[str, np.ndarray]]  # batch-1 samples for activation ranges
     log: StepLog
-    masked_logit: float | None = None  # the integer-only graph's padded-attention value, when tracing for one
     seed: int = 0
 
 

@@ -4,7 +4,9 @@ One run, one machine, one profiler (a fresh worker process per artifact, batch 1
 the same evaluation sentences for every row:
 
     python tools/bench/full_integer.py                     # MiniLM, sequence length chosen from the data
-    python tools/bench/full_integer.py --sequence-length 128 --qat-steps 600
+    python tools/bench/full_integer.py --sequence-length 128 --qat-steps 300
+    python tools/bench/full_integer.py --model /tmp/minilm-topics/classifier.keras \
+        --data /tmp/minilm-topics/train.jsonl --eval-data /tmp/minilm-topics/test.jsonl
 
 Rows: LiteRT fp32 (the reference for speed); the stock full-integer paths (TFLite
 converter with a representative dataset, ai-edge-quantizer static_wi8_ai8) on the
@@ -50,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--data", default=None, help="JSONL/CSV (default: the bundled sentences)")
+    parser.add_argument("--eval-data", default=None, help="separate evaluation file (default: held out from --data)")
     parser.add_argument("--sequence-length", type=int, default=None, help="default: chosen from the data, as build does")
     parser.add_argument("--qat-steps", type=int, default=None, help="default: the qat pass's default")
     parser.add_argument("--runs", type=int, default=100)
@@ -62,7 +65,7 @@ def main() -> None:
     backend = get_backend("litert")
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
         work = Path(workdir)
-        session = prepare_session(args.model, args.data, None, options, StepLog(), work)
+        session = prepare_session(args.model, args.data, args.eval_data, options, StepLog(), work)
         threads = npu.profiling_threads()
         integer_options = session.export_options(npu)
         keras_graph = session.saved_model()
