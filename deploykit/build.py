@@ -227,6 +227,15 @@ class BuildSession:
             self._residual["scaled_channels"] = int((scales > 1).sum()) if scales is not None else 0
         return self._residual["scales"]
 
+    def integer_graph_facts(self) -> dict:
+        """How integer-only graphs were traced, for the report."""
+        return {
+            "masked_attention_logit": self.options.masked_logit,
+            "layer_norm": "mean, SUB, MUL, RSQRT (integer-capable ops)",
+            "max_residual_scale": self.options.max_residual_scale,
+            "scaled_residual_channels": self._residual.get("scaled_channels", 0),
+        }
+
     def _run_passes(self, names: tuple[str, ...], folder: Path) -> list[dict]:
         """Train with each pass in order, trace the result, then put the original weights back."""
         context = self._pass_context()
@@ -323,7 +332,7 @@ class BuildSession:
         plan = make_plan(
             target, backend, candidates, self.sequence_length, self.sequence_length_reason,
             len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
-            self.options.masked_logit, self.options.pass_parameters,
+            self.options.masked_logit, self.options.pass_parameters, self.options.max_residual_scale,
         )
         return backend, plan
 
@@ -373,6 +382,7 @@ class BuildSession:
                 chosen=chosen, tried=tried, baseline=baseline, original_accuracy=self.reference().accuracy,
                 label_mapping=self.reference().label_mapping,
                 timings=_timings_since(timings_before, self.log.seconds),
+                integer_graph=self.integer_graph_facts() if target.integer_only else None,
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             (staging / "report.md").write_text(render_markdown(report))

@@ -98,6 +98,9 @@ def targets_show(name: str) -> None:
 @click.option("--masked-logit", type=float, default=-30.0, show_default=True,
               help="Attention logit of padded positions in integer-only graphs (Keras uses -1e9, "
               "which one int8 scale cannot share with the real scores).")
+@click.option("--max-residual-scale", type=float, default=8.0, show_default=True,
+              help="Integer-only graphs: largest power-of-two divisor applied to outlier channels of the residual "
+              "stream so one int8 scale resolves the rest (1 turns it off).")
 @click.option("--allow-fallback", is_flag=True,
               help="Report ops that would fall back from the target's accelerator (float ops, ops outside its "
               "op set or shape limits) without failing the build on them.")
@@ -110,7 +113,7 @@ def targets_show(name: str) -> None:
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
           task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
-          allow_fallback, qat, qat_steps, runs, warmup, threads) -> None:
+          max_residual_scale, allow_fallback, qat, qat_steps, runs, warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -128,7 +131,7 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         out=Path(out), precision=precision, sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
-        masked_logit=masked_logit, allow_fallback=allow_fallback, qat=qat,
+        masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         pass_parameters={"qat": {"steps": qat_steps}} if qat_steps else {},
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )

@@ -124,6 +124,7 @@ def make_plan(
     profile: ProfileSettings,
     masked_logit: float,
     pass_parameters: dict | None = None,
+    max_residual_scale: float = 8.0,
 ) -> Plan:
     """The steps of one target's build (post-training: export at a precision, validate, profile)."""
     if target.profiling != "local":
@@ -165,6 +166,7 @@ def make_plan(
                                  **parameters})
     if target.integer_only:
         steps[1]["masked_attention_logit"] = masked_logit
+        steps[1]["residual_stream"] = f"outlier channels divided by powers of two up to {max_residual_scale:g}"
     if target.checks_ops:
         rules = ["float tensors"] if target.integer_only else []
         rules += ["ops outside the target's op set"] if target.supported_ops is not None or target.unsupported_ops else []

@@ -60,6 +60,7 @@ def assemble_report(
     original_accuracy: float | None,
     label_mapping: str | None,
     timings: dict,
+    integer_graph: dict | None = None,
 ) -> dict:
     """The report of one target's build: the chosen candidate, every candidate tried, the baseline."""
     artifact = chosen.measured
@@ -116,5 +117,6 @@ def assemble_report(
         },
         "measured_on": _measured_on(target, artifact.profile["threads"]),
         "gates": {"passed": chosen.passed, "checks": chosen.checks},
+        "integer_graph": integer_graph,
         "timings_s": dict(timings),
     }
