@@ -220,14 +220,14 @@ def integer_layer_norm() -> Iterator[None]:
             mean = ops.mean(inputs, axis=-1, keepdims=True)
             centered = ops.subtract(inputs, rounding_point(self, "mean", mean))
         else:  # inputs hold x / k: weighted sums give x's statistics, centring happens in the scaled basis
-            mean = rounding_point(self, "mean", ops.matmul(inputs, (scale_in / width).reshape(-1, 1)))
+            mean = rounding_point(self, "mean", _weighted_sum(self, "mean", inputs, scale_in / width))
             centered = ops.subtract(inputs, rounding_point(self, "mean_scaled", ops.multiply(mean, 1.0 / scale_in)))
         centered = rounding_point(self, "centered", centered)
         squares = rounding_point(self, "squares", ops.multiply(centered, centered))
         if scale_in is None:
             variance = ops.mean(squares, axis=-1, keepdims=True)
         else:
-            variance = ops.matmul(squares, (scale_in**2 / width).reshape(-1, 1))
+            variance = _weighted_sum(self, "variance", squares, scale_in**2 / width)
         variance = rounding_point(self, "variance", variance)
         scale = rounding_point(self, "rsqrt", ops.rsqrt(rounding_point(self, "variance_eps", ops.add(variance, self.epsilon))))
         outputs = rounding_point(self, "normalized", ops.multiply(centered, scale))
@@ -249,6 +249,28 @@ def integer_layer_norm() -> Iterator[None]:
         yield
     finally:
         LayerNormalization.call = original
+
+
+def _weighted_sum(layer, site: str, values, weights: np.ndarray, spread: float = 16.0):
+    """sum(values * weights) over the last axis: a FULLY_CONNECTED with one column per weight band, then SUM.
+
+    int8 kernels get one scale per output column, so a column holds weights within a
+    factor `spread` of its largest (16: the smallest keeps 3% precision); wider
+    weights are split across columns whose outputs are summed.
+    """
+    import keras
+
+    ops = keras.ops
+    columns = []
+    remaining = weights > 0
+    while remaining.any():
+        band = remaining & (weights * spread > weights[remaining].max())
+        columns.append(np.where(band, weights, 0.0))
+        remaining &= ~band
+    parts = ops.matmul(values, np.stack(columns, axis=1).astype(np.float32))
+    if len(columns) == 1:
+        return parts
+    return ops.sum(rounding_point(layer, f"{site}_bands", parts), axis=-1, keepdims=True)
 
 
 def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Path | None = None) -> ModelBundle:

@@ -25,7 +25,7 @@ def test_scaled_stream_keeps_float_outputs_and_restores_weights(tiny_classifier,
         assert stream_layers(bundle) is not None
         inputs = bundle.encode(TEXTS, 16)
         weights = [w.numpy().copy() for w in bundle.deployment_model(16).weights]
-        scales = np.where(np.arange(32) % 5 == 0, 8.0, 1.0).astype(np.float32)
+        scales = np.where(np.arange(32) % 5 == 0, 32.0, np.where(np.arange(32) % 7 == 0, 2.0, 1.0)).astype(np.float32)
         scaled = _outputs(bundle, inputs, scales)
         np.testing.assert_allclose(scaled, _outputs(bundle, inputs), rtol=1e-4, atol=1e-5)
         for before, after in zip(weights, bundle.deployment_model(16).weights):
