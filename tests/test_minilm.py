@@ -58,9 +58,10 @@ def test_mobile_npu_gets_an_integer_only_model_and_its_true_fidelity(minilm_buil
     assert checks["cosine_mean"]["value"] == report["metrics"]["fidelity"]["cosine_mean"]
     assert result.passed == all(c["passed"] for c in checks.values())
     assert result.passed or len(labels) == 3  # every candidate missed a gate: all were tried
-    if len(labels) >= 2:  # quantization-aware training recovers much of what post-training int8 loses
-        post_training, qat = (c["fidelity"]["cosine_mean"] for c in report["candidates"][:2])
-        assert qat > post_training + 0.05
+    post_training = report["candidates"][0]["fidelity"]["cosine_mean"]
+    assert post_training >= 0.93  # the scaled residual stream (0.95 measured; 0.78 without it)
+    if len(labels) >= 2:  # quantization-aware training recovers part of what post-training int8 loses
+        assert report["candidates"][1]["fidelity"]["cosine_mean"] > post_training + 0.01
         assert all(c["fallback_ops"] == {} for c in report["candidates"])
 
 

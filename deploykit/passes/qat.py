@@ -206,7 +206,7 @@ def _linear():
 
 class QuantizationAwareTraining(Pass):
     name = "qat"
-    description = "fine-tune with int8 fake-quantization (kernels per tensor, activation ranges learned)"
+    description = "fine-tune with int8 rounding simulated (kernels per output channel, activation ranges learned)"
     Parameters = QatParameters
 
     def apply(self, context: PassContext) -> PassResult:
