@@ -108,12 +108,17 @@ def targets_show(name: str) -> None:
               help="On integer-only targets, try quantization-aware training (a short fine-tune against the "
               "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
 @click.option("--qat-steps", type=int, help="Optimizer steps of quantization-aware training (default: 600, batch 16).")
+@click.option("--qat-learning-rate", type=float,
+              help="QAT learning rate of the weights (default: 1e-4; the usual BERT fine-tuning rate, 2e-5, "
+              "suits models already fine-tuned on the data).")
+@click.option("--qat-range-learning-rate", type=float, help="QAT learning rate of the activation ranges (default: 1e-3).")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
           task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
-          max_residual_scale, allow_fallback, qat, qat_steps, runs, warmup, threads) -> None:
+          max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate, qat_range_learning_rate, runs, warmup,
+          threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -132,7 +137,8 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
-        pass_parameters={"qat": {"steps": qat_steps}} if qat_steps else {},
+        pass_parameters={"qat": _given(steps=qat_steps, learning_rate=qat_learning_rate,
+                                       range_learning_rate=qat_range_learning_rate)},
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
@@ -179,6 +185,11 @@ def report(folder) -> None:
     if not reports:
         raise DeployKitError(f"{folder} holds no <target>/report.json; pass the --out folder of a build.")
     output.print(_summary_table(reports))
+
+
+def _given(**values) -> dict:
+    """The options the user set (None means: the default)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _summary_table(reports: list[dict]) -> Table:

@@ -129,3 +129,21 @@ def test_integer_only_target_refuses_precisions_it_does_not_list(tmp_path, tiny_
     result = run("build", str(tiny_classifier), "--target", "edge-tpu", "--precision", "a16w8",
                  "--data", str(labelled_data), "--out", str(out))
     assert_clean_failure(result, out, "integer-only graphs in int8")
+
+
+def test_qat_options_reach_the_plan(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--target", "mobile-npu", "--data", str(labelled_data), "--out", str(out),
+                 "--qat-steps", "3", "--qat-learning-rate", "3e-5", "--qat-range-learning-rate", "2e-4",
+                 "--runs", "3", "--warmup", "0", "--evaluation-samples", "10", "--calibration-samples", "10")
+    assert result.exit_code in (0, 3), result.output
+    report = json.loads((out / "mobile-npu" / "report.json").read_text())
+    step = next(s for s in report["plan"] if s["step"] == "qat")
+    assert (step["steps"], step["learning_rate"], step["range_learning_rate"]) == (3, 3e-5, 2e-4)
+
+
+def test_bad_qat_parameter(tmp_path, tiny_classifier, labelled_data):
+    out = tmp_path / "out"
+    result = run("build", str(tiny_classifier), "--target", "mobile-npu", "--data", str(labelled_data), "--out", str(out),
+                 "--qat-steps", "0")
+    assert_clean_failure(result, out, "qat parameter steps must be positive")
