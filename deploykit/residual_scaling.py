@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.models import LAYER_NORM_SCALES, ModelBundle, simulated_rounding
+from deploykit.models import LAYER_NORM_SCALES, ModelBundle, integer_layer_norm, simulated_rounding
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,6 @@ def find_scales(bundle: ModelBundle, sequence_length: int, calibration: list[dic
             channel_max = np.abs(np.asarray(values)).reshape(-1, values.shape[-1]).max(axis=0)
             maxima[id(owner)] = np.maximum(maxima.get(id(owner), 0.0), channel_max)
         return values
-
-    from deploykit.models import integer_layer_norm
 
     with integer_layer_norm(), simulated_rounding(observe):
         model = bundle.deployment_model(sequence_length)

@@ -149,8 +149,8 @@ def fake_quantized(ranges: ActivationRanges) -> Iterator[None]:
 
     norm_call = layers.LayerNormalization.call  # integer_layer_norm's, when it is active
 
-    def layer_norm_call(self, inputs):
-        return round_at(self, "output", norm_call(self, round_at(self, "input", inputs)))
+    def layer_norm_call(self, inputs):  # its input and internals are rounding points of integer_layer_norm
+        return round_at(self, "output", norm_call(self, inputs))
 
     def compute_attention(self, query, key, value, attention_mask=None, training=None,
                           return_attention_scores=False, use_causal_mask=False):

@@ -30,6 +30,7 @@ from deploykit.compatibility import check_compatibility
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
+from ptq_vs_vendor import _format  # same folder: one number format for every benchmark table
 
 
 def stock_edge_quantizer(saved_model: Path, calibration, folder: Path) -> ExportedArtifact:
@@ -110,10 +111,6 @@ def print_table(rows, session, threads, backend, npu, edge, qat_seconds) -> None
         print(f"| {label} | {size / 1e6:.1f} | {p50:.2f} | {p50 / base_p50:.2f}× | {_format(fidelity['cosine_mean'])} | "
               f"{_format(fidelity['cosine_min'])} | {_format(fidelity['agreement'], 3)} | "
               f"{_format(measured.quality['accuracy'], 4)} | {falls[0]} | {falls[1]} |")
-
-
-def _format(value, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
