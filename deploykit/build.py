@@ -25,7 +25,7 @@ from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, integer_graph, load_model
-from deploykit.passes.base import PassContext, get_pass
+from deploykit.passes.base import Pass, PassContext, get_pass, pass_class
 from deploykit.planner import BASELINE_PRECISION, Candidate, Gates, Plan, candidate_precisions, make_plan, plan_candidates
 from deploykit.profiling.local import ProfileSettings, profile_artifact
 from deploykit.progress import StepLog
@@ -57,6 +57,7 @@ class BuildOptions:
     max_residual_scale: float = 8.0  # integer graphs: largest per-channel divisor of the residual stream (1 = off)
     qat: bool = True  # integer-only targets try quantization-aware training when post-training int8 misses a gate
     pass_parameters: dict = field(default_factory=dict)  # pass name -> parameter overrides, e.g. {"qat": {"steps": 600}}
+    recipe: tuple[str, ...] | None = None  # forced passes, in order (None: the planner chooses)
 
 
 class View:
@@ -126,6 +127,7 @@ class _Candidate:
     checks: list[dict]
     label: str  # passes + precision, e.g. "qat + int8"
     passes: list[dict]  # what each training-time pass did
+    bundle: ModelBundle  # the model exported (its tokenizer builds the inputs)
 
     @property
     def passed(self) -> bool:
@@ -169,15 +171,21 @@ class BuildSession:
     _saved_models: dict = field(default_factory=dict)
     _baselines: dict = field(default_factory=dict)
     _encoded: dict = field(default_factory=dict)
-    _calibration: list[Inputs] | None = None
+    _calibration: dict = field(default_factory=dict)
     _pass_results: dict = field(default_factory=dict)
-    _residual: dict = field(default_factory=dict)
+    _residual: dict = field(default_factory=dict)  # id(bundle) -> (scales, scaled channel count)
+    _derived: dict = field(default_factory=dict)  # passes -> the model they produced
+    _structural: dict = field(default_factory=dict)  # architecture-changing passes -> (model, their records)
+    _teacher: dict = field(default_factory=dict)  # the original model and its outputs on the training texts
 
-    def encoded(self, which: str) -> Inputs:
-        if which not in self._encoded:
+    def encoded(self, which: str, bundle: ModelBundle | None = None) -> Inputs:
+        """A split's texts as model inputs, with `bundle`'s tokenizer (default: the original's)."""
+        bundle = bundle or self.bundle
+        key = (which, id(bundle.tokenizer))
+        if key not in self._encoded:
             dataset = getattr(self.split, which)
-            self._encoded[which] = self.bundle.encode(dataset.texts, self.sequence_length)
-        return self._encoded[which]
+            self._encoded[key] = bundle.encode(dataset.texts, self.sequence_length)
+        return self._encoded[key]
 
     def reference(self) -> _Reference:
         if self._reference is None:
@@ -197,76 +205,113 @@ class BuildSession:
         key = (masked_logit, passes)
         if key not in self._saved_models:
             folder = self.workdir / f"saved_model_{len(self._saved_models)}"
-            with self._graph_context(masked_logit):
-                if passes:
-                    self._pass_results[passes] = self._run_passes(passes, folder)
-                else:
-                    how = "" if masked_logit is None else " for integer-only hardware"
-                    with self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
-                        self.bundle.write_saved_model(folder, self.sequence_length)
+            if passes:
+                self._pass_results[passes] = self._run_passes(passes, masked_logit, folder)
+            else:
+                how = "" if masked_logit is None else " for integer-only hardware"
+                with self._graph_context(masked_logit, self.bundle), \
+                        self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
+                    self.bundle.write_saved_model(folder, self.sequence_length)
             self._saved_models[key] = folder
         return self._saved_models[key]
 
-    def _graph_context(self, masked_logit: float | None) -> ExitStack:
+    def candidate_bundle(self, passes: tuple[str, ...]) -> ModelBundle:
+        """The model a recipe produced (the original when no pass changed the architecture)."""
+        return self._derived.get(passes, self.bundle)
+
+    def _graph_context(self, masked_logit: float | None, bundle: ModelBundle) -> ExitStack:
         """How the graph is traced: as the framework does, or integer-capable (masked_logit set)."""
         stack = ExitStack()
         if masked_logit is not None:
             stack.enter_context(integer_graph(masked_logit))
-            scales = self.residual_scales()
+            scales = self.residual_scales(bundle)
             if scales is not None:
-                stack.enter_context(scaled_residual_stream(self.bundle, scales))
+                stack.enter_context(scaled_residual_stream(bundle, scales))
         return stack
 
-    def residual_scales(self) -> np.ndarray | None:
-        """Per-channel scales of the residual stream for integer graphs (found once per session)."""
-        if "scales" not in self._residual:
+    def residual_scales(self, bundle: ModelBundle) -> np.ndarray | None:
+        """Per-channel scales of the residual stream for integer graphs (found once per model)."""
+        key = id(bundle)
+        if key not in self._residual:
             limit = self.options.max_residual_scale
             with self.log.step("residual_scales", "Measuring residual-stream outlier channels on calibration samples"):
-                scales = find_scales(self.bundle, self.sequence_length, self.calibration_samples()[:64], limit)
-            self._residual["scales"] = scales
-            self._residual["scaled_channels"] = int((scales > 1).sum()) if scales is not None else 0
-        return self._residual["scales"]
+                scales = find_scales(bundle, self.sequence_length, self.calibration_samples(bundle)[:64], limit)
+            self._residual[key] = (scales, int((scales > 1).sum()) if scales is not None else 0)
+        return self._residual[key][0]
 
-    def integer_graph_facts(self) -> dict:
+    def integer_graph_facts(self, bundle: ModelBundle) -> dict:
         """How integer-only graphs were traced, for the report."""
         return {
             "masked_attention_logit": self.options.masked_logit,
             "layer_norm": "mean, SUB, MUL, RSQRT (integer-capable ops)",
             "max_residual_scale": self.options.max_residual_scale,
-            "scaled_residual_channels": self._residual.get("scaled_channels", 0),
+            "scaled_residual_channels": self._residual.get(id(bundle), (None, 0))[1],
         }
 
-    def _run_passes(self, names: tuple[str, ...], folder: Path) -> list[dict]:
-        """Train with each pass in order, trace the result, then put the original weights back."""
-        context = self._pass_context()
-        weights = self.bundle.deployment_model(self.sequence_length).weights
+    def _run_passes(self, names: tuple[str, ...], masked_logit: float | None, folder: Path) -> list[dict]:
+        """Apply each pass in order, measure the model after each, and trace the result.
+
+        Architecture-changing passes return a new model and leave the original alone;
+        their result is shared by every target of the build. An in-place pass (qat,
+        always last) trains inside the export's graph context, and the original weights
+        are put back afterwards.
+        """
+        last = pass_class(names[-1])
+        structural = names[:-1] if last.must_be_last else names
+        bundle, results = self._structural_passes(structural)
+        weights = bundle.deployment_model(self.sequence_length).weights  # shared with other recipes: restored below
         original = [variable.numpy() for variable in weights]
-        results = []
         try:
-            tracing = None
-            for name in names:
-                chosen = get_pass(name, **self.options.pass_parameters.get(name, {}))
-                results.append(chosen.apply(context).as_dict())
-                tracing = chosen.export_context()
-            with self.log.step("saved_model", f"Tracing the model after {' + '.join(names)} to a SavedModel"):
-                with tracing or nullcontext():
-                    self.bundle.write_saved_model(folder, self.sequence_length)
+            with self._graph_context(masked_logit, bundle):
+                tracing = None
+                if last.must_be_last:
+                    chosen = get_pass(names[-1], **self.options.pass_parameters.get(names[-1], {}))
+                    results = results + [self._measured_pass(chosen, bundle)[1]]
+                    tracing = chosen.export_context()
+                with self.log.step("saved_model", f"Tracing the model after {' + '.join(names)} to a SavedModel"):
+                    with tracing or nullcontext():
+                        bundle.write_saved_model(folder, self.sequence_length)
         finally:
             for variable, value in zip(weights, original):
                 variable.assign(value)
+        self._derived[names] = bundle
         return results
 
-    def _pass_context(self) -> PassContext:
-        """The training texts, what the original model outputs on them, and their labels if any."""
-        inputs = self.encoded("training")
-        with self.log.step("teacher", f"Running the original model on {len(self.split.training)} training texts"):
-            teacher = self.bundle.predict(inputs)
+    def _structural_passes(self, names: tuple[str, ...]) -> tuple[ModelBundle, list[dict]]:
+        """Run architecture-changing passes in order, once per recipe prefix for the whole build."""
+        if not names:
+            return self.bundle, []
+        if names not in self._structural:
+            bundle, results = self._structural_passes(names[:-1])
+            chosen = get_pass(names[-1], **self.options.pass_parameters.get(names[-1], {}))
+            bundle, record = self._measured_pass(chosen, bundle)
+            self._structural[names] = (bundle, results + [record])
+        return self._structural[names]
+
+    def _measured_pass(self, chosen: Pass, bundle: ModelBundle) -> tuple[ModelBundle, dict]:
+        """Apply one pass and measure the Keras model it leaves against the original."""
+        result = chosen.apply(self._pass_context(bundle))
+        bundle = result.bundle or bundle
+        record = result.as_dict()
+        with self.log.step(f"{chosen.name}_measure", f"Measuring the model after {chosen.name} on the evaluation texts"):
+            record["quality_after"] = self.quality(bundle.predict(self.encoded("evaluation", bundle)))
+        return bundle, record
+
+    def _pass_context(self, bundle: ModelBundle) -> PassContext:
+        """The training texts (encoded for `bundle`), what the original outputs on them, their labels if any."""
+        if "teacher" not in self._teacher:
+            with self.log.step("teacher", f"Running the original model on {len(self.split.training)} training texts"):
+                self._teacher["model"] = self.bundle.deployment_model(self.sequence_length)
+                self._teacher["teacher"] = self.bundle.predict(self.encoded("training"), model=self._teacher["model"])
+        teacher = self._teacher["teacher"]
         ids = None
         if self.bundle.task == "classification" and self.split.training.labels is not None:
             ids, _ = label_ids(self.split.training.labels, self.bundle.class_names, teacher.shape[-1])
         return PassContext(
-            bundle=self.bundle, sequence_length=self.sequence_length, train_inputs=inputs, teacher_outputs=teacher,
-            label_ids=ids, calibration=self.calibration_samples(), log=self.log, seed=self.options.seed,
+            bundle=bundle, sequence_length=self.sequence_length, train_texts=self.split.training.texts,
+            train_inputs=self.encoded("training", bundle), teacher_outputs=teacher,
+            teacher_model=self._teacher["model"], label_ids=ids, calibration=self.calibration_samples(bundle),
+            log=self.log, seed=self.options.seed,
         )
 
     def quality(self, outputs: np.ndarray) -> dict:
@@ -279,17 +324,20 @@ class BuildSession:
         ids = reference.label_ids
         return {"fidelity": fidelity, "accuracy": accuracy(outputs, ids) if ids is not None else None}
 
-    def validate(self, backend: Backend, artifact: ExportedArtifact, threads: int) -> dict:
+    def validate(self, backend: Backend, artifact: ExportedArtifact, threads: int, bundle: ModelBundle) -> dict:
         """Run the artifact on every evaluation sample; the runtime is released on return."""
         runner = backend.load(artifact.path, threads, artifact.runtime_config)
-        return self.quality(run_examples(runner, self.encoded("evaluation")))
+        return self.quality(run_examples(runner, self.encoded("evaluation", bundle)))
 
-    def measure(self, backend: Backend, artifact: ExportedArtifact, threads: int, label: str) -> _Measured:
+    def measure(self, backend: Backend, artifact: ExportedArtifact, threads: int, label: str,
+                bundle: ModelBundle | None = None) -> _Measured:
+        """Validate and profile an artifact; `bundle` says which tokenizer builds its inputs."""
+        bundle = bundle or self.bundle
         with self.log.step(f"validate_{label}", f"Validating the {label} artifact on {len(self.split.evaluation)} samples"):
-            quality = self.validate(backend, artifact, threads)
+            quality = self.validate(backend, artifact, threads, bundle)
         # Release the in-process runtime's worker threads before timing another process.
         gc.collect()
-        sample = {name: values[:1] for name, values in self.encoded("evaluation").items()}
+        sample = {name: values[:1] for name, values in self.encoded("evaluation", bundle).items()}
         runs = self.options.profile.runs
         with self.log.step(f"profile_{label}", f"Profiling the {label} artifact ({runs} runs, {threads} threads)"):
             profile = profile_artifact(
@@ -297,16 +345,18 @@ class BuildSession:
             )
         return _Measured(artifact, quality, profile)
 
-    def calibration_samples(self) -> list[Inputs]:
-        if self._calibration is None:  # batch-1 examples, built once per session
-            calibration = self.encoded("calibration")
-            self._calibration = [
+    def calibration_samples(self, bundle: ModelBundle | None = None) -> list[Inputs]:
+        """Batch-1 calibration examples for `bundle`'s tokenizer (default: the original's)."""
+        calibration = self.encoded("calibration", bundle)
+        key = id(calibration)
+        if key not in self._calibration:
+            self._calibration[key] = [
                 {name: values[i:i + 1] for name, values in calibration.items()} for i in range(len(self.split.calibration))
             ]
-        return self._calibration
+        return self._calibration[key]
 
-    def export_options(self, target: Target) -> ExportOptions:
-        return ExportOptions(calibration=self.calibration_samples(), integer_only=target.integer_only,
+    def export_options(self, target: Target, bundle: ModelBundle | None = None) -> ExportOptions:
+        return ExportOptions(calibration=self.calibration_samples(bundle), integer_only=target.integer_only,
                              integer_io=target.integer_io)
 
     def baseline(self, backend: Backend, target: Target, threads: int) -> _Measured:
@@ -328,7 +378,7 @@ class BuildSession:
 
     def plan(self, target: Target) -> tuple[Backend, Plan]:
         backend = get_backend(target.runtime)
-        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat)
+        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat, self.options.recipe)
         plan = make_plan(
             target, backend, candidates, self.sequence_length, self.sequence_length_reason,
             len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
@@ -340,12 +390,13 @@ class BuildSession:
         """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
         precision = candidate.precision
         saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None, candidate.passes)
+        bundle = self.candidate_bundle(candidate.passes)
         with self.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
-            artifact = backend.export(saved_model, precision, self.export_options(target), folder)
+            artifact = backend.export(saved_model, precision, self.export_options(target, bundle), folder)
         compatibility = None
         if target.checks_ops and (ops := backend.graph_ops(artifact.path)) is not None:
             compatibility = check_compatibility(ops, target)
-        measured = self.measure(backend, artifact, plan.threads, f"{candidate.label} {backend.name}")
+        measured = self.measure(backend, artifact, plan.threads, f"{candidate.label} {backend.name}", bundle)
         original_accuracy = self.reference().accuracy
         accuracy_drop = None
         if measured.quality["accuracy"] is not None and original_accuracy is not None:
@@ -356,7 +407,7 @@ class BuildSession:
             if not check["passed"]:
                 self.log.info(f"[red]✗ {candidate.label}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
         passes = self._pass_results.get(candidate.passes, [])
-        return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes)
+        return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes, bundle)
 
     def build_target(self, target: Target) -> BuildResult:
         backend, plan = self.plan(target)
@@ -376,13 +427,13 @@ class BuildSession:
                     break
             chosen.move_to(staging)
             baseline = self.baseline(backend, target, plan.threads)
-            self.bundle.write_tokenizer(staging, self.sequence_length)
+            chosen.bundle.write_tokenizer(staging, self.sequence_length)
             report = assemble_report(
                 target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
                 chosen=chosen, tried=tried, baseline=baseline, original_accuracy=self.reference().accuracy,
                 label_mapping=self.reference().label_mapping,
                 timings=_timings_since(timings_before, self.log.seconds),
-                integer_graph=self.integer_graph_facts() if target.integer_only else None,
+                integer_graph=self.integer_graph_facts(chosen.bundle) if target.integer_only else None,
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             (staging / "report.md").write_text(render_markdown(report))

@@ -112,13 +112,16 @@ def targets_show(name: str) -> None:
               help="QAT learning rate of the weights (default: 1e-4; the usual BERT fine-tuning rate, 2e-5, "
               "suits models already fine-tuned on the data).")
 @click.option("--qat-range-learning-rate", type=float, help="QAT learning rate of the activation ranges (default: 1e-3).")
+@click.option("--recipe", help="Force training-time passes, run in the order given, before the target's export, "
+              "e.g. 'distill:layers=3,qat' or 'prune:heads=0.25,neurons=0.5,trim-vocab'. Passes: distill, prune, "
+              "trim-vocab, qat (last). Parameters follow name:key=value; further key=value continue that pass.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
           task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
-          max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate, qat_range_learning_rate, runs, warmup,
-          threads) -> None:
+          max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate, qat_range_learning_rate, recipe,
+          runs, warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
@@ -129,16 +132,23 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
 
     import_tensorflow_quietly()
     from deploykit.build import BuildOptions, build_targets
+    from deploykit.passes.base import parse_recipe
     from deploykit.profiling.local import ProfileSettings
     from deploykit.progress import StepLog
 
+    pass_parameters = {"qat": _given(steps=qat_steps, learning_rate=qat_learning_rate,
+                                     range_learning_rate=qat_range_learning_rate)}
+    recipe_passes = None
+    if recipe is not None:
+        recipe_passes, recipe_parameters = parse_recipe(recipe)
+        for name, values in recipe_parameters.items():
+            pass_parameters[name] = {**pass_parameters.get(name, {}), **values}
     options = BuildOptions(
         out=Path(out), precision=precision, sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
-        pass_parameters={"qat": _given(steps=qat_steps, learning_rate=qat_learning_rate,
-                                       range_learning_rate=qat_range_learning_rate)},
+        pass_parameters=pass_parameters, recipe=recipe_passes,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -43,6 +43,21 @@ class ModelBundle:
     class_names: list[str] | None = None
     details: dict = field(default_factory=dict)
     backbone: object | None = None  # the keras-hub backbone, when there is one (integer-graph rewrites use it)
+    task_model: object | None = None  # the keras-hub classifier around the backbone (structural passes rebuild it)
+
+    def with_backbone(self, backbone, tokenizer=None) -> "ModelBundle":
+        """The same head, task and classes on another backbone: what structural passes return."""
+        if self.task == "embedding":
+            forward = _embedding_forward(backbone, self.details.get("pooling", "mean"), self.details.get("normalize", False))
+            task_model = None
+        else:
+            task_model = _classifier_on(self.task_model, backbone)
+            forward = _classifier_forward(task_model)
+        parameters = int((task_model or backbone).count_params())
+        return replace(
+            self, forward=forward, tokenizer=tokenizer or self.tokenizer, backbone=backbone, task_model=task_model,
+            details={**self.details, "parameters": parameters},
+        )
 
     @property
     def output_name(self) -> str:
@@ -380,6 +395,25 @@ def _classifier_forward(model) -> Callable:
     return forward
 
 
+def _classifier_on(model, backbone):
+    """A new keras-hub classifier of `model`'s kind and config on `backbone`, with `model`'s head weights."""
+    from deploykit.bert_surgery import check_bert
+
+    if model is None or not hasattr(model, "output_dense"):
+        raise DeployKitError(
+            "structural passes rebuild classifiers as keras-hub BertTextClassifier models; this classifier is "
+            f"{type(model).__name__}. Save it as a keras-hub BertTextClassifier."
+        )
+    check_bert(backbone)
+    config = model.get_config()
+    rebuilt = type(model)(
+        backbone=backbone, num_classes=config["num_classes"], preprocessor=None,
+        activation=config.get("activation", "linear"), dropout=config.get("dropout", 0.1),
+    )
+    rebuilt.output_dense.set_weights(model.output_dense.get_weights())
+    return rebuilt
+
+
 def _input_names(model) -> set[str]:
     inputs = model.input
     if isinstance(inputs, dict):
@@ -455,7 +489,8 @@ def _load_keras_hub_preset(folder: Path, task: Task | None) -> ModelBundle:
         backbone=backbone,
         max_sequence_length=int(getattr(backbone, "max_sequence_length", 512)),
         source=str(folder),
-        details={"format": "keras-hub-preset", "parameters": int(backbone.count_params())},
+        details={"format": "keras-hub-preset", "parameters": int(backbone.count_params()),
+                 "pooling": "mean", "normalize": False},
     )
 
 
@@ -471,6 +506,7 @@ def _bundle_from_task(model, source: str, format_name: str) -> ModelBundle:
         tokenizer=preprocessor.tokenizer,
         task="classification",
         backbone=getattr(model, "backbone", None),
+        task_model=model,
         max_sequence_length=int(getattr(model.backbone, "max_sequence_length", 512)),
         source=source,
         class_names=_class_names_beside(Path(source)),
@@ -518,7 +554,8 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
         max_sequence_length=int(getattr(model, "max_sequence_length", 0) or _static_length(model) or 512),
         source=str(path),
         class_names=_class_names_beside(path) if chosen == "classification" else None,
-        details={"format": "keras", "parameters": int(model.count_params())},
+        details={"format": "keras", "parameters": int(model.count_params()),
+                 **({"pooling": "mean", "normalize": False} if chosen == "embedding" else {})},
     )
 
 

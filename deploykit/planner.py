@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from deploykit.backends.base import Backend
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import get_pass
+from deploykit.passes.base import check_order, get_pass
 from deploykit.profiling.local import ProfileSettings
 from deploykit.targets import INTEGER_PRECISIONS, Target
 
@@ -76,15 +76,19 @@ def step_details(step: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in step.items() if key != "step")
 
 
-def plan_candidates(target: Target, backend: Backend, requested: str | None, qat: bool = True) -> list[Candidate]:
+def plan_candidates(target: Target, backend: Backend, requested: str | None, qat: bool = True,
+                    recipe: tuple[str, ...] | None = None) -> list[Candidate]:
     """The candidates to try, in order: the target's precisions (or the user's one) that this backend produces.
 
     The build keeps the first candidate that passes the gates, so a target lists its
     precisions fastest first and a miss falls back to the next, more faithful one. On
     integer-only targets, post-training int8 is followed by quantization-aware
     training at int8: slower to build, as fast to run, and it recovers what rounding
-    every activation to 8 bits costs.
+    every activation to 8 bits costs. A forced recipe runs before every precision instead.
     """
+    if recipe is not None:
+        check_order(recipe)
+        return [Candidate(precision, recipe) for precision in candidate_precisions(target, backend, requested)]
     candidates = []
     for precision in candidate_precisions(target, backend, requested):
         candidates.append(Candidate(precision))

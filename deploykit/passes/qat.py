@@ -208,6 +208,7 @@ class QuantizationAwareTraining(Pass):
     name = "qat"
     description = "fine-tune with int8 rounding simulated (kernels per output channel, activation ranges learned)"
     Parameters = QatParameters
+    must_be_last = True
 
     def apply(self, context: PassContext) -> PassResult:
         """Train the bundle's weights in place; `result.effect` says how far outputs moved back."""

@@ -1,0 +1,181 @@
+"""Structured pruning (`prune`): remove whole attention heads, FFN units and layers.
+
+The result is a physically smaller keras-hub BERT (fewer heads, narrower FFN,
+fewer layers), so it is faster on every runtime without sparse kernels. What goes
+is chosen by importance: `activation` (default) measures on the user's texts how
+much each head and unit contributes to its layer's output, and how much the model's
+output changes when a layer is skipped; `magnitude` uses weight norms only. The
+pruned model is then fine-tuned against the original.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from deploykit.bert_surgery import Keep, keep_all, parameter_count, reshaped_backbone
+from deploykit.errors import DeployKitError
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
+
+IMPORTANCE = ("activation", "magnitude")
+
+
+@dataclass
+class PruneParameters(FineTuneParameters):
+    heads: float = field(default=0.0, metadata={"range": (0.0, 0.75)})  # share of attention heads removed per layer
+    neurons: float = field(default=0.0, metadata={"range": (0.0, 0.75)})  # share of FFN units removed per layer
+    layers: int = field(default=0, metadata={"range": (0, 12)})  # whole layers removed
+    importance: str = "activation"  # or "magnitude" (weights only, no data)
+    importance_samples: int = 64  # texts the activation importance is measured on
+    steps: int = field(default=800, metadata={"range": (0, 5000)})
+
+
+class Prune(Pass):
+    name = "prune"
+    description = "remove the least important attention heads, FFN units and layers, then fine-tune on the teacher"
+    Parameters = PruneParameters
+    learns_from_original = True
+
+    def __init__(self, **parameters):
+        super().__init__(**parameters)
+        p = self.parameters
+        p.check(self.name)
+        for name in ("heads", "neurons"):
+            if not 0 <= getattr(p, name) < 1:
+                raise DeployKitError(f"prune parameter {name} is the share removed, in [0, 1); got {getattr(p, name)}.")
+        if p.layers < 0 or p.importance_samples < 1:
+            raise DeployKitError("prune parameters layers must be >= 0 and importance_samples >= 1.")
+        if p.importance not in IMPORTANCE:
+            raise DeployKitError(f"prune parameter importance must be one of {', '.join(IMPORTANCE)}, got {p.importance!r}.")
+        if not (p.heads or p.neurons or p.layers):
+            raise DeployKitError("prune needs something to remove: set heads=, neurons= (shares) or layers= (a count).")
+
+    def apply(self, context: PassContext) -> PassResult:
+        p = self.parameters
+        backbone = context.bundle.backbone
+        full = keep_all(backbone)
+        depth = len(full.layers)
+        if p.layers >= depth:
+            raise DeployKitError(f"prune: the model has {depth} layers; remove fewer than that (layers={p.layers}).")
+        samples = _batch(context.calibration[: p.importance_samples])
+        with context.log.step("prune_importance", f"prune: scoring heads, FFN units and layers ({p.importance})"):
+            if p.importance == "activation":
+                head_scores, unit_scores = activation_importance(context.bundle, samples)
+            else:
+                head_scores, unit_scores = magnitude_importance(backbone)
+            layers = tuple(sorted(_layers_to_keep(context, samples, depth - p.layers))) if p.layers else full.layers
+        heads_kept = max(1, backbone.num_heads - round(backbone.num_heads * p.heads))
+        units_kept = max(1, backbone.intermediate_dim - round(backbone.intermediate_dim * p.neurons))
+        keep = Keep(
+            layers=layers,
+            heads=tuple(_top(head_scores[i], heads_kept) for i in layers),
+            neurons=tuple(_top(unit_scores[i], units_kept) for i in layers),
+        )
+        pruned = context.bundle.with_backbone(reshaped_backbone(backbone, keep))
+        effect = {
+            "layers_before": depth, "layers_after": len(layers), "kept_layers": list(layers),
+            "heads_before": backbone.num_heads, "heads_after": heads_kept,
+            "ffn_width_before": backbone.intermediate_dim, "ffn_width_after": units_kept,
+            "parameters_before": parameter_count(backbone), "parameters_after": parameter_count(pruned.backbone),
+        }
+        effect.update(fine_tune_from_teacher(pruned, context, p, self.name))
+        return PassResult(self.name, self.describe(), effect, bundle=pruned)
+
+
+def _top(scores: np.ndarray, count: int) -> tuple[int, ...]:
+    return tuple(sorted(np.argsort(-scores, kind="stable")[:count].tolist()))
+
+
+def _batch(samples: list[dict]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
+
+
+def magnitude_importance(backbone) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per layer: each head's Q/K/V/output weight norm, each FFN unit's |in| * |out| weight norm."""
+    heads, units = [], []
+    for block in backbone.transformer_layers:
+        attention = block._self_attention_layer
+        score = sum(np.linalg.norm(d.kernel.numpy(), axis=(0, 2)) for d in
+                    (attention._query_dense, attention._key_dense, attention._value_dense))
+        heads.append(score + np.linalg.norm(attention._output_dense.kernel.numpy(), axis=(1, 2)))
+        inner = np.linalg.norm(block._feedforward_intermediate_dense.kernel.numpy(), axis=0)
+        units.append(inner * np.linalg.norm(block._feedforward_output_dense.kernel.numpy(), axis=1))
+    return heads, units
+
+
+def activation_importance(bundle, samples: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per layer, measured on real texts: the mean norm of each head's share of the attention output
+    (context @ its output weights) and of each FFN unit's share of the FFN output (|activation| * |out row|)."""
+    blocks = bundle.backbone.transformer_layers
+    heads = [np.zeros(b._self_attention_layer._num_heads) for b in blocks]
+    units = [np.zeros(b.intermediate_dim) for b in blocks]
+    mask = samples["padding_mask"].astype(bool)
+    with _recording(blocks) as recorded:
+        bundle.deployment_model(samples["token_ids"].shape[1])(samples, training=False)
+    for index, block in enumerate(blocks):
+        context = recorded["context"][index][mask]  # [tokens, heads, head_size], padding left out
+        output_kernel = block._self_attention_layer._output_dense.kernel.numpy()  # [heads, head_size, hidden]
+        shares = np.einsum("thd,hdo->tho", context, output_kernel)
+        heads[index] = np.linalg.norm(shares, axis=-1).mean(axis=0)
+        activations = np.abs(recorded["ffn"][index][mask]).mean(axis=0)
+        units[index] = activations * np.linalg.norm(block._feedforward_output_dense.kernel.numpy(), axis=1)
+    return heads, units
+
+
+@contextmanager
+def _recording(blocks) -> Iterator[dict]:
+    """Run eagerly with each layer's attention context and FFN activations recorded."""
+    recorded: dict[str, dict[int, np.ndarray]] = {"context": {}, "ffn": {}}
+    patched = []
+    for index, block in enumerate(blocks):
+        attention, dense = block._self_attention_layer, block._feedforward_intermediate_dense
+
+        def compute_attention(*args, _index=index, _original=attention._compute_attention, **kwargs):
+            output, scores = _original(*args, **kwargs)
+            recorded["context"][_index] = np.asarray(output)
+            return output, scores
+
+        def call(inputs, *args, _index=index, _original=dense.call, **kwargs):
+            output = _original(inputs, *args, **kwargs)
+            recorded["ffn"][_index] = np.asarray(output)
+            return output
+
+        object.__setattr__(attention, "_compute_attention", compute_attention)
+        object.__setattr__(dense, "call", call)
+        patched += [(attention, "_compute_attention"), (dense, "call")]
+    try:
+        yield recorded
+    finally:
+        for owner, attribute in patched:
+            object.__delattr__(owner, attribute)
+
+
+def _layers_to_keep(context: PassContext, samples: dict, count: int) -> list[int]:
+    """Greedily skip the layer whose removal changes the model's outputs least, until `count` remain."""
+    bundle = context.bundle
+    full = keep_all(bundle.backbone)
+    reference = _outputs(bundle, samples)
+    kept = list(full.layers)
+    while len(kept) > count:
+        changes = []
+        for layer in kept:
+            trial = [i for i in kept if i != layer]
+            keep = Keep(tuple(trial), tuple(full.heads[i] for i in trial), tuple(full.neurons[i] for i in trial))
+            outputs = _outputs(bundle.with_backbone(reshaped_backbone(bundle.backbone, keep)), samples)
+            changes.append(_mean_cosine(reference, outputs))
+        kept.remove(kept[int(np.argmax(changes))])
+    return kept
+
+
+def _outputs(bundle, samples: dict) -> np.ndarray:
+    return np.asarray(bundle.deployment_model(samples["token_ids"].shape[1])(samples, training=False))
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return float((a * b).sum(axis=-1).mean())

@@ -1,0 +1,87 @@
+"""Vocabulary trimming (`trim-vocab`): keep the tokens the user's texts use.
+
+BERT-family vocabularies are general (MiniLM: 30,522 tokens, 11.7M of its 22.7M
+parameters); a deployed model sees one domain. Keeping the tokens that occur in the
+training texts, the special tokens, single characters of the chosen set (so any
+word still tokenizes, piece by piece, instead of becoming [UNK]) and an optional
+reserve shrinks the embedding table and the tokenizer vocabulary together. WordPiece
+is greedy longest-match, so a text whose tokens were all kept tokenizes to the same
+pieces and gives identical outputs. No training: nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from deploykit.bert_surgery import keep_all, parameter_count, reshaped_backbone
+from deploykit.errors import DeployKitError
+from deploykit.passes.base import Pass, PassContext, PassResult
+
+CHARACTER_SETS = ("none", "ascii", "all")
+
+
+@dataclass
+class TrimVocabParameters:
+    reserve: int = field(default=0, metadata={"range": (0, 30000)})  # extra tokens kept beyond the corpus, lowest ids first
+    characters: str = "ascii"  # single-character tokens always kept: none, ascii (printable) or all
+    min_count: int = 1  # a token is kept when it occurs at least this often in the texts
+
+
+class TrimVocabulary(Pass):
+    name = "trim-vocab"
+    description = "keep only the tokens the training texts use (plus specials, characters, a reserve)"
+    Parameters = TrimVocabParameters
+    changes_token_ids = True
+
+    def __init__(self, **parameters):
+        super().__init__(**parameters)
+        p = self.parameters
+        if p.reserve < 0 or p.min_count < 1:
+            raise DeployKitError("trim-vocab parameters reserve must be >= 0 and min_count >= 1.")
+        if p.characters not in CHARACTER_SETS:
+            raise DeployKitError(f"trim-vocab parameter characters must be one of {', '.join(CHARACTER_SETS)}, "
+                                 f"got {p.characters!r}.")
+
+    def apply(self, context: PassContext) -> PassResult:
+        bundle = context.bundle
+        full = keep_all(bundle.backbone)  # fails clearly on models surgery cannot rebuild
+        tokenizer = bundle.tokenizer
+        vocabulary = list(tokenizer.get_vocabulary())
+        kept = kept_token_ids(tokenizer, vocabulary, context.train_texts, self.parameters)
+        backbone = reshaped_backbone(bundle.backbone, replace(full, tokens=tuple(kept)))
+        config = {**tokenizer.get_config(), "vocabulary": [vocabulary[i] for i in kept]}
+        config.pop("config_file", None)
+        trimmed = bundle.with_backbone(backbone, tokenizer=type(tokenizer).from_config(config))
+        return PassResult(self.name, self.describe(), {
+            "vocabulary_before": len(vocabulary), "vocabulary_after": len(kept),
+            "corpus_texts": len(context.train_texts),
+            "parameters_before": parameter_count(bundle.backbone), "parameters_after": parameter_count(backbone),
+        }, bundle=trimmed)
+
+
+def kept_token_ids(tokenizer, vocabulary: list[str], texts: list[str], p: TrimVocabParameters) -> list[int]:
+    """Sorted ids of the tokens to keep (sorted, so [PAD] keeps id 0 and the order stays the original's)."""
+    if not texts:
+        raise DeployKitError("trim-vocab needs texts to see which tokens are used; pass --data with your corpus.")
+    pieces = tokenizer(texts)
+    ids = np.concatenate([np.asarray(row).ravel() for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces)])
+    counts = np.bincount(ids.astype(np.int64), minlength=len(vocabulary))
+    kept = set(np.flatnonzero(counts >= p.min_count).tolist())
+    specials = [getattr(tokenizer, name, None) for name in ("pad_token", "cls_token", "sep_token", "mask_token")]
+    specials.append(tokenizer.get_config().get("oov_token", "[UNK]"))
+    index = {token: i for i, token in enumerate(vocabulary)}
+    kept |= {index[token] for token in specials if token in index}
+    kept |= {i for i, token in enumerate(vocabulary) if _is_kept_character(token, p.characters)}
+    ordinary = (i for i, token in enumerate(vocabulary) if i not in kept and not token.startswith("[unused"))
+    for _, i in zip(range(p.reserve), ordinary):
+        kept.add(i)
+    return sorted(kept)
+
+
+def _is_kept_character(token: str, characters: str) -> bool:
+    character = token[2:] if token.startswith("##") else token
+    if len(character) != 1 or characters == "none":
+        return False
+    return characters == "all" or 32 < ord(character) < 127
