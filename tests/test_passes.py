@@ -1,0 +1,178 @@
+"""Structural passes on a tiny 4-layer BERT: the effect happens, the surgery is exact, the model still exports."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deploykit.backends.base import ExportOptions, get_backend
+from deploykit.bert_surgery import Keep, keep_all, reshaped_backbone
+from deploykit.errors import DeployKitError
+from deploykit.models import ModelBundle, _embedding_forward
+from deploykit.passes.base import PassContext, get_pass, parse_recipe
+from deploykit.progress import StepLog
+from tests.conftest import write_jsonl
+
+WORDS = "team match goal score coach league player win season bread soup cheese recipe bake taste garlic dinner".split()
+VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(WORDS), "zebra", "##s", "q", "##q"]
+TEXTS = ["team goal win season", "bread soup garlic", "coach league player", "cheese recipe bake dinner"] * 8
+LENGTH = 16
+
+
+@pytest.fixture()
+def bundle():
+    """A 4-layer, 4-head embedding model (mean pooling, normalised), random weights."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCABULARY), num_layers=4, num_heads=4, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=32,
+    )
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCABULARY, lowercase=True)
+    return ModelBundle(
+        forward=_embedding_forward(backbone, "mean", True), tokenizer=tokenizer, task="embedding",
+        max_sequence_length=32, source="tiny", backbone=backbone, details={"pooling": "mean", "normalize": True},
+    )
+
+
+def _context(bundle, labels=None) -> PassContext:
+    inputs = bundle.encode(TEXTS, LENGTH)
+    calibration = [{name: values[i:i + 1] for name, values in inputs.items()} for i in range(8)]
+    return PassContext(
+        bundle=bundle, sequence_length=LENGTH, train_texts=TEXTS, train_inputs=inputs,
+        teacher_outputs=bundle.predict(inputs), teacher_model=bundle.deployment_model(LENGTH), label_ids=labels,
+        calibration=calibration, log=StepLog(),
+    )
+
+
+def _silence_head_and_unit(backbone, head: int, unit: int) -> None:
+    """Zero what a head and an FFN unit write into the residual stream: removing them must change nothing."""
+    for block in backbone.transformer_layers:
+        kernel = block._self_attention_layer._output_dense.kernel
+        values = kernel.numpy()
+        values[head] = 0
+        kernel.assign(values)
+        kernel = block._feedforward_output_dense.kernel
+        values = kernel.numpy()
+        values[unit] = 0
+        kernel.assign(values)
+
+
+def test_surgery_removing_silent_heads_and_units_keeps_outputs(bundle):
+    _silence_head_and_unit(bundle.backbone, head=2, unit=5)
+    inputs = bundle.encode(TEXTS, LENGTH)
+    before = bundle.predict(inputs)
+    full = keep_all(bundle.backbone)
+    units = tuple(i for i in range(64) if i != 5)
+    keep = Keep(full.layers, tuple((0, 1, 3) for _ in full.layers), tuple(units for _ in full.layers))
+    smaller = bundle.with_backbone(reshaped_backbone(bundle.backbone, keep))
+    attention = smaller.backbone.transformer_layers[0]._self_attention_layer
+    assert (attention._num_heads, attention._key_dim) == (3, 8)  # three heads of the original size, not 32 // 3
+    assert smaller.backbone.intermediate_dim == 63
+    np.testing.assert_allclose(smaller.predict(inputs), before, atol=1e-5)
+
+
+def test_prune_removes_heads_units_and_layers_and_exports(bundle, tmp_path):
+    result = get_pass("prune", heads=0.5, neurons=0.25, layers=1, steps=4, batch_size=8).apply(_context(bundle))
+    effect = result.effect
+    assert (effect["layers_after"], effect["heads_after"], effect["ffn_width_after"]) == (3, 2, 48)
+    assert effect["parameters_after"] < 0.6 * effect["parameters_before"]
+    assert len(result.bundle.backbone.transformer_layers) == 3
+    assert len(bundle.backbone.transformer_layers) == 4  # the original is untouched
+    result.bundle.write_saved_model(tmp_path / "saved", LENGTH)
+    artifact = get_backend("litert").export(tmp_path / "saved", "fp32", ExportOptions(calibration=[]), tmp_path / "out")
+    assert artifact.path.stat().st_size > 0
+
+
+def test_prune_activation_importance_keeps_the_heads_that_write(bundle):
+    _silence_head_and_unit(bundle.backbone, head=1, unit=0)
+    result = get_pass("prune", heads=0.25, steps=0).apply(_context(bundle))
+    for block in result.bundle.backbone.transformer_layers:  # the silent head is the one removed
+        assert block._self_attention_layer._num_heads == 3
+    np.testing.assert_allclose(
+        result.bundle.predict(bundle.encode(TEXTS, LENGTH)), bundle.predict(bundle.encode(TEXTS, LENGTH)), atol=1e-5
+    )
+
+
+def test_distill_keeps_evenly_spaced_layers_and_trains(bundle):
+    result = get_pass("distill", layers=2, steps=6, batch_size=8).apply(_context(bundle))
+    assert result.effect["kept_layers"] == [1, 3]
+    assert len(result.bundle.backbone.transformer_layers) == 2
+    assert result.effect["fine_tune_steps"] == 6 and np.isfinite(result.effect["loss_last"])
+
+
+def test_trim_vocab_shrinks_the_table_and_keeps_outputs_of_covered_texts(bundle):
+    result = get_pass("trim-vocab", characters="none").apply(_context(bundle))
+    trimmed = result.bundle
+    vocabulary = trimmed.tokenizer.get_vocabulary()
+    assert "zebra" not in vocabulary and "[PAD]" == vocabulary[0] and "[UNK]" in vocabulary
+    assert trimmed.backbone.vocabulary_size == len(vocabulary) < len(VOCABULARY)
+    np.testing.assert_allclose(
+        trimmed.predict(trimmed.encode(TEXTS, LENGTH)), bundle.predict(bundle.encode(TEXTS, LENGTH)), atol=1e-6
+    )
+    assert trimmed.encode(["zebra goal"], LENGTH)["token_ids"][0, 1] == vocabulary.index("[UNK]")
+
+
+def test_trim_vocab_keeps_characters_and_reserve_on_request(bundle):
+    result = get_pass("trim-vocab", characters="ascii", reserve=1).apply(_context(bundle))
+    vocabulary = result.bundle.tokenizer.get_vocabulary()
+    assert {"q", "##q", "##s"} <= set(vocabulary)  # single characters: unseen words still tokenize
+    assert "match" in vocabulary and "zebra" not in vocabulary  # the reserve of 1: the lowest unused id
+
+
+def test_recipe_parsing_order_and_errors():
+    names, parameters = parse_recipe("distill:layers=3,prune:heads=0.25,neurons=0.5,trim-vocab,qat")
+    assert names == ("distill", "prune", "trim-vocab", "qat")
+    assert parameters["prune"] == {"heads": 0.25, "neurons": 0.5} and parameters["distill"] == {"layers": 3}
+    for recipe, message in [
+        ("shrink", "unknown pass 'shrink'"),
+        ("qat,distill", "'qat' must be the last pass"),
+        ("trim-vocab,distill", "put it before trim-vocab"),
+        ("prune:heads=0.5,prune:layers=1", "appears twice"),
+        ("prune:heads", "name:key=value"),
+        ("prune:width=3", "has no parameter width"),
+        ("prune", "needs something to remove"),
+    ]:
+        with pytest.raises(DeployKitError, match=message):
+            parse_recipe(recipe)
+
+
+def test_structural_passes_need_a_keras_hub_bert(tmp_path):
+    import keras
+
+    token_ids = keras.Input((8,), dtype="int32", name="token_ids")
+    output = keras.layers.Dense(2)(keras.layers.Embedding(10, 4)(token_ids)[:, 0])
+    bundle = ModelBundle(forward=None, tokenizer=None, task="classification", max_sequence_length=8, source="plain",
+                         backbone=None)
+    context = PassContext(bundle=bundle, sequence_length=8, train_texts=["a"], train_inputs={}, teacher_outputs=None,
+                          teacher_model=keras.Model(token_ids, output), label_ids=None, calibration=[], log=StepLog())
+    with pytest.raises(DeployKitError, match="need a keras-hub BertBackbone"):
+        get_pass("distill").apply(context)
+
+
+def test_cli_recipe_builds_a_smaller_model_and_reports_each_pass(tiny_classifier, labelled_data, tmp_path):
+    from click.testing import CliRunner
+
+    from deploykit.cli import main
+
+    rows = [json.loads(line) for line in labelled_data.read_text().splitlines()]
+    for row in rows:  # a corpus that never uses two of the vocabulary's words
+        row["text"] = " ".join(w for w in row["text"].split() if w not in ("garlic", "coach")) or "goal"
+    data = write_jsonl(tmp_path / "narrow.jsonl", rows)
+    out = tmp_path / "dist"
+    result = CliRunner().invoke(main, [
+        "build", str(tiny_classifier), "--data", str(data), "--target", "arm-cpu", "--out", str(out),
+        "--recipe", "prune:neurons=0.5,steps=4,trim-vocab:characters=none", "--runs", "3", "--warmup", "1",
+        "--evaluation-samples", "40", "--calibration-samples", "20", "--max-accuracy-drop", "100",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "arm-cpu" / "report.json").read_text())
+    passes = report["candidates"][0]["passes"]
+    assert [p["pass"] for p in passes] == ["prune", "trim-vocab"]
+    assert passes[0]["effect"]["ffn_width_after"] == 32 and "accuracy" in passes[0]["quality_after"]
+    vocabulary = (out / "arm-cpu" / "vocab.txt").read_text().split()
+    assert len(vocabulary) == passes[1]["effect"]["vocabulary_after"] == passes[1]["effect"]["vocabulary_before"] - 2
+    plan_steps = [step["step"] for step in report["plan"]]
+    assert "prune" in plan_steps and "trim-vocab" in plan_steps
