@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from functools import cache
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -76,6 +77,11 @@ def reshaped_backbone(backbone, keep: Keep):
     key_dim = head_size(backbone)
     with _fixed_head_size(key_dim):  # keras-hub would derive hidden_dim // num_heads
         smaller = keras_hub.models.BertBackbone.from_config(config)
+    for new_index, old_index in enumerate(keep.layers):  # factorized FFN layers stay factorized, at their rank
+        for attribute in FFN_DENSE:
+            source = getattr(backbone.transformer_layers[old_index], attribute)
+            if isinstance(source, low_rank_dense_class()):
+                factorize_dense(smaller.transformer_layers[new_index], attribute, source.rank)
     old = {w.path: w for w in backbone.weights}
     for weight in smaller.weights:
         weight.assign(_kept_value(old, weight.path, keep))
@@ -127,13 +133,73 @@ def _kept_value(old: dict, path: str, keep: Keep) -> np.ndarray:
         return value[heads, :]
     if rest.endswith("self_attention_layer/attention_output/kernel"):
         return value[heads, :, :]
-    if rest == "feedforward_intermediate_dense/kernel":
+    if rest in ("feedforward_intermediate_dense/kernel", "feedforward_intermediate_dense/right/kernel"):
         return value[:, neurons]
-    if rest == "feedforward_intermediate_dense/bias":
+    if rest in ("feedforward_intermediate_dense/bias", "feedforward_intermediate_dense/right/bias"):
         return value[neurons]
-    if rest == "feedforward_output_dense/kernel":
+    if rest in ("feedforward_output_dense/kernel", "feedforward_output_dense/left/kernel"):
         return value[neurons, :]
     return value
+
+
+FFN_DENSE = ("_feedforward_intermediate_dense", "_feedforward_output_dense")
+
+
+@cache
+def low_rank_dense_class():
+    """`LowRankDense`: x @ left @ right (+ bias, activation), the drop-in for a factorized Dense.
+
+    Two ordinary Dense layers, so every exporter sees two FULLY_CONNECTED/MatMul ops
+    and quantization-aware training and residual scaling treat them like any Dense
+    (`left` reads the input, `right` writes the output).
+    """
+    import keras
+
+    class LowRankDense(keras.layers.Layer):
+        def __init__(self, rank: int, units: int, activation=None, **kwargs):
+            super().__init__(**kwargs)
+            self.rank, self.units = rank, units
+            self.left = keras.layers.Dense(rank, use_bias=False, name="left", dtype=self.dtype_policy)
+            self.right = keras.layers.Dense(units, activation=activation, name="right", dtype=self.dtype_policy)
+
+        def build(self, input_shape):
+            self.left.build(input_shape)
+            self.right.build((*input_shape[:-1], self.rank))
+
+        def call(self, inputs):
+            return self.right(self.left(inputs))
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], self.units)
+
+    return LowRankDense
+
+
+def factorize_dense(block, attribute: str, rank: int) -> None:
+    """Replace `block.<attribute>` (a Dense) by the rank-`rank` truncated SVD of its kernel, bias and activation kept."""
+    import keras
+
+    dense = getattr(block, attribute)
+    units, inputs = int(dense.kernel.shape[1]), int(dense.kernel.shape[0])
+    factorized = low_rank_dense_class()(rank, units, activation=dense.activation, name=dense.name,
+                                        dtype=dense.dtype_policy)
+    with keras.name_scope(block.name):  # weight paths as if built in place: transformer_layer_<i>/<name>/...
+        factorized.build((None, inputs))
+    u, singular, vt = np.linalg.svd(dense.kernel.numpy(), full_matrices=False)
+    root = np.sqrt(singular[:rank])
+    factorized.left.kernel.assign(u[:, :rank] * root)
+    factorized.right.kernel.assign(root[:, None] * vt[:rank])
+    factorized.right.bias.assign(dense.bias.numpy())
+    # Swap without Keras's attribute tracking, and put the new layer where the old one was tracked.
+    object.__setattr__(block, attribute, factorized)
+    block._layers[[id(layer) for layer in block._layers].index(id(dense))] = factorized
+
+
+def dense_kernel(layer) -> np.ndarray:
+    """A Dense layer's kernel, or the product a factorized one stands for."""
+    if hasattr(layer, "left"):
+        return layer.left.kernel.numpy() @ layer.right.kernel.numpy()
+    return layer.kernel.numpy()
 
 
 def parameter_count(backbone) -> int:

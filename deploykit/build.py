@@ -202,11 +202,11 @@ class BuildSession:
 
     def saved_model(self, masked_logit: float | None = None, passes: tuple[str, ...] = ()) -> Path:
         """The traced graph, once per masked-logit setting (None: the framework's own graph) and recipe."""
-        key = (masked_logit, passes)
+        key = (masked_logit, self.recipe_key(passes))
         if key not in self._saved_models:
             folder = self.workdir / f"saved_model_{len(self._saved_models)}"
             if passes:
-                self._pass_results[passes] = self._run_passes(passes, masked_logit, folder)
+                self._pass_results[self.recipe_key(passes)] = self._run_passes(passes, masked_logit, folder)
             else:
                 how = "" if masked_logit is None else " for integer-only hardware"
                 with self._graph_context(masked_logit, self.bundle), \
@@ -215,9 +215,17 @@ class BuildSession:
             self._saved_models[key] = folder
         return self._saved_models[key]
 
+    def recipe_key(self, passes: tuple[str, ...]) -> tuple:
+        """Passes with their parameters: what identifies a recipe's result in this session's caches."""
+        return tuple((name, tuple(sorted(self.options.pass_parameters.get(name, {}).items()))) for name in passes)
+
     def candidate_bundle(self, passes: tuple[str, ...]) -> ModelBundle:
         """The model a recipe produced (the original when no pass changed the architecture)."""
-        return self._derived.get(passes, self.bundle)
+        return self._derived.get(self.recipe_key(passes), self.bundle)
+
+    def pass_results(self, passes: tuple[str, ...]) -> list[dict]:
+        """What each pass of a recipe did (empty before it ran)."""
+        return self._pass_results.get(self.recipe_key(passes), [])
 
     def _graph_context(self, masked_logit: float | None, bundle: ModelBundle) -> ExitStack:
         """How the graph is traced: as the framework does, or integer-capable (masked_logit set)."""
@@ -274,19 +282,20 @@ class BuildSession:
         finally:
             for variable, value in zip(weights, original):
                 variable.assign(value)
-        self._derived[names] = bundle
+        self._derived[self.recipe_key(names)] = bundle
         return results
 
     def _structural_passes(self, names: tuple[str, ...]) -> tuple[ModelBundle, list[dict]]:
         """Run architecture-changing passes in order, once per recipe prefix for the whole build."""
         if not names:
             return self.bundle, []
-        if names not in self._structural:
+        key = self.recipe_key(names)
+        if key not in self._structural:
             bundle, results = self._structural_passes(names[:-1])
             chosen = get_pass(names[-1], **self.options.pass_parameters.get(names[-1], {}))
             bundle, record = self._measured_pass(chosen, bundle)
-            self._structural[names] = (bundle, results + [record])
-        return self._structural[names]
+            self._structural[key] = (bundle, results + [record])
+        return self._structural[key]
 
     def _measured_pass(self, chosen: Pass, bundle: ModelBundle) -> tuple[ModelBundle, dict]:
         """Apply one pass and measure the Keras model it leaves against the original."""
@@ -406,7 +415,7 @@ class BuildSession:
         for check in checks:
             if not check["passed"]:
                 self.log.info(f"[red]✗ {candidate.label}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
-        passes = self._pass_results.get(candidate.passes, [])
+        passes = self.pass_results(candidate.passes)
         return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes, bundle)
 
     def build_target(self, target: Target) -> BuildResult:

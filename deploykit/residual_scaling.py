@@ -51,9 +51,11 @@ def stream_layers(bundle: ModelBundle) -> StreamLayers | None:
         readers, writers, norms, stream_norms = [], [], {id(embedding_norm): (False, True)}, []
         for number, encoder in enumerate(encoders):
             attention = encoder._self_attention_layer
+            # A factorized (LowRankDense) FFN reads the stream through `left` and writes it through `right`.
             readers += [attention._query_dense, attention._key_dense, attention._value_dense,
-                        encoder._feedforward_intermediate_dense]
-            writers += [attention._output_dense, encoder._feedforward_output_dense]
+                        getattr(encoder._feedforward_intermediate_dense, "left", encoder._feedforward_intermediate_dense)]
+            writers += [attention._output_dense,
+                        getattr(encoder._feedforward_output_dense, "right", encoder._feedforward_output_dense)]
             last = number == len(encoders) - 1
             norms[id(encoder._self_attention_layer_norm)] = (True, True)
             norms[id(encoder._feedforward_layer_norm)] = (True, not last)

@@ -1,6 +1,7 @@
 """Structural passes on a tiny 4-layer BERT: the effect happens, the surgery is exact, the model still exports."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -176,3 +177,18 @@ def test_cli_recipe_builds_a_smaller_model_and_reports_each_pass(tiny_classifier
     assert len(vocabulary) == passes[1]["effect"]["vocabulary_after"] == passes[1]["effect"]["vocabulary_before"] - 2
     plan_steps = [step["step"] for step in report["plan"]]
     assert "prune" in plan_steps and "trim-vocab" in plan_steps
+
+
+def test_factorize_halves_ffn_weights_and_full_rank_is_exact(bundle):
+    context = _context(bundle)
+    half = get_pass("factorize", steps=0).apply(context)
+    assert half.effect["ffn_ranks"] == [10]  # 0.5 * 32 * 64 / (32 + 64)
+    assert half.effect["parameters_after"] < half.effect["parameters_before"]
+    exact = get_pass("factorize", energy=0.999999, steps=0).apply(context).bundle
+    inputs = bundle.encode(TEXTS, LENGTH)
+    np.testing.assert_allclose(exact.predict(inputs), bundle.predict(inputs), atol=1e-4)
+    # Later surgery keeps the factorization: prune FFN units of the factorized model, then export.
+    pruned = get_pass("prune", neurons=0.5, layers=1, steps=2, batch_size=8).apply(replace(context, bundle=half.bundle))
+    block = pruned.bundle.backbone.transformer_layers[0]
+    assert block._feedforward_intermediate_dense.rank == 10 and block._feedforward_intermediate_dense.units == 32
+    assert np.isfinite(pruned.bundle.predict(inputs)).all()

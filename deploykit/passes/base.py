@@ -81,7 +81,7 @@ class Pass:
 
 
 def _register_builtin_passes() -> None:
-    from deploykit.passes import distill, prune, qat, trim_vocab  # noqa: F401  (subclassing registers them)
+    from deploykit.passes import distill, factorize, prune, qat, trim_vocab  # noqa: F401  (subclassing registers them)
 
 
 def pass_class(name: str) -> type[Pass]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deploykit.bert_surgery import Keep, keep_all, parameter_count, reshaped_backbone
+from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
@@ -72,6 +72,6 @@ def student_layers(teacher_depth: int, depth: int) -> tuple[int, ...]:
 def _largest_units(backbone, layer: int, width: int) -> tuple[int, ...]:
     """FFN units with the largest |input weights| * |output weights|, in their original order."""
     block = backbone.transformer_layers[layer]
-    inner = np.abs(block._feedforward_intermediate_dense.kernel.numpy()).sum(axis=0)
-    outer = np.abs(block._feedforward_output_dense.kernel.numpy()).sum(axis=1)
+    inner = np.abs(dense_kernel(block._feedforward_intermediate_dense)).sum(axis=0)
+    outer = np.abs(dense_kernel(block._feedforward_output_dense)).sum(axis=1)
     return tuple(sorted(np.argsort(-(inner * outer), kind="stable")[:width].tolist()))

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.bert_surgery import Keep, keep_all, parameter_count, reshaped_backbone
+from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
@@ -102,8 +102,8 @@ def magnitude_importance(backbone) -> tuple[list[np.ndarray], list[np.ndarray]]:
         score = sum(np.linalg.norm(d.kernel.numpy(), axis=(0, 2)) for d in
                     (attention._query_dense, attention._key_dense, attention._value_dense))
         heads.append(score + np.linalg.norm(attention._output_dense.kernel.numpy(), axis=(1, 2)))
-        inner = np.linalg.norm(block._feedforward_intermediate_dense.kernel.numpy(), axis=0)
-        units.append(inner * np.linalg.norm(block._feedforward_output_dense.kernel.numpy(), axis=1))
+        inner = np.linalg.norm(dense_kernel(block._feedforward_intermediate_dense), axis=0)
+        units.append(inner * np.linalg.norm(dense_kernel(block._feedforward_output_dense), axis=1))
     return heads, units
 
 
@@ -122,7 +122,7 @@ def activation_importance(bundle, samples: dict) -> tuple[list[np.ndarray], list
         shares = np.einsum("thd,hdo->tho", context, output_kernel)
         heads[index] = np.linalg.norm(shares, axis=-1).mean(axis=0)
         activations = np.abs(recorded["ffn"][index][mask]).mean(axis=0)
-        units[index] = activations * np.linalg.norm(block._feedforward_output_dense.kernel.numpy(), axis=1)
+        units[index] = activations * np.linalg.norm(dense_kernel(block._feedforward_output_dense), axis=1)
     return heads, units
 
 

@@ -1,0 +1,70 @@
+"""Low-rank factorization (`factorize`): FFN kernels replaced by their truncated SVD.
+
+Each FFN Dense (hidden -> intermediate and back) becomes two Dense layers of rank
+r, which costs r * (inputs + outputs) weights instead of inputs * outputs. The rank
+comes from a parameter budget (the share of each kernel's weights kept) or from the
+singular-value energy to retain; the factorized model is then fine-tuned against
+the original. Whether it pays depends on the runtime: two thinner matmuls save
+FLOPs and bytes but add an op and a quantization step each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploykit.bert_surgery import FFN_DENSE, factorize_dense, keep_all, parameter_count, reshaped_backbone
+from deploykit.errors import DeployKitError
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
+
+
+@dataclass
+class FactorizeParameters(FineTuneParameters):
+    budget: float = field(default=0.5, metadata={"range": (0.1, 0.9)})  # share of each FFN kernel's weights kept
+    energy: float = field(default=0.0, metadata={"range": (0.5, 0.999)})  # if > 0: rank keeping this share of sum(s^2)
+    steps: int = field(default=800, metadata={"range": (0, 5000)})
+
+
+class Factorize(Pass):
+    name = "factorize"
+    description = "FFN kernels as truncated-SVD pairs (rank from a parameter budget or retained energy), fine-tuned"
+    Parameters = FactorizeParameters
+    learns_from_original = True
+
+    def __init__(self, **parameters):
+        super().__init__(**parameters)
+        p = self.parameters
+        p.check(self.name)
+        if not 0 < p.budget < 1 or not 0 <= p.energy < 1:
+            raise DeployKitError("factorize parameters budget must be in (0, 1) and energy in [0, 1) (0: use budget).")
+
+    def apply(self, context: PassContext) -> PassResult:
+        p = self.parameters
+        backbone = context.bundle.backbone
+        copy = reshaped_backbone(backbone, keep_all(backbone))  # factorize a copy: the input model stays as it was
+        ranks = []
+        for block in copy.transformer_layers:
+            for attribute in FFN_DENSE:
+                dense = getattr(block, attribute)
+                if not hasattr(dense, "kernel"):
+                    raise DeployKitError("factorize: this model's FFN is already factorized; give the pass once.")
+                rank = self.rank(dense.kernel.numpy())
+                factorize_dense(block, attribute, rank)
+                ranks.append(rank)
+        factorized = context.bundle.with_backbone(copy)
+        effect = {
+            "ffn_ranks": sorted(set(ranks)), "full_rank": int(min(backbone.hidden_dim, backbone.intermediate_dim)),
+            "parameters_before": parameter_count(backbone), "parameters_after": parameter_count(copy),
+        }
+        effect.update(fine_tune_from_teacher(factorized, context, p, self.name))
+        return PassResult(self.name, self.describe(), effect, bundle=factorized)
+
+    def rank(self, kernel: np.ndarray) -> int:
+        inputs, outputs = kernel.shape
+        if self.parameters.energy > 0:
+            singular = np.linalg.svd(kernel, compute_uv=False)
+            share = np.cumsum(singular**2) / np.sum(singular**2)
+            return int(np.searchsorted(share, self.parameters.energy) + 1)
+        return max(1, int(self.parameters.budget * inputs * outputs / (inputs + outputs)))

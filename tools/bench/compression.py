@@ -1,0 +1,102 @@
+"""Benchmark: training-time compression passes + int8, every recipe side by side in one run.
+
+One machine, one profiler (a fresh worker process per artifact, batch 1), the same
+evaluation texts for every row, speed-ups against LiteRT fp32 of the original:
+
+    python tools/bench/compression.py                       # MiniLM embedding model, bundled sentences
+    python tools/bench/compression.py --model /tmp/minilm-topics/classifier.keras \\
+        --data /tmp/minilm-topics/train.jsonl --eval-data /tmp/minilm-topics/test.jsonl
+    python tools/bench/compression.py --recipes "distill:layers=2" "prune:heads=0.5,steps=200"
+
+Each recipe runs through the build session exactly as `deploykit build --recipe`
+does (passes in order, fine-tuned against the original, the original untouched),
+then exports at `--precision` (default dynamic-int8, LiteRT) and is validated on
+the evaluation texts with its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from deploykit import runtime_env  # noqa: F401
+from deploykit.backends.base import get_backend
+from deploykit.build import BuildOptions, prepare_session
+from deploykit.passes.base import parse_recipe
+from deploykit.profiling.local import ProfileSettings
+from deploykit.progress import StepLog
+from deploykit.targets import load_target
+from ptq_vs_vendor import _format  # same folder: one number format for every benchmark table
+
+DEFAULT_RECIPES = (
+    "distill",  # half the layers, evenly spaced, trained on the teacher
+    "prune:layers=3",  # the 3 layers whose removal changes the outputs least, then fine-tuned
+    "prune:heads=0.5,neurons=0.5",  # half the heads and FFN units in every layer
+    "trim-vocab",  # the corpus's tokens (+ ASCII characters), no training
+    "distill,trim-vocab",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--data", default=None, help="JSONL/CSV (default: the bundled sentences)")
+    parser.add_argument("--eval-data", default=None, help="separate evaluation file (default: held out from --data)")
+    parser.add_argument("--target", default="arm-cpu", help="target whose backend and threads are used")
+    parser.add_argument("--precision", default="dynamic-int8")
+    parser.add_argument("--sequence-length", type=int, default=None, help="default: chosen from the data, as build does")
+    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES))
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+
+    recipes = [parse_recipe(text) for text in args.recipes]
+    target = load_target(args.target)
+    backend = get_backend(target.runtime)
+    options = BuildOptions(sequence_length=args.sequence_length, profile=ProfileSettings(runs=args.runs))
+    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
+        work = Path(workdir)
+        session = prepare_session(args.model, args.data, args.eval_data, options, StepLog(), work)
+        threads = target.profiling_threads()
+        original = backend.export(session.saved_model(), args.precision, session.export_options(target), work / "int8")
+        rows = [
+            ("LiteRT fp32, original", session.baseline(backend, target, threads), None, []),
+            (f"{args.precision}, original", session.measure(backend, original, threads, "original"), None, []),
+        ]
+        for number, (names, values) in enumerate(recipes):
+            session.options = replace(options, pass_parameters=values)  # caches are keyed by passes + parameters
+            started = time.perf_counter()
+            saved_model = session.saved_model(None, names)
+            seconds = time.perf_counter() - started
+            bundle = session.candidate_bundle(names)
+            artifact = backend.export(saved_model, args.precision, session.export_options(target, bundle),
+                                      work / f"recipe{number}")
+            label = f"{args.recipes[number]} + {args.precision}"
+            rows.append((label, session.measure(backend, artifact, threads, label, bundle), seconds,
+                         session.pass_results(names)))
+        print_table(rows, session, threads)
+
+
+def print_table(rows, session, threads) -> None:
+    print(f"\nModel {session.bundle.source} ({session.bundle.task}), sequence length {session.sequence_length}, "
+          f"{len(session.split.evaluation)} evaluation texts, {len(session.split.training)} training texts, "
+          f"{threads} threads, batch 1.\n")
+    header = ("| recipe | parameters | MB | p50 ms | speed-up vs fp32 | cosine mean | NN / label agreement "
+              "| accuracy | passes s |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    base_p50 = rows[0][1].profile["latency_ms"]["p50"]
+    for label, measured, seconds, passes in rows:
+        size = sum(path.stat().st_size for path in measured.artifact.files)
+        p50 = measured.profile["latency_ms"]["p50"]
+        fidelity = measured.quality["fidelity"]
+        count = passes[-1]["effect"]["parameters_after"] if passes else session.bundle.details["parameters"]
+        print(f"| {label} | {count / 1e6:.1f}M | {size / 1e6:.1f} | {p50:.2f} | {base_p50 / p50:.2f}× | "
+              f"{_format(fidelity.get('cosine_mean'))} | {_format(fidelity['agreement'], 3)} | "
+              f"{_format(measured.quality['accuracy'], 4)} | {'' if seconds is None else f'{seconds:.0f}'} |")
+
+
+if __name__ == "__main__":
+    main()
