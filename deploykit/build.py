@@ -310,8 +310,7 @@ class BuildSession:
         """The training texts (encoded for `bundle`), what the original outputs on them, their labels if any."""
         if "teacher" not in self._teacher:
             with self.log.step("teacher", f"Running the original model on {len(self.split.training)} training texts"):
-                self._teacher["model"] = self.bundle.deployment_model(self.sequence_length)
-                self._teacher["teacher"] = self.bundle.predict(self.encoded("training"), model=self._teacher["model"])
+                self._teacher["teacher"] = self.bundle.predict(self.encoded("training"))
         teacher = self._teacher["teacher"]
         ids = None
         if self.bundle.task == "classification" and self.split.training.labels is not None:
@@ -319,7 +318,7 @@ class BuildSession:
         return PassContext(
             bundle=bundle, sequence_length=self.sequence_length, train_texts=self.split.training.texts,
             train_inputs=self.encoded("training", bundle), teacher_outputs=teacher,
-            teacher_model=self._teacher["model"], label_ids=ids, calibration=self.calibration_samples(bundle),
+            teacher=self.bundle, label_ids=ids, calibration=self.calibration_samples(bundle),
             log=self.log, seed=self.options.seed,
         )
 

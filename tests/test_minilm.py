@@ -80,3 +80,24 @@ def test_keras_classifier_reports_accuracy_and_drop(tmp_path):
     assert report["data"]["label_mapping"] == "labels.txt beside the model"
     assert report["metrics"]["original_accuracy"] > 1 / 6  # learned something beyond chance
     assert report["metrics"]["accuracy_drop"] is not None
+
+
+def test_every_structural_pass_on_minilm_gives_a_smaller_faithful_artifact(tmp_path):
+    recipe = ("prune", "factorize", "distill", "trim-vocab")
+    short = {"steps": 60, "batch_size": 8}
+    options = BuildOptions(
+        out=tmp_path / "dist", profile=QUICK, evaluation_samples=200, calibration_samples=100, recipe=recipe,
+        pass_parameters={"prune": {"heads": 0.25, "neurons": 0.25, "layers": 1, **short},
+                         "factorize": {"budget": 0.75, **short}, "distill": {"layers": 3, **short}},
+    )
+    (result,) = build_targets("minilm-l6", "arm-cpu", options=options)
+    passes = {p["pass"]: p for p in result.report["candidates"][0]["passes"]}
+    assert (passes["prune"]["effect"]["layers_after"], passes["prune"]["effect"]["heads_after"]) == (5, 9)
+    assert passes["distill"]["effect"]["layers_after"] == 3
+    assert passes["trim-vocab"]["effect"]["vocabulary_after"] < 10000
+    assert passes["trim-vocab"]["effect"]["parameters_after"] < 0.5 * passes["prune"]["effect"]["parameters_before"]
+    for name in ("prune", "factorize", "distill"):  # each fine-tune moved the model back towards the original
+        assert passes[name]["effect"]["loss_last"] < passes[name]["effect"]["loss_first"]
+    metrics = result.report["metrics"]
+    assert metrics["size_ratio_vs_baseline"] < 0.15  # int8 of a model with under half the parameters
+    assert metrics["fidelity"]["cosine_mean"] > 0.5  # measured on the exported artifact, with the trimmed tokenizer

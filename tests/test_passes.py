@@ -43,7 +43,7 @@ def _context(bundle, labels=None) -> PassContext:
     calibration = [{name: values[i:i + 1] for name, values in inputs.items()} for i in range(8)]
     return PassContext(
         bundle=bundle, sequence_length=LENGTH, train_texts=TEXTS, train_inputs=inputs,
-        teacher_outputs=bundle.predict(inputs), teacher_model=bundle.deployment_model(LENGTH), label_ids=labels,
+        teacher_outputs=bundle.predict(inputs), teacher=bundle, label_ids=labels,
         calibration=calibration, log=StepLog(),
     )
 
@@ -98,10 +98,28 @@ def test_prune_activation_importance_keeps_the_heads_that_write(bundle):
 
 
 def test_distill_keeps_evenly_spaced_layers_and_trains(bundle):
-    result = get_pass("distill", layers=2, steps=6, batch_size=8).apply(_context(bundle))
-    assert result.effect["kept_layers"] == [1, 3]
+    result = get_pass("distill", layers=2, steps=6, hidden_steps=4, batch_size=8).apply(_context(bundle))
+    assert result.effect["kept_layers"] == [1, 3] and result.effect["hidden_layers_matched"] == [1, 3]
     assert len(result.bundle.backbone.transformer_layers) == 2
     assert result.effect["fine_tune_steps"] == 6 and np.isfinite(result.effect["loss_last"])
+    assert np.isfinite(result.effect["hidden_loss_last"])
+
+
+def test_token_noise_perturbs_only_real_tokens_of_the_chosen_share(bundle):
+    import tensorflow as tf
+
+    from deploykit.passes.training import FineTuneParameters, _token_noise
+
+    context = _context(bundle)
+    perturb = _token_noise(context, FineTuneParameters(augment=1.0, token_noise=0.5))
+    inputs = {k: tf.constant(v) for k, v in context.train_inputs.items()}
+    noisy, _ = perturb(inputs, tf.zeros(len(TEXTS), tf.int32))
+    before, after = context.train_inputs["token_ids"], noisy["token_ids"].numpy()
+    mask = context.train_inputs["padding_mask"].astype(bool)
+    assert (after[~mask] == before[~mask]).all() and (after[:, 0] == before[:, 0]).all()  # padding, [CLS] kept
+    lengths = mask.sum(axis=1)
+    assert (after[np.arange(len(after)), lengths - 1] == before[np.arange(len(after)), lengths - 1]).all()  # [SEP]
+    assert 0.2 < (after != before)[mask].mean() < 0.5  # half the inner tokens drawn again (some draw themselves)
 
 
 def test_trim_vocab_shrinks_the_table_and_keeps_outputs_of_covered_texts(bundle):
@@ -140,15 +158,11 @@ def test_recipe_parsing_order_and_errors():
             parse_recipe(recipe)
 
 
-def test_structural_passes_need_a_keras_hub_bert(tmp_path):
-    import keras
-
-    token_ids = keras.Input((8,), dtype="int32", name="token_ids")
-    output = keras.layers.Dense(2)(keras.layers.Embedding(10, 4)(token_ids)[:, 0])
+def test_structural_passes_need_a_keras_hub_bert():
     bundle = ModelBundle(forward=None, tokenizer=None, task="classification", max_sequence_length=8, source="plain",
                          backbone=None)
     context = PassContext(bundle=bundle, sequence_length=8, train_texts=["a"], train_inputs={}, teacher_outputs=None,
-                          teacher_model=keras.Model(token_ids, output), label_ids=None, calibration=[], log=StepLog())
+                          teacher=bundle, label_ids=None, calibration=[], log=StepLog())
     with pytest.raises(DeployKitError, match="need a keras-hub BertBackbone"):
         get_pass("distill").apply(context)
 

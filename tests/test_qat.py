@@ -22,7 +22,7 @@ def _context(bundle, labels=None):
     inputs = bundle.encode(TEXTS, 16)
     calibration = [{name: values[i:i + 1] for name, values in inputs.items()} for i in range(8)]
     return PassContext(bundle=bundle, sequence_length=16, train_texts=TEXTS, train_inputs=inputs,
-                       teacher_outputs=bundle.predict(inputs), teacher_model=bundle.deployment_model(16),
+                       teacher_outputs=bundle.predict(inputs), teacher=bundle,
                        label_ids=labels, calibration=calibration, log=StepLog())
 
 

@@ -27,7 +27,7 @@ class PassContext:
     train_texts: list[str]  # texts the pass may learn from (never the evaluation split)
     train_inputs: dict[str, np.ndarray]  # train_texts encoded with the current bundle's tokenizer
     teacher_outputs: np.ndarray  # what the original model outputs on train_texts
-    teacher_model: object  # the original Keras model (original token ids), for Keras's Distiller
+    teacher: ModelBundle  # the original model (original token ids): what distillation learns from
     label_ids: np.ndarray | None  # output indices of train_inputs' labels (classifiers with labels)
     calibration: list[dict[str, np.ndarray]]  # batch-1 samples for activation ranges
     log: StepLog

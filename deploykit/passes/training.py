@@ -28,44 +28,70 @@ class FineTuneParameters:
     learning_rate: float = field(default=1e-4, metadata={"range": (1e-5, 5e-4)})
     temperature: float = 2.0  # softening of teacher logits (classifiers)
     label_weight: float = 0.5  # share of the label loss when labels exist; the rest is distillation
+    # Augmentation: the teacher labels perturbed copies on the fly, so a few thousand texts teach the
+    # student the teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
+    augment: float = field(default=0.5, metadata={"range": (0.0, 1.0)})  # share of each batch perturbed
+    token_noise: float = 0.15  # in a perturbed text, share of tokens replaced by corpus tokens
+    # Before the output distillation, match each student layer's hidden states to the teacher layer at the
+    # same relative depth (TinyBERT's intermediate-layer distillation; 0 turns it off).
+    hidden_steps: int = field(default=0, metadata={"range": (0, 5000)})
 
     def check(self, pass_name: str) -> None:
         for name in ("batch_size", "learning_rate", "temperature"):
             if getattr(self, name) <= 0:
                 raise DeployKitError(f"{pass_name} parameter {name} must be positive, got {getattr(self, name)}.")
-        if self.steps < 0:
-            raise DeployKitError(f"{pass_name} parameter steps must be >= 0, got {self.steps}.")
-        if not 0 <= self.label_weight <= 1:
-            raise DeployKitError(f"{pass_name} parameter label_weight must be in [0, 1], got {self.label_weight}.")
+        for name in ("steps", "hidden_steps"):
+            if getattr(self, name) < 0:
+                raise DeployKitError(f"{pass_name} parameter {name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("label_weight", "augment", "token_noise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise DeployKitError(f"{pass_name} parameter {name} must be in [0, 1], got {getattr(self, name)}.")
 
 
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str) -> dict:
     """Train `student` in place against the original model; returns the losses and time for the report."""
     import keras
-    import tensorflow as tf
-    from keras.distillation import Distiller, FeatureDistillation, LogitsDistillation
+    from keras.distillation import FeatureDistillation, LogitsDistillation
 
-    if p.steps == 0:
-        return {"fine_tune_steps": 0}
+    effect: dict = {}
     started = time.perf_counter()
     keras.utils.set_random_seed(context.seed)
-    has_labels = context.label_ids is not None and student.task == "classification"
-    if student.task == "embedding":
-        losses, student_loss_weight = FeatureDistillation(loss="cosine_similarity"), 0.0
-    else:
-        losses = LogitsDistillation(temperature=p.temperature)
-        student_loss_weight = p.label_weight if has_labels else 0.0
-    distiller = Distiller(
-        teacher=context.teacher_model,
-        student=student.deployment_model(context.sequence_length),
-        distillation_losses=losses,
-        student_loss_weight=student_loss_weight,
-    )
+    if p.hidden_steps > 0:
+        teacher_layers = len(context.teacher.backbone.transformer_layers)
+        student_layers = len(student.backbone.transformer_layers)
+        matched = [round((j + 1) * teacher_layers / student_layers) - 1 for j in range(student_layers)]
+        teacher = hidden_state_model(context.teacher, context.sequence_length, matched)
+        pupil = hidden_state_model(student, context.sequence_length, list(range(student_layers)))
+        losses = _fit(teacher, pupil, FeatureDistillation(loss="mse"), 0.0, context, p, p.hidden_steps,
+                      f"{label} hidden states", has_labels=False)
+        effect.update(hidden_layers_matched=matched, **_loss_summary(losses, "hidden_loss"))
+    if p.steps > 0:
+        has_labels = context.label_ids is not None and student.task == "classification"
+        if student.task == "embedding":
+            distillation, student_loss_weight = FeatureDistillation(loss="cosine_similarity"), 0.0
+        else:
+            distillation = LogitsDistillation(temperature=p.temperature)
+            student_loss_weight = p.label_weight if has_labels else 0.0
+        teacher = context.teacher.deployment_model(context.sequence_length)
+        losses = _fit(teacher, student.deployment_model(context.sequence_length), distillation, student_loss_weight,
+                      context, p, p.steps, label, has_labels)
+        effect.update(_loss_summary(losses, "loss"))
+    effect.update(fine_tune_steps=p.steps, fine_tune_seconds=round(time.perf_counter() - started, 1))
+    return effect
+
+
+def _fit(teacher, student, distillation, student_loss_weight: float, context: PassContext, p: FineTuneParameters,
+         steps: int, label: str, has_labels: bool) -> list[float]:
+    """One keras Distiller run of `steps` batches; returns the per-step losses."""
+    import keras
+    import tensorflow as tf
+    from keras.distillation import Distiller
+
+    distiller = Distiller(teacher=teacher, student=student, distillation_losses=distillation,
+                          student_loss_weight=student_loss_weight)
     # Distiller insists on a student loss; without labels its weight is 0 and it is never computed.
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(p.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    distiller.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     count = len(context.teacher_outputs)
     labels = context.label_ids if has_labels else np.zeros(count, np.int32)
     dataset = (
@@ -74,18 +100,62 @@ def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTu
         .repeat()
         .batch(min(p.batch_size, count), drop_remainder=True)
     )
-    history = _loss_history_class()(context, label, p.steps)
-    with context.log.step(f"{label}_train", f"{label}: {p.steps} distillation steps of {p.batch_size} on {count} texts"):
+    if p.augment > 0 and p.token_noise > 0:
+        dataset = dataset.map(_token_noise(context, p))
+    history = _loss_history_class()(context, label, steps)
+    with context.log.step(f"{label}_train", f"{label}: {steps} distillation steps of {p.batch_size} on {count} texts"):
         with warnings.catch_warnings():  # Keras warns about the frozen teacher and the unused pooler; both expected
             warnings.simplefilter("ignore", UserWarning)
-            distiller.fit(dataset, epochs=1, steps_per_epoch=p.steps, verbose=0, callbacks=[history])
-    window = max(1, min(20, len(history.losses) // 5))
-    return {
-        "fine_tune_steps": p.steps,
-        "loss_first": round(float(np.mean(history.losses[:window])), 6),
-        "loss_last": round(float(np.mean(history.losses[-window:])), 6),
-        "fine_tune_seconds": round(time.perf_counter() - started, 1),
-    }
+            distiller.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[history])
+    return history.losses
+
+
+def _loss_summary(losses: list[float], name: str) -> dict:
+    window = max(1, min(20, len(losses) // 5))
+    return {f"{name}_first": round(float(np.mean(losses[:window])), 6),
+            f"{name}_last": round(float(np.mean(losses[-window:])), 6)}
+
+
+def hidden_state_model(bundle: ModelBundle, sequence_length: int, layers: list[int]):
+    """Token ids and mask -> the given transformer layers' outputs, concatenated per token, zero at padding."""
+    import keras
+
+    backbone = bundle.backbone
+    states = keras.Model(backbone.input, [backbone.transformer_layers[i].output for i in layers])
+    token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
+    outputs = states({"token_ids": token_ids, "padding_mask": padding_mask,
+                      "segment_ids": keras.ops.zeros_like(token_ids)})
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    keep = keras.ops.expand_dims(keras.ops.cast(padding_mask, "float32"), -1)
+    return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask},
+                       keras.ops.concatenate(outputs, axis=-1) * keep)
+
+
+def _token_noise(context: PassContext, p: FineTuneParameters):
+    """A tf.data map replacing, in a share of the batch, a share of the real tokens by tokens drawn from the
+    corpus (by frequency). [CLS], [SEP] and padding stay; the teacher sees the same perturbed text."""
+    import tensorflow as tf
+
+    ids, mask = context.train_inputs["token_ids"], context.train_inputs["padding_mask"].astype(bool)
+    ends = np.zeros_like(mask)
+    ends[:, 0] = True
+    ends[np.arange(len(mask)), mask.sum(axis=1) - 1] = True  # [CLS] first, [SEP] last real position
+    pool = tf.constant(ids[mask & ~ends].astype(np.int32))
+    generator = tf.random.Generator.from_seed(context.seed)
+
+    def perturb(inputs, labels):
+        token_ids, padding = inputs["token_ids"], inputs["padding_mask"]
+        shape = tf.shape(token_ids)
+        lengths = tf.reduce_sum(padding, axis=1, keepdims=True)
+        positions = tf.range(shape[1])[None, :]
+        inner = (positions > 0) & (positions < lengths - 1)
+        chosen_rows = generator.uniform([shape[0], 1]) < p.augment
+        replaced = inner & chosen_rows & (generator.uniform(tf.shape(token_ids)) < p.token_noise)
+        drawn = tf.gather(pool, generator.uniform(tf.shape(token_ids), 0, tf.shape(pool)[0], dtype=tf.int32))
+        return {**inputs, "token_ids": tf.where(replaced, drawn, token_ids)}, labels
+
+    return perturb
 
 
 def _loss_history_class():

@@ -22,6 +22,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from rich.console import Console
+
 from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import get_backend
 from deploykit.build import BuildOptions, prepare_session
@@ -58,7 +60,8 @@ def main() -> None:
     options = BuildOptions(sequence_length=args.sequence_length, profile=ProfileSettings(runs=args.runs))
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
         work = Path(workdir)
-        session = prepare_session(args.model, args.data, args.eval_data, options, StepLog(), work)
+        log = StepLog(Console(stderr=True))  # progress on stderr, the table on stdout
+        session = prepare_session(args.model, args.data, args.eval_data, options, log, work)
         threads = target.profiling_threads()
         original = backend.export(session.saved_model(), args.precision, session.export_options(target), work / "int8")
         rows = [
