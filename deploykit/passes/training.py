@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -31,7 +33,10 @@ class FineTuneParameters:
     # Augmentation: the teacher labels perturbed copies on the fly, so a few thousand texts teach the
     # student the teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
     augment: float = field(default=0.5, metadata={"range": (0.0, 1.0)})  # share of each batch perturbed
-    token_noise: float = 0.15  # in a perturbed text, share of tokens replaced by corpus tokens
+    token_noise: float = 0.15  # in a perturbed text, share of tokens replaced (half from the corpus, half from
+    # the whole vocabulary, so the student also learns the teacher on tokens the texts never use)
+    train_embeddings: bool = False  # frozen by default: updating only the rows the texts use would move them
+    # away from the rows of unseen tokens, which the deployed model still meets
     # Before the output distillation, match each student layer's hidden states to the teacher layer at the
     # same relative depth (TinyBERT's intermediate-layer distillation; 0 turns it off).
     hidden_steps: int = field(default=0, metadata={"range": (0, 5000)})
@@ -51,11 +56,21 @@ class FineTuneParameters:
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str) -> dict:
     """Train `student` in place against the original model; returns the losses and time for the report."""
     import keras
-    from keras.distillation import FeatureDistillation, LogitsDistillation
 
     effect: dict = {}
     started = time.perf_counter()
     keras.utils.set_random_seed(context.seed)
+    with _frozen([] if p.train_embeddings else [student.backbone.token_embedding]):
+        effect.update(_distill_in_phases(student, context, p, label))
+    effect.update(fine_tune_steps=p.steps, fine_tune_seconds=round(time.perf_counter() - started, 1))
+    return effect
+
+
+def _distill_in_phases(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str) -> dict:
+    """Hidden-state matching (when asked), then output distillation."""
+    from keras.distillation import FeatureDistillation, LogitsDistillation
+
+    effect: dict = {}
     if p.hidden_steps > 0:
         teacher_layers = len(context.teacher.backbone.transformer_layers)
         student_layers = len(student.backbone.transformer_layers)
@@ -76,7 +91,6 @@ def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTu
         losses = _fit(teacher, student.deployment_model(context.sequence_length), distillation, student_loss_weight,
                       context, p, p.steps, label, has_labels)
         effect.update(_loss_summary(losses, "loss"))
-    effect.update(fine_tune_steps=p.steps, fine_tune_seconds=round(time.perf_counter() - started, 1))
     return effect
 
 
@@ -110,6 +124,18 @@ def _fit(teacher, student, distillation, student_loss_weight: float, context: Pa
     return history.losses
 
 
+@contextmanager
+def _frozen(layers: list) -> Iterator[None]:
+    """Layers left out of training for the duration, trainable again afterwards."""
+    for layer in layers:
+        layer.trainable = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.trainable = True
+
+
 def _loss_summary(losses: list[float], name: str) -> dict:
     window = max(1, min(20, len(losses) // 5))
     return {f"{name}_first": round(float(np.mean(losses[:window])), 6),
@@ -134,14 +160,19 @@ def hidden_state_model(bundle: ModelBundle, sequence_length: int, layers: list[i
 
 def _token_noise(context: PassContext, p: FineTuneParameters):
     """A tf.data map replacing, in a share of the batch, a share of the real tokens by tokens drawn from the
-    corpus (by frequency). [CLS], [SEP] and padding stay; the teacher sees the same perturbed text."""
+    corpus (by frequency) or the vocabulary. [CLS], [SEP] and padding stay; the teacher sees the same text."""
     import tensorflow as tf
 
     ids, mask = context.train_inputs["token_ids"], context.train_inputs["padding_mask"].astype(bool)
     ends = np.zeros_like(mask)
     ends[:, 0] = True
     ends[np.arange(len(mask)), mask.sum(axis=1) - 1] = True  # [CLS] first, [SEP] last real position
-    pool = tf.constant(ids[mask & ~ends].astype(np.int32))
+    corpus = ids[mask & ~ends].astype(np.int32)
+    vocabulary = context.bundle.tokenizer.get_vocabulary()
+    ordinary = np.array([i for i, token in enumerate(vocabulary) if not token.startswith("[")], np.int32)
+    # As many vocabulary draws as corpus draws: half the replacements come from each.
+    drawn = np.random.default_rng(context.seed).choice(ordinary, size=len(corpus))
+    pool = tf.constant(np.concatenate([corpus, drawn]))
     generator = tf.random.Generator.from_seed(context.seed)
 
     def perturb(inputs, labels):
