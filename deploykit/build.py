@@ -26,7 +26,9 @@ from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, integer_graph, load_model
 from deploykit.passes.base import Pass, PassContext, get_pass, pass_class
-from deploykit.planner import BASELINE_PRECISION, Candidate, Gates, Plan, candidate_precisions, make_plan, plan_candidates
+from deploykit.planner import (
+    BASELINE_PRECISION, Candidate, Gates, Plan, Recipe, candidate_precisions, make_plan, plan_candidates,
+)
 from deploykit.profiling.local import ProfileSettings, profile_artifact
 from deploykit.progress import StepLog
 from deploykit.residual_scaling import find_scales, scaled_residual_stream
@@ -48,6 +50,7 @@ class BuildOptions:
     sequence_length_percentile: float = 99.0
     max_accuracy_drop: float | None = None  # None: the target's budget
     min_cosine: float | None = None  # None: the target's budget
+    max_latency_ms: float | None = None  # p50 gate; None: the target's budget (usually none)
     calibration_samples: int = 300
     evaluation_samples: int = 500
     profile: ProfileSettings = ProfileSettings()
@@ -200,13 +203,13 @@ class BuildSession:
             self._reference = _Reference(outputs, original_accuracy, ids, mapping)
         return self._reference
 
-    def saved_model(self, masked_logit: float | None = None, passes: tuple[str, ...] = ()) -> Path:
+    def saved_model(self, masked_logit: float | None = None, recipe: Recipe = ()) -> Path:
         """The traced graph, once per masked-logit setting (None: the framework's own graph) and recipe."""
-        key = (masked_logit, self.recipe_key(passes))
+        key = (masked_logit, recipe)
         if key not in self._saved_models:
             folder = self.workdir / f"saved_model_{len(self._saved_models)}"
-            if passes:
-                self._pass_results[self.recipe_key(passes)] = self._run_passes(passes, masked_logit, folder)
+            if recipe:
+                self._pass_results[recipe] = self._run_passes(recipe, masked_logit, folder)
             else:
                 how = "" if masked_logit is None else " for integer-only hardware"
                 with self._graph_context(masked_logit, self.bundle), \
@@ -215,17 +218,13 @@ class BuildSession:
             self._saved_models[key] = folder
         return self._saved_models[key]
 
-    def recipe_key(self, passes: tuple[str, ...]) -> tuple:
-        """Passes with their parameters: what identifies a recipe's result in this session's caches."""
-        return tuple((name, tuple(sorted(self.options.pass_parameters.get(name, {}).items()))) for name in passes)
-
-    def candidate_bundle(self, passes: tuple[str, ...]) -> ModelBundle:
+    def candidate_bundle(self, recipe: Recipe) -> ModelBundle:
         """The model a recipe produced (the original when no pass changed the architecture)."""
-        return self._derived.get(self.recipe_key(passes), self.bundle)
+        return self._derived.get(recipe, self.bundle)
 
-    def pass_results(self, passes: tuple[str, ...]) -> list[dict]:
+    def pass_results(self, recipe: Recipe) -> list[dict]:
         """What each pass of a recipe did (empty before it ran)."""
-        return self._pass_results.get(self.recipe_key(passes), [])
+        return self._pass_results.get(recipe, [])
 
     def _graph_context(self, masked_logit: float | None, bundle: ModelBundle) -> ExitStack:
         """How the graph is traced: as the framework does, or integer-capable (masked_logit set)."""
@@ -256,7 +255,7 @@ class BuildSession:
             "scaled_residual_channels": self._residual.get(id(bundle), (None, 0))[1],
         }
 
-    def _run_passes(self, names: tuple[str, ...], masked_logit: float | None, folder: Path) -> list[dict]:
+    def _run_passes(self, recipe: Recipe, masked_logit: float | None, folder: Path) -> list[dict]:
         """Apply each pass in order, measure the model after each, and trace the result.
 
         Architecture-changing passes return a new model and leave the original alone;
@@ -264,8 +263,8 @@ class BuildSession:
         always last) trains inside the export's graph context, and the original weights
         are put back afterwards.
         """
-        last = pass_class(names[-1])
-        structural = names[:-1] if last.must_be_last else names
+        (last_name, last_parameters), last = recipe[-1], pass_class(recipe[-1][0])
+        structural = recipe[:-1] if last.must_be_last else recipe
         bundle, results = self._structural_passes(structural)
         weights = bundle.deployment_model(self.sequence_length).weights  # shared with other recipes: restored below
         original = [variable.numpy() for variable in weights]
@@ -273,29 +272,29 @@ class BuildSession:
             with self._graph_context(masked_logit, bundle):
                 tracing = None
                 if last.must_be_last:
-                    chosen = get_pass(names[-1], **self.options.pass_parameters.get(names[-1], {}))
+                    chosen = get_pass(last_name, **dict(last_parameters))
                     results = results + [self._measured_pass(chosen, bundle)[1]]
                     tracing = chosen.export_context()
-                with self.log.step("saved_model", f"Tracing the model after {' + '.join(names)} to a SavedModel"):
+                names = " + ".join(name for name, _ in recipe)
+                with self.log.step("saved_model", f"Tracing the model after {names} to a SavedModel"):
                     with tracing or nullcontext():
                         bundle.write_saved_model(folder, self.sequence_length)
         finally:
             for variable, value in zip(weights, original):
                 variable.assign(value)
-        self._derived[self.recipe_key(names)] = bundle
+        self._derived[recipe] = bundle
         return results
 
-    def _structural_passes(self, names: tuple[str, ...]) -> tuple[ModelBundle, list[dict]]:
+    def _structural_passes(self, recipe: Recipe) -> tuple[ModelBundle, list[dict]]:
         """Run architecture-changing passes in order, once per recipe prefix for the whole build."""
-        if not names:
+        if not recipe:
             return self.bundle, []
-        key = self.recipe_key(names)
-        if key not in self._structural:
-            bundle, results = self._structural_passes(names[:-1])
-            chosen = get_pass(names[-1], **self.options.pass_parameters.get(names[-1], {}))
-            bundle, record = self._measured_pass(chosen, bundle)
-            self._structural[key] = (bundle, results + [record])
-        return self._structural[key]
+        if recipe not in self._structural:
+            bundle, results = self._structural_passes(recipe[:-1])
+            name, parameters = recipe[-1]
+            bundle, record = self._measured_pass(get_pass(name, **dict(parameters)), bundle)
+            self._structural[recipe] = (bundle, results + [record])
+        return self._structural[recipe]
 
     def _measured_pass(self, chosen: Pass, bundle: ModelBundle) -> tuple[ModelBundle, dict]:
         """Apply one pass and measure the Keras model it leaves against the original."""
@@ -382,23 +381,27 @@ class BuildSession:
             max_accuracy_drop=_first_set(self.options.max_accuracy_drop, budgets.max_accuracy_drop),
             min_cosine=_first_set(self.options.min_cosine, budgets.min_cosine),
             allow_fallback=self.options.allow_fallback,
+            max_latency_ms=self.options.max_latency_ms if self.options.max_latency_ms is not None
+            else budgets.max_latency_ms,
         )
 
     def plan(self, target: Target) -> tuple[Backend, Plan]:
         backend = get_backend(target.runtime)
-        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat, self.options.recipe)
+        gates = self.gates(target)
+        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat, self.options.recipe,
+                                     self.options.pass_parameters, latency_budget=gates.max_latency_ms is not None)
         plan = make_plan(
             target, backend, candidates, self.sequence_length, self.sequence_length_reason,
-            len(self.split.calibration), len(self.split.evaluation), self.gates(target), self.options.profile,
-            self.options.masked_logit, self.options.pass_parameters, self.options.max_residual_scale,
+            len(self.split.calibration), len(self.split.evaluation), gates, self.options.profile,
+            self.options.masked_logit, self.options.max_residual_scale,
         )
         return backend, plan
 
     def candidate(self, backend: Backend, target: Target, plan: Plan, candidate: Candidate, folder: Path) -> _Candidate:
         """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
         precision = candidate.precision
-        saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None, candidate.passes)
-        bundle = self.candidate_bundle(candidate.passes)
+        saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None, candidate.recipe)
+        bundle = self.candidate_bundle(candidate.recipe)
         with self.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
             artifact = backend.export(saved_model, precision, self.export_options(target, bundle), folder)
         compatibility = None
@@ -410,11 +413,12 @@ class BuildSession:
         if measured.quality["accuracy"] is not None and original_accuracy is not None:
             accuracy_drop = round((original_accuracy - measured.quality["accuracy"]) * 100, 4)
         cosine = measured.quality["fidelity"]["cosine_mean"] if self.bundle.task == "embedding" else None
-        checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None)
+        checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None,
+                                   measured.profile["latency_ms"]["p50"])
         for check in checks:
             if not check["passed"]:
                 self.log.info(f"[red]✗ {candidate.label}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
-        passes = self.pass_results(candidate.passes)
+        passes = self.pass_results(candidate.recipe)
         return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes, bundle)
 
     def build_target(self, target: Target) -> BuildResult:

@@ -86,6 +86,8 @@ def targets_show(name: str) -> None:
 @click.option("--sequence-length", type=int, help="Static sequence length (default: p99 of the data's token lengths).")
 @click.option("--max-accuracy-drop", type=float, help="Gate: largest accuracy loss in points (default: the target's).")
 @click.option("--min-cosine", type=float, help="Gate: smallest mean cosine vs the original (default: the target's).")
+@click.option("--max-latency-ms", type=float, help="Gate: largest p50 latency on the profiling host. When "
+              "quantization alone misses it, the target's compression recipes are tried in turn.")
 @click.option("--task", type=click.Choice(["embedding", "classification"]), help="Override the detected task.")
 @click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt or tokenizer folder for models that carry none.")
 @click.option("--length-percentile", type=float, default=99.0, show_default=True,
@@ -119,7 +121,7 @@ def targets_show(name: str) -> None:
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
 def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
-          task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
+          max_latency_ms, task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
           max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate, qat_range_learning_rate, recipe,
           runs, warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
@@ -145,7 +147,8 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
             pass_parameters[name] = {**pass_parameters.get(name, {}), **values}
     options = BuildOptions(
         out=Path(out), precision=precision, sequence_length=sequence_length,
-        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, sequence_length_percentile=length_percentile,
+        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, max_latency_ms=max_latency_ms,
+        sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         pass_parameters=pass_parameters, recipe=recipe_passes,

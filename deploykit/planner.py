@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from deploykit.backends.base import Backend
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import check_order, get_pass
+from deploykit.passes.base import check_order, get_pass, parse_recipe
 from deploykit.profiling.local import ProfileSettings
 from deploykit.targets import INTEGER_PRECISIONS, Target
 
@@ -24,11 +24,15 @@ class Gates:
     max_accuracy_drop: float  # percentage points, checked when the data has labels
     min_cosine: float  # mean cosine vs the original, checked for embedding models
     allow_fallback: bool = False  # ops falling back from the accelerator are reported, not failed
+    max_latency_ms: float | None = None  # p50 on the profiling host; None: no latency gate
 
     def checks(self, accuracy_drop: float | None, cosine_mean: float | None,
-               fallback_ops: dict[str, int] | None) -> list[dict]:
+               fallback_ops: dict[str, int] | None, latency_ms: float | None = None) -> list[dict]:
         """Every gate that applies, with its value, limit and verdict."""
         checks = []
+        if self.max_latency_ms is not None and latency_ms is not None:
+            checks.append({"name": "latency_ms_p50", "value": latency_ms, "limit": self.max_latency_ms,
+                           "passed": latency_ms <= self.max_latency_ms})
         if fallback_ops is not None:
             count = sum(fallback_ops.values())
             checks.append({"name": "fallback_ops", "value": count, "limit": 0,
@@ -42,12 +46,24 @@ class Gates:
         return checks
 
 
+Recipe = tuple[tuple[str, tuple], ...]  # passes in order, each with its parameters as sorted (key, value) pairs
+
+
+def recipe(names: tuple[str, ...], parameters: dict | None = None) -> Recipe:
+    """Pass names plus `{name: {parameter: value}}` as a hashable recipe (what caches and candidates key on)."""
+    return tuple((name, tuple(sorted((parameters or {}).get(name, {}).items()))) for name in names)
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """One way to build a target: training-time passes (in order), then export at a precision."""
+    """One way to build a target: training-time passes (in order, with their parameters), then export."""
 
     precision: str
-    passes: tuple[str, ...] = ()
+    recipe: Recipe = ()
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.recipe)
 
     @property
     def label(self) -> str:
@@ -77,23 +93,33 @@ def step_details(step: dict) -> str:
 
 
 def plan_candidates(target: Target, backend: Backend, requested: str | None, qat: bool = True,
-                    recipe: tuple[str, ...] | None = None) -> list[Candidate]:
+                    forced: tuple[str, ...] | None = None, parameters: dict | None = None,
+                    latency_budget: bool = False) -> list[Candidate]:
     """The candidates to try, in order: the target's precisions (or the user's one) that this backend produces.
 
     The build keeps the first candidate that passes the gates, so a target lists its
     precisions fastest first and a miss falls back to the next, more faithful one. On
     integer-only targets, post-training int8 is followed by quantization-aware
     training at int8: slower to build, as fast to run, and it recovers what rounding
-    every activation to 8 bits costs. A forced recipe runs before every precision instead.
+    every activation to 8 bits costs. With a latency budget, the target's own
+    compression recipes (`recipes` in its YAML) follow at its first precision: they
+    cost accuracy, so they are tried only when quantization alone is not fast enough.
+    A forced recipe (`--recipe`) runs before every precision instead.
     """
-    if recipe is not None:
-        check_order(recipe)
-        return [Candidate(precision, recipe) for precision in candidate_precisions(target, backend, requested)]
+    precisions = candidate_precisions(target, backend, requested)
+    if forced is not None:
+        check_order(forced)
+        return [Candidate(precision, recipe(forced, parameters)) for precision in precisions]
     candidates = []
-    for precision in candidate_precisions(target, backend, requested):
+    for precision in precisions:
         candidates.append(Candidate(precision))
         if qat and target.integer_only and precision == "int8":
-            candidates.append(Candidate(precision, ("qat",)))
+            candidates.append(Candidate(precision, recipe(("qat",), parameters)))
+    if latency_budget:
+        for text in target.recipes:
+            names, own = parse_recipe(text)
+            merged = {name: {**(parameters or {}).get(name, {}), **own[name]} for name in names}
+            candidates.append(Candidate(precisions[0], recipe(names, merged)))
     return candidates
 
 
@@ -127,7 +153,6 @@ def make_plan(
     gates: Gates,
     profile: ProfileSettings,
     masked_logit: float,
-    pass_parameters: dict | None = None,
     max_residual_scale: float = 8.0,
 ) -> Plan:
     """The steps of one target's build (post-training: export at a precision, validate, profile)."""
@@ -158,14 +183,15 @@ def make_plan(
             "evaluation_samples": evaluation_samples,
             "max_accuracy_drop": gates.max_accuracy_drop,
             "min_cosine": gates.min_cosine,
+            **({"max_latency_ms": gates.max_latency_ms} if gates.max_latency_ms is not None else {}),
         },
         {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
     ]
     if len(candidates) > 1:
         steps[1]["if_gates_fail_try"] = [candidate.label for candidate in candidates[1:]]
-    for index, name in enumerate(dict.fromkeys(n for c in candidates for n in c.passes)):
-        parameters = get_pass(name, **(pass_parameters or {}).get(name, {})).describe()
-        users = [c.label for c in candidates if name in c.passes]
+    for index, (name, items) in enumerate(dict.fromkeys(step for c in candidates for step in c.recipe)):
+        parameters = get_pass(name, **dict(items)).describe()
+        users = [c.label for c in candidates if (name, items) in c.recipe]
         steps.insert(2 + index, {"step": name, "for_candidates": users, "training_samples": "all but evaluation",
                                  **parameters})
     if target.integer_only:

@@ -40,6 +40,9 @@ class Budgets(BaseModel):
     min_cosine: float = Field(
         0.99, ge=-1, le=1, description="Smallest allowed mean cosine similarity of embeddings."
     )
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Largest p50 latency; model-dependent, so usually given per build."
+    )
 
 
 class Target(BaseModel):
@@ -74,6 +77,10 @@ class Target(BaseModel):
     )
     profiling: Literal["local", "ssh", "adb"] = "local"
     budgets: Budgets = Budgets()
+    recipes: list[str] = Field(
+        [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
+        "the latency budget; each costs accuracy, so list the gentlest first."
+    )
 
     @model_validator(mode="after")
     def _integer_only_needs_integer_precisions(self) -> "Target":

@@ -206,3 +206,22 @@ def test_factorize_halves_ffn_weights_and_full_rank_is_exact(bundle):
     block = pruned.bundle.backbone.transformer_layers[0]
     assert block._feedforward_intermediate_dense.rank == 10 and block._feedforward_intermediate_dense.units == 32
     assert np.isfinite(pruned.bundle.predict(inputs)).all()
+
+
+def test_latency_budget_makes_the_build_try_the_targets_recipes(tiny_classifier, labelled_data, tmp_path, monkeypatch):
+    from deploykit.build import build
+
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "tiny-cpu.yaml").write_text(
+        "description: test CPU\ndevice: this host\nruntime: litert\nprecisions: [dynamic-int8]\n"
+        'recipes: ["prune:neurons=0.5,steps=2"]\n'
+    )
+    monkeypatch.setenv("DEPLOYKIT_TARGETS", str(tmp_path / "targets"))
+    fast = dict(evaluation_samples=40, calibration_samples=20, out=tmp_path / "dist", max_accuracy_drop=100.0)
+    relaxed = build(tiny_classifier, "tiny-cpu", labelled_data, max_latency_ms=1e6, **fast)
+    assert [c["candidate"] for c in relaxed.report["candidates"]] == ["dynamic-int8"]  # met: no compression
+    strict = build(tiny_classifier, "tiny-cpu", labelled_data, max_latency_ms=1e-6, **fast)
+    tried = strict.report["candidates"]
+    assert [c["candidate"] for c in tried] == ["dynamic-int8", "prune + dynamic-int8"]
+    assert not strict.passed and tried[1]["passes"][0]["effect"]["ffn_width_after"] == 32
+    assert any(c["name"] == "latency_ms_p50" and not c["passed"] for c in tried[1]["checks"])

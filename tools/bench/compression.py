@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +27,7 @@ from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import get_backend
 from deploykit.build import BuildOptions, prepare_session
 from deploykit.passes.base import parse_recipe
+from deploykit.planner import recipe
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
@@ -69,16 +69,16 @@ def main() -> None:
             (f"{args.precision}, original", session.measure(backend, original, threads, "original"), None, []),
         ]
         for number, (names, values) in enumerate(recipes):
-            session.options = replace(options, pass_parameters=values)  # caches are keyed by passes + parameters
+            steps = recipe(names, values)  # passes with parameters: what the session's caches key on
             started = time.perf_counter()
-            saved_model = session.saved_model(None, names)
+            saved_model = session.saved_model(None, steps)
             seconds = time.perf_counter() - started
-            bundle = session.candidate_bundle(names)
+            bundle = session.candidate_bundle(steps)
             artifact = backend.export(saved_model, args.precision, session.export_options(target, bundle),
                                       work / f"recipe{number}")
             label = f"{args.recipes[number]} + {args.precision}"
             rows.append((label, session.measure(backend, artifact, threads, label, bundle), seconds,
-                         session.pass_results(names)))
+                         session.pass_results(steps)))
         print_table(rows, session, threads)
 
 

@@ -27,6 +27,7 @@ from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import ExportedArtifact, get_backend
 from deploykit.build import BuildOptions, prepare_session
 from deploykit.compatibility import check_compatibility
+from deploykit.planner import recipe
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
@@ -72,7 +73,7 @@ def main() -> None:
         keras_graph = session.saved_model()
         integer_graph = session.saved_model(options.masked_logit)
         started = time.perf_counter()
-        qat_graph = session.saved_model(options.masked_logit, ("qat",))
+        qat_graph = session.saved_model(options.masked_logit, recipe(("qat",), options.pass_parameters))
         qat_seconds = time.perf_counter() - started
 
         stock = backend.export(keras_graph, "int8", integer_options, work / "stock-converter")
