@@ -190,10 +190,11 @@ def make_plan(
     if len(candidates) > 1:
         steps[1]["if_gates_fail_try"] = [candidate.label for candidate in candidates[1:]]
     for index, (name, items) in enumerate(dict.fromkeys(step for c in candidates for step in c.recipe)):
-        parameters = get_pass(name, **dict(items)).describe()
+        chosen = get_pass(name, **dict(items))
         users = [c.label for c in candidates if (name, items) in c.recipe]
+        warnings = {"warning": "; ".join(notes)} if (notes := chosen.target_warnings(target)) else {}
         steps.insert(2 + index, {"step": name, "for_candidates": users, "training_samples": "all but evaluation",
-                                 **parameters})
+                                 **chosen.describe(), **warnings})
     if target.integer_only:
         steps[1]["masked_attention_logit"] = masked_logit
         steps[1]["residual_stream"] = f"outlier channels divided by powers of two up to {max_residual_scale:g}"

@@ -225,3 +225,30 @@ def test_latency_budget_makes_the_build_try_the_targets_recipes(tiny_classifier,
     assert [c["candidate"] for c in tried] == ["dynamic-int8", "prune + dynamic-int8"]
     assert not strict.passed and tried[1]["passes"][0]["effect"]["ffn_width_after"] == 32
     assert any(c["name"] == "latency_ms_p50" and not c["passed"] for c in tried[1]["checks"])
+
+
+@pytest.mark.parametrize("parameters, expected", [({"sparsity": 0.6}, 0.6), ({"pattern": "2:4"}, 0.5)])
+def test_prune_weight_sparsity_reaches_its_share_and_pattern(bundle, parameters, expected):
+    from deploykit.passes.sparsity import encoder_kernels
+
+    result = get_pass("prune", steps=6, batch_size=8, mask_interval=2, **parameters).apply(_context(bundle))
+    assert abs(result.effect["weight_sparsity"] - expected) < 0.01
+    kernels = encoder_kernels(result.bundle.backbone)
+    if parameters.get("pattern") == "2:4":  # every group of 4 consecutive input weights keeps at most 2
+        kernel = kernels[0].numpy().reshape(32, -1)
+        assert ((kernel.reshape(8, 4, -1) != 0).sum(axis=1) <= 2).all()
+    assert encoder_kernels(bundle.backbone)[0].numpy().all()  # the original keeps every weight
+
+
+def test_plan_warns_when_the_target_gains_nothing_from_sparsity():
+    from deploykit.backends.base import get_backend
+    from deploykit.planner import Gates, make_plan, plan_candidates
+    from deploykit.profiling.local import ProfileSettings
+    from deploykit.targets import load_target
+
+    target = load_target("arm-cpu")
+    backend = get_backend("litert")
+    candidates = plan_candidates(target, backend, None, forced=("prune",), parameters={"prune": {"sparsity": 0.5}})
+    plan = make_plan(target, backend, candidates, 16, "test", 10, 10, Gates(1.0, 0.99), ProfileSettings(), -30.0)
+    (step,) = [s for s in plan.steps if s["step"] == "prune"]
+    assert "gains nothing from unstructured zeros" in step["warning"]

@@ -79,6 +79,10 @@ class Pass:
         """A context manager the export is traced in (None: the plain graph)."""
         return None
 
+    def target_warnings(self, target) -> list[str]:
+        """What this pass, with these parameters, will not gain on `target` (shown in the plan)."""
+        return []
+
 
 def _register_builtin_passes() -> None:
     from deploykit.passes import distill, factorize, prune, qat, trim_vocab  # noqa: F401  (subclassing registers them)

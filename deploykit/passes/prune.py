@@ -1,11 +1,13 @@
-"""Structured pruning (`prune`): remove whole attention heads, FFN units and layers.
+"""Pruning (`prune`): remove whole attention heads, FFN units and layers, and/or zero weights.
 
 The result is a physically smaller keras-hub BERT (fewer heads, narrower FFN,
 fewer layers), so it is faster on every runtime without sparse kernels. What goes
 is chosen by importance: `activation` (default) measures on the user's texts how
 much each head and unit contributes to its layer's output, and how much the model's
 output changes when a layer is skipped; `magnitude` uses weight norms only. The
-pruned model is then fine-tuned against the original.
+pruned model is then fine-tuned against the original. Weight sparsity (unstructured
+or 2:4, `passes/sparsity.py`) is applied during that fine-tune, for targets whose
+runtime turns zeros into speed or size.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.sparsity import PATTERNS, encoder_kernels, measured_sparsity, prune_now, sparsity_callback
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
 IMPORTANCE = ("activation", "magnitude")
@@ -31,6 +34,9 @@ class PruneParameters(FineTuneParameters):
     layers: int = field(default=0, metadata={"range": (0, 12)})  # whole layers removed
     importance: str = "activation"  # or "magnitude" (weights only, no data)
     importance_samples: int = 64  # texts the activation importance is measured on
+    sparsity: float = field(default=0.0, metadata={"range": (0.0, 0.9)})  # share of encoder weights zeroed
+    pattern: str = "unstructured"  # or "2:4" (2 of every 4 input weights; sparsity is then 0.5)
+    mask_interval: int = 50  # steps between mask updates of the unstructured schedule
     steps: int = field(default=800, metadata={"range": (0, 5000)})
 
 
@@ -51,8 +57,22 @@ class Prune(Pass):
             raise DeployKitError("prune parameters layers must be >= 0 and importance_samples >= 1.")
         if p.importance not in IMPORTANCE:
             raise DeployKitError(f"prune parameter importance must be one of {', '.join(IMPORTANCE)}, got {p.importance!r}.")
-        if not (p.heads or p.neurons or p.layers):
-            raise DeployKitError("prune needs something to remove: set heads=, neurons= (shares) or layers= (a count).")
+        if p.pattern not in PATTERNS:
+            raise DeployKitError(f"prune parameter pattern must be one of {', '.join(PATTERNS)}, got {p.pattern!r}.")
+        if p.pattern == "2:4":
+            p.sparsity = 0.5
+        if not 0 <= p.sparsity < 1 or p.mask_interval < 1:
+            raise DeployKitError("prune parameters sparsity must be in [0, 1) and mask_interval >= 1.")
+        if not (p.heads or p.neurons or p.layers or p.sparsity):
+            raise DeployKitError("prune needs something to remove: set heads=, neurons= (shares), layers= (a count), "
+                                 "sparsity= (a share of weights) or pattern=2:4.")
+
+    def target_warnings(self, target) -> list[str]:
+        p = self.parameters
+        if p.sparsity and p.pattern not in target.sparsity:
+            return [f"{target.name} lists sparsity {target.sparsity}: its runtime gains nothing from {p.pattern} "
+                    "zeros (they cost accuracy only); prefer heads=/neurons=/layers="]
+        return []
 
     def apply(self, context: PassContext) -> PassResult:
         p = self.parameters
@@ -82,7 +102,17 @@ class Prune(Pass):
             "ffn_width_before": backbone.intermediate_dim, "ffn_width_after": units_kept,
             "parameters_before": parameter_count(backbone), "parameters_after": parameter_count(pruned.backbone),
         }
-        effect.update(fine_tune_from_teacher(pruned, context, p, self.name))
+        callbacks = []
+        if p.sparsity:
+            kernels = encoder_kernels(pruned.backbone)
+            if p.steps:
+                callbacks.append(sparsity_callback(kernels, p.sparsity, p.pattern, p.steps, p.mask_interval))
+        effect.update(fine_tune_from_teacher(pruned, context, p, self.name, callbacks))
+        if p.sparsity:
+            prune_now(kernels, p.sparsity, p.pattern)  # exactly the final share, whatever the last mask update saw
+            share = measured_sparsity(kernels)
+            effect.update(pattern=p.pattern, weight_sparsity=round(share, 4))
+            pruned.details["sparsity"] = {"pattern": p.pattern, "share": round(share, 4)}
         return PassResult(self.name, self.describe(), effect, bundle=pruned)
 
 

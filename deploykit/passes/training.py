@@ -53,20 +53,23 @@ class FineTuneParameters:
                 raise DeployKitError(f"{pass_name} parameter {name} must be in [0, 1], got {getattr(self, name)}.")
 
 
-def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str) -> dict:
-    """Train `student` in place against the original model; returns the losses and time for the report."""
+def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,
+                           callbacks: list | None = None) -> dict:
+    """Train `student` in place against the original model; returns the losses and time for the report.
+    `callbacks` (Keras callbacks) run in the output-distillation phase, e.g. a pruning schedule."""
     import keras
 
     effect: dict = {}
     started = time.perf_counter()
     keras.utils.set_random_seed(context.seed)
     with _frozen([] if p.train_embeddings else [student.backbone.token_embedding]):
-        effect.update(_distill_in_phases(student, context, p, label))
+        effect.update(_distill_in_phases(student, context, p, label, callbacks or []))
     effect.update(fine_tune_steps=p.steps, fine_tune_seconds=round(time.perf_counter() - started, 1))
     return effect
 
 
-def _distill_in_phases(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str) -> dict:
+def _distill_in_phases(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,
+                       callbacks: list) -> dict:
     """Hidden-state matching (when asked), then output distillation."""
     from keras.distillation import FeatureDistillation, LogitsDistillation
 
@@ -89,13 +92,13 @@ def _distill_in_phases(student: ModelBundle, context: PassContext, p: FineTunePa
             student_loss_weight = p.label_weight if has_labels else 0.0
         teacher = context.teacher.deployment_model(context.sequence_length)
         losses = _fit(teacher, student.deployment_model(context.sequence_length), distillation, student_loss_weight,
-                      context, p, p.steps, label, has_labels)
+                      context, p, p.steps, label, has_labels, callbacks)
         effect.update(_loss_summary(losses, "loss"))
     return effect
 
 
 def _fit(teacher, student, distillation, student_loss_weight: float, context: PassContext, p: FineTuneParameters,
-         steps: int, label: str, has_labels: bool) -> list[float]:
+         steps: int, label: str, has_labels: bool, callbacks: tuple = ()) -> list[float]:
     """One keras Distiller run of `steps` batches; returns the per-step losses."""
     import keras
     import tensorflow as tf
@@ -120,7 +123,7 @@ def _fit(teacher, student, distillation, student_loss_weight: float, context: Pa
     with context.log.step(f"{label}_train", f"{label}: {steps} distillation steps of {p.batch_size} on {count} texts"):
         with warnings.catch_warnings():  # Keras warns about the frozen teacher and the unused pooler; both expected
             warnings.simplefilter("ignore", UserWarning)
-            distiller.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[history])
+            distiller.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[history, *callbacks])
     return history.losses
 
 
