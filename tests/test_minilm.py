@@ -88,7 +88,8 @@ def test_every_structural_pass_on_minilm_gives_a_smaller_faithful_artifact(tmp_p
     options = BuildOptions(
         out=tmp_path / "dist", profile=QUICK, evaluation_samples=200, calibration_samples=100, recipe=recipe,
         pass_parameters={"prune": {"heads": 0.25, "neurons": 0.25, "layers": 1, **short},
-                         "factorize": {"budget": 0.75, **short}, "distill": {"layers": 3, **short}},
+                         "factorize": {"budget": 0.75, **short},
+                         "distill": {"layers": 3, "hidden_steps": 20, **short}},
     )
     (result,) = build_targets("minilm-l6", "arm-cpu", options=options)
     passes = {p["pass"]: p for p in result.report["candidates"][0]["passes"]}
