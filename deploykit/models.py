@@ -44,6 +44,7 @@ class ModelBundle:
     details: dict = field(default_factory=dict)
     backbone: object | None = None  # the keras-hub backbone, when there is one (integer-graph rewrites use it)
     task_model: object | None = None  # the keras-hub classifier around the backbone (structural passes rebuild it)
+    token_map: np.ndarray | None = None  # tokenizer id -> embedding row, when the table was trimmed under it
 
     def with_backbone(self, backbone, tokenizer=None) -> "ModelBundle":
         """The same head, task and classes on another backbone: what structural passes return."""
@@ -70,7 +71,8 @@ class ModelBundle:
         self.check_sequence_length(sequence_length)
         token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
         padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
-        output = self.forward(token_ids, padding_mask)
+        rows = token_ids if self.token_map is None else _token_map_layer(self.token_map)(token_ids)
+        output = self.forward(rows, padding_mask)
         return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, output)
 
     def check_sequence_length(self, sequence_length: int) -> None:
@@ -393,6 +395,21 @@ def _classifier_forward(model) -> Callable:
         return model(inputs)
 
     return forward
+
+
+def _token_map_layer(token_map: np.ndarray):
+    """A layer mapping tokenizer ids to rows of a trimmed embedding table (one integer GATHER when exported)."""
+    import keras
+
+    class TokenMap(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(name="token_map", **kwargs)
+            self.table = keras.ops.convert_to_tensor(token_map.astype(np.int32))
+
+        def call(self, token_ids):
+            return keras.ops.take(self.table, token_ids, axis=0)
+
+    return TokenMap()
 
 
 def _classifier_on(model, backbone):

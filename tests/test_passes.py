@@ -122,8 +122,27 @@ def test_token_noise_perturbs_only_real_tokens_of_the_chosen_share(bundle):
     assert 0.2 < (after != before)[mask].mean() < 0.5  # half the inner tokens drawn again (some draw themselves)
 
 
-def test_trim_vocab_shrinks_the_table_and_keeps_outputs_of_covered_texts(bundle):
-    result = get_pass("trim-vocab", characters="none").apply(_context(bundle))
+def test_trim_vocab_nearest_keeps_the_tokenizer_and_maps_unseen_tokens(bundle, tmp_path):
+    result = get_pass("trim-vocab").apply(_context(bundle))
+    trimmed = result.bundle
+    assert trimmed.tokenizer is bundle.tokenizer and result.effect["tokenizer"].startswith("unchanged")
+    assert trimmed.backbone.vocabulary_size == result.effect["embedding_rows_after"] < len(VOCABULARY)
+    inputs = bundle.encode(TEXTS, LENGTH)
+    np.testing.assert_allclose(trimmed.predict(inputs), bundle.predict(inputs), atol=1e-6)
+    # An unseen token reads the kept row nearest its own embedding.
+    table = bundle.backbone.token_embedding.embeddings.numpy()
+    zebra = VOCABULARY.index("zebra")
+    row = trimmed.backbone.token_embedding.embeddings.numpy()[trimmed.token_map[zebra]]
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    kept_rows = trimmed.backbone.token_embedding.embeddings.numpy()
+    best = np.argmax((kept_rows / np.linalg.norm(kept_rows, axis=1, keepdims=True)) @ unit[zebra])
+    np.testing.assert_allclose(row, kept_rows[best])
+    trimmed.write_saved_model(tmp_path / "saved", LENGTH)
+    get_backend("litert").export(tmp_path / "saved", "dynamic-int8", ExportOptions(calibration=[]), tmp_path / "out")
+
+
+def test_trim_vocab_shrinks_the_tokenizer_and_keeps_outputs_of_covered_texts(bundle):
+    result = get_pass("trim-vocab", unseen="unk").apply(_context(bundle))
     trimmed = result.bundle
     vocabulary = trimmed.tokenizer.get_vocabulary()
     assert "zebra" not in vocabulary and "[PAD]" == vocabulary[0] and "[UNK]" in vocabulary
@@ -135,7 +154,7 @@ def test_trim_vocab_shrinks_the_table_and_keeps_outputs_of_covered_texts(bundle)
 
 
 def test_trim_vocab_keeps_characters_and_reserve_on_request(bundle):
-    result = get_pass("trim-vocab", characters="ascii", reserve=1).apply(_context(bundle))
+    result = get_pass("trim-vocab", unseen="characters", reserve=1).apply(_context(bundle))
     vocabulary = result.bundle.tokenizer.get_vocabulary()
     assert {"q", "##q", "##s"} <= set(vocabulary)  # single characters: unseen words still tokenize
     assert "match" in vocabulary and "zebra" not in vocabulary  # the reserve of 1: the lowest unused id
@@ -179,7 +198,7 @@ def test_cli_recipe_builds_a_smaller_model_and_reports_each_pass(tiny_classifier
     out = tmp_path / "dist"
     result = CliRunner().invoke(main, [
         "build", str(tiny_classifier), "--data", str(data), "--target", "arm-cpu", "--out", str(out),
-        "--recipe", "prune:neurons=0.5,steps=4,trim-vocab:characters=none", "--runs", "3", "--warmup", "1",
+        "--recipe", "prune:neurons=0.5,steps=4,trim-vocab:unseen=unk", "--runs", "3", "--warmup", "1",
         "--evaluation-samples", "40", "--calibration-samples", "20", "--max-accuracy-drop", "100",
     ])
     assert result.exit_code == 0, result.output
@@ -188,7 +207,7 @@ def test_cli_recipe_builds_a_smaller_model_and_reports_each_pass(tiny_classifier
     assert [p["pass"] for p in passes] == ["prune", "trim-vocab"]
     assert passes[0]["effect"]["ffn_width_after"] == 32 and "accuracy" in passes[0]["quality_after"]
     vocabulary = (out / "arm-cpu" / "vocab.txt").read_text().split()
-    assert len(vocabulary) == passes[1]["effect"]["vocabulary_after"] == passes[1]["effect"]["vocabulary_before"] - 2
+    assert len(vocabulary) == passes[1]["effect"]["embedding_rows_after"] == passes[1]["effect"]["vocabulary_before"] - 2
     plan_steps = [step["step"] for step in report["plan"]]
     assert "prune" in plan_steps and "trim-vocab" in plan_steps
 

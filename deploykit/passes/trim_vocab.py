@@ -1,12 +1,23 @@
-"""Vocabulary trimming (`trim-vocab`): keep the tokens the user's texts use.
+"""Vocabulary trimming (`trim-vocab`): keep the embedding rows of the tokens the user's texts use.
 
 BERT-family vocabularies are general (MiniLM: 30,522 tokens, 11.7M of its 22.7M
-parameters); a deployed model sees one domain. Keeping the tokens that occur in the
-training texts, the special tokens, single characters of the chosen set (so any
-word still tokenizes, piece by piece, instead of becoming [UNK]) and an optional
-reserve shrinks the embedding table and the tokenizer vocabulary together. WordPiece
-is greedy longest-match, so a text whose tokens were all kept tokenizes to the same
-pieces and gives identical outputs. No training: nothing else changes.
+parameters); a deployed model sees one domain. The kept rows are the tokens that occur
+in the training texts (at least `min_count` times), the special tokens, single
+characters of the chosen set and an optional reserve of the lowest ids (BERT lists
+frequent words first). What a dropped token becomes (`unseen`):
+
+- `nearest` (default): the tokenizer is unchanged and the model starts with an id map
+  (one integer GATHER) sending each dropped token to the kept row closest to its own
+  embedding (cosine). Texts tokenize exactly as before, device apps keep their
+  vocabulary, and a rare word still lands near its meaning. Measured on the MiniLM
+  topic classifier (1,440 training texts): accuracy 0.9806 -> 0.9833 with 4,614 rows,
+  where splitting unseen words into characters gave 0.9667.
+- `characters` / `unk`: the tokenizer vocabulary itself is trimmed, so unseen words
+  split into kept pieces (single characters at worst) or become [UNK]. WordPiece is
+  greedy longest-match, so a text whose tokens were all kept tokenizes to the same
+  pieces either way and gives identical outputs.
+
+No training: nothing else changes.
 """
 
 from __future__ import annotations
@@ -20,13 +31,16 @@ from deploykit.errors import DeployKitError
 from deploykit.passes.base import Pass, PassContext, PassResult
 
 CHARACTER_SETS = ("none", "ascii", "all")
+UNSEEN = ("nearest", "characters", "unk")
 
 
 @dataclass
 class TrimVocabParameters:
     reserve: int = field(default=0, metadata={"range": (0, 30000)})  # extra tokens kept beyond the corpus, lowest ids first
-    characters: str = "ascii"  # single-character tokens always kept: none, ascii (printable) or all
+    characters: str = "auto"  # single-character tokens always kept: none, ascii (printable), all; auto: ascii
+    # when the tokenizer is trimmed (unseen="characters": unseen words then split into them), else none
     min_count: int = 1  # a token is kept when it occurs at least this often in the texts
+    unseen: str = "nearest"  # what a dropped token becomes: nearest kept row, or (tokenizer trimmed) characters/unk
 
 
 class TrimVocabulary(Pass):
@@ -40,6 +54,10 @@ class TrimVocabulary(Pass):
         p = self.parameters
         if p.reserve < 0 or p.min_count < 1:
             raise DeployKitError("trim-vocab parameters reserve must be >= 0 and min_count >= 1.")
+        if p.unseen not in UNSEEN:
+            raise DeployKitError(f"trim-vocab parameter unseen must be one of {', '.join(UNSEEN)}, got {p.unseen!r}.")
+        if p.characters == "auto":
+            p.characters = "ascii" if p.unseen == "characters" else "none"
         if p.characters not in CHARACTER_SETS:
             raise DeployKitError(f"trim-vocab parameter characters must be one of {', '.join(CHARACTER_SETS)}, "
                                  f"got {p.characters!r}.")
@@ -50,12 +68,17 @@ class TrimVocabulary(Pass):
         tokenizer = bundle.tokenizer
         vocabulary = list(tokenizer.get_vocabulary())
         kept = kept_token_ids(tokenizer, vocabulary, context.train_texts, self.parameters)
+        table = bundle.backbone.token_embedding.embeddings.numpy()
         backbone = reshaped_backbone(bundle.backbone, replace(full, tokens=tuple(kept)))
-        config = {**tokenizer.get_config(), "vocabulary": [vocabulary[i] for i in kept]}
-        config.pop("config_file", None)
-        trimmed = bundle.with_backbone(backbone, tokenizer=type(tokenizer).from_config(config))
+        if self.parameters.unseen == "nearest":
+            trimmed = replace(bundle.with_backbone(backbone), token_map=nearest_rows(table, kept))
+        else:
+            config = {**tokenizer.get_config(), "vocabulary": [vocabulary[i] for i in kept]}
+            config.pop("config_file", None)
+            trimmed = bundle.with_backbone(backbone, tokenizer=type(tokenizer).from_config(config))
         return PassResult(self.name, self.describe(), {
-            "vocabulary_before": len(vocabulary), "vocabulary_after": len(kept),
+            "vocabulary_before": len(vocabulary), "embedding_rows_after": len(kept),
+            "tokenizer": "unchanged (id map in the model)" if self.parameters.unseen == "nearest" else "trimmed",
             "corpus_texts": len(context.train_texts),
             "parameters_before": parameter_count(bundle.backbone), "parameters_after": parameter_count(backbone),
         }, bundle=trimmed)
@@ -78,6 +101,18 @@ def kept_token_ids(tokenizer, vocabulary: list[str], texts: list[str], p: TrimVo
     for _, i in zip(range(p.reserve), ordinary):
         kept.add(i)
     return sorted(kept)
+
+
+def nearest_rows(table: np.ndarray, kept: list[int]) -> np.ndarray:
+    """For every token id, the index (among `kept`) of the kept embedding closest in cosine; kept ids map to
+    themselves. Computed in blocks so a 30k x 5k similarity matrix never sits in memory at once."""
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    kept_unit = unit[kept]
+    rows = np.empty(len(table), np.int32)
+    for start in range(0, len(table), 4096):
+        rows[start:start + 4096] = np.argmax(unit[start:start + 4096] @ kept_unit.T, axis=1)
+    rows[kept] = np.arange(len(kept), dtype=np.int32)
+    return rows
 
 
 def _is_kept_character(token: str, characters: str) -> bool:
