@@ -25,7 +25,7 @@ from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, integer_graph, load_model
-from deploykit.passes.base import Pass, PassContext, get_pass, pass_class
+from deploykit.passes.base import Pass, PassContext, get_pass, parse_recipe, pass_class
 from deploykit.planner import (
     BASELINE_PRECISION, Candidate, Gates, Plan, Recipe, candidate_precisions, make_plan, plan_candidates,
 )
@@ -575,6 +575,7 @@ def build(
 
     Keyword arguments: `eval_data`, `task`, `tokenizer`, `options` (a BuildOptions),
     `log` (a StepLog), or any BuildOptions field (e.g. `precision="fp16"`, `out="dist"`).
+    `recipe` also takes the CLI's text: `recipe="distill:layers=3,trim-vocab"`.
     """
     if "," in target or target == "all":
         raise DeployKitError("build() takes one target; use build_targets() for a list or 'all'.")
@@ -582,5 +583,10 @@ def build(
     option_values = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
     if "out" in option_values:
         option_values["out"] = Path(option_values["out"])
+    if isinstance(option_values.get("recipe"), str):
+        names, parameters = parse_recipe(option_values["recipe"])
+        given = option_values.get("pass_parameters", {})
+        option_values["recipe"] = names
+        option_values["pass_parameters"] = {**given, **{n: {**given.get(n, {}), **parameters[n]} for n in names}}
     options = kwargs.pop("options", None) or BuildOptions(**option_values)
     return build_targets(model, target, data, options=options, **kwargs)[0]

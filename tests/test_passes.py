@@ -239,6 +239,8 @@ def test_latency_budget_makes_the_build_try_the_targets_recipes(tiny_classifier,
     fast = dict(evaluation_samples=40, calibration_samples=20, out=tmp_path / "dist", max_accuracy_drop=100.0)
     relaxed = build(tiny_classifier, "tiny-cpu", labelled_data, max_latency_ms=1e6, **fast)
     assert [c["candidate"] for c in relaxed.report["candidates"]] == ["dynamic-int8"]  # met: no compression
+    forced = build(tiny_classifier, "tiny-cpu", labelled_data, recipe="prune:heads=0.5,steps=1", **fast)
+    assert forced.report["candidates"][0]["passes"][0]["effect"]["heads_after"] == 1  # the Python recipe text
     strict = build(tiny_classifier, "tiny-cpu", labelled_data, max_latency_ms=1e-6, **fast)
     tried = strict.report["candidates"]
     assert [c["candidate"] for c in tried] == ["dynamic-int8", "prune + dynamic-int8"]
