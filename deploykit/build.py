@@ -179,7 +179,7 @@ class BuildSession:
     _residual: dict = field(default_factory=dict)  # id(bundle) -> (scales, scaled channel count)
     _derived: dict = field(default_factory=dict)  # passes -> the model they produced
     _structural: dict = field(default_factory=dict)  # architecture-changing passes -> (model, their records)
-    _teacher: dict = field(default_factory=dict)  # the original model and its outputs on the training texts
+    _teacher_outputs: np.ndarray | None = None  # the original model's outputs on the training texts
 
     def encoded(self, which: str, bundle: ModelBundle | None = None) -> Inputs:
         """A split's texts as model inputs, with `bundle`'s tokenizer (default: the original's)."""
@@ -307,10 +307,10 @@ class BuildSession:
 
     def _pass_context(self, bundle: ModelBundle) -> PassContext:
         """The training texts (encoded for `bundle`), what the original outputs on them, their labels if any."""
-        if "teacher" not in self._teacher:
+        if self._teacher_outputs is None:
             with self.log.step("teacher", f"Running the original model on {len(self.split.training)} training texts"):
-                self._teacher["teacher"] = self.bundle.predict(self.encoded("training"))
-        teacher = self._teacher["teacher"]
+                self._teacher_outputs = self.bundle.predict(self.encoded("training"))
+        teacher = self._teacher_outputs
         ids = None
         if self.bundle.task == "classification" and self.split.training.labels is not None:
             ids, _ = label_ids(self.split.training.labels, self.bundle.class_names, teacher.shape[-1])
