@@ -45,7 +45,7 @@ class TrimVocabParameters:
 
 class TrimVocabulary(Pass):
     name = "trim-vocab"
-    description = "keep only the tokens the training texts use (plus specials, characters, a reserve)"
+    description = "keep the embedding rows of the tokens the training texts use; dropped tokens map to the nearest"
     Parameters = TrimVocabParameters
     changes_token_ids = True
 
