@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -41,9 +42,26 @@ def main() -> None:
 
     \b
     deploykit targets                      list the hardware registry
+    deploykit passes                       list the compression passes for --recipe
     deploykit build --target intel-cpu     build the built-in default (MiniLM + bundled data)
     deploykit build ./my-bert --data reviews.jsonl --target mobile-npu,arm-cpu
     """
+
+
+@main.command()
+def passes() -> None:
+    """List the compression passes, their parameters and defaults (use them with build --recipe)."""
+    from deploykit.passes.base import Pass, pass_class
+
+    pass_class("qat")  # registers the built-in passes
+    table = Table(title="deploykit passes (build --recipe \"name:key=value,...\", in order)")
+    for column in ("pass", "what it does", "parameters (default)"):
+        table.add_column(column)
+    for name, kind in sorted(Pass.registry.items()):
+        defaults = kind.Parameters()
+        parameters = ", ".join(f"{f.name}={getattr(defaults, f.name)}" for f in fields(kind.Parameters))
+        table.add_row(name, kind.description, parameters)
+    output.print(table)
 
 
 @main.group(invoke_without_command=True)

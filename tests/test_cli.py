@@ -27,6 +27,19 @@ def test_targets_lists_the_registry():
         assert name in result.stdout
 
 
+def test_passes_lists_every_pass_with_its_defaults():
+    result = run("passes")
+    assert result.exit_code == 0
+    for name in ("distill", "prune", "factorize", "trim-vocab", "qat", "hidden_steps=500", "unseen=nearest"):
+        assert name in result.stdout
+
+
+def test_bad_recipe_fails_before_any_work(tmp_path):
+    out = tmp_path / "dist"
+    result = run("build", "--recipe", "trim-vocab,distill", "--out", str(out))
+    assert_clean_failure(result, out, "put it before trim-vocab")
+
+
 def test_targets_show_prints_one_profile():
     result = run("targets", "show", "mobile-npu")
     assert result.exit_code == 0 and "integer_only: true" in result.stdout

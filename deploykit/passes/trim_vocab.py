@@ -45,7 +45,7 @@ class TrimVocabParameters:
 
 class TrimVocabulary(Pass):
     name = "trim-vocab"
-    description = "keep the embedding rows of the tokens the training texts use; dropped tokens map to the nearest"
+    description = "keep the embedding rows of the texts' tokens; dropped tokens map to the nearest kept row"
     Parameters = TrimVocabParameters
     changes_token_ids = True
 
