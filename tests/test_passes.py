@@ -207,9 +207,12 @@ def test_cli_recipe_builds_a_smaller_model_and_reports_each_pass(tiny_classifier
     assert [p["pass"] for p in passes] == ["prune", "trim-vocab"]
     assert passes[0]["effect"]["ffn_width_after"] == 32 and "accuracy" in passes[0]["quality_after"]
     vocabulary = (out / "arm-cpu" / "vocab.txt").read_text().split()
-    assert len(vocabulary) == passes[1]["effect"]["embedding_rows_after"] == passes[1]["effect"]["vocabulary_before"] - 2
+    assert len(vocabulary) == passes[1]["effect"]["embedding_rows_after"] == passes[1]["effect"]["embedding_rows_before"] - 2
     plan_steps = [step["step"] for step in report["plan"]]
     assert "prune" in plan_steps and "trim-vocab" in plan_steps
+    assert report["passes"] == passes
+    markdown = (out / "arm-cpu" / "report.md").read_text()
+    assert "## Compression passes" in markdown and "ffn_width 64 → 32" in markdown
 
 
 def test_factorize_halves_ffn_weights_and_full_rank_is_exact(bundle):

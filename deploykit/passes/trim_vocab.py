@@ -77,7 +77,7 @@ class TrimVocabulary(Pass):
             config.pop("config_file", None)
             trimmed = bundle.with_backbone(backbone, tokenizer=type(tokenizer).from_config(config))
         return PassResult(self.name, self.describe(), {
-            "vocabulary_before": len(vocabulary), "embedding_rows_after": len(kept),
+            "embedding_rows_before": len(vocabulary), "embedding_rows_after": len(kept),
             "tokenizer": "unchanged (id map in the model)" if self.parameters.unseen == "nearest" else "trimmed",
             "corpus_texts": len(context.train_texts),
             "parameters_before": parameter_count(bundle.backbone), "parameters_after": parameter_count(backbone),

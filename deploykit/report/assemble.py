@@ -87,6 +87,7 @@ def assemble_report(
             "label_mapping": label_mapping,
         },
         "plan": plan.steps,
+        "passes": chosen.passes,  # what each training-time pass of the shipped artifact did, measured
         "candidates": [candidate.summary() for candidate in tried],
         "artifact": artifact_entry,
         "baseline": {

@@ -64,6 +64,18 @@ def render_markdown(report: dict) -> str:
         reasons = report["compatibility"]["fallback_reasons"]
         lines += ["", "Ops that would fall back from the accelerator to the CPU:", ""]
         lines += [f"- {name} ×{count}: {'; '.join(reasons[name])}" for name, count in fallback.items()]
+    if report.get("passes"):
+        lines += ["", "## Compression passes of this artifact (in order)", ""]
+        for record in report["passes"]:
+            effect = record["effect"]
+            changed = [f"{key[:-len('_before')]} {effect[key]} → {effect[key[:-len('_before')] + '_after']}"
+                       for key in effect if key.endswith("_before") and key[:-len("_before")] + "_after" in effect]
+            quality = record.get("quality_after") or {"fidelity": {}}
+            measures = {"cosine": quality["fidelity"].get("cosine_mean"), "agreement": quality["fidelity"].get("agreement"),
+                        "accuracy": quality.get("accuracy")}
+            after = ", ".join(f"{name} {_number(value, 4)}" for name, value in measures.items() if value is not None)
+            lines.append(f"- **{record['pass']}**: {', '.join(changed) or 'weights fine-tuned'}"
+                         f"{'; Keras model after it: ' + after if after else ''}")
     if len(report["candidates"]) > 1:
         lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept)", ""]
         for candidate in report["candidates"]:
