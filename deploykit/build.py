@@ -390,6 +390,8 @@ class BuildSession:
         gates = self.gates(target)
         candidates = plan_candidates(target, backend, self.options.precision, self.options.qat, self.options.recipe,
                                      self.options.pass_parameters, latency_budget=gates.max_latency_ms is not None)
+        if any(pass_class(name).rebuilds_model for candidate in candidates for name in candidate.passes):
+            self.bundle.check_rebuildable()  # before the first export, not an hour into training
         plan = make_plan(
             target, backend, candidates, self.sequence_length, self.sequence_length_reason,
             len(self.split.calibration), len(self.split.evaluation), gates, self.options.profile,

@@ -46,8 +46,21 @@ class ModelBundle:
     task_model: object | None = None  # the keras-hub classifier around the backbone (structural passes rebuild it)
     token_map: np.ndarray | None = None  # tokenizer id -> embedding row, when the table was trimmed under it
 
+    def check_rebuildable(self) -> None:
+        """Fail clearly unless structural passes can rebuild this model (a keras-hub BERT, and for
+        classifiers a keras-hub classifier head)."""
+        from deploykit.bert_surgery import check_bert
+
+        check_bert(self.backbone)
+        if self.task == "classification" and not hasattr(self.task_model, "output_dense"):
+            raise DeployKitError(
+                "structural passes rebuild classifiers as keras-hub BertTextClassifier models; this classifier is "
+                f"{type(self.task_model).__name__}. Save it as a keras-hub BertTextClassifier."
+            )
+
     def with_backbone(self, backbone, tokenizer=None) -> "ModelBundle":
         """The same head, task and classes on another backbone: what structural passes return."""
+        self.check_rebuildable()
         if self.task == "embedding":
             forward = _embedding_forward(backbone, self.details.get("pooling", "mean"), self.details.get("normalize", False))
             task_model = None
@@ -414,14 +427,6 @@ def _token_map_layer(token_map: np.ndarray):
 
 def _classifier_on(model, backbone):
     """A new keras-hub classifier of `model`'s kind and config on `backbone`, with `model`'s head weights."""
-    from deploykit.bert_surgery import check_bert
-
-    if model is None or not hasattr(model, "output_dense"):
-        raise DeployKitError(
-            "structural passes rebuild classifiers as keras-hub BertTextClassifier models; this classifier is "
-            f"{type(model).__name__}. Save it as a keras-hub BertTextClassifier."
-        )
-    check_bert(backbone)
     config = model.get_config()
     rebuilt = type(model)(
         backbone=backbone, num_classes=config["num_classes"], preprocessor=None,

@@ -40,6 +40,20 @@ def test_bad_recipe_fails_before_any_work(tmp_path):
     assert_clean_failure(result, out, "put it before trim-vocab")
 
 
+def test_structural_recipe_on_a_plain_keras_model_fails_before_any_work(tmp_path, labelled_data, vocabulary):
+    import keras
+
+    token_ids = keras.Input((16,), dtype="int32", name="token_ids")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(len(vocabulary), 8)(token_ids))
+    path = tmp_path / "plain.keras"
+    keras.Model(token_ids, keras.layers.Dense(2)(pooled)).save(path)
+    (tmp_path / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    out = tmp_path / "dist"
+    result = run("build", str(path), "--data", str(labelled_data), "--target", "arm-cpu", "--recipe", "distill",
+                 "--out", str(out))
+    assert_clean_failure(result, out, "need a keras-hub BertBackbone")
+
+
 def test_targets_show_prints_one_profile():
     result = run("targets", "show", "mobile-npu")
     assert result.exit_code == 0 and "integer_only: true" in result.stdout

@@ -49,6 +49,7 @@ class Pass:
     learns_from_original: ClassVar[bool] = False  # trains against the original model on the same token ids
     must_be_last: ClassVar[bool] = False  # simulates the exported graph, so nothing may change the model after it
     changes_token_ids: ClassVar[bool] = False  # the model reads other token ids than the original afterwards
+    rebuilds_model: ClassVar[bool] = False  # returns a new keras-hub BERT cut out of the input (needs one)
     registry: ClassVar[dict[str, type["Pass"]]] = {}
 
     def __init_subclass__(cls, **kwargs):

@@ -34,6 +34,7 @@ class Distill(Pass):
     name = "distill"
     description = "student with evenly spaced teacher layers (and optionally narrower FFN), trained on the teacher"
     Parameters = DistillParameters
+    rebuilds_model = True
     learns_from_original = True
 
     def __init__(self, **parameters):

@@ -31,6 +31,7 @@ class Factorize(Pass):
     name = "factorize"
     description = "FFN kernels as truncated-SVD pairs (rank from a parameter budget or retained energy), fine-tuned"
     Parameters = FactorizeParameters
+    rebuilds_model = True
     learns_from_original = True
 
     def __init__(self, **parameters):

@@ -44,6 +44,7 @@ class Prune(Pass):
     name = "prune"
     description = "remove the least important attention heads, FFN units and layers, then fine-tune on the teacher"
     Parameters = PruneParameters
+    rebuilds_model = True
     learns_from_original = True
 
     def __init__(self, **parameters):

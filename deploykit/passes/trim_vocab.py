@@ -47,6 +47,7 @@ class TrimVocabulary(Pass):
     name = "trim-vocab"
     description = "keep the embedding rows of the texts' tokens; dropped tokens map to the nearest kept row"
     Parameters = TrimVocabParameters
+    rebuilds_model = True
     changes_token_ids = True
 
     def __init__(self, **parameters):
