@@ -26,7 +26,7 @@ class DistillParameters(FineTuneParameters):
     ffn_width: float = field(default=1.0, metadata={"range": (0.25, 1.0)})  # share of FFN units kept per layer
     steps: int = field(default=1000, metadata={"range": (0, 5000)})  # ~10 passes over 1,500 texts at batch 16
     # A student missing whole layers gains from matching the teacher's hidden states first (MiniLM 6 -> 3 on
-    # 1,300 sentences: held-out cosine 0.894 -> 0.905 for 500 extra steps).
+    # 1,300 sentences: held-out cosine +0.011 for 500 extra steps, measured in Keras).
     hidden_steps: int = field(default=500, metadata={"range": (0, 5000)})
 
 
