@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, get_backend
 from deploykit.compatibility import Compatibility, check_compatibility
+from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
@@ -58,6 +60,8 @@ class BuildOptions:
     masked_logit: float = -30.0  # padded attention positions in integer-only graphs; see bounded_attention_mask
     allow_fallback: bool = False  # report ops that would leave the accelerator, but do not fail the build on them
     max_residual_scale: float = 8.0  # integer graphs: largest per-channel divisor of the residual stream (1 = off)
+    # Percentile-calibrated activation ranges (TensorRT Q/DQ): TensorRT's own calibrators default to 99.99 too.
+    activation_percentile: float = 99.99
     qat: bool = True  # integer-only targets try quantization-aware training when post-training int8 misses a gate
     pass_parameters: dict = field(default_factory=dict)  # pass name -> parameter overrides, e.g. {"qat": {"steps": 600}}
     recipe: tuple[str, ...] | None = None  # forced passes, in order (None: the planner chooses)
@@ -211,7 +215,7 @@ class BuildSession:
             if recipe:
                 self._pass_results[recipe] = self._run_passes(recipe, masked_logit, folder)
             else:
-                how = "" if masked_logit is None else " for integer-only hardware"
+                how = "" if masked_logit is None else " (integer-capable: bounded mask, scaled residual stream)"
                 with self._graph_context(masked_logit, self.bundle), \
                         self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
                     self.bundle.write_saved_model(folder, self.sequence_length)
@@ -364,7 +368,7 @@ class BuildSession:
 
     def export_options(self, target: Target, bundle: ModelBundle | None = None) -> ExportOptions:
         return ExportOptions(calibration=self.calibration_samples(bundle), integer_only=target.integer_only,
-                             integer_io=target.integer_io)
+                             integer_io=target.integer_io, activation_percentile=self.options.activation_percentile)
 
     def baseline(self, backend: Backend, target: Target, threads: int) -> _Measured:
         key = (backend.name, threads)
@@ -402,7 +406,8 @@ class BuildSession:
     def candidate(self, backend: Backend, target: Target, plan: Plan, candidate: Candidate, folder: Path) -> _Candidate:
         """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
         precision = candidate.precision
-        saved_model = self.saved_model(self.options.masked_logit if target.integer_only else None, candidate.recipe)
+        integer = _integer_trace(target, backend, precision)
+        saved_model = self.saved_model(self.options.masked_logit if integer else None, candidate.recipe)
         bundle = self.candidate_bundle(candidate.recipe)
         with self.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
             artifact = backend.export(saved_model, precision, self.export_options(target, bundle), folder)
@@ -423,6 +428,25 @@ class BuildSession:
         passes = self.pass_results(candidate.recipe)
         return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes, bundle)
 
+    def device_compile(self, target: Target, chosen: _Candidate, folder: Path) -> dict | None:
+        """Run the target's device toolchain on the shipped artifact, or record why it could not run here."""
+        if target.compiler is None:
+            return None
+        compiler = get_compiler(target.compiler)
+        sparse = any(record["pass"] == "prune" and record["parameters"].get("pattern") == "2:4"
+                     and record["parameters"].get("sparsity", 0) > 0 for record in chosen.passes)
+        request = CompileRequest(
+            artifact=chosen.measured.artifact, folder=folder, sequence_length=self.sequence_length,
+            input_names=tuple(self.encoded("evaluation", chosen.bundle)), sparse_weights=sparse, log=self.log,
+        )
+        missing = compiler.missing()
+        verb = "Running" if missing is None else "Preparing (toolchain missing)"
+        with self.log.step("device_compile", f"{verb} {compiler.name} for {target.name}"):
+            result = compiler.compile(request)
+        colour = {"compiled": "green", "not run": "yellow", "failed": "red"}[result.status]
+        self.log.info(f"[{colour}]{compiler.name}: {result.status}[/] — {escape(result.reason)}")
+        return result.as_dict(folder)
+
     def build_target(self, target: Target) -> BuildResult:
         backend, plan = self.plan(target)
         self.log.info(f"\n[bold]Plan for {target.name}[/] ({target.device}):")
@@ -442,12 +466,15 @@ class BuildSession:
             chosen.move_to(staging)
             baseline = self.baseline(backend, target, plan.threads)
             chosen.bundle.write_tokenizer(staging, self.sequence_length)
+            device_compile = self.device_compile(target, chosen, staging)
             report = assemble_report(
                 target=target, plan=plan, bundle=self.bundle, split=self.split, folder=staging,
                 chosen=chosen, tried=tried, baseline=baseline, original_accuracy=self.reference().accuracy,
                 label_mapping=self.reference().label_mapping,
                 timings=_timings_since(timings_before, self.log.seconds),
-                integer_graph=self.integer_graph_facts(chosen.bundle) if target.integer_only else None,
+                integer_graph=self.integer_graph_facts(chosen.bundle)
+                if _integer_trace(target, backend, chosen.measured.artifact.precision) else None,
+                device_compile=device_compile,
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             (staging / "report.md").write_text(render_markdown(report))
@@ -458,6 +485,11 @@ class BuildSession:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return BuildResult(target.name, final, report)
+
+
+def _integer_trace(target: Target, backend: Backend, precision: str) -> bool:
+    """Whether a candidate is exported from the integer-capable trace (bounded mask, scaled residual stream)."""
+    return target.integer_only or precision in backend.scaled_stream_precisions
 
 
 def _timings_since(before: dict, now: dict) -> dict:
@@ -561,6 +593,8 @@ def _check_sizes(options: BuildOptions) -> None:
     for name in ("calibration_samples", "evaluation_samples"):
         if getattr(options, name) < 1:
             raise DeployKitError(f"{name} must be at least 1, got {getattr(options, name)}.")
+    if not 50 <= options.activation_percentile <= 100:
+        raise DeployKitError(f"the activation percentile must be in [50, 100], got {options.activation_percentile}.")
     if not 0 < options.sequence_length_percentile <= 100:
         raise DeployKitError(f"the length percentile must be in (0, 100], got {options.sequence_length_percentile}.")
     if options.profile.runs < 1 or options.profile.warmup < 0:

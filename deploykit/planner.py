@@ -195,7 +195,7 @@ def make_plan(
         warnings = {"warning": "; ".join(notes)} if (notes := chosen.target_warnings(target)) else {}
         steps.insert(2 + index, {"step": name, "for_candidates": users, "training_samples": "all but evaluation",
                                  **chosen.describe(), **warnings})
-    if target.integer_only:
+    if target.integer_only or candidates[0].precision in backend.scaled_stream_precisions:
         steps[1]["masked_attention_logit"] = masked_logit
         steps[1]["residual_stream"] = f"outlier channels divided by powers of two up to {max_residual_scale:g}"
     if target.checks_ops:

@@ -77,6 +77,9 @@ class Target(BaseModel):
     )
     profiling: Literal["local", "ssh", "adb"] = "local"
     budgets: Budgets = Budgets()
+    compiler: dict | None = Field(
+        None, description="The device toolchain run after export, e.g. {name: edgetpu}; see deploykit/compilers."
+    )
     recipes: list[str] = Field(
         [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
         "the latency budget; each costs accuracy, so list the gentlest first."
@@ -150,12 +153,20 @@ def load_target_file(path: Path) -> Target:
             f"target file {path} declares name {raw['name']!r}; it must match the file name {path.stem!r}."
         )
     try:
-        return Target.model_validate(raw)
+        target = Target.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in error.errors()
         )
         raise DeployKitError(f"target file {path} is invalid: {problems}.") from error
+    if target.compiler is not None:
+        from deploykit.compilers.base import get_compiler
+
+        try:
+            get_compiler(target.compiler)
+        except DeployKitError as error:
+            raise DeployKitError(f"target file {path} is invalid: {error}") from error
+    return target
 
 
 def _target_files() -> dict[str, Path]:

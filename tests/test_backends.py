@@ -20,7 +20,7 @@ def saved_classifier(tiny_classifier, tmp_path_factory):
     return folder, inputs, bundle.predict(inputs)
 
 
-@pytest.mark.parametrize("runtime", ["litert", "openvino"])
+@pytest.mark.parametrize("runtime", ["litert", "openvino", "tensorrt"])
 def test_fp32_export_matches_keras(saved_classifier, tmp_path, runtime):
     folder, inputs, expected = saved_classifier
     backend = get_backend(runtime)
@@ -30,8 +30,8 @@ def test_fp32_export_matches_keras(saved_classifier, tmp_path, runtime):
 
 
 def test_unknown_runtime_is_a_clear_error():
-    with pytest.raises(DeployKitError, match="no exporter for the 'tensorrt' runtime"):
-        get_backend("tensorrt")
+    with pytest.raises(DeployKitError, match="no exporter for the 'coreml' runtime"):
+        get_backend("coreml")
 
 
 def test_bounded_attention_mask_keeps_float_outputs_and_drops_the_huge_constant(tiny_classifier, tmp_path):

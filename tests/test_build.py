@@ -91,9 +91,9 @@ def test_missed_gate_still_writes_a_complete_report(tiny_backbone_file, labelled
     assert [c["name"] for c in result.report["gates"]["checks"]] == ["cosine_mean"]
 
 
-def test_target_without_exporter_stops_before_any_work(tiny_classifier, labelled_data, tmp_path):
-    with pytest.raises(DeployKitError, match="no exporter for the 'tensorrt' runtime"):
-        build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path / "out")
+def test_precision_the_backend_lacks_stops_before_any_work(tiny_classifier, labelled_data, tmp_path):
+    with pytest.raises(DeployKitError, match="precision 'fp8' is not available on the tensorrt backend"):
+        build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path / "out", precision="fp8")
     assert not (tmp_path / "out").exists()
 
 
@@ -141,11 +141,12 @@ def test_timings_belong_to_each_target(classifier_builds):
     assert "export" in intel and "export" in arm
 
 
-def test_all_skips_targets_without_an_exporter(tiny_classifier, labelled_data, tmp_path, monkeypatch):
+def test_all_skips_targets_it_cannot_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
     from deploykit import build as build_module
     from deploykit.targets import load_target
 
-    monkeypatch.setattr(build_module, "resolve_targets", lambda names: [load_target("nvidia-gpu"), load_target("arm-cpu")])
+    unbuildable = load_target("nvidia-gpu").model_copy(update={"precisions": ["fp8"]})  # none the backend exports
+    monkeypatch.setattr(build_module, "resolve_targets", lambda names: [unbuildable, load_target("arm-cpu")])
     results = build_targets(tiny_classifier, "all", labelled_data,
                             options=BuildOptions(out=tmp_path, profile=FAST, calibration_samples=20, evaluation_samples=20))
     assert [r.target for r in results] == ["arm-cpu"]

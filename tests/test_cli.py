@@ -111,10 +111,11 @@ def test_precision_the_backend_lacks(tmp_path, tiny_classifier, labelled_data):
     assert_clean_failure(result, out, "not available on the litert backend")
 
 
-def test_nvidia_gpu_says_what_is_missing(tmp_path, tiny_classifier, labelled_data):
+def test_nvidia_gpu_precision_it_cannot_export(tmp_path, tiny_classifier, labelled_data):
     out = tmp_path / "out"
-    result = run("build", str(tiny_classifier), "--target", "nvidia-gpu", "--data", str(labelled_data), "--out", str(out))
-    assert_clean_failure(result, out, "no exporter for the 'tensorrt' runtime")
+    result = run("build", str(tiny_classifier), "--target", "nvidia-gpu", "--precision", "fp8",
+                 "--data", str(labelled_data), "--out", str(out))
+    assert_clean_failure(result, out, "precision 'fp8' is not available on the tensorrt backend")
 
 
 def test_missed_gate_exits_3_with_report(tmp_path, tiny_backbone_file, labelled_data):

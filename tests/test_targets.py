@@ -5,7 +5,7 @@ import pytest
 from deploykit.errors import DeployKitError
 from deploykit.targets import TARGETS_ENV, list_targets, load_target, resolve_targets
 
-BUILT_IN = {"intel-cpu", "arm-cpu", "mobile-npu", "edge-tpu", "nvidia-gpu"}
+BUILT_IN = {"intel-cpu", "arm-cpu", "mobile-npu", "mobile-npu-hexagon", "mobile-npu-mediatek", "edge-tpu", "nvidia-gpu"}
 
 
 def test_every_built_in_target_validates():

@@ -52,6 +52,7 @@ class ExportOptions:
     calibration: list[Inputs]
     integer_only: bool = False
     integer_io: bool = False
+    activation_percentile: float = 99.99  # percentile-calibrating backends: share of activation values kept in range
 
 
 class Backend:
@@ -61,6 +62,9 @@ class Backend:
     format: ClassVar[str]
     suffix: ClassVar[str]  # of the file a runtime opens
     precisions: ClassVar[dict[str, str]]  # precision -> how this backend produces it
+    # Precisions exported from the integer-capable trace (bounded mask, scaled residual stream) even on
+    # targets that are not integer-only: int8 GEMMs whose inputs would otherwise carry outlier channels.
+    scaled_stream_precisions: ClassVar[frozenset[str]] = frozenset()
     registry: ClassVar[dict[str, type["Backend"]]] = {}
 
     def __init_subclass__(cls, **kwargs):

@@ -61,6 +61,7 @@ def assemble_report(
     label_mapping: str | None,
     timings: dict,
     integer_graph: dict | None = None,
+    device_compile: dict | None = None,
 ) -> dict:
     """The report of one target's build: the chosen candidate, every candidate tried, the baseline."""
     artifact = chosen.measured
@@ -119,5 +120,6 @@ def assemble_report(
         "measured_on": _measured_on(target, artifact.profile["threads"]),
         "gates": {"passed": chosen.passed, "checks": chosen.checks},
         "integer_graph": integer_graph,
+        "device_compile": device_compile,  # the device toolchain's outcome (None: the target names none)
         "timings_s": dict(timings),
     }

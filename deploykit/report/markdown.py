@@ -76,6 +76,13 @@ def render_markdown(report: dict) -> str:
             after = ", ".join(f"{name} {_number(value, 4)}" for name, value in measures.items() if value is not None)
             lines.append(f"- **{record['pass']}**: {', '.join(changed) or 'weights fine-tuned'}"
                          f"{'; Keras model after it: ' + after if after else ''}")
+    compiled = report.get("device_compile")
+    if compiled:
+        lines += ["", "## Device compiler", "", f"**{compiled['compiler']}: {compiled['status']}** — {compiled['reason']}"]
+        if compiled["files"]:
+            lines += ["", "Files: " + ", ".join(f"`{name}`" for name in compiled["files"])]
+        if compiled.get("command"):
+            lines += ["", "```", compiled["command"], "```"]
     if len(report["candidates"]) > 1:
         lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept)", ""]
         for candidate in report["candidates"]:

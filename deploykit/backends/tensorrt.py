@@ -1,0 +1,150 @@
+"""TensorRT (nvidia-gpu): the ONNX graph TensorRT's parser consumes, validated with onnxruntime here.
+
+TensorRT compiles its engine on the GPU that runs it, so the artifact is ONNX
+(static shapes, batch 1, the build's sequence length); `compilers/tensorrt.py`
+builds the engine when TensorRT and a GPU are present, or leaves the command.
+
+- fp32: tf2onnx of the SavedModel.
+- fp16: the same graph with float tensors stored as fp16 (inputs/outputs kept),
+  what TensorRT runs with `--fp16`.
+- int8: explicit quantization, the form TensorRT fuses into int8 GEMMs: Q/DQ
+  pairs (zero point 0, per-channel weights, per-tensor activations) in front of
+  every MatMul/Gemm whose weight is a matrix at least `MIN_QUANTIZED_DIM` wide in
+  both directions: the encoder's dense layers, not LayerNorm's one-column sums.
+  Activation ranges come from percentile calibration (a few outliers would
+  otherwise set every scale), on a graph whose residual stream is traced with
+  its outlier channels divided out (`residual_scaling.py`), as for integer-only
+  targets. When the graph already holds QuantizeLinear nodes (the `qat` pass's
+  fake-quant ops, converted by tf2onnx), their learned ranges are kept.
+
+On this host the runner is onnxruntime on the CPU: it proves the graph and its
+fidelity; latency on the GPU is measured only by the engine build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
+from deploykit.errors import DeployKitError
+from deploykit.onnx_canonical import canonicalize
+
+OPSET = 17  # TensorRT 8.6+ parses it; per-channel Q/DQ needs >= 13
+MIN_QUANTIZED_DIM = 16  # narrower weights are statistics (LayerNorm sums), not GEMMs worth int8
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    suffix = ".onnx"
+    format = "onnx"
+    precisions = {
+        "fp32": f"tf2onnx (opset {OPSET}), float32 ONNX for TensorRT",
+        "fp16": "tf2onnx, then float tensors stored as fp16 (onnxruntime float16 converter), fp32 inputs/outputs",
+        "int8": "tf2onnx, then explicit-quantization Q/DQ ONNX (onnxruntime quantize_static, QDQ format, "
+        "symmetric, per-channel weights, percentile-calibrated activations)",
+    }
+    scaled_stream_precisions = frozenset({"int8"})
+
+    def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
+        import onnx
+
+        method = self.describe(precision)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as scratch:
+            float_path = Path(scratch) / "float.onnx"
+            _tf2onnx(saved_model, float_path)
+            if precision == "fp16":
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                onnx.save(convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True), str(path))
+            elif precision == "int8":
+                if _has_quantize_nodes(onnx.load(str(float_path))):
+                    float_path.replace(path)
+                    method = "tf2onnx of the QAT graph: its fake-quant ops become Q/DQ with the learned ranges"
+                else:
+                    _quantize(float_path, path, options, Path(scratch))
+            else:
+                float_path.replace(path)
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        return ExportedArtifact(path=path, files=[path], format=self.format, precision=precision, method=method,
+                                runtime_config={"onnx_opset": OPSET})
+
+    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+        import onnxruntime as ort
+
+        settings = ort.SessionOptions()
+        settings.intra_op_num_threads = threads
+        settings.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run(inputs: Inputs) -> np.ndarray:
+            return session.run(None, {name: inputs[name] for name in names})[0]
+
+        return Runner(run, {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (host stand-in for TensorRT)"})
+
+
+def _tf2onnx(saved_model: Path, output: Path) -> None:
+    """Convert in a child process (tf2onnx logs verbosely and keeps TensorFlow graph state), then canonicalise."""
+    import onnx
+
+    command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+               "--output", str(output), "--opset", str(OPSET)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not output.exists():
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise DeployKitError(f"tf2onnx could not convert the model to ONNX: {lines[-1] if lines else 'no output'}")
+    model = onnx.load(str(output))
+    canonicalize(model)
+    onnx.save(model, str(output))
+
+
+def _has_quantize_nodes(model) -> bool:
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def quantizable_nodes(model) -> list[str]:
+    """MatMul/Gemm nodes whose constant weight is a matrix of at least MIN_QUANTIZED_DIM in both dimensions."""
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    return [
+        node.name for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm")
+        and any(len(weights.get(name, ())) == 2 and min(weights[name]) >= MIN_QUANTIZED_DIM for name in node.input)
+    ]
+
+
+def _quantize(float_path: Path, path: Path, options: ExportOptions, scratch: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = scratch / "prepared.onnx"
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)  # static shapes: no sympy needed
+    nodes = quantizable_nodes(onnx.load(str(prepared)))
+    if not nodes:
+        raise DeployKitError("the ONNX graph has no MatMul/Gemm with a weight matrix to quantize; export fp16 instead.")
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(options.calibration)
+
+        def get_next(self) -> dict | None:
+            return next(self.remaining, None)
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its calibrator prints progress lines
+        quantize_static(
+            str(prepared), str(path), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "CalibPercentile": options.activation_percentile},
+        )

@@ -1,0 +1,119 @@
+"""Device compilers: the vendor toolchain step after export, and their registry.
+
+TensorRT engines, edgetpu_compiler and LiteRT's NPU ahead-of-time compilation
+need toolchains (and often the device) that build machines rarely have. A
+compiler runs when its toolchain is installed here; otherwise it says exactly
+what is missing and leaves the device side what it needs (a build command or
+script). Either way the outcome goes into report.json's `device_compile`.
+
+A compiler is one module `deploykit/compilers/<name with _ for ->.py` holding one
+`DeviceCompiler` subclass; a target names it in its YAML:
+
+    compiler: {name: edgetpu}
+    compiler: {name: litert-aot, vendor: qualcomm, soc_model: SM8650}
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from deploykit.backends.base import ExportedArtifact
+from deploykit.errors import DeployKitError
+from deploykit.progress import StepLog
+
+
+class CompilerSettings(BaseModel):
+    """A compiler's options from the target YAML; subclasses add fields with defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """What a compiler needs beyond the exported artifact."""
+
+    artifact: ExportedArtifact
+    folder: Path  # the target folder being assembled: compiled files, logs and scripts go here
+    sequence_length: int
+    input_names: tuple[str, ...]
+    sparse_weights: bool = False  # a pass left 2:4-sparse weights worth marking for the compiler
+    log: StepLog = field(default_factory=StepLog)
+
+
+@dataclass
+class CompileResult:
+    """What the compiler did: `compiled`, `not run` (toolchain missing) or `failed` (it ran and refused)."""
+
+    compiler: str
+    status: Literal["compiled", "not run", "failed"]
+    reason: str  # one line: what was produced, or why nothing was
+    files: list[Path] = field(default_factory=list)  # written into the target folder
+    details: dict = field(default_factory=dict)  # compiler-specific facts (ops mapped, flags, command)
+
+    def as_dict(self, folder: Path) -> dict:
+        return {
+            "compiler": self.compiler,
+            "status": self.status,
+            "reason": self.reason,
+            "files": [path.relative_to(folder).as_posix() for path in self.files],
+            **self.details,
+        }
+
+
+class DeviceCompiler:
+    """One device toolchain step. Subclasses register themselves under `name`."""
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type[CompilerSettings]] = CompilerSettings
+    registry: ClassVar[dict[str, type["DeviceCompiler"]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        DeviceCompiler.registry[cls.name] = cls
+
+    def __init__(self, settings: CompilerSettings):
+        self.settings = settings
+
+    def missing(self) -> str | None:
+        """Why this machine cannot run the toolchain (None: it can)."""
+        raise NotImplementedError
+
+    def compile(self, request: CompileRequest) -> CompileResult:
+        """Compile the artifact into `request.folder`, or explain why not and leave the device side's recipe."""
+        raise NotImplementedError
+
+
+def get_compiler(spec: dict) -> DeviceCompiler:
+    """The compiler a target's `compiler:` block names, with its settings validated."""
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if not isinstance(name, str):
+        raise DeployKitError("a target's compiler block needs a name, e.g. `compiler: {name: edgetpu}`.")
+    if name not in DeviceCompiler.registry:
+        module = name.replace("-", "_")
+        try:
+            importlib.import_module(f"deploykit.compilers.{module}")
+        except ModuleNotFoundError as error:
+            if error.name != f"deploykit.compilers.{module}":
+                raise
+    if name not in DeviceCompiler.registry:
+        known = ", ".join(sorted(_known_compilers()))
+        raise DeployKitError(f"unknown device compiler {name!r}; known compilers: {known}.")
+    cls = DeviceCompiler.registry[name]
+    try:
+        settings = cls.settings_class.model_validate(spec)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise DeployKitError(f"compiler {name!r} settings are invalid: {problems}.") from error
+    return cls(settings)
+
+
+def _known_compilers() -> list[str]:
+    folder = Path(__file__).parent
+    return [p.stem.replace("_", "-") for p in folder.glob("*.py") if p.stem not in ("__init__", "base")]
