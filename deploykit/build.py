@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, get_backend
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, available_runtimes, get_backend
 from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, integer_graph, load_model
+from deploykit.onnx_model import run_graph, write_static_graph
 from deploykit.passes.base import Pass, PassContext, get_pass, parse_recipe, pass_class
 from deploykit.planner import (
     BASELINE_PRECISION, Candidate, Gates, Plan, Recipe, candidate_precisions, make_plan, plan_candidates,
@@ -196,9 +197,11 @@ class BuildSession:
 
     def reference(self) -> _Reference:
         if self._reference is None:
-            with self.log.step("reference", "Running the original Keras model on the evaluation samples"):
-                model = self.bundle.deployment_model(self.sequence_length)
-                outputs = self.bundle.predict(self.encoded("evaluation"), model=model)
+            with self.log.step("reference", "Running the original model on the evaluation samples"):
+                if self.bundle.onnx_source is not None:
+                    outputs = run_graph(self.saved_model(), self.encoded("evaluation"))
+                else:
+                    outputs = self.bundle.predict(self.encoded("evaluation"))
                 ids, mapping = None, None
                 labels = self.split.evaluation.labels
                 if self.bundle.task == "classification" and labels is not None:
@@ -209,6 +212,12 @@ class BuildSession:
 
     def saved_model(self, masked_logit: float | None = None, recipe: Recipe = ()) -> Path:
         """The traced graph, once per masked-logit setting (None: the framework's own graph) and recipe."""
+        if self.bundle.onnx_source is not None:  # ONNX input: the static-shape graph is every exporter's source
+            if "onnx" not in self._saved_models:
+                with self.log.step("saved_model", "Fixing the ONNX model's inputs to [1, sequence length]"):
+                    self._saved_models["onnx"] = write_static_graph(
+                        self.bundle.onnx_source, self.sequence_length, self.workdir / "source.onnx")
+            return self._saved_models["onnx"]
         key = (masked_logit, recipe)
         if key not in self._saved_models:
             folder = self.workdir / f"saved_model_{len(self._saved_models)}"
@@ -392,8 +401,14 @@ class BuildSession:
     def plan(self, target: Target) -> tuple[Backend, Plan]:
         backend = get_backend(target.runtime)
         gates = self.gates(target)
-        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat, self.options.recipe,
-                                     self.options.pass_parameters, latency_budget=gates.max_latency_ms is not None)
+        keras = self.bundle.onnx_source is None
+        if not keras:
+            check_reads_onnx(target, backend)
+            if self.options.recipe:
+                self.bundle.check_keras("--recipe " + ",".join(self.options.recipe))
+        candidates = plan_candidates(target, backend, self.options.precision, self.options.qat and keras,
+                                     self.options.recipe, self.options.pass_parameters,
+                                     latency_budget=gates.max_latency_ms is not None and keras)
         if any(pass_class(name).rebuilds_model for candidate in candidates for name in candidate.passes):
             self.bundle.check_rebuildable()  # before the first export, not an hour into training
         plan = make_plan(
@@ -406,7 +421,7 @@ class BuildSession:
     def candidate(self, backend: Backend, target: Target, plan: Plan, candidate: Candidate, folder: Path) -> _Candidate:
         """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
         precision = candidate.precision
-        integer = _integer_trace(target, backend, precision)
+        integer = _integer_trace(target, backend, precision, self.bundle)
         saved_model = self.saved_model(self.options.masked_logit if integer else None, candidate.recipe)
         bundle = self.candidate_bundle(candidate.recipe)
         with self.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
@@ -473,7 +488,7 @@ class BuildSession:
                 label_mapping=self.reference().label_mapping,
                 timings=_timings_since(timings_before, self.log.seconds),
                 integer_graph=self.integer_graph_facts(chosen.bundle)
-                if _integer_trace(target, backend, chosen.measured.artifact.precision) else None,
+                if _integer_trace(target, backend, chosen.measured.artifact.precision, self.bundle) else None,
                 device_compile=device_compile,
             )
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -487,8 +502,19 @@ class BuildSession:
         return BuildResult(target.name, final, report)
 
 
-def _integer_trace(target: Target, backend: Backend, precision: str) -> bool:
+def check_reads_onnx(target: Target, backend: Backend) -> None:
+    if not backend.reads_onnx:
+        readers = ", ".join(sorted(name for name in available_runtimes() if get_backend(name).reads_onnx))
+        raise DeployKitError(
+            f"target {target.name!r} exports through {backend.name}, which needs a Keras or TensorFlow model; "
+            f"ONNX input builds for targets on {readers} (e.g. intel-cpu, nvidia-gpu)."
+        )
+
+
+def _integer_trace(target: Target, backend: Backend, precision: str, bundle: ModelBundle) -> bool:
     """Whether a candidate is exported from the integer-capable trace (bounded mask, scaled residual stream)."""
+    if bundle.onnx_source is not None:  # an ONNX graph is exported as given
+        return False
     return target.integer_only or precision in backend.scaled_stream_precisions
 
 
@@ -561,9 +587,13 @@ def build_targets(
     """Build every target in a comma-separated list ('all' for the whole registry)."""
     log = log or StepLog()
     resolved = []
+    onnx_input = model is not None and str(model).endswith(".onnx")
     for target in resolve_targets(targets):  # fail before any work when a named target cannot be built
         try:
-            candidate_precisions(target, get_backend(target.runtime), options.precision)
+            backend = get_backend(target.runtime)
+            if onnx_input:
+                check_reads_onnx(target, backend)
+            candidate_precisions(target, backend, options.precision)
         except DeployKitError as error:
             if targets.strip() != "all":
                 raise

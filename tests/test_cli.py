@@ -141,7 +141,7 @@ def test_report_and_profile_read_a_build_folder(tmp_path, tiny_classifier, label
 
 
 def test_profile_rejects_files_it_cannot_run(tmp_path):
-    model = tmp_path / "model.onnx"
+    model = tmp_path / "model.pt"
     model.write_bytes(b"x")
     result = run("profile", str(model))
     assert result.exit_code == 2 and "not an artifact deploykit can run" in result.stderr

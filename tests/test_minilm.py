@@ -21,7 +21,8 @@ QUICK = ProfileSettings(runs=20, warmup=3)
 def minilm_builds(tmp_path_factory):
     out = tmp_path_factory.mktemp("minilm")
     options = BuildOptions(out=out, profile=QUICK, calibration_samples=200, evaluation_samples=200)
-    return {r.target: r for r in build_targets("minilm-l6", "intel-cpu,arm-cpu,mobile-npu", options=options)}
+    targets = "intel-cpu,arm-cpu,mobile-npu,edge-tpu,nvidia-gpu"  # edge-tpu reuses mobile-npu's QAT model
+    return {r.target: r for r in build_targets("minilm-l6", targets, options=options)}
 
 
 def test_hugging_face_folder_loads_as_normalised_mean_pooled_embedding():
@@ -63,6 +64,55 @@ def test_mobile_npu_gets_an_integer_only_model_and_its_true_fidelity(minilm_buil
     if len(labels) >= 2:  # quantization-aware training recovers part of what post-training int8 loses
         assert report["candidates"][1]["fidelity"]["cosine_mean"] > post_training + 0.01
         assert all(c["fallback_ops"] == {} for c in report["candidates"])
+
+
+def test_nvidia_gpu_int8_qdq_onnx_is_faithful_and_the_engine_step_is_explained(minilm_builds):
+    result = minilm_builds["nvidia-gpu"]
+    report = result.report
+    assert report["artifact"]["format"] == "onnx"
+    int8 = report["candidates"][0]
+    assert int8["precision"] == "int8" and int8["fidelity"]["cosine_mean"] >= 0.99  # Q/DQ on the scaled stream
+    compiled = report["device_compile"]
+    assert compiled["compiler"] == "tensorrt" and compiled["status"] in ("not run", "compiled", "failed")
+    assert (result.folder / "build_engine.py").exists() and "trtexec --onnx=model.onnx" in compiled["command"]
+
+
+def test_edge_tpu_ships_its_integer_model_and_says_whether_the_compiler_ran(minilm_builds):
+    result = minilm_builds["edge-tpu"]
+    report = result.report
+    assert report["artifact"]["format"] == "tflite" and report["artifact"]["precision"] == "int8"
+    assert report["compatibility"]["fallback_ops"]  # attention BATCH_MATMUL, SELECT_V2, GELU stay on the CPU
+    compiled = report["device_compile"]
+    assert compiled["compiler"] == "edgetpu"
+    if compiled["status"] == "not run":
+        assert "edgetpu_compiler is not on PATH" in compiled["reason"] and (result.folder / "compile_edgetpu.sh").exists()
+
+
+def test_nvidia_gpu_fp16_onnx_is_faithful(tmp_path):
+    options = BuildOptions(out=tmp_path, profile=QUICK, calibration_samples=50, evaluation_samples=200,
+                           precision="fp16")
+    (result,) = build_targets("minilm-l6", "nvidia-gpu", options=options)
+    assert result.report["artifact"]["precision"] == "fp16"
+    assert result.report["metrics"]["fidelity"]["cosine_mean"] >= 0.999
+
+
+def test_minilm_as_onnx_builds_for_intel_cpu_and_nvidia_gpu(tmp_path):
+    from deploykit.backends.base import ExportOptions, get_backend
+
+    bundle = load_model("minilm-l6")
+    bundle.write_saved_model(tmp_path / "saved", 48)
+    source = get_backend("tensorrt").export(tmp_path / "saved", "fp32", ExportOptions(calibration=[]), tmp_path / "onnx")
+    vocabulary = bundle.tokenizer.get_vocabulary()
+    (source.path.parent / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    options = BuildOptions(out=tmp_path / "out", profile=QUICK, calibration_samples=100, evaluation_samples=100,
+                           sequence_length=48)
+    results = {r.target: r.report for r in build_targets(source.path, "intel-cpu,nvidia-gpu", options=options)}
+    assert results["intel-cpu"]["model"]["format"] == "onnx"
+    assert results["intel-cpu"]["artifact"]["precision"] == "int8"
+    assert results["intel-cpu"]["metrics"]["fidelity"]["cosine_mean"] >= 0.99
+    gpu = results["nvidia-gpu"]
+    assert gpu["artifact"]["format"] == "onnx" and gpu["candidates"][0]["precision"] == "int8"
+    assert gpu["candidates"][0]["fidelity"]["cosine_mean"] > 0.9  # no Keras graph: Q/DQ on the graph as given
 
 
 def test_keras_classifier_reports_accuracy_and_drop(tmp_path):

@@ -65,6 +65,7 @@ class Backend:
     # Precisions exported from the integer-capable trace (bounded mask, scaled residual stream) even on
     # targets that are not integer-only: int8 GEMMs whose inputs would otherwise carry outlier channels.
     scaled_stream_precisions: ClassVar[frozenset[str]] = frozenset()
+    reads_onnx: ClassVar[bool] = False  # whether `export` also takes an .onnx file as its source graph
     registry: ClassVar[dict[str, type["Backend"]]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -72,7 +73,7 @@ class Backend:
         Backend.registry[cls.name] = cls
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
-        """Convert the SavedModel at `saved_model` into `folder` at `precision`."""
+        """Convert the source graph (a SavedModel folder, or an .onnx file when `reads_onnx`) into `folder`."""
         raise NotImplementedError
 
     def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
@@ -103,7 +104,7 @@ def get_backend(runtime: str) -> Backend:
                     f"the {runtime} backend needs the package {error.name!r}; install it and retry."
                 ) from error
     if runtime not in Backend.registry:
-        available = sorted(_available_runtimes())
+        available = sorted(available_runtimes())
         raise DeployKitError(
             f"deploykit has no exporter for the {runtime!r} runtime yet; targets on "
             f"{', '.join(available)} can be built today."
@@ -113,14 +114,14 @@ def get_backend(runtime: str) -> Backend:
 
 def backend_for_file(path: Path) -> Backend:
     """The backend whose runtime opens files like `path` (by suffix)."""
-    for runtime in _available_runtimes():
+    for runtime in available_runtimes():
         backend = get_backend(runtime)
         if path.suffix == backend.suffix:
             return backend
-    known = ", ".join(sorted(get_backend(r).suffix for r in _available_runtimes()))
+    known = ", ".join(sorted(get_backend(r).suffix for r in available_runtimes()))
     raise DeployKitError(f"{path} is not an artifact deploykit can run; pass a file ending in one of {known}.")
 
 
-def _available_runtimes() -> list[str]:
+def available_runtimes() -> list[str]:
     folder = Path(__file__).parent
     return [p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base")]

@@ -29,6 +29,7 @@ class OpenVINOBackend(Backend):
         "int8": "nncf.quantize(model_type=TRANSFORMER) on the calibration samples, int8 IR",
     }
     runtime_hints = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+    reads_onnx = True
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
         import openvino as ov

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ class TensorRTBackend(Backend):
         "symmetric, per-channel weights, percentile-calibrated activations)",
     }
     scaled_stream_precisions = frozenset({"int8"})
+    reads_onnx = True
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
         import onnx
@@ -60,7 +62,10 @@ class TensorRTBackend(Backend):
         path = folder / "model.onnx"
         with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as scratch:
             float_path = Path(scratch) / "float.onnx"
-            _tf2onnx(saved_model, float_path)
+            if saved_model.suffix == ".onnx":  # ONNX input: already the graph TensorRT parses
+                shutil.copyfile(saved_model, float_path)
+            else:
+                _tf2onnx(saved_model, float_path)
             if precision == "fp16":
                 from onnxruntime.transformers.float16 import convert_float_to_float16
 
