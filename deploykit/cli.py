@@ -71,13 +71,15 @@ def targets(context: click.Context) -> None:
     if context.invoked_subcommand is not None:
         return
     table = Table(title="deploykit targets")
-    for column in ("name", "runtime", "precisions", "integer-only", "sparsity"):
+    for column in ("name", "runtime", "precisions", "integer-only", "sparsity", "device compiler"):
         table.add_column(column, no_wrap=True)
     table.add_column("description")
     for target in list_targets():
+        compiler = target.compiler or {}
+        vendor = f" ({compiler['vendor']})" if "vendor" in compiler else ""
         table.add_row(
             target.name, target.runtime, ", ".join(target.precisions), "yes" if target.integer_only else "no",
-            ", ".join(target.sparsity), target.description,
+            ", ".join(target.sparsity), f"{compiler.get('name', '–')}{vendor}", target.description,
         )
     output.print(table)
 
@@ -101,6 +103,9 @@ def targets_show(name: str) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="dist", show_default=True,
               help="Output folder; each target gets OUT/<target>/.")
 @click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, a16w8, dynamic-int8).")
+@click.option("--activation-percentile", type=float, default=99.99, show_default=True,
+              help="Percentile-calibrated backends (TensorRT Q/DQ): share of activation values each int8 range keeps; "
+              "the rest clip.")
 @click.option("--sequence-length", type=int, help="Static sequence length (default: p99 of the data's token lengths).")
 @click.option("--max-accuracy-drop", type=float, help="Gate: largest accuracy loss in points (default: the target's).")
 @click.option("--min-cosine", type=float, help="Gate: smallest mean cosine vs the original (default: the target's).")
@@ -138,15 +143,18 @@ def targets_show(name: str) -> None:
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
-def build(model, target_names, data, eval_data, out, precision, sequence_length, max_accuracy_drop, min_cosine,
+def build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length, max_accuracy_drop, min_cosine,
           max_latency_ms, task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
           max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate, qat_range_learning_rate, recipe,
           runs, warmup, threads) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
-    MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, or the alias
-    minilm-l6 (the default). Writes OUT/<target>/ with the artifact, tokenizer files, report.json,
-    report.md and manifest.json. Exits with 3 when an artifact misses a quality gate.
+    MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, an .onnx file
+    (post-training paths on OpenVINO and TensorRT targets only; vocab.txt beside it or --tokenizer),
+    or the alias minilm-l6 (the default). Writes OUT/<target>/ with the artifact, tokenizer files,
+    report.json, report.md and manifest.json, plus what the target's device compiler produced or
+    the script to run it where its toolchain is installed (TensorRT, edgetpu_compiler, LiteRT NPU
+    AOT). Exits with 3 when an artifact misses a quality gate.
     """
     from deploykit.runtime_env import import_tensorflow_quietly
 
@@ -164,7 +172,8 @@ def build(model, target_names, data, eval_data, out, precision, sequence_length,
         for name, values in recipe_parameters.items():
             pass_parameters[name] = {**pass_parameters.get(name, {}), **values}
     options = BuildOptions(
-        out=Path(out), precision=precision, sequence_length=sequence_length,
+        out=Path(out), precision=precision, activation_percentile=activation_percentile,
+        sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, max_latency_ms=max_latency_ms,
         sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,

@@ -163,3 +163,18 @@ def test_a_missed_gate_falls_back_to_the_next_precision(tiny_backbone_file, labe
     assert tried[0] == "dynamic-int8" and not result.report["candidates"][0]["passed"]
     assert result.passed and result.report["artifact"]["precision"] == tried[-1] != "dynamic-int8"
     assert (result.folder / "model.tflite").exists()
+
+
+def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_backbone_file, labelled_data, tmp_path,
+                                                                         monkeypatch):
+    from deploykit import build as build_module
+    from deploykit.targets import load_target
+
+    quantization_only = load_target("arm-cpu").model_copy(update={"recipes": []})
+    monkeypatch.setattr(build_module, "resolve_targets", lambda names: [quantization_only])
+    result = build(tiny_backbone_file, "arm-cpu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20, min_cosine=-1.0, max_latency_ms=1e-6)  # every candidate misses latency only
+    assert not result.passed
+    tried = [c["precision"] for c in result.report["candidates"]]
+    assert tried == ["dynamic-int8", "fp16", "fp32"]
+    assert result.report["artifact"]["precision"] == "dynamic-int8"  # not the last one tried

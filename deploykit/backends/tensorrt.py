@@ -65,7 +65,7 @@ class TensorRTBackend(Backend):
             if saved_model.suffix == ".onnx":  # ONNX input: already the graph TensorRT parses
                 shutil.copyfile(saved_model, float_path)
             else:
-                _tf2onnx(saved_model, float_path)
+                tf2onnx_file(saved_model, float_path)
             if precision == "fp16":
                 from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -98,7 +98,7 @@ class TensorRTBackend(Backend):
         return Runner(run, {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (host stand-in for TensorRT)"})
 
 
-def _tf2onnx(saved_model: Path, output: Path) -> None:
+def tf2onnx_file(saved_model: Path, output: Path) -> None:
     """Convert in a child process (tf2onnx logs verbosely and keeps TensorFlow graph state), then canonicalise."""
     import onnx
 

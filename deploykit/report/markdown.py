@@ -84,7 +84,8 @@ def render_markdown(report: dict) -> str:
         if compiled.get("command"):
             lines += ["", "```", compiled["command"], "```"]
     if len(report["candidates"]) > 1:
-        lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept)", ""]
+        lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept, "
+                  "else the one missing the fewest)", ""]
         for candidate in report["candidates"]:
             verdict = "passed" if candidate["passed"] else "missed a gate"
             lines.append(f"- {candidate['candidate']}: p50 {_number(candidate['latency_ms_p50'], 2, ' ms')}, "

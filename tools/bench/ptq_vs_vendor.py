@@ -6,10 +6,15 @@ evaluation sentences, so the printed ratios compare like with like:
 
     python tools/bench/ptq_vs_vendor.py                  # MiniLM, sequence length 128
     python tools/bench/ptq_vs_vendor.py --sequence-length 48 --runs 200
+    python tools/bench/ptq_vs_vendor.py --runtimes tensorrt --sequence-length 48
 
 Vendor default paths: TFLiteConverter with Optimize.DEFAULT; openvino.convert_model
 + save_model with its defaults (fp16-compressed weights) run with the CPU plugin's
-default inference precision; nncf.quantize with default arguments.
+default inference precision; nncf.quantize with default arguments; for TensorRT,
+onnxruntime's quantize_static with the settings TensorRT accepts (QDQ, symmetric
+int8, per-channel weights) and its default MinMax calibration, on the graph as Keras
+traces it. TensorRT artifacts run under onnxruntime on this CPU: their fidelity is
+what the GPU computes up to kernel rounding, their latency says nothing of the GPU.
 """
 
 from __future__ import annotations
@@ -51,6 +56,29 @@ def vendor_openvino_default(saved_model: Path, folder: Path, calibration=None) -
     return ExportedArtifact(path, [path, path.with_suffix(".bin")], "openvino-ir", label, "vendor default")
 
 
+def vendor_onnxruntime_qdq(saved_model: Path, folder: Path, calibration) -> ExportedArtifact:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from deploykit.backends.tensorrt import tf2onnx_file
+
+    folder.mkdir(parents=True)
+    float_path, path = folder / "float.onnx", folder / "model.onnx"
+    tf2onnx_file(saved_model, float_path)
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(calibration)
+
+        def get_next(self):
+            return next(self.remaining, None)
+
+    quantize_static(str(float_path), str(path), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    float_path.unlink()
+    return ExportedArtifact(path, [path], "onnx", "onnxruntime QDQ, TensorRT settings, MinMax", "vendor default")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm-l6")
@@ -58,7 +86,9 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--runtimes", default="litert,openvino,tensorrt", help="comma-separated subset to measure")
     args = parser.parse_args()
+    runtimes = args.runtimes.split(",")
 
     options = BuildOptions(sequence_length=args.sequence_length,
                            profile=ProfileSettings(runs=args.runs, threads=args.threads))
@@ -70,7 +100,10 @@ def main() -> None:
         for runtime, deploykit_paths in (
             ("litert", [("arm-cpu", None), ("arm-cpu", "fp16"), ("mobile-npu", None)]),
             ("openvino", [("intel-cpu", None), ("intel-cpu", "bf16")]),
+            ("tensorrt", [("nvidia-gpu", None), ("nvidia-gpu", "fp16")]),
         ):
+            if runtime not in runtimes:
+                continue
             backend = get_backend(runtime)
             threads = args.threads or load_target(deploykit_paths[0][0]).profiling_threads()
             baseline = session.baseline(backend, load_target(deploykit_paths[0][0]), threads)
@@ -78,7 +111,8 @@ def main() -> None:
             for target_name, precision in deploykit_paths:
                 target = load_target(target_name)
                 precision = precision or target.default_precision
-                source = session.saved_model(options.masked_logit if target.integer_only else None)
+                integer = target.integer_only or precision in backend.scaled_stream_precisions
+                source = session.saved_model(options.masked_logit if integer else None)
                 folder = work / f"{target_name}-{precision}"
                 artifact = backend.export(source, precision, session.export_options(target), folder)
                 label = f"deploykit {precision} ({target_name})"
@@ -89,6 +123,9 @@ def main() -> None:
                                        work / "vendor-full-integer")
                 stock.precision = "full-integer converter, Keras mask"
                 vendor = [vendor_tflite_default(saved_model, work / "vendor-tflite"), stock]
+            elif runtime == "tensorrt":
+                vendor = [vendor_onnxruntime_qdq(saved_model, work / "vendor-qdq",
+                                                 session.export_options(load_target("nvidia-gpu")).calibration)]
             else:
                 calibration = session.export_options(load_target("intel-cpu")).calibration
                 vendor = [
