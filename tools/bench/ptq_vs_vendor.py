@@ -56,7 +56,7 @@ def vendor_openvino_default(saved_model: Path, folder: Path, calibration=None) -
     return ExportedArtifact(path, [path, path.with_suffix(".bin")], "openvino-ir", label, "vendor default")
 
 
-def vendor_onnxruntime_qdq(saved_model: Path, folder: Path, calibration) -> ExportedArtifact:
+def vendor_onnxruntime_qdq(saved_model: Path, folder: Path, calibration, gemm_only: bool = False) -> ExportedArtifact:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from deploykit.backends.tensorrt import tf2onnx_file
@@ -74,9 +74,12 @@ def vendor_onnxruntime_qdq(saved_model: Path, folder: Path, calibration) -> Expo
 
     quantize_static(str(float_path), str(path), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul", "Gemm"] if gemm_only else None,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     float_path.unlink()
-    return ExportedArtifact(path, [path], "onnx", "onnxruntime QDQ, TensorRT settings, MinMax", "vendor default")
+    which = "MatMul/Gemm only" if gemm_only else "every op it quantizes"
+    return ExportedArtifact(path, [path], "onnx", f"onnxruntime QDQ, TensorRT settings, MinMax, {which}",
+                            "vendor default")
 
 
 def main() -> None:
@@ -124,8 +127,9 @@ def main() -> None:
                 stock.precision = "full-integer converter, Keras mask"
                 vendor = [vendor_tflite_default(saved_model, work / "vendor-tflite"), stock]
             elif runtime == "tensorrt":
-                vendor = [vendor_onnxruntime_qdq(saved_model, work / "vendor-qdq",
-                                                 session.export_options(load_target("nvidia-gpu")).calibration)]
+                calibration = session.export_options(load_target("nvidia-gpu")).calibration
+                vendor = [vendor_onnxruntime_qdq(saved_model, work / "vendor-qdq", calibration),
+                          vendor_onnxruntime_qdq(saved_model, work / "vendor-qdq-gemm", calibration, gemm_only=True)]
             else:
                 calibration = session.export_options(load_target("intel-cpu")).calibration
                 vendor = [
