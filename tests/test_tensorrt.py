@@ -160,3 +160,26 @@ def test_nvidia_gpu_build_ships_qdq_onnx_and_says_the_engine_was_not_built(tiny_
     names = {entry["path"] for entry in manifest["files"]}
     assert {"model.onnx", "build_engine.py", "build_engine.sh"} <= names
     assert "## Device compiler" in (result.folder / "report.md").read_text()
+
+
+def test_two_four_pruning_reaches_the_onnx_weights_and_the_engine_flags(tiny_classifier, labelled_data, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    result = build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20, min_cosine=-1.0, max_accuracy_drop=100.0, precision="int8",
+                   recipe="prune:pattern=2:4,steps=10")
+    assert result.report["device_compile"]["sparse_weights"] is True
+    assert "--sparsity=enable" in result.report["device_compile"]["command"]
+    assert "SPARSE = True" in (result.folder / "build_engine.py").read_text()
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    kernels = [weights[n.input[0]] for n in graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in weights and weights[n.input[0]].ndim == 2]
+
+    def two_of_four(kernel) -> bool:  # TensorRT's pattern: at most 2 non-zeros in every 4 along the input axis
+        rows = kernel.shape[0] - kernel.shape[0] % 4
+        return bool((np.count_nonzero(kernel[:rows].reshape(rows // 4, 4, -1), axis=1) <= 2).all())
+
+    # the tiny encoder's one layer: query, key, value, attention output, FFN in and out (the pooler head stays dense)
+    assert sum(two_of_four(kernel) for kernel in kernels) == 6
