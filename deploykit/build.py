@@ -210,24 +210,27 @@ class BuildSession:
             self._reference = _Reference(outputs, original_accuracy, ids, mapping)
         return self._reference
 
-    def saved_model(self, masked_logit: float | None = None, recipe: Recipe = ()) -> Path:
-        """The traced graph, once per masked-logit setting (None: the framework's own graph) and recipe."""
+    def saved_model(self, masked_logit: float | None = None, recipe: Recipe = (), dynamic: bool = False) -> Path:
+        """The traced graph, once per masked-logit setting (None: the framework's own graph), recipe and
+        shape (`dynamic`: any sequence length, for targets with a `sequence_range`)."""
         if self.bundle.onnx_source is not None:  # ONNX input: the static-shape graph is every exporter's source
             if "onnx" not in self._saved_models:
                 with self.log.step("saved_model", "Fixing the ONNX model's inputs to [1, sequence length]"):
                     self._saved_models["onnx"] = write_static_graph(
                         self.bundle.onnx_source, self.sequence_length, self.workdir / "source.onnx")
             return self._saved_models["onnx"]
-        key = (masked_logit, recipe)
+        key = (masked_logit, recipe, dynamic)
+        length = None if dynamic else self.sequence_length
         if key not in self._saved_models:
             folder = self.workdir / f"saved_model_{len(self._saved_models)}"
             if recipe:
-                self._pass_results[recipe] = self._run_passes(recipe, masked_logit, folder)
+                self._pass_results[recipe] = self._run_passes(recipe, masked_logit, folder, length)
             else:
                 how = "" if masked_logit is None else " (integer-capable: bounded mask, scaled residual stream)"
+                how += ", dynamic sequence axis" if dynamic else ""
                 with self._graph_context(masked_logit, self.bundle), \
                         self.log.step("saved_model", f"Tracing the model to a SavedModel{how}"):
-                    self.bundle.write_saved_model(folder, self.sequence_length)
+                    self.bundle.write_saved_model(folder, length)
             self._saved_models[key] = folder
         return self._saved_models[key]
 
@@ -268,7 +271,7 @@ class BuildSession:
             "scaled_residual_channels": self._residual.get(id(bundle), (None, 0))[1],
         }
 
-    def _run_passes(self, recipe: Recipe, masked_logit: float | None, folder: Path) -> list[dict]:
+    def _run_passes(self, recipe: Recipe, masked_logit: float | None, folder: Path, length: int | None) -> list[dict]:
         """Apply each pass in order, measure the model after each, and trace the result.
 
         Architecture-changing passes return a new model and leave the original alone;
@@ -291,7 +294,7 @@ class BuildSession:
                 names = " + ".join(name for name, _ in recipe)
                 with self.log.step("saved_model", f"Tracing the model after {names} to a SavedModel"):
                     with tracing or nullcontext():
-                        bundle.write_saved_model(folder, self.sequence_length)
+                        bundle.write_saved_model(folder, length)
         finally:
             for variable, value in zip(weights, original):
                 variable.assign(value)
@@ -416,13 +419,23 @@ class BuildSession:
             len(self.split.calibration), len(self.split.evaluation), gates, self.options.profile,
             self.options.masked_logit, self.options.max_residual_scale,
         )
+        if self.dynamic(target):
+            low, high = target.sequence_range
+            if not low <= self.sequence_length <= high or high > self.bundle.max_sequence_length:
+                raise DeployKitError(
+                    f"target {target.name!r} accepts sequences of {low}..{high} tokens (sequence_range) but the build "
+                    f"uses {self.sequence_length} and the model at most {self.bundle.max_sequence_length}; pass "
+                    "--sequence-length within the range or fix the range."
+                )
+            plan.steps[1]["sequence_axis"] = f"dynamic, {low}..{high} tokens (optimum {self.sequence_length})"
         return backend, plan
 
     def candidate(self, backend: Backend, target: Target, plan: Plan, candidate: Candidate, folder: Path) -> _Candidate:
         """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
         precision = candidate.precision
         integer = _integer_trace(target, backend, precision, self.bundle)
-        saved_model = self.saved_model(self.options.masked_logit if integer else None, candidate.recipe)
+        saved_model = self.saved_model(self.options.masked_logit if integer else None, candidate.recipe,
+                                       self.dynamic(target))
         bundle = self.candidate_bundle(candidate.recipe)
         with self.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
             artifact = backend.export(saved_model, precision, self.export_options(target, bundle), folder)
@@ -443,6 +456,10 @@ class BuildSession:
         passes = self.pass_results(candidate.recipe)
         return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes, bundle)
 
+    def dynamic(self, target: Target) -> bool:
+        """Whether the target's artifact gets a dynamic sequence axis (an ONNX input stays as given: static)."""
+        return target.sequence_range is not None and self.bundle.onnx_source is None
+
     def device_compile(self, target: Target, chosen: _Candidate, folder: Path) -> dict | None:
         """Run the target's device toolchain on the shipped artifact, or record why it could not run here."""
         if target.compiler is None:
@@ -453,6 +470,7 @@ class BuildSession:
         request = CompileRequest(
             artifact=chosen.measured.artifact, folder=folder, sequence_length=self.sequence_length,
             input_names=tuple(self.encoded("evaluation", chosen.bundle)), sparse_weights=sparse, log=self.log,
+            sequence_range=target.sequence_range if self.dynamic(target) else None,
         )
         missing = compiler.missing()
         verb = "Running" if missing is None else "Preparing (toolchain missing)"

@@ -86,12 +86,13 @@ class ModelBundle:
     def output_name(self) -> str:
         return OUTPUT_NAMES[self.task]
 
-    def deployment_model(self, sequence_length: int):
-        """A functional Keras model with static-length int32 inputs, as it will be exported."""
+    def deployment_model(self, sequence_length: int | None):
+        """A functional Keras model with int32 inputs of a static length (None: any length), as it will be exported."""
         import keras
 
         self.check_keras("tracing the model")
-        self.check_sequence_length(sequence_length)
+        if sequence_length is not None:
+            self.check_sequence_length(sequence_length)
         token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
         padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
         rows = token_ids if self.token_map is None else _token_map_layer(self.token_map)(token_ids)
@@ -127,9 +128,10 @@ class ModelBundle:
         model = model or self.deployment_model(inputs["token_ids"].shape[1])
         return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
 
-    def write_saved_model(self, folder: Path, sequence_length: int, masked_logit: float | None = None) -> None:
+    def write_saved_model(self, folder: Path, sequence_length: int | None, masked_logit: float | None = None) -> None:
         """The exported graph at batch 1 as a TF SavedModel: the common input of every exporter.
 
+        `sequence_length` None traces a dynamic sequence axis (TensorRT optimisation profiles).
         `masked_logit` traces the graph for integer-only hardware: that value replaces
         Keras's -1e9 in padded attention positions (`bounded_attention_mask`) and layer
         normalisation is written with integer-capable ops (`integer_layer_norm`).

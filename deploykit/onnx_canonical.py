@@ -70,7 +70,17 @@ def canonicalize(model) -> None:
         value.name = names[value.name]
     graph.ClearField("value_info")
     graph.value_info.extend(value_info)
+    _canonical_dimensions(graph)
     graph.doc_string = ""
+
+
+def _canonical_dimensions(graph) -> None:
+    """Symbolic dimensions named by converters ("unk__382") renamed in order of appearance; chosen names stay."""
+    renamed: dict[str, str] = {}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param.startswith("unk__"):
+                dim.dim_param = renamed.setdefault(dim.dim_param, f"dim_{len(renamed)}")
 
 
 def _topological(nodes: list, digests: list[str]) -> list[int]:

@@ -60,6 +60,11 @@ class Target(BaseModel):
     integer_only: bool = Field(False, description="Every op must be integer (NPU, Edge TPU).")
     integer_io: bool = Field(False, description="Float inputs/outputs become int8 too.")
     static_shapes: bool = False
+    sequence_range: tuple[int, int] | None = Field(
+        None, description="[shortest, longest] sequence the deployed engine accepts (TensorRT optimisation profile); "
+        "the ONNX then has a dynamic sequence axis and the build's length is the profile's optimum. "
+        "Null: static shapes at the build's length."
+    )
     sparsity: list[Sparsity] = ["none"]
     supported_ops: list[str] | None = Field(
         None, description="The accelerator's op set (runtime op names); null means any op the runtime has."
@@ -84,6 +89,16 @@ class Target(BaseModel):
         [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
         "the latency budget; each costs accuracy, so list the gentlest first."
     )
+
+    @model_validator(mode="after")
+    def _sequence_range_is_a_tensorrt_profile(self) -> "Target":
+        if self.sequence_range is not None:
+            low, high = self.sequence_range
+            if not 2 <= low <= high:
+                raise ValueError(f"sequence_range must be [shortest, longest] with 2 <= shortest <= longest, got {list(self.sequence_range)}")
+            if self.runtime != "tensorrt" or self.static_shapes:
+                raise ValueError("sequence_range is a TensorRT optimisation profile: only for runtime tensorrt without static_shapes")
+        return self
 
     @model_validator(mode="after")
     def _integer_only_needs_integer_precisions(self) -> "Target":

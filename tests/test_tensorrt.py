@@ -183,3 +183,39 @@ def test_two_four_pruning_reaches_the_onnx_weights_and_the_engine_flags(tiny_cla
 
     # the tiny encoder's one layer: query, key, value, attention output, FFN in and out (the pooler head stays dense)
     assert sum(two_of_four(kernel) for kernel in kernels) == 6
+
+
+def test_sequence_range_gives_a_dynamic_onnx_and_an_optimisation_profile(tiny_classifier, labelled_data, tmp_path,
+                                                                          monkeypatch):
+    build_module = importlib.import_module("deploykit.build")
+    from deploykit.targets import load_target
+
+    ranged = load_target("nvidia-gpu").model_copy(update={"sequence_range": (8, 32)})
+    monkeypatch.setattr(build_module, "resolve_targets", lambda names: [ranged])
+    result = build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20, min_cosine=-1.0, max_accuracy_drop=100.0, precision="fp32")
+    report = result.report
+    assert report["plan"][1]["sequence_axis"] == "dynamic, 8..32 tokens (optimum 16)"
+    shapes = report["device_compile"]["shapes"]
+    assert shapes == {"token_ids": [8, 16, 32], "padding_mask": [8, 16, 32]}
+    command = report["device_compile"]["command"]
+    assert "--minShapes=token_ids:1x8,padding_mask:1x8" in command and "--maxShapes=token_ids:1x32" in command
+    assert "SHAPES = {'token_ids': [8, 16, 32]" in (result.folder / "build_engine.py").read_text()
+    runner = get_backend("tensorrt").load(result.folder / "model.onnx", 1, {})
+    bundle = load_model(tiny_classifier)
+    for length in (8, 32):  # the same file runs at every length of the range, as the Keras model does
+        inputs = bundle.encode(["team goal win", "bread soup cheese recipe bake taste garlic"], length)
+        np.testing.assert_allclose(run_examples(runner, inputs), bundle.predict(inputs), atol=1e-4)
+
+
+def test_sequence_range_is_checked_against_the_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
+    build_module = importlib.import_module("deploykit.build")
+    from deploykit.errors import DeployKitError
+    from deploykit.targets import Target, load_target
+
+    ranged = load_target("nvidia-gpu").model_copy(update={"sequence_range": (24, 32)})
+    monkeypatch.setattr(build_module, "resolve_targets", lambda names: [ranged])
+    with pytest.raises(DeployKitError, match="accepts sequences of 24..32 tokens .* but the build uses 16"):
+        build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path / "out", profile=FAST, precision="fp32")
+    with pytest.raises(ValueError, match="only for runtime tensorrt"):
+        Target.model_validate({**load_target("arm-cpu").model_dump(), "sequence_range": (8, 32)})

@@ -1,7 +1,8 @@
 """TensorRT (nvidia-gpu): the ONNX graph TensorRT's parser consumes, validated with onnxruntime here.
 
 TensorRT compiles its engine on the GPU that runs it, so the artifact is ONNX
-(static shapes, batch 1, the build's sequence length); `compilers/tensorrt.py`
+(batch 1; static at the build's sequence length, or with a dynamic `sequence` axis
+when the target sets `sequence_range`); `compilers/tensorrt.py`
 builds the engine when TensorRT and a GPU are present, or leaves the command.
 
 - fp32: tf2onnx of the SavedModel.
@@ -109,6 +110,10 @@ def tf2onnx_file(saved_model: Path, output: Path) -> None:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise DeployKitError(f"tf2onnx could not convert the model to ONNX: {lines[-1] if lines else 'no output'}")
     model = onnx.load(str(output))
+    for value in model.graph.input:  # a dynamic sequence axis (traced with a None length) gets a readable name
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 2 and dims[1].HasField("dim_param"):
+            dims[1].dim_param = "sequence"
     canonicalize(model)
     onnx.save(model, str(output))
 

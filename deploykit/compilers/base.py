@@ -44,6 +44,7 @@ class CompileRequest:
     sequence_length: int
     input_names: tuple[str, ...]
     sparse_weights: bool = False  # a pass left 2:4-sparse weights worth marking for the compiler
+    sequence_range: tuple[int, int] | None = None  # dynamic sequence axis: shortest and longest lengths to accept
     log: StepLog = field(default_factory=StepLog)
 
 

@@ -49,13 +49,15 @@ class TensorRTCompiler(DeviceCompiler):
     def compile(self, request: CompileRequest) -> CompileResult:
         settings: TensorRTSettings = self.settings
         sparse = settings.sparsity and request.sparse_weights
+        shapes = _profile_shapes(request)
         script = request.folder / SCRIPT
-        script.write_text(_script_text(settings, sparse))
+        script.write_text(_script_text(settings, sparse, shapes))
         shell = request.folder / "build_engine.sh"
-        command = self.trtexec_command(request.artifact.path.name, settings, sparse)
+        command = self.trtexec_command(request.artifact.path.name, settings, sparse, shapes)
         shell.write_text(f'#!/bin/sh\n# The trtexec equivalent of {SCRIPT}.\ncd "$(dirname "$0")" && {command}\n')
         shell.chmod(0o755)
-        details = {"command": command, "sparse_weights": sparse, "workspace_mb": settings.workspace_mb}
+        details = {"command": command, "sparse_weights": sparse, "workspace_mb": settings.workspace_mb,
+                   "shapes": shapes or "static"}
         files = [script, shell]
         if (reason := self.missing()) is not None:
             return CompileResult(self.name, "not run", f"engine: not built ({reason})", files, details)
@@ -74,10 +76,14 @@ class TensorRTCompiler(DeviceCompiler):
         return CompileResult(self.name, "compiled", reason, files, details)
 
     @staticmethod
-    def trtexec_command(onnx_name: str, settings: TensorRTSettings, sparse: bool) -> str:
+    def trtexec_command(onnx_name: str, settings: TensorRTSettings, sparse: bool, shapes: dict | None = None) -> str:
         parts = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={ENGINE}", "--stronglyTyped",
                  f"--memPoolSize=workspace:{settings.workspace_mb}M",
                  f"--builderOptimizationLevel={settings.optimization_level}"]
+        if shapes:  # one optimisation profile: shortest, build length, longest
+            for position, flag in enumerate(("min", "opt", "max")):
+                parts.append(f"--{flag}Shapes=" + ",".join(f"{name}:1x{lengths[position]}"
+                                                           for name, lengths in shapes.items()))
         if settings.timing_cache:
             parts.append(f"--timingCacheFile={TIMING_CACHE}")
         if sparse:
@@ -85,11 +91,19 @@ class TensorRTCompiler(DeviceCompiler):
         return shlex.join(parts)
 
 
-def _script_text(settings: TensorRTSettings, sparse: bool) -> str:
+def _profile_shapes(request: CompileRequest) -> dict[str, list[int]] | None:
+    """input -> [shortest, build length, longest] sequence for a dynamic ONNX; None for static shapes."""
+    if request.sequence_range is None:
+        return None
+    low, high = request.sequence_range
+    return {name: [low, request.sequence_length, high] for name in request.input_names}
+
+
+def _script_text(settings: TensorRTSettings, sparse: bool, shapes: dict | None) -> str:
     """The packaged build script with this target's defaults written in."""
     text = resources.files("deploykit.resources").joinpath(SCRIPT).read_text()
     for name, value in (("WORKSPACE_MB", settings.workspace_mb), ("SPARSE", sparse),
-                        ("OPTIMIZATION_LEVEL", settings.optimization_level)):
+                        ("OPTIMIZATION_LEVEL", settings.optimization_level), ("SHAPES", shapes or {})):
         text = re.sub(rf"^{name} = .*$", f"{name} = {value!r}", text, count=1, flags=re.MULTILINE)
     if not settings.timing_cache:
         text = text.replace('default=here / "timing.cache"', "default=None")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def build(onnx_path: Path, engine_path: Path, workspace_mb: int, timing_cache: Path | None, sparse: bool,
-          optimization_level: int) -> None:
+          optimization_level: int, shapes: dict[str, list[int]]) -> None:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -33,6 +33,11 @@ def build(onnx_path: Path, engine_path: Path, workspace_mb: int, timing_cache: P
     config.builder_optimization_level = optimization_level
     if sparse:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)  # 2:4-sparse weights on sparse tensor cores
+    if shapes:  # a dynamic sequence axis: one optimisation profile from the shortest to the longest input
+        profile = builder.create_optimization_profile()
+        for name, (low, best, high) in shapes.items():
+            profile.set_shape(name, (1, low), (1, best), (1, high))
+        config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None:
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
@@ -56,13 +61,14 @@ def main() -> None:
     parser.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=SPARSE)
     parser.add_argument("--optimization-level", type=int, default=OPTIMIZATION_LEVEL)
     args = parser.parse_args()
-    build(args.onnx, args.engine, args.workspace_mb, args.timing_cache, args.sparse, args.optimization_level)
+    build(args.onnx, args.engine, args.workspace_mb, args.timing_cache, args.sparse, args.optimization_level, SHAPES)
 
 
 # Defaults from the target profile deploykit built for (rewritten when the script is written).
 WORKSPACE_MB = 4096
 SPARSE = False
 OPTIMIZATION_LEVEL = 3
+SHAPES = {}  # input -> [shortest, optimum, longest] sequence length; empty: static shapes
 
 if __name__ == "__main__":
     main()
