@@ -1,6 +1,7 @@
 """Structural passes on a tiny 4-layer BERT: the effect happens, the surgery is exact, the model still exports."""
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -276,3 +277,16 @@ def test_plan_warns_when_the_target_gains_nothing_from_sparsity():
     plan = make_plan(target, backend, candidates, 16, "test", 10, 10, Gates(1.0, 0.99), ProfileSettings(), -30.0)
     (step,) = [s for s in plan.steps if s["step"] == "prune"]
     assert "gains nothing from unstructured zeros" in step["warning"]
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("prune:heads=1.2", "prune parameter heads must be >= 0 and < 1, got 1.2"),
+    ("prune:pattern=3:4", "prune parameter pattern must be one of unstructured, 2:4"),
+    ("distill:ffn_width=0", "distill parameter ffn_width must be > 0 and <= 1"),
+    ("factorize:budget=1", "factorize parameter budget must be > 0 and < 1"),
+    ("trim-vocab:unseen=zero", "trim-vocab parameter unseen must be one of nearest, characters, unk"),
+    ("distill:steps=-1", "distill parameter steps must be >= 0"),
+])
+def test_parameters_outside_their_declared_bounds_are_one_line_errors(recipe, message):
+    with pytest.raises(DeployKitError, match=re.escape(message)):
+        parse_recipe(recipe)  # checked when the recipe is read, before any work

@@ -64,6 +64,8 @@ class Pass:
                 f"pass {self.name!r} has no parameter {', '.join(unknown)}; its parameters are {', '.join(sorted(known))}."
             )
         self.parameters = self.Parameters(**parameters)
+        for spec in fields(self.Parameters):
+            _check_parameter(self.name, spec, getattr(self.parameters, spec.name))
 
     def describe(self) -> dict:
         return {f.name: getattr(self.parameters, f.name) for f in fields(self.Parameters)}
@@ -83,6 +85,31 @@ class Pass:
     def target_warnings(self, target) -> list[str]:
         """What this pass, with these parameters, will not gain on `target` (shown in the plan)."""
         return []
+
+
+BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+          "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def knob(default: Any, *, search: tuple | None = None, choices: tuple | None = None, **bounds: float):
+    """A pass parameter: its default, the values it accepts (`ge`/`gt`/`le`/`lt` bounds or `choices`,
+    checked when the pass is made) and the range a planner may search (`search`)."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bound {', '.join(sorted(unknown))}; use {', '.join(BOUNDS)}")
+    metadata = {**bounds, **({"range": search} if search else {}), **({"choices": choices} if choices else {})}
+    return field(default=default, metadata=metadata)
+
+
+def _check_parameter(pass_name: str, spec, value: Any) -> None:
+    """One line naming the pass, the parameter and what it accepts, for a value outside its declared bounds."""
+    bounds = [(BOUNDS[name], limit) for name, limit in spec.metadata.items() if name in BOUNDS]
+    if any(not holds(value, limit) for (_, holds), limit in bounds):
+        accepted = " and ".join(f"{symbol} {limit:g}" for (symbol, _), limit in bounds)
+        raise DeployKitError(f"{pass_name} parameter {spec.name} must be {accepted}, got {value!r}.")
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        raise DeployKitError(f"{pass_name} parameter {spec.name} must be one of {', '.join(choices)}, got {value!r}.")
 
 
 def _register_builtin_passes() -> None:

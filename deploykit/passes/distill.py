@@ -10,24 +10,24 @@ on a user's few thousand texts enough.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.base import Pass, PassContext, PassResult, knob
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
 
 @dataclass
 class DistillParameters(FineTuneParameters):
-    layers: int = field(default=0, metadata={"range": (1, 24)})  # student depth; 0: half the teacher's, rounded up
-    ffn_width: float = field(default=1.0, metadata={"range": (0.25, 1.0)})  # share of FFN units kept per layer
-    steps: int = field(default=1000, metadata={"range": (0, 5000)})  # ~10 passes over 1,500 texts at batch 16
+    layers: int = knob(0, ge=0, search=(1, 24))  # student depth; 0: half the teacher's, rounded up
+    ffn_width: float = knob(1.0, gt=0, le=1, search=(0.25, 1.0))  # share of FFN units kept per layer
+    steps: int = knob(1000, ge=0, search=(0, 5000))  # ~10 passes over 1,500 texts at batch 16
     # A student missing whole layers gains from matching the teacher's hidden states first (MiniLM 6 -> 3 on
     # 1,300 sentences: held-out cosine +0.011 for 500 extra steps, measured in Keras).
-    hidden_steps: int = field(default=500, metadata={"range": (0, 5000)})
+    hidden_steps: int = knob(500, ge=0, search=(0, 5000))
 
 
 class Distill(Pass):
@@ -36,15 +36,6 @@ class Distill(Pass):
     Parameters = DistillParameters
     rebuilds_model = True
     learns_from_original = True
-
-    def __init__(self, **parameters):
-        super().__init__(**parameters)
-        p = self.parameters
-        p.check(self.name)
-        if p.layers < 0:
-            raise DeployKitError(f"distill parameter layers must be >= 0 (0: half), got {p.layers}.")
-        if not 0 < p.ffn_width <= 1:
-            raise DeployKitError(f"distill parameter ffn_width must be in (0, 1], got {p.ffn_width}.")
 
     def apply(self, context: PassContext) -> PassResult:
         p = self.parameters

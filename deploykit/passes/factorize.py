@@ -10,21 +10,21 @@ FLOPs and bytes but add an op and a quantization step each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from deploykit.bert_surgery import FFN_DENSE, factorize_dense, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.base import Pass, PassContext, PassResult, knob
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
 
 @dataclass
 class FactorizeParameters(FineTuneParameters):
-    budget: float = field(default=0.5, metadata={"range": (0.1, 0.9)})  # share of each FFN kernel's weights kept
-    energy: float = field(default=0.0, metadata={"range": (0.5, 0.999)})  # if > 0: rank keeping this share of sum(s^2)
-    steps: int = field(default=800, metadata={"range": (0, 5000)})
+    budget: float = knob(0.5, gt=0, lt=1, search=(0.1, 0.9))  # share of each FFN kernel's weights kept
+    energy: float = knob(0.0, ge=0, lt=1, search=(0.5, 0.999))  # if > 0: rank keeping this share of sum(s^2)
+    steps: int = knob(800, ge=0, search=(0, 5000))
 
 
 class Factorize(Pass):
@@ -33,13 +33,6 @@ class Factorize(Pass):
     Parameters = FactorizeParameters
     rebuilds_model = True
     learns_from_original = True
-
-    def __init__(self, **parameters):
-        super().__init__(**parameters)
-        p = self.parameters
-        p.check(self.name)
-        if not 0 < p.budget < 1 or not 0 <= p.energy < 1:
-            raise DeployKitError("factorize parameters budget must be in (0, 1) and energy in [0, 1) (0: use budget).")
 
     def apply(self, context: PassContext) -> PassResult:
         p = self.parameters

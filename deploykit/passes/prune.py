@@ -13,14 +13,14 @@ runtime turns zeros into speed or size.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.base import Pass, PassContext, PassResult, knob
 from deploykit.passes.sparsity import PATTERNS, encoder_kernels, measured_sparsity, prune_now, sparsity_callback
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
@@ -29,15 +29,15 @@ IMPORTANCE = ("activation", "magnitude")
 
 @dataclass
 class PruneParameters(FineTuneParameters):
-    heads: float = field(default=0.0, metadata={"range": (0.0, 0.75)})  # share of attention heads removed per layer
-    neurons: float = field(default=0.0, metadata={"range": (0.0, 0.75)})  # share of FFN units removed per layer
-    layers: int = field(default=0, metadata={"range": (0, 12)})  # whole layers removed
-    importance: str = "activation"  # or "magnitude" (weights only, no data)
-    importance_samples: int = 64  # texts the activation importance is measured on
-    sparsity: float = field(default=0.0, metadata={"range": (0.0, 0.9)})  # share of encoder weights zeroed
-    pattern: str = "unstructured"  # or "2:4" (2 of every 4 input weights; sparsity is then 0.5)
-    mask_interval: int = 50  # steps between mask updates of the unstructured schedule
-    steps: int = field(default=800, metadata={"range": (0, 5000)})
+    heads: float = knob(0.0, ge=0, lt=1, search=(0.0, 0.75))  # share of attention heads removed per layer
+    neurons: float = knob(0.0, ge=0, lt=1, search=(0.0, 0.75))  # share of FFN units removed per layer
+    layers: int = knob(0, ge=0, search=(0, 12))  # whole layers removed
+    importance: str = knob("activation", choices=IMPORTANCE)  # or "magnitude" (weights only, no data)
+    importance_samples: int = knob(64, ge=1)  # texts the activation importance is measured on
+    sparsity: float = knob(0.0, ge=0, lt=1, search=(0.0, 0.9))  # share of encoder weights zeroed
+    pattern: str = knob("unstructured", choices=PATTERNS)  # or "2:4" (2 of every 4 input weights: sparsity 0.5)
+    mask_interval: int = knob(50, ge=1)  # steps between mask updates of the unstructured schedule
+    steps: int = knob(800, ge=0, search=(0, 5000))
 
 
 class Prune(Pass):
@@ -50,20 +50,8 @@ class Prune(Pass):
     def __init__(self, **parameters):
         super().__init__(**parameters)
         p = self.parameters
-        p.check(self.name)
-        for name in ("heads", "neurons"):
-            if not 0 <= getattr(p, name) < 1:
-                raise DeployKitError(f"prune parameter {name} is the share removed, in [0, 1); got {getattr(p, name)}.")
-        if p.layers < 0 or p.importance_samples < 1:
-            raise DeployKitError("prune parameters layers must be >= 0 and importance_samples >= 1.")
-        if p.importance not in IMPORTANCE:
-            raise DeployKitError(f"prune parameter importance must be one of {', '.join(IMPORTANCE)}, got {p.importance!r}.")
-        if p.pattern not in PATTERNS:
-            raise DeployKitError(f"prune parameter pattern must be one of {', '.join(PATTERNS)}, got {p.pattern!r}.")
         if p.pattern == "2:4":
             p.sparsity = 0.5
-        if not 0 <= p.sparsity < 1 or p.mask_interval < 1:
-            raise DeployKitError("prune parameters sparsity must be in [0, 1) and mask_interval >= 1.")
         if not (p.heads or p.neurons or p.layers or p.sparsity):
             raise DeployKitError("prune needs something to remove: set heads=, neurons= (shares), layers= (a count), "
                                  "sparsity= (a share of weights) or pattern=2:4.")

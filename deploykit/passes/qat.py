@@ -25,27 +25,19 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.errors import DeployKitError
 from deploykit.models import simulated_rounding
-from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.base import Pass, PassContext, PassResult, knob
 
 
 @dataclass
 class QatParameters:
-    steps: int = 600  # optimizer steps (batch 16): MiniLM at 48 tokens, about 5 minutes on 2 cores
-    batch_size: int = 16
-    learning_rate: float = 1e-4  # weights; a few times the usual BERT fine-tuning rate, as the run is short
-    range_learning_rate: float = 1e-3  # activation ranges, in the activations' own units
-    calibration_samples: int = 64  # samples that initialise the activation ranges
-    temperature: float = 2.0  # softening of teacher logits (classifiers)
-    label_weight: float = 0.5  # share of the label loss when labels exist; the rest is distillation
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "calibration_samples", "learning_rate", "range_learning_rate", "temperature"):
-            if getattr(self, name) <= 0:
-                raise DeployKitError(f"qat parameter {name} must be positive, got {getattr(self, name)}.")
-        if not 0 <= self.label_weight <= 1:
-            raise DeployKitError(f"qat parameter label_weight must be in [0, 1], got {self.label_weight}.")
+    steps: int = knob(600, gt=0)  # optimizer steps (batch 16): MiniLM at 48 tokens, about 5 minutes on 2 cores
+    batch_size: int = knob(16, gt=0)
+    learning_rate: float = knob(1e-4, gt=0)  # weights; a few times the usual BERT fine-tuning rate, as the run is short
+    range_learning_rate: float = knob(1e-3, gt=0)  # activation ranges, in the activations' own units
+    calibration_samples: int = knob(64, gt=0)  # samples that initialise the activation ranges
+    temperature: float = knob(2.0, gt=0)  # softening of teacher logits (classifiers)
+    label_weight: float = knob(0.5, ge=0, le=1)  # share of the label loss when labels exist; the rest is distillation
 
 
 class ActivationRanges:

@@ -11,46 +11,34 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
-from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle
-from deploykit.passes.base import PassContext
+from deploykit.passes.base import PassContext, knob
 
 
 @dataclass
 class FineTuneParameters:
     """The knobs every architecture-changing pass shares; each pass sets its own defaults."""
 
-    steps: int = field(default=800, metadata={"range": (0, 5000)})  # 0: no fine-tune (see the damage alone)
-    batch_size: int = 16
-    learning_rate: float = field(default=1e-4, metadata={"range": (1e-5, 5e-4)})
-    temperature: float = 2.0  # softening of teacher logits (classifiers)
-    label_weight: float = 0.5  # share of the label loss when labels exist; the rest is distillation
+    steps: int = knob(800, ge=0, search=(0, 5000))  # 0: no fine-tune (see the damage alone)
+    batch_size: int = knob(16, gt=0)
+    learning_rate: float = knob(1e-4, gt=0, search=(1e-5, 5e-4))
+    temperature: float = knob(2.0, gt=0)  # softening of teacher logits (classifiers)
+    label_weight: float = knob(0.5, ge=0, le=1)  # share of the label loss when labels exist; the rest is distillation
     # Augmentation: the teacher labels perturbed copies on the fly, so a few thousand texts teach the
     # student the teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
-    augment: float = field(default=0.5, metadata={"range": (0.0, 1.0)})  # share of each batch perturbed
-    token_noise: float = 0.15  # in a perturbed text, share of tokens replaced (half from the corpus, half from
-    # the whole vocabulary, so the student also learns the teacher on tokens the texts never use)
+    augment: float = knob(0.5, ge=0, le=1, search=(0.0, 1.0))  # share of each batch perturbed
+    token_noise: float = knob(0.15, ge=0, le=1)  # in a perturbed text, share of tokens replaced (half from the
+    # corpus, half from the whole vocabulary, so the student also learns the teacher on tokens the texts never use)
     train_embeddings: bool = False  # frozen by default: updating only the rows the texts use would move them
     # away from the rows of unseen tokens, which the deployed model still meets
     # Before the output distillation, match each student layer's hidden states to the teacher layer at the
     # same relative depth (TinyBERT's intermediate-layer distillation; 0 turns it off).
-    hidden_steps: int = field(default=0, metadata={"range": (0, 5000)})
-
-    def check(self, pass_name: str) -> None:
-        for name in ("batch_size", "learning_rate", "temperature"):
-            if getattr(self, name) <= 0:
-                raise DeployKitError(f"{pass_name} parameter {name} must be positive, got {getattr(self, name)}.")
-        for name in ("steps", "hidden_steps"):
-            if getattr(self, name) < 0:
-                raise DeployKitError(f"{pass_name} parameter {name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("label_weight", "augment", "token_noise"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise DeployKitError(f"{pass_name} parameter {name} must be in [0, 1], got {getattr(self, name)}.")
+    hidden_steps: int = knob(0, ge=0, search=(0, 5000))
 
 
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,

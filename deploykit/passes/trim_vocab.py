@@ -22,13 +22,13 @@ No training: nothing else changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from deploykit.bert_surgery import keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.base import Pass, PassContext, PassResult, knob
 
 CHARACTER_SETS = ("none", "ascii", "all")
 UNSEEN = ("nearest", "characters", "unk")
@@ -36,11 +36,13 @@ UNSEEN = ("nearest", "characters", "unk")
 
 @dataclass
 class TrimVocabParameters:
-    reserve: int = field(default=0, metadata={"range": (0, 30000)})  # extra tokens kept beyond the corpus, lowest ids first
-    characters: str = "auto"  # single-character tokens always kept: none, ascii (printable), all; auto: ascii
-    # when the tokenizer is trimmed (unseen="characters": unseen words then split into them), else none
-    min_count: int = 1  # a token is kept when it occurs at least this often in the texts
-    unseen: str = "nearest"  # what a dropped token becomes: nearest kept row, or (tokenizer trimmed) characters/unk
+    reserve: int = knob(0, ge=0, search=(0, 30000))  # extra tokens kept beyond the corpus, lowest ids first
+    # single-character tokens always kept: none, ascii (printable), all; auto: ascii when the tokenizer is
+    # trimmed (unseen="characters": unseen words then split into them), else none
+    characters: str = knob("auto", choices=("auto", *CHARACTER_SETS))
+    min_count: int = knob(1, ge=1)  # a token is kept when it occurs at least this often in the texts
+    # what a dropped token becomes: nearest kept row, or (tokenizer trimmed) characters/unk
+    unseen: str = knob("nearest", choices=UNSEEN)
 
 
 class TrimVocabulary(Pass):
@@ -53,15 +55,8 @@ class TrimVocabulary(Pass):
     def __init__(self, **parameters):
         super().__init__(**parameters)
         p = self.parameters
-        if p.reserve < 0 or p.min_count < 1:
-            raise DeployKitError("trim-vocab parameters reserve must be >= 0 and min_count >= 1.")
-        if p.unseen not in UNSEEN:
-            raise DeployKitError(f"trim-vocab parameter unseen must be one of {', '.join(UNSEEN)}, got {p.unseen!r}.")
         if p.characters == "auto":
             p.characters = "ascii" if p.unseen == "characters" else "none"
-        if p.characters not in CHARACTER_SETS:
-            raise DeployKitError(f"trim-vocab parameter characters must be one of {', '.join(CHARACTER_SETS)}, "
-                                 f"got {p.characters!r}.")
 
     def apply(self, context: PassContext) -> PassResult:
         bundle = context.bundle
