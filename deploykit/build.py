@@ -523,6 +523,7 @@ class BuildSession:
 
 
 def check_reads_onnx(target: Target, backend: Backend) -> None:
+    """ONNX input has no Keras graph to trace: only exporters that convert ONNX themselves can take it."""
     if not backend.reads_onnx:
         readers = ", ".join(sorted(name for name in available_runtimes() if get_backend(name).reads_onnx))
         raise DeployKitError(
