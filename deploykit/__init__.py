@@ -13,18 +13,9 @@ from deploykit.errors import DeployKitError, GateFailure  # noqa: E402
 from deploykit.targets import list_targets, load_target  # noqa: E402
 
 
-def build(*args, **kwargs):
-    """Build one target; see `deploykit.build.build`."""
-    from deploykit.build import build as _build
-
-    return _build(*args, **kwargs)
-
-
-def build_targets(*args, **kwargs):
-    """Build several targets; see `deploykit.build.build_targets`."""
-    from deploykit.build import build_targets as _build_targets
-
-    return _build_targets(*args, **kwargs)
+# Imported eagerly (light: no framework loads here) so that `deploykit.build` names the function: a lazy
+# wrapper would be replaced by the `deploykit.build` submodule the first time anything imported it.
+from deploykit.build import build, build_targets  # noqa: E402
 
 
 def profile(path, threads=None, runs: int = 100, warmup: int = 10) -> dict:

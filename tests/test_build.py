@@ -1,5 +1,6 @@
 """End-to-end builds of tiny models: artifacts, reports, manifests, gates and atomic output folders."""
 
+import importlib
 import json
 
 import pytest
@@ -142,7 +143,7 @@ def test_timings_belong_to_each_target(classifier_builds):
 
 
 def test_all_skips_targets_it_cannot_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
-    from deploykit import build as build_module
+    build_module = importlib.import_module("deploykit.build")
     from deploykit.targets import load_target
 
     unbuildable = load_target("nvidia-gpu").model_copy(update={"precisions": ["fp8"]})  # none the backend exports
@@ -167,7 +168,7 @@ def test_a_missed_gate_falls_back_to_the_next_precision(tiny_backbone_file, labe
 
 def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_backbone_file, labelled_data, tmp_path,
                                                                          monkeypatch):
-    from deploykit import build as build_module
+    build_module = importlib.import_module("deploykit.build")
     from deploykit.targets import load_target
 
     quantization_only = load_target("arm-cpu").model_copy(update={"recipes": []})
@@ -178,3 +179,10 @@ def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_b
     tried = [c["precision"] for c in result.report["candidates"]]
     assert tried == ["dynamic-int8", "fp16", "fp32"]
     assert result.report["artifact"]["precision"] == "dynamic-int8"  # not the last one tried
+
+
+def test_public_build_stays_the_function_after_the_submodule_is_imported():
+    import deploykit
+
+    module = importlib.import_module("deploykit.build")
+    assert deploykit.build is module.build and deploykit.build_targets is module.build_targets

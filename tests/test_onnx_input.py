@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from deploykit import build
+from deploykit.build import build
 from deploykit.backends.base import ExportOptions, get_backend
 from deploykit.errors import DeployKitError
 from deploykit.models import load_model

@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from deploykit import build
+from deploykit.build import build
 from deploykit.backends.base import ExportOptions, ExportedArtifact, get_backend
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.compilers.tensorrt import parse_trtexec_latency
