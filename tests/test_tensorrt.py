@@ -219,3 +219,18 @@ def test_sequence_range_is_checked_against_the_build(tiny_classifier, labelled_d
         build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path / "out", profile=FAST, precision="fp32")
     with pytest.raises(ValueError, match="only for runtime tensorrt"):
         Target.model_validate({**load_target("arm-cpu").model_dump(), "sequence_range": (8, 32)})
+
+
+def test_qat_fake_quant_becomes_symmetric_int8_qdq(tiny_classifier, labelled_data, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    result = build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20, min_cosine=-1.0, max_accuracy_drop=100.0, precision="int8",
+                   recipe="qat:steps=5")
+    assert "made symmetric int8" in result.report["artifact"]["method"]  # the QAT ranges, not a new calibration
+    graph = onnx.load(str(result.folder / "model.onnx")).graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    zero_points = [weights[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # tf2onnx wrote uint8, zp 128
+    assert result.report["metrics"]["fidelity"]["agreement"] >= 0.9

@@ -72,9 +72,12 @@ class TensorRTBackend(Backend):
 
                 onnx.save(convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True), str(path))
             elif precision == "int8":
-                if _has_quantize_nodes(onnx.load(str(float_path))):
-                    float_path.replace(path)
-                    method = "tf2onnx of the QAT graph: its fake-quant ops become Q/DQ with the learned ranges"
+                converted = onnx.load(str(float_path))
+                if _has_quantize_nodes(converted):
+                    symmetric_int8(converted)
+                    onnx.save(converted, str(path))
+                    method = ("tf2onnx of the QAT graph: its fake-quant ops become Q/DQ with the learned ranges, "
+                              "made symmetric int8 (zero point 0) as TensorRT requires")
                 else:
                     _quantize(float_path, path, options, Path(scratch))
             else:
@@ -120,6 +123,41 @@ def tf2onnx_file(saved_model: Path, output: Path) -> None:
 
 def _has_quantize_nodes(model) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def symmetric_int8(model) -> None:
+    """Rewrite Q/DQ scales as symmetric int8 with zero point 0, the only form TensorRT accepts.
+
+    tf2onnx turns fake-quant ops into uint8 Q/DQ with the learned [min, max] as scale and zero
+    point; the symmetric range covering the same values is max(|min|, |max|) over 127. Converters
+    share identical constants between nodes, so every (scale, zero point) pair gets new initializers
+    computed from the original values.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    original = {init.name: init for init in graph.initializer}
+    created: dict[tuple[str, str], tuple[str, str]] = {}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        pair = (node.input[1], node.input[2])
+        if pair[0] not in original or pair[1] not in original:
+            continue
+        if pair not in created:
+            scale = numpy_helper.to_array(original[pair[0]]).astype(np.float64)
+            zero = numpy_helper.to_array(original[pair[1]]).astype(np.float64)
+            lowest, highest = (-128, 127) if original[pair[1]].data_type == TensorProto.INT8 else (0, 255)
+            symmetric = np.maximum(np.abs((lowest - zero) * scale), np.abs((highest - zero) * scale)) / 127
+            names = (f"symmetric_scale_{len(created)}", f"symmetric_zero_{len(created)}")
+            graph.initializer.append(numpy_helper.from_array(symmetric.astype(np.float32), names[0]))
+            graph.initializer.append(numpy_helper.from_array(np.zeros(zero.shape, np.int8), names[1]))
+            created[pair] = names
+        node.input[1], node.input[2] = created[pair]
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
 
 
 def quantizable_nodes(model) -> list[str]:
