@@ -170,9 +170,23 @@ def quantizable_nodes(model) -> list[str]:
     ]
 
 
+def calibration_reader(samples: list[Inputs]):
+    """The calibration samples as the reader onnxruntime's quantize_static pulls them from."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(samples)
+
+        def get_next(self) -> dict | None:
+            return next(self.remaining, None)
+
+    return Samples()
+
+
 def _quantize(float_path: Path, path: Path, options: ExportOptions, scratch: Path) -> None:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = scratch / "prepared.onnx"
@@ -181,16 +195,9 @@ def _quantize(float_path: Path, path: Path, options: ExportOptions, scratch: Pat
     if not nodes:
         raise DeployKitError("the ONNX graph has no MatMul/Gemm with a weight matrix to quantize; export fp16 instead.")
 
-    class Samples(CalibrationDataReader):
-        def __init__(self):
-            self.remaining = iter(options.calibration)
-
-        def get_next(self) -> dict | None:
-            return next(self.remaining, None)
-
     with contextlib.redirect_stdout(io.StringIO()):  # its calibrator prints progress lines
         quantize_static(
-            str(prepared), str(path), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+            str(prepared), str(path), calibration_reader(options.calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,

@@ -47,6 +47,12 @@ class CompileRequest:
     sequence_range: tuple[int, int] | None = None  # dynamic sequence axis: shortest and longest lengths to accept
     log: StepLog = field(default_factory=StepLog)
 
+    @property
+    def model_in_folder(self) -> str:
+        """The artifact's path as scripts written into the folder name it: relative, so they survive a move."""
+        model = self.artifact.path
+        return model.relative_to(self.folder).as_posix() if model.is_relative_to(self.folder) else str(model.absolute())
+
 
 @dataclass
 class CompileResult:

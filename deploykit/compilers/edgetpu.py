@@ -66,8 +66,7 @@ class EdgeTPUCompiler(DeviceCompiler):
 
     def compile(self, request: CompileRequest) -> CompileResult:
         model, folder = request.artifact.path, request.folder
-        # Relative to the target folder, so the command stays right after the folder is moved or copied.
-        shown = model.relative_to(folder).as_posix() if model.is_relative_to(folder) else str(model.absolute())
+        shown = request.model_in_folder
         command = shlex.join(self.argv(shown))
         reason = self.missing()
         if reason is not None:

@@ -125,7 +125,7 @@ class LiteRTAotCompiler(DeviceCompiler):
     def compile(self, request: CompileRequest) -> CompileResult:
         model, folder = request.artifact.path, request.folder
         vendor, label, soc = self.settings.vendor, VENDORS[self.settings.vendor][0], self.settings.soc_model or "ALL"
-        shown = model.relative_to(folder).as_posix() if model.is_relative_to(folder) else str(model.absolute())
+        shown = request.model_in_folder
         facts = {"vendor": vendor, "soc_model": soc, "command": "python compile_npu.py",
                  "install": install_line(vendor, True)}
         script = folder / "compile_npu.py"

@@ -57,22 +57,15 @@ def vendor_openvino_default(saved_model: Path, folder: Path, calibration=None) -
 
 
 def vendor_onnxruntime_qdq(saved_model: Path, folder: Path, calibration, gemm_only: bool = False) -> ExportedArtifact:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from deploykit.backends.tensorrt import tf2onnx_file
+    from deploykit.backends.tensorrt import calibration_reader, tf2onnx_file
 
     folder.mkdir(parents=True)
     float_path, path = folder / "float.onnx", folder / "model.onnx"
     tf2onnx_file(saved_model, float_path)
 
-    class Samples(CalibrationDataReader):
-        def __init__(self):
-            self.remaining = iter(calibration)
-
-        def get_next(self):
-            return next(self.remaining, None)
-
-    quantize_static(str(float_path), str(path), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(float_path), str(path), calibration_reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["MatMul", "Gemm"] if gemm_only else None,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
