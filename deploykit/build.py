@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
-import os
+import math
 import shutil
 import tempfile
 from contextlib import ExitStack, nullcontext
@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, available_runtimes, get_backend
+from deploykit.backends.base import (
+    DEFAULT_CONVERTER_TIMEOUT_S, Backend, ExportedArtifact, ExportOptions, Inputs, available_runtimes, get_backend,
+)
 from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
@@ -28,9 +30,11 @@ from deploykit.errors import DeployKitError
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
 from deploykit.models import ModelBundle, integer_graph, load_model
 from deploykit.onnx_model import run_graph, write_static_graph
+from deploykit.output_folder import check_output, new_staging, replace_folder
 from deploykit.passes.base import Pass, PassContext, get_pass, parse_recipe, pass_class
 from deploykit.planner import (
-    BASELINE_PRECISION, Candidate, Gates, Plan, Recipe, candidate_precisions, make_plan, plan_candidates,
+    BASELINE_PRECISION, Candidate, Gates, Plan, Recipe, candidate_precisions, check_runner, make_plan,
+    plan_candidates,
 )
 from deploykit.profiling.local import ProfileSettings, profile_artifact
 from deploykit.progress import StepLog
@@ -53,6 +57,7 @@ class BuildOptions:
     sequence_length_percentile: float = 99.0
     max_accuracy_drop: float | None = None  # None: the target's budget
     min_cosine: float | None = None  # None: the target's budget
+    min_agreement: float | None = None  # classifiers without labels; None: the target's budget
     max_latency_ms: float | None = None  # p50 gate; None: the target's budget (usually none)
     calibration_samples: int = 300
     evaluation_samples: int = 500
@@ -66,6 +71,8 @@ class BuildOptions:
     qat: bool = True  # integer-only targets try quantization-aware training when post-training int8 misses a gate
     pass_parameters: dict = field(default_factory=dict)  # pass name -> parameter overrides, e.g. {"qat": {"steps": 600}}
     recipe: tuple[str, ...] | None = None  # forced passes, in order (None: the planner chooses)
+    force: bool = False  # replace OUT/<target> even when deploykit did not write it
+    converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter child process (tf2onnx)
 
 
 class View:
@@ -380,7 +387,8 @@ class BuildSession:
 
     def export_options(self, target: Target, bundle: ModelBundle | None = None) -> ExportOptions:
         return ExportOptions(calibration=self.calibration_samples(bundle), integer_only=target.integer_only,
-                             integer_io=target.integer_io, activation_percentile=self.options.activation_percentile)
+                             integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
+                             converter_timeout_s=self.options.converter_timeout_s)
 
     def baseline(self, backend: Backend, target: Target, threads: int) -> _Measured:
         key = (backend.name, threads)
@@ -396,6 +404,7 @@ class BuildSession:
         return Gates(
             max_accuracy_drop=_first_set(self.options.max_accuracy_drop, budgets.max_accuracy_drop),
             min_cosine=_first_set(self.options.min_cosine, budgets.min_cosine),
+            min_agreement=_first_set(self.options.min_agreement, budgets.min_agreement),
             allow_fallback=self.options.allow_fallback,
             max_latency_ms=self.options.max_latency_ms if self.options.max_latency_ms is not None
             else budgets.max_latency_ms,
@@ -448,11 +457,15 @@ class BuildSession:
         if measured.quality["accuracy"] is not None and original_accuracy is not None:
             accuracy_drop = round((original_accuracy - measured.quality["accuracy"]) * 100, 4)
         cosine = measured.quality["fidelity"]["cosine_mean"] if self.bundle.task == "embedding" else None
+        # A classifier evaluated without labels is held to the original's predictions instead.
+        unlabelled = self.bundle.task == "classification" and original_accuracy is None
+        agreement = measured.quality["fidelity"]["agreement"] if unlabelled else None
         checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None,
-                                   measured.profile["latency_ms"]["p50"])
+                                   measured.profile["latency_ms"]["p50"], agreement)
         for check in checks:
             if not check["passed"]:
-                self.log.info(f"[red]✗ {candidate.label}: gate {check['name']}: {check['value']:.4g} misses the limit {check['limit']}[/]")
+                self.log.info(f"[red]✗ {escape(candidate.label)}: gate {check['name']}: {check['value']:.4g} "
+                              f"misses the limit {check['limit']}[/]")
         passes = self.pass_results(candidate.recipe)
         return _Candidate(measured, compatibility, accuracy_drop, checks, candidate.label, passes, bundle)
 
@@ -480,15 +493,13 @@ class BuildSession:
         self.log.info(f"[{colour}]{compiler.name}: {result.status}[/] — {escape(result.reason)}")
         return result.as_dict(folder)
 
-    def build_target(self, target: Target) -> BuildResult:
-        backend, plan = self.plan(target)
-        self.log.info(f"\n[bold]Plan for {target.name}[/] ({target.device}):")
+    def build_target(self, target: Target, backend: Backend, plan: Plan) -> BuildResult:
+        self.log.info(f"\n[bold]Plan for {escape(target.name)}[/] ({escape(target.device)}):")
         for line in plan.lines():
-            self.log.info(f"  {line}")
+            self.log.info(f"  {escape(line)}")
         timings_before = dict(self.log.seconds)
         out = self.options.out
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
+        staging = new_staging(out, target.name)
         try:
             tried = []
             for number, candidate in enumerate(plan.candidates):  # fastest first; keep the first passing every gate
@@ -515,7 +526,7 @@ class BuildSession:
             (staging / "report.md").write_text(render_markdown(report))
             write_manifest(staging)
             final = out / target.name
-            _replace_folder(staging, final)
+            replace_folder(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -547,17 +558,6 @@ def _timings_since(before: dict, now: dict) -> dict:
 
 def _first_set(*values):
     return next(v for v in values if v is not None)
-
-
-def _replace_folder(staging: Path, final: Path) -> None:
-    """Move a finished staging folder into place, replacing an older build of the same target."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-    staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_session(
@@ -605,51 +605,74 @@ def build_targets(
     tokenizer: str | Path | None = None,
     log: StepLog | None = None,
 ) -> list[BuildResult]:
-    """Build every target in a comma-separated list ('all' for the whole registry)."""
+    """Build every target in a comma-separated list ('all' for the whole registry).
+
+    Every option, target, input and output folder is checked before the first export,
+    so a multi-target build fails whole or runs whole.
+    """
     log = log or StepLog()
+    check_options(options)
     resolved = []
     onnx_input = model is not None and str(model).endswith(".onnx")
     for target in resolve_targets(targets):  # fail before any work when a named target cannot be built
         try:
             backend = get_backend(target.runtime)
+            check_runner(target)
             if onnx_input:
                 check_reads_onnx(target, backend)
             candidate_precisions(target, backend, options.precision)
         except DeployKitError as error:
             if targets.strip() != "all":
                 raise
-            log.info(f"[yellow]Skipping {target.name}:[/] {error}")
+            log.info(f"[yellow]Skipping {target.name}:[/] {escape(str(error))}")
             continue
         resolved.append(target)
     if not resolved:
         raise DeployKitError(f"none of the targets in {targets!r} can be built; see the messages above.")
-    _check_sizes(options)
+    check_output(options.out, [target.name for target in resolved], options.force)
     out_existed = options.out.exists()
     try:
         with tempfile.TemporaryDirectory(prefix="deploykit-build-") as workdir:
             session = prepare_session(model, data, eval_data, options, log, Path(workdir), task, tokenizer)
-            log.info(
+            log.info(escape(
                 f"Model: {session.bundle.source} ({session.bundle.task}); data: {len(session.split.calibration)} "
                 f"calibration, {len(session.split.evaluation)} evaluation samples; sequence length "
                 f"{session.sequence_length} ({session.sequence_length_reason})."
-            )
-            return [session.build_target(target) for target in resolved]
+            ))
+            plans = [(target, *session.plan(target)) for target in resolved]  # every target's settings
+            session.reference()  # labels meet the model's classes here, before the first export
+            return [session.build_target(target, backend, plan) for target, backend, plan in plans]
     except BaseException:
         if not out_existed and options.out.is_dir() and not any(options.out.iterdir()):
             options.out.rmdir()
         raise
 
 
-def _check_sizes(options: BuildOptions) -> None:
-    for name in ("calibration_samples", "evaluation_samples"):
-        if getattr(options, name) < 1:
-            raise DeployKitError(f"{name} must be at least 1, got {getattr(options, name)}.")
-    if not 50 <= options.activation_percentile <= 100:
-        raise DeployKitError(f"the activation percentile must be in [50, 100], got {options.activation_percentile}.")
-    if not 0 < options.sequence_length_percentile <= 100:
-        raise DeployKitError(f"the length percentile must be in (0, 100], got {options.sequence_length_percentile}.")
-    if options.profile.runs < 1 or options.profile.warmup < 0:
-        raise DeployKitError("profiling needs runs >= 1 and warmup >= 0.")
+def check_options(options: BuildOptions) -> None:
+    """Reject option values no build can use, with the option's name and the accepted range."""
+    profile = options.profile
+    rules = [  # (option, value, accepted, what is accepted)
+        ("calibration samples", options.calibration_samples, lambda v: v >= 1, "at least 1"),
+        ("evaluation samples", options.evaluation_samples, lambda v: v >= 1, "at least 1"),
+        ("seed", options.seed, lambda v: v >= 0, "0 or more"),
+        ("activation percentile", options.activation_percentile, lambda v: 50 <= v <= 100, "in [50, 100]"),
+        ("length percentile", options.sequence_length_percentile, lambda v: 0 < v <= 100, "in (0, 100]"),
+        ("sequence length", options.sequence_length, lambda v: v >= 2, "at least 2"),
+        ("max accuracy drop", options.max_accuracy_drop, lambda v: 0 <= v <= 100, "in [0, 100] points"),
+        ("min cosine", options.min_cosine, lambda v: -1 <= v <= 1, "in [-1, 1]"),
+        ("min agreement", options.min_agreement, lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("max latency", options.max_latency_ms, lambda v: v > 0, "above 0 ms"),
+        ("masked logit", options.masked_logit, lambda v: v < 0, "below 0"),
+        ("max residual scale", options.max_residual_scale, lambda v: v >= 1, "at least 1"),
+        ("converter timeout", options.converter_timeout_s, lambda v: v > 0, "above 0 s"),
+        ("runs", profile.runs, lambda v: v >= 1, "at least 1"),
+        ("warmup", profile.warmup, lambda v: v >= 0, "0 or more"),
+        ("threads", profile.threads, lambda v: v >= 1, "at least 1"),
+        ("profiling timeout", profile.timeout_s, lambda v: v > 0, "above 0 s"),
+    ]
+    for name, value, accepted, expected in rules:
+        if value is not None and (not math.isfinite(value) or not accepted(value)):
+            raise DeployKitError(f"{name} must be {expected}, got {value}.")
 
 
 def build(

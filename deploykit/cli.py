@@ -1,7 +1,9 @@
 """The `deploykit` command: thin click commands that call the API and print with rich.
 
 Exit codes: 0 success, 2 bad input or environment (one-line message), 3 a build
-finished but missed a quality gate (its report is still written).
+finished but missed a quality gate (its report is still written), 130 / 143
+interrupted by Ctrl-C / SIGTERM (temporary and staging folders removed, earlier
+builds unchanged).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deploykit.errors import DeployKitError
+from deploykit.interrupts import Interrupted, interruptible
 from deploykit.targets import list_targets, load_target
 
 # Wide enough for the summary tables when output is piped (rich assumes 80 columns then).
@@ -25,14 +29,40 @@ output = Console(width=_WIDTH)
 
 
 class _Group(click.Group):
-    """Turns DeployKitError into a one-line message and its exit code, never a traceback."""
+    """Turns bad input, bad options and interruptions into one line and an exit code, never a traceback."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False  # usage errors come back here instead of click's three-line block
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:
+            error.show()  # the help text itself, as click prints it
+            sys.exit(0)
+        except click.ClickException as error:
+            command = error.ctx.command_path if getattr(error, "ctx", None) else "deploykit"
+            _error(f"{error.format_message().rstrip('.')}; see '{command} --help'.")
+            sys.exit(error.exit_code)
+        except click.Abort:
+            _error("aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, context):
         try:
-            return super().invoke(context)
+            with interruptible():
+                return super().invoke(context)
         except DeployKitError as error:
-            console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(str(error))
             sys.exit(error.exit_code)
+        except Interrupted as interruption:
+            _error(f"interrupted by {interruption.signal_name}; temporary and staging folders were removed and "
+                   "earlier builds left as they were.")
+            sys.exit(interruption.exit_code)
+
+
+def _error(message: str) -> None:
+    """One line on stderr; the message is plain text (it may quote user paths), never rich markup."""
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @click.group(cls=_Group)
@@ -103,27 +133,29 @@ def targets_show(name: str) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="dist", show_default=True,
               help="Output folder; each target gets OUT/<target>/.")
 @click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, a16w8, dynamic-int8).")
-@click.option("--activation-percentile", type=float, default=99.99, show_default=True,
+@click.option("--activation-percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Percentile-calibrated backends (TensorRT Q/DQ): share of activation values each int8 range keeps; "
               "the rest clip.")
-@click.option("--sequence-length", type=int, help="Static sequence length (default: p99 of the data's token lengths).")
-@click.option("--max-accuracy-drop", type=float, help="Gate: largest accuracy loss in points (default: the target's).")
-@click.option("--min-cosine", type=float, help="Gate: smallest mean cosine vs the original (default: the target's).")
-@click.option("--max-latency-ms", type=float, help="Gate: largest p50 latency on the profiling host. When "
+@click.option("--sequence-length", type=click.IntRange(min=2), help="Static sequence length (default: p99 of the data's token lengths).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 100), help="Gate: largest accuracy loss in points (default: the target's).")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Gate: smallest mean cosine vs the original (default: the target's).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), help="Gate for classifiers evaluated without labels: "
+              "smallest share of predictions equal to the original's (default: the target's, 0.99).")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), help="Gate: largest p50 latency on the profiling host. When "
               "quantization alone misses it, the target's compression recipes are tried in turn.")
 @click.option("--task", type=click.Choice(["embedding", "classification"]), help="Override the detected task.")
 @click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt or tokenizer folder for models that carry none.")
-@click.option("--length-percentile", type=float, default=99.0, show_default=True,
+@click.option("--length-percentile", type=click.FloatRange(0, 100, min_open=True), default=99.0, show_default=True,
               help="Token-length percentile of the data that sets the sequence length.")
-@click.option("--calibration-samples", type=int, default=300, show_default=True,
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=300, show_default=True,
               help="Sentences used to calibrate int8 ranges.")
-@click.option("--evaluation-samples", type=int, default=500, show_default=True,
+@click.option("--evaluation-samples", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out sentences the artifact is validated on.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/evaluation split.")
-@click.option("--masked-logit", type=float, default=-30.0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the calibration/evaluation split.")
+@click.option("--masked-logit", type=click.FloatRange(max=0, max_open=True), default=-30.0, show_default=True,
               help="Attention logit of padded positions in integer-only graphs (Keras uses -1e9, "
               "which one int8 scale cannot share with the real scores).")
-@click.option("--max-residual-scale", type=float, default=8.0, show_default=True,
+@click.option("--max-residual-scale", type=click.FloatRange(min=1), default=8.0, show_default=True,
               help="Integer-only graphs: largest power-of-two divisor applied to outlier channels of the residual "
               "stream so one int8 scale resolves the rest (1 turns it off).")
 @click.option("--allow-fallback", is_flag=True,
@@ -132,21 +164,27 @@ def targets_show(name: str) -> None:
 @click.option("--qat/--no-qat", default=True, show_default=True,
               help="On integer-only targets, try quantization-aware training (a short fine-tune against the "
               "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
-@click.option("--qat-steps", type=int, help="Optimizer steps of quantization-aware training (default: 600, batch 16).")
-@click.option("--qat-learning-rate", type=float,
+@click.option("--qat-steps", type=click.IntRange(min=1), help="Optimizer steps of quantization-aware training (default: 600, batch 16).")
+@click.option("--qat-learning-rate", type=click.FloatRange(min=0, min_open=True),
               help="QAT learning rate of the weights (default: 1e-4; the usual BERT fine-tuning rate, 2e-5, "
               "suits models already fine-tuned on the data).")
-@click.option("--qat-range-learning-rate", type=float, help="QAT learning rate of the activation ranges (default: 1e-3).")
+@click.option("--qat-range-learning-rate", type=click.FloatRange(min=0, min_open=True), help="QAT learning rate of the activation ranges (default: 1e-3).")
 @click.option("--recipe", help="Force training-time passes, run in the order given, before the target's export, "
               "e.g. 'distill:layers=3,qat' or 'prune:heads=0.25,neurons=0.5,trim-vocab'. Passes: distill, prune, "
-              "trim-vocab, qat (last). Parameters follow name:key=value; further key=value continue that pass.")
-@click.option("--runs", type=int, default=100, show_default=True, help="Timed profiling runs per artifact.")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per artifact.")
-@click.option("--threads", type=int, help="Profiling threads (default: the target's, else all cores).")
-def build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length, max_accuracy_drop, min_cosine,
-          max_latency_ms, task, tokenizer, length_percentile, calibration_samples, evaluation_samples, seed, masked_logit,
-          max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate, qat_range_learning_rate, recipe,
-          runs, warmup, threads) -> None:
+              "factorize, trim-vocab, qat (last); `deploykit passes` lists their parameters. Parameters follow name:key=value; further key=value continue that pass.")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed profiling runs per artifact.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs per artifact.")
+@click.option("--threads", type=click.IntRange(min=1), help="Profiling threads (default: the target's, else all cores).")
+@click.option("--profile-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds one artifact's profiling process may run before it is stopped and the build fails.")
+@click.option("--converter-timeout", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True,
+              help="Seconds a converter child process (tf2onnx, for TensorRT targets) may run.")
+@click.option("--force", is_flag=True, help="Replace OUT/<target> even when it is not a deploykit build (by default "
+              "only folders holding a deploykit manifest.json are replaced).")
+def build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length, max_accuracy_drop,
+          min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile, calibration_samples,
+          evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate,
+          qat_range_learning_rate, recipe, runs, warmup, threads, profile_timeout, converter_timeout, force) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, an .onnx file
@@ -174,29 +212,32 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
     options = BuildOptions(
         out=Path(out), precision=precision, activation_percentile=activation_percentile,
         sequence_length=sequence_length,
-        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, max_latency_ms=max_latency_ms,
+        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
+        max_latency_ms=max_latency_ms, force=force, converter_timeout_s=converter_timeout,
         sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         pass_parameters=pass_parameters, recipe=recipe_passes,
-        profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads),
+        profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
     output.print(_summary_table([r.report for r in results]))
     for result in results:
-        output.print(f"{result.target}: {result.folder}/report.md", highlight=False)
+        output.print(f"{result.target}: {result.folder}/report.md", highlight=False, markup=False)
     failed = [r.target for r in results if not r.passed]
     if failed:
-        console.print(f"[red]error:[/] quality gate missed for {', '.join(failed)}; see their report.md.")
+        _error(f"quality gate missed for {', '.join(failed)}; see their report.md.")
         sys.exit(3)
 
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--threads", type=int, help="Runtime threads (default: all cores).")
-@click.option("--runs", type=int, default=100, show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True)
-def profile(artifact, threads, runs, warmup) -> None:
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds the profiling process may run before it is stopped.")
+def profile(artifact, threads, runs, warmup, timeout) -> None:
     """Time a built ARTIFACT (model.xml or model.tflite from a build folder) on this machine.
 
     Runs batch 1 at the artifact's full sequence length in a fresh process and
@@ -204,7 +245,7 @@ def profile(artifact, threads, runs, warmup) -> None:
     """
     from deploykit.profiling.local import ProfileSettings, profile_path
 
-    measured = profile_path(artifact, threads, ProfileSettings(runs=runs, warmup=warmup))
+    measured = profile_path(artifact, threads, ProfileSettings(runs=runs, warmup=warmup, timeout_s=timeout))
     latency = measured["latency_ms"]
     table = Table(title=f"{measured['artifact']} ({measured['backend']}, sequence length {measured['sequence_length']}, "
                   f"{measured['threads']} threads)")
@@ -219,12 +260,18 @@ def profile(artifact, threads, runs, warmup) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def report(folder) -> None:
     """Compare the targets built into FOLDER side by side (reads each FOLDER/<target>/report.json)."""
-    import json
+    from deploykit.user_files import read_json
 
-    reports = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*/report.json"))]
+    files = sorted(p for p in Path(folder).glob("*/report.json") if not p.parent.name.startswith("."))
+    reports = [read_json(path, dict) for path in files]  # hidden folders are staging or leftovers, never targets
     if not reports:
         raise DeployKitError(f"{folder} holds no <target>/report.json; pass the --out folder of a build.")
-    output.print(_summary_table(reports))
+    try:
+        table = _summary_table(reports)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DeployKitError(f"a report.json under {folder} is not as deploykit writes it ({type(error).__name__}: "
+                             f"{error}); rebuild that target.") from None
+    output.print(table)
 
 
 def _given(**values) -> dict:
@@ -241,8 +288,8 @@ def _summary_table(reports: list[dict]) -> Table:
         baseline, metrics, artifact = report["baseline"], report["metrics"], report["artifact"]
         fidelity = metrics["fidelity"]
         table.add_row(
-            report["target"],
-            f"{artifact['format']} {artifact['precision']}",
+            escape(str(report["target"])),
+            escape(f"{artifact['format']} {artifact['precision']}"),
             f"{baseline['bytes'] / 1e6:.1f} → {artifact['bytes'] / 1e6:.1f}",
             f"{baseline['latency_ms']['p50']:.2f} → {metrics['latency_ms']['p50']:.2f}",
             f"{metrics['speedup_vs_baseline']:.2f}×",

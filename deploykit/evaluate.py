@@ -31,9 +31,11 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 
 def classification_fidelity(reference_logits: np.ndarray, candidate_logits: np.ndarray) -> dict:
-    """Agreement of predicted classes; cosine does not apply to logits."""
+    """Agreement of predicted classes, and the mean cosine of the logit vectors (how far the scores moved,
+    before any prediction flips). `cosine_mean` stays the embedding measure, so it is None here."""
     agreement = float(np.mean(reference_logits.argmax(-1) == candidate_logits.argmax(-1)))
-    return {"cosine_mean": None, "cosine_min": None, "agreement": agreement}
+    logit_cosine = float(np.sum(_unit(reference_logits) * _unit(candidate_logits), axis=1).mean())
+    return {"cosine_mean": None, "cosine_min": None, "agreement": agreement, "logit_cosine_mean": logit_cosine}
 
 
 def accuracy(logits: np.ndarray, label_ids: np.ndarray) -> float:

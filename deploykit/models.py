@@ -19,6 +19,7 @@ import numpy as np
 
 from deploykit import runtime_env  # noqa: F401  (sets the Keras backend before keras is imported)
 from deploykit.errors import DeployKitError
+from deploykit.user_files import read_json, read_text
 
 Task = Literal["embedding", "classification"]
 TASKS: tuple[str, ...] = ("embedding", "classification")
@@ -328,7 +329,8 @@ def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Pa
     if name in ALIASES:
         path = alias_path(name)
     else:
-        path = Path(name).expanduser()
+        # Resolved, so keras-hub reads the folder: a bare name like `bert_tiny_en_uncased` is one of its presets.
+        path = Path(name).expanduser().resolve()
         if not path.exists():
             raise DeployKitError(f"model path {name!r} does not exist; {SOURCE_HELP}.")
     if path.is_file() and path.suffix == ".onnx":
@@ -457,12 +459,15 @@ def _sentence_transformers_head(folder: Path) -> tuple[str, bool]:
     pooling, normalize = "mean", False
     modules_file = folder / "modules.json"
     if modules_file.exists():
-        modules = json.loads(modules_file.read_text())
+        modules = read_json(modules_file, list)
+        if not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) for m in modules):
+            raise DeployKitError(f"{modules_file} must list objects with a 'type' string, as sentence-transformers "
+                                 "writes it; fix or remove the file.")
         normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
         for module in modules:
             if module.get("type", "").endswith("Pooling"):
-                config_file = folder / module.get("path", "") / "config.json"
-                if config_file.exists() and json.loads(config_file.read_text()).get("pooling_mode_cls_token"):
+                config_file = folder / str(module.get("path", "")) / "config.json"
+                if config_file.is_file() and read_json(config_file, dict).get("pooling_mode_cls_token"):
                     pooling = "cls"
     return pooling, normalize
 
@@ -470,8 +475,10 @@ def _sentence_transformers_head(folder: Path) -> tuple[str, bool]:
 def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
     import keras_hub
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json", dict)
     architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise DeployKitError(f"{folder / 'config.json'}: 'architectures' must be a list of names; fix the file.")
     if task == "classification" or any("SequenceClassification" in a for a in architectures):
         raise DeployKitError(
             f"{folder}: Hugging Face classification heads are not loaded yet; fine-tune a keras-hub "
@@ -630,11 +637,11 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
         raise DeployKitError(
             f"{model_path} carries no tokenizer; put its vocab.txt beside it or pass --tokenizer PATH."
         )
-    vocabulary = [line.rstrip("\n") for line in candidate.read_text(encoding="utf-8").splitlines() if line.strip()]
+    vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
     config_file = candidate.parent / "tokenizer_config.json"
     lowercase = True
-    if config_file.exists():
-        lowercase = bool(json.loads(config_file.read_text()).get("do_lower_case", True))
+    if config_file.is_file():
+        lowercase = bool(read_json(config_file, dict).get("do_lower_case", True))
     try:
         return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
     except Exception as error:
@@ -644,8 +651,8 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
 def _class_names_beside(path: Path) -> list[str] | None:
     """Class names from a labels.txt beside the model file (one per line, in output order)."""
     labels_file = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
-    if labels_file.exists():
-        return [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if labels_file.is_file():
+        return [line.strip() for line in read_text(labels_file).splitlines() if line.strip()]
     return None
 
 

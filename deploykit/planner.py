@@ -25,10 +25,12 @@ class Gates:
     min_cosine: float  # mean cosine vs the original, checked for embedding models
     allow_fallback: bool = False  # ops falling back from the accelerator are reported, not failed
     max_latency_ms: float | None = None  # p50 on the profiling host; None: no latency gate
+    min_agreement: float = 0.99  # share of predictions unchanged, checked for classifiers without labels
 
     def checks(self, accuracy_drop: float | None, cosine_mean: float | None,
-               fallback_ops: dict[str, int] | None, latency_ms: float | None = None) -> list[dict]:
-        """Every gate that applies, with its value, limit and verdict."""
+               fallback_ops: dict[str, int] | None, latency_ms: float | None = None,
+               agreement: float | None = None) -> list[dict]:
+        """Every gate that applies, with its value, limit and verdict; never passes without a quality check."""
         checks = []
         if self.max_latency_ms is not None and latency_ms is not None:
             checks.append({"name": "latency_ms_p50", "value": latency_ms, "limit": self.max_latency_ms,
@@ -43,7 +45,15 @@ class Gates:
         if cosine_mean is not None:
             checks.append({"name": "cosine_mean", "value": cosine_mean, "limit": self.min_cosine,
                            "passed": cosine_mean >= self.min_cosine})
+        if agreement is not None:
+            checks.append({"name": "agreement", "value": agreement, "limit": self.min_agreement,
+                           "passed": agreement >= self.min_agreement})
+        if not any(check["name"] in QUALITY_CHECKS for check in checks):
+            checks.append({"name": "quality_checked", "value": 0, "limit": 1, "passed": False})
         return checks
+
+
+QUALITY_CHECKS = ("accuracy_drop", "cosine_mean", "agreement")  # at least one of them decides every build
 
 
 Recipe = tuple[tuple[str, tuple], ...]  # passes in order, each with its parameters as sorted (key, value) pairs
@@ -123,6 +133,15 @@ def plan_candidates(target: Target, backend: Backend, requested: str | None, qat
     return candidates
 
 
+def check_runner(target: Target) -> None:
+    """The target's profiling runner exists (checked before any work)."""
+    if target.profiling != "local":
+        raise DeployKitError(
+            f"target {target.name!r} asks for the {target.profiling!r} profiling runner, which deploykit does not "
+            "have yet; use profiling: local in its YAML."
+        )
+
+
 def candidate_precisions(target: Target, backend: Backend, requested: str | None) -> list[str]:
     """The precisions to try, in order: the user's choice alone, or the target's that this backend produces."""
     if requested is not None:
@@ -156,11 +175,6 @@ def make_plan(
     max_residual_scale: float = 8.0,
 ) -> Plan:
     """The steps of one target's build (post-training: export at a precision, validate, profile)."""
-    if target.profiling != "local":
-        raise DeployKitError(
-            f"target {target.name!r} asks for the {target.profiling!r} profiling runner, which deploykit does not "
-            "have yet; use profiling: local in its YAML."
-        )
     threads = profile.threads or target.profiling_threads()
     steps = [
         {"step": "tokenize", "sequence_length": sequence_length, "chosen_by": sequence_length_reason},
@@ -183,6 +197,7 @@ def make_plan(
             "evaluation_samples": evaluation_samples,
             "max_accuracy_drop": gates.max_accuracy_drop,
             "min_cosine": gates.min_cosine,
+            "min_agreement": gates.min_agreement,
             **({"max_latency_ms": gates.max_latency_ms} if gates.max_latency_ms is not None else {}),
         },
         {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 
 class StepLog:
@@ -18,6 +19,8 @@ class StepLog:
 
     @contextmanager
     def step(self, key: str, description: str) -> Iterator[None]:
+        """Time one step; `description` is plain text (it may hold user paths), never rich markup."""
+        description = escape(description)
         start = time.perf_counter()
         if self.console is None:
             yield

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deploykit.errors import DeployKitError
 
@@ -27,6 +27,9 @@ Sparsity = Literal["none", "2:4", "unstructured"]
 
 BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 TARGETS_ENV = "DEPLOYKIT_TARGETS"
+# A target's name is also its output folder's name and a CLI word: no dots, slashes, spaces or capitals.
+TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+TARGET_SUFFIXES = (".yaml", ".yml")
 
 
 class Budgets(BaseModel):
@@ -42,6 +45,11 @@ class Budgets(BaseModel):
     )
     max_latency_ms: float | None = Field(
         None, gt=0, description="Largest p50 latency; model-dependent, so usually given per build."
+    )
+    # 0.99 matches the default accuracy budget: when at most 1% of predictions change, accuracy moves by at
+    # most 1 point whatever the labels are.
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="Smallest share of unchanged predictions, for classifiers built without labels."
     )
 
 
@@ -89,6 +97,28 @@ class Target(BaseModel):
         [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
         "the latency budget; each costs accuracy, so list the gentlest first."
     )
+
+    @field_validator("host_match")
+    @classmethod
+    def _host_match_is_a_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"{value!r} is not a valid regular expression ({error})") from None
+        return value
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes_parse(cls, value: list[str]) -> list[str]:
+        from deploykit.passes.base import parse_recipe
+
+        for text in value:
+            try:
+                parse_recipe(text)
+            except DeployKitError as error:
+                raise ValueError(f"recipe {text!r}: {error}") from None
+        return value
 
     @model_validator(mode="after")
     def _sequence_range_is_a_tensorrt_profile(self) -> "Target":
@@ -155,11 +185,18 @@ def target_dirs() -> list[Path]:
 
 def load_target_file(path: Path) -> Target:
     """Parse and validate one target YAML file, with a one-line error on any problem."""
+    if not TARGET_NAME.fullmatch(path.stem):
+        raise DeployKitError(
+            f"target file {path} has the name {path.stem!r}; target names are lowercase letters, digits and "
+            "hyphens, starting with a letter or digit (rename the file)."
+        )
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        first = str(error).splitlines()[0]
-        raise DeployKitError(f"target file {path} is not readable YAML ({first}); fix its syntax.") from error
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise DeployKitError(f"target file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
+    except (OSError, yaml.YAMLError, RecursionError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise DeployKitError(f"target file {path} is not readable YAML ({first}); fix its syntax.") from None
     if not isinstance(raw, dict):
         raise DeployKitError(f"target file {path} must hold a mapping of fields, got {type(raw).__name__}.")
     raw.setdefault("name", path.stem)
@@ -173,23 +210,43 @@ def load_target_file(path: Path) -> Target:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in error.errors()
         )
-        raise DeployKitError(f"target file {path} is invalid: {problems}.") from error
+        raise DeployKitError(f"target file {path} is invalid: {problems}.") from None
     if target.compiler is not None:
         from deploykit.compilers.base import get_compiler
 
         try:
             get_compiler(target.compiler)
         except DeployKitError as error:
-            raise DeployKitError(f"target file {path} is invalid: {error}") from error
+            raise DeployKitError(f"target file {path} is invalid: {error}") from None
     return target
 
 
 def _target_files() -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for folder in target_dirs():
-        for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
-            files[path.stem] = path
-    return files
+    """name -> file. Hidden files (editor locks, `..yaml`) are skipped; a user folder's file overrides a
+    built-in target of the same name, but one name given twice by the user (`x.yml` beside `x.yaml`, or in
+    two DEPLOYKIT_TARGETS folders) is an error naming both, since neither could be said to win."""
+    files = {path.stem: path for path in _yaml_files(BUILTIN_TARGETS_DIR)}
+    user: dict[str, Path] = {}
+    for folder in target_dirs()[1:]:
+        for path in _yaml_files(folder):
+            if path.stem in user:
+                raise DeployKitError(
+                    f"target {path.stem!r} is defined twice, in {user[path.stem]} and {path}; remove or rename one."
+                )
+            user[path.stem] = path
+    return {**files, **user}
+
+
+def _yaml_files(folder: Path) -> list[Path]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix in TARGET_SUFFIXES and not p.name.startswith("."))
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DeployKitError(
+                f"target {path.stem!r} is defined twice, in {seen[path.stem]} and {path}; remove or rename one."
+            )
+        seen[path.stem] = path
+    return paths
 
 
 def list_targets() -> list[Target]:

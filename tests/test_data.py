@@ -34,7 +34,7 @@ def test_integer_labels_from_csv_are_ints(tmp_path):
         ("d.jsonl", "", "no rows"),
         ("d.jsonl", '{"text": "a"}\nnot json\n', "line 2 is not JSON"),
         ("d.csv", "sentence\na\nb\n", "needs a header with a 'text' column"),
-        ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', "row 2 has no 'label'"),
+        ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', "line 2 has no 'label'"),
         ("d.txt", "a\nb\n", "suffix"),
         ("d.jsonl", '{"text": "only one"}\n', "at least 2"),
     ],

@@ -45,6 +45,10 @@ class ExportedArtifact:
     runtime_config: dict = field(default_factory=dict)
 
 
+# Converters run as child processes (tf2onnx) stop after this: BERT-large converts in ~5 minutes on 2 cores.
+DEFAULT_CONVERTER_TIMEOUT_S = 1800.0
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """What an exporter needs to know beyond the model: the target's constraints and the calibration data."""
@@ -53,6 +57,7 @@ class ExportOptions:
     integer_only: bool = False
     integer_io: bool = False
     activation_percentile: float = 99.99  # percentile-calibrating backends: share of activation values kept in range
+    converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter run as a child process
 
 
 class Backend:

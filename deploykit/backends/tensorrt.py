@@ -27,16 +27,16 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
+from deploykit.backends.base import DEFAULT_CONVERTER_TIMEOUT_S, Backend, ExportedArtifact, ExportOptions, Inputs, Runner
 from deploykit.errors import DeployKitError
 from deploykit.onnx_canonical import canonicalize
+from deploykit.subprocesses import run_step
 
 OPSET = 17  # TensorRT 8.6+ parses it; per-channel Q/DQ needs >= 13
 MIN_QUANTIZED_DIM = 16  # narrower weights are statistics (LayerNorm sums), not GEMMs worth int8
@@ -66,7 +66,7 @@ class TensorRTBackend(Backend):
             if saved_model.suffix == ".onnx":  # ONNX input: already the graph TensorRT parses
                 shutil.copyfile(saved_model, float_path)
             else:
-                tf2onnx_file(saved_model, float_path)
+                tf2onnx_file(saved_model, float_path, options.converter_timeout_s)
             if precision == "fp16":
                 from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -102,16 +102,15 @@ class TensorRTBackend(Backend):
         return Runner(run, {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (host stand-in for TensorRT)"})
 
 
-def tf2onnx_file(saved_model: Path, output: Path) -> None:
+def tf2onnx_file(saved_model: Path, output: Path, timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S) -> None:
     """Convert in a child process (tf2onnx logs verbosely and keeps TensorFlow graph state), then canonicalise."""
     import onnx
 
-    command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+    command = [sys.executable, "-I", "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
                "--output", str(output), "--opset", str(OPSET)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0 or not output.exists():
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise DeployKitError(f"tf2onnx could not convert the model to ONNX: {lines[-1] if lines else 'no output'}")
+    run_step("tf2onnx converting the model to ONNX", command, timeout_s, cwd=output.parent)
+    if not output.exists():
+        raise DeployKitError("tf2onnx converting the model to ONNX finished without writing a file.")
     model = onnx.load(str(output))
     for value in model.graph.input:  # a dynamic sequence axis (traced with a None length) gets a readable name
         dims = value.type.tensor_type.shape.dim

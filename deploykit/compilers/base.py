@@ -16,6 +16,7 @@ A compiler is one module `deploykit/compilers/<name with _ for ->.py` holding on
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -100,8 +101,9 @@ class DeviceCompiler:
 def get_compiler(spec: dict) -> DeviceCompiler:
     """The compiler a target's `compiler:` block names, with its settings validated."""
     name = spec.get("name") if isinstance(spec, dict) else None
-    if not isinstance(name, str):
-        raise DeployKitError("a target's compiler block needs a name, e.g. `compiler: {name: edgetpu}`.")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise DeployKitError(f"a target's compiler block needs a name of lowercase letters, digits and hyphens, "
+                             f"e.g. `compiler: {{name: edgetpu}}`; got {name!r}.")
     if name not in DeviceCompiler.registry:
         module = name.replace("-", "_")
         try:

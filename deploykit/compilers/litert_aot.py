@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from deploykit.compilers.base import CompileRequest, CompileResult, CompilerSettings, DeviceCompiler
 
@@ -33,10 +33,10 @@ VENDORS = {
     "mediatek": ("MediaTek", "ai_edge_litert_sdk_mediatek"),
     "google_tensor": ("Google Tensor", "ai_edge_litert_sdk_google_tensor"),
 }
-_SCRIPT = '''"""Compiles {model} for the {name} NPU ({soc}) with LiteRT's AOT compiler; writes {stem}_<SoC>.tflite here.
-
-Run it on x86-64 Linux after: {install}
-"""
+_DOC = ("Compiles {model} for the {name} NPU ({soc}) with LiteRT's AOT compiler; writes {stem}_<SoC>.tflite here.\n\n"
+        "Run it on x86-64 Linux after: {install}\n")
+# Every value enters the script as a Python literal (repr), never as code: target files may come from others.
+_SCRIPT = '''{doc}
 import pathlib, sys, tempfile
 
 from ai_edge_litert.aot import aot_compile
@@ -83,7 +83,9 @@ class LiteRTAotSettings(CompilerSettings):
     """Which NPU to compile for: one SoC, or every SoC the vendor's enum lists when soc_model is left out."""
 
     vendor: Literal["qualcomm", "mediatek", "google_tensor"]
-    soc_model: str | None = None  # None: the package's ALL, one compiled model per SoC (as Play AI packs ship them)
+    # None: the package's ALL, one compiled model per SoC (as Play AI packs ship them). SoC enum values are
+    # identifiers (SM8650, MT6989, Tensor_G4): checked here too, where the package is not installed.
+    soc_model: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$")
 
     @field_validator("soc_model")
     @classmethod
@@ -129,8 +131,8 @@ class LiteRTAotCompiler(DeviceCompiler):
         facts = {"vendor": vendor, "soc_model": soc, "command": "python compile_npu.py",
                  "install": install_line(vendor, True)}
         script = folder / "compile_npu.py"
-        script.write_text(_SCRIPT.format(model=shown, stem=model.stem, vendor=vendor, soc=soc, name=label,
-                                         install=facts["install"]))
+        doc = _DOC.format(model=shown, name=label, soc=soc, stem=model.stem, install=facts["install"])
+        script.write_text(_SCRIPT.format(doc=repr(doc), model=shown, stem=model.stem, vendor=vendor, soc=soc))
         if (reason := self.missing()) is not None:
             return CompileResult(self.name, "not run", reason, [script], facts)
         from ai_edge_litert.aot import aot_compile

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import Field
 
 from deploykit.compilers.base import CompileRequest, CompileResult, CompilerSettings, DeviceCompiler
+from deploykit.subprocesses import last_line
 
 SCRIPT = "build_engine.py"
 ENGINE = "model.engine"
@@ -64,7 +65,7 @@ class TensorRTCompiler(DeviceCompiler):
         done = _run([sys.executable, SCRIPT], request.folder, settings.timeout_s)
         engine = request.folder / ENGINE
         if done.returncode != 0 or not engine.exists():
-            return CompileResult(self.name, "failed", f"engine: build failed ({_last_line(done)})", files, details)
+            return CompileResult(self.name, "failed", f"engine: build failed ({last_line(done)})", files, details)
         files += [engine] + ([request.folder / TIMING_CACHE] if settings.timing_cache else [])
         reason = f"engine: built on this machine's GPU ({engine.stat().st_size / 1e6:.1f} MB)"
         if shutil.which("trtexec") is not None:
@@ -115,11 +116,6 @@ def _run(command: list[str], folder: Path, timeout_s: int) -> subprocess.Complet
         return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(command, 124, "", f"timed out after {timeout_s} s")
-
-
-def _last_line(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit status {done.returncode}"
 
 
 def parse_trtexec_latency(output: str) -> dict | None:

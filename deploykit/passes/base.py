@@ -8,10 +8,12 @@ defaults, so every knob is visible and overridable in one place.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle
@@ -63,7 +65,9 @@ class Pass:
             raise DeployKitError(
                 f"pass {self.name!r} has no parameter {', '.join(unknown)}; its parameters are {', '.join(sorted(known))}."
             )
-        self.parameters = self.Parameters(**parameters)
+        types = typing.get_type_hints(self.Parameters)
+        self.parameters = self.Parameters(**{
+            name: _typed(self.name, name, types[name], value) for name, value in parameters.items()})
         for spec in fields(self.Parameters):
             _check_parameter(self.name, spec, getattr(self.parameters, spec.name))
 
@@ -99,6 +103,18 @@ def knob(default: Any, *, search: tuple | None = None, choices: tuple | None = N
         raise TypeError(f"unknown bound {', '.join(sorted(unknown))}; use {', '.join(BOUNDS)}")
     metadata = {**bounds, **({"range": search} if search else {}), **({"choices": choices} if choices else {})}
     return field(default=default, metadata=metadata)
+
+
+def _typed(pass_name: str, name: str, kind: Any, value: Any) -> Any:
+    """`value` as the parameter's declared type (an int where an int is declared, never 2.5 or 'abc')."""
+    try:
+        return TypeAdapter(kind).validate_python(value, strict=kind is not float)
+    except ValidationError:
+        shown = _TYPE_NAMES.get(kind, str(kind))
+        raise DeployKitError(f"{pass_name} parameter {name} must be {shown}, got {value!r}.") from None
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a word", bool: "true or false"}
 
 
 def _check_parameter(pass_name: str, spec, value: Any) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 from deploykit.backends.base import Inputs
 from deploykit.errors import DeployKitError
 from deploykit.profiling.stats import latency_summary
+from deploykit.subprocesses import run_step
+from deploykit.user_files import read_json, read_text
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class ProfileSettings:
     runs: int = 100
     warmup: int = 10
     threads: int | None = None  # None: the target's thread count
+    # A hung runtime must not hang the build: 100 runs of BERT-large on one slow core take about 2 minutes.
+    timeout_s: float = 600.0
 
 
 def profile_artifact(
@@ -44,14 +48,12 @@ def profile_artifact(
         }
         request_path = Path(folder) / "request.json"
         request_path.write_text(json.dumps(request))
-        done = subprocess.run(
-            [sys.executable, "-m", "deploykit.profiling.worker", str(request_path)],
-            capture_output=True,
-            text=True,
+        # -I: the worker sees neither the caller's working directory nor PYTHON* variables on its path.
+        done = run_step(
+            f"profiling {artifact.name} on {backend}",
+            [sys.executable, "-I", "-m", "deploykit.profiling.worker", str(request_path)],
+            settings.timeout_s, cwd=folder,
         )
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DeployKitError(f"profiling {artifact.name} on {backend} failed: {tail}")
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     return {
         "latency_ms": latency_summary(measured["latencies_ms"]),
@@ -78,16 +80,23 @@ def profile_path(path: str | Path, threads: int | None = None, settings: Profile
     tokenizer_file = path.parent / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise DeployKitError(f"{path.parent} has no tokenizer.json; profile an artifact from a `deploykit build` folder.")
-    config = json.loads(tokenizer_file.read_text())
-    length = config["sequence_length"]
-    vocabulary = (path.parent / config["vocabulary"]).read_text(encoding="utf-8").splitlines()
-    special = config["special_tokens"]
-    token_ids = np.full((1, length), vocabulary.index(special["unk"]), dtype=np.int32)
-    token_ids[0, 0], token_ids[0, -1] = vocabulary.index(special["cls"]), vocabulary.index(special["sep"])
+    config = read_json(tokenizer_file, dict)
+    try:
+        length = int(config["sequence_length"])
+        vocabulary = read_text(path.parent / Path(config["vocabulary"]).name).splitlines()
+        special = config["special_tokens"]
+        ids = [vocabulary.index(special[name]) for name in ("unk", "cls", "sep")]
+        runtime_config = {}
+        report_file = path.parent / "report.json"
+        if report_file.is_file():
+            runtime_config = read_json(report_file, dict)["artifact"].get("runtime_config", {})
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DeployKitError(f"{path.parent}'s tokenizer.json or report.json is not as deploykit writes it "
+                             f"({type(error).__name__}: {error}); rebuild the folder with `deploykit build`.") from None
+    if not 2 <= length <= 1_000_000:
+        raise DeployKitError(f"{tokenizer_file} gives sequence_length {length}; rebuild the folder with `deploykit build`.")
+    token_ids = np.full((1, length), ids[0], dtype=np.int32)
+    token_ids[0, 0], token_ids[0, -1] = ids[1], ids[2]
     sample = {"token_ids": token_ids, "padding_mask": np.ones((1, length), dtype=np.int32)}
-    runtime_config = {}
-    report_file = path.parent / "report.json"
-    if report_file.is_file():
-        runtime_config = json.loads(report_file.read_text())["artifact"].get("runtime_config", {})
     profile = profile_artifact(backend.name, path, runtime_config, sample, threads or os.cpu_count() or 1, settings)
     return {"artifact": str(path), "backend": backend.name, "sequence_length": length, **profile}

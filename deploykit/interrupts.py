@@ -1,0 +1,42 @@
+"""Ctrl-C and SIGTERM end a command cleanly: cleanup runs, children are stopped, the exit code names the signal.
+
+SIGTERM (what CI runners and `kill` send) is turned into the same exception as
+Ctrl-C, so every `finally` and `with` block on the way out runs: temporary and
+staging folders are removed, `subprocess.run` kills its child, and an earlier build
+in the output folder stays as it was. Further signals during that cleanup are
+ignored, so it is not cut short halfway.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal ended the command; `exit_code` is 128 + the signal's number, as shells report it."""
+
+    def __init__(self, number: int):
+        super().__init__(signal.Signals(number).name)
+        self.signal_name = signal.Signals(number).name
+        self.exit_code = 128 + number
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread."""
+
+    def handler(number, frame):
+        for handled in HANDLED:
+            signal.signal(handled, signal.SIG_IGN)
+        raise Interrupted(number)
+
+    previous = {number: signal.signal(number, handler) for number in HANDLED}
+    try:
+        yield
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
