@@ -24,6 +24,8 @@ DEFAULT_DATA = Path(__file__).resolve().parent / "resources" / "sentences.jsonl"
 # keeps only the first sequence-length tokens of any text.
 MAX_CELL_CHARACTERS = 100_000_000
 INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() rejects
+JSON_KINDS = {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "an array",
+              dict: "an object"}
 FORMAT_HELP = "a .jsonl file of objects, or a .csv file with a header, with a 'text' column and an optional 'label' column"
 
 
@@ -127,8 +129,8 @@ def _text_value(row: dict, number: int, path: Path) -> str:
         raise DeployKitError(f"data file {path}: line {number} has no 'text' column; every row needs one.")
     text = row["text"]
     if not isinstance(text, str):
-        shown = "null" if text is None else type(text).__name__
-        raise DeployKitError(f"data file {path}: line {number} has a {shown} 'text'; every text must be a string.")
+        shown = JSON_KINDS.get(type(text), "a value")
+        raise DeployKitError(f"data file {path}: line {number} has {shown} as 'text'; every text must be a string.")
     if not text.strip():
         raise DeployKitError(f"data file {path}: line {number} has an empty 'text'; remove it or fill it in.")
     try:

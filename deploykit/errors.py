@@ -2,9 +2,16 @@
 
 
 class DeployKitError(Exception):
-    """A problem with the user's input or environment: what happened and how to fix it."""
+    """A problem with the user's input or environment: what happened and how to fix it.
+
+    The message is one line by construction: line breaks that user text brings in (a
+    file name, a YAML key) are shown escaped.
+    """
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 class GateFailure(DeployKitError):

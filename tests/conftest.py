@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -86,3 +87,25 @@ def tiny_backbone_file(tmp_path_factory, vocabulary) -> Path:
     _tiny_backbone(vocabulary).save(path)
     (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
     return path
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every path under `folder` with a digest of its bytes (folders and links marked as such)."""
+    if not folder.exists():
+        return {}
+    entries = {}
+    for path in sorted(folder.rglob("*")):
+        key = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            entries[key] = f"link -> {path.readlink()}"
+        elif path.is_dir():
+            entries[key] = "folder"
+        else:
+            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entries
+
+
+@pytest.fixture
+def snapshot():
+    """`snapshot(folder)`: what a folder holds, to assert that a command left it byte-identical."""
+    return _snapshot

@@ -46,6 +46,8 @@ def render_markdown(report: dict) -> str:
         f"| cosine vs original (mean / min) | {_number(base_fidelity['cosine_mean'], 4)} / {_number(base_fidelity['cosine_min'], 4)} | "
         f"{_number(fidelity['cosine_mean'], 4)} / {_number(fidelity['cosine_min'], 4)} | |",
         f"| agreement with original | {_number(base_fidelity['agreement'], 4)} | {_number(fidelity['agreement'], 4)} | |",
+        *([f"| logit cosine vs original | {_number(base_fidelity.get('logit_cosine_mean'), 4)} | "
+           f"{_number(fidelity['logit_cosine_mean'], 4)} | |"] if "logit_cosine_mean" in fidelity else []),
         f"| accuracy | {_number(baseline['accuracy'], 4)} | {_number(metrics['accuracy'], 4)} | |",
         "",
         f"Original Keras model accuracy: {_number(metrics['original_accuracy'], 4)}; "

@@ -1,0 +1,70 @@
+"""SIGTERM to a running build (as CI runners send on cancel): nothing half-written, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FAST = ["--evaluation-samples", "10", "--calibration-samples", "10", "--warmup", "0"]
+
+
+def _command(model: Path, data: Path, out: Path, runs: int) -> list[str]:
+    return [sys.executable, "-m", "deploykit.cli", "build", str(model), "--target", "arm-cpu", "--data", str(data),
+            "--out", str(out), "--runs", str(runs), *FAST]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that mention `text` (the build's private temp folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in command:
+                found.append(command)
+    return found
+
+
+@pytest.mark.parametrize("phase, line", [
+    ("export", "Tracing the model to a SavedModel"),  # the export step starts right after this line
+    ("profiling", "Validating the dynamic-int8"),  # the profiling worker starts right after this line
+])
+def test_sigterm_leaves_the_previous_build_and_no_temp_files(phase, line, tmp_path, tiny_classifier, labelled_data,
+                                                             snapshot):
+    out, temp = tmp_path / "out", tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"}
+    first = subprocess.run(_command(tiny_classifier, labelled_data, out, 3), env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    previous = snapshot(out)
+    build = subprocess.Popen(_command(tiny_classifier, labelled_data, out, 10_000_000), env=env,
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = []
+    for text in build.stderr:  # wait until the build has entered the phase
+        seen.append(text)
+        if line in text:
+            break
+    else:
+        pytest.fail(f"the build ended before the {phase} phase: {''.join(seen)[-2000:]}")
+    if phase == "profiling":
+        deadline = time.monotonic() + 60
+        while not _processes_mentioning(str(temp)) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the worker process runs
+        assert _processes_mentioning(str(temp)), "the profiling worker never started"
+    build.send_signal(signal.SIGTERM)
+    rest = build.stderr.read()
+    assert build.wait(timeout=120) == 128 + signal.SIGTERM
+    errors = [text for text in rest.splitlines() if text.startswith("error:")]
+    assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], rest[-2000:]
+    assert "Traceback" not in rest
+    assert snapshot(out) == previous  # byte-identical, and no hidden staging folder beside it
+    assert list(temp.iterdir()) == []
+    assert _processes_mentioning(str(temp)) == []
