@@ -220,3 +220,23 @@ def test_unknown_settings_are_refused():
         get_compiler({"name": "edgetpu", "bogus": 1})
     with pytest.raises(DeployKitError, match="timeout_s"):
         get_compiler({"name": "edgetpu", "timeout_s": 0})
+
+
+def test_generated_shell_script_quotes_a_hostile_path(tmp_path):
+    import shlex
+
+    from deploykit.backends.base import ExportedArtifact
+    from deploykit.compilers.base import CompileRequest, get_compiler
+
+    hostile = tmp_path / "$(touch pwned); `id` 'x'"
+    hostile.mkdir()
+    model = hostile / "model.tflite"  # outside the target folder: named by its absolute path
+    model.write_bytes(b"x")
+    folder = tmp_path / "target"
+    folder.mkdir()
+    request = CompileRequest(artifact=ExportedArtifact(model, [model], "tflite", "int8", "test"), folder=folder,
+                             sequence_length=16, input_names=("token_ids",))
+    get_compiler({"name": "edgetpu"}).compile(request)
+    script = (folder / "compile_edgetpu.sh").read_text()
+    command = next(line for line in script.splitlines() if line.startswith("edgetpu_compiler"))
+    assert shlex.split(command)[-1] == str(model.absolute())

@@ -170,3 +170,30 @@ def test_the_planner_and_op_checks_differ_between_the_two_npus():
     ops = [GraphOp(name, (GraphTensor("int8", (1, 16, 384)),)) for name in MINILM_OPS]
     assert check_compatibility(ops, hexagon).fallback_ops == {}
     assert set(check_compatibility(ops, mediatek).fallback_ops) == {"GATHER", "LESS", "SELECT", "SELECT_V2"}
+
+
+HOSTILE = '"""; import os; os.system("touch pwned") #\'\n'
+
+
+def test_generated_script_holds_hostile_paths_as_literals_only(tmp_path):
+    folder, elsewhere = tmp_path / "target", tmp_path / HOSTILE.strip()
+    folder.mkdir()
+    elsewhere.mkdir()
+    model = elsewhere / "model.tflite"  # outside the folder: the script names it by its absolute path
+    model.write_bytes(b"x")
+    get_compiler({"name": "litert-aot", "vendor": "qualcomm", "soc_model": "SM8650"}).compile(_request(folder, model))
+    import ast
+
+    tree = ast.parse((folder / "compile_npu.py").read_text())
+    calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    assert not any("system" in call for call in calls)
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names}
+    assert imported == {"pathlib", "sys", "tempfile", "aot_compile", "target"}
+    assert HOSTILE.strip() in ast.get_docstring(tree)
+
+
+@pytest.mark.parametrize("soc", ['SM8650"); import os; os.system("id', "SM 8650", "", "x" * 65])
+def test_soc_model_must_be_an_identifier_even_without_the_package(soc, tmp_path):
+    with pytest.raises(DeployKitError, match="soc_model"):
+        get_compiler({"name": "litert-aot", "vendor": "qualcomm", "soc_model": soc})

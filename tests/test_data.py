@@ -88,3 +88,29 @@ def test_sequence_length_is_rounded_percentile_capped_by_model():
 def test_bundled_default_data_has_text_and_labels():
     data = load_dataset(DEFAULT_DATA)
     assert len(data) >= 1000 and data.labels is not None and len(set(data.labels)) >= 6
+
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\ncafé,1\nthé,0\n".encode("utf-8-sig"))
+    dataset = load_dataset(path)
+    assert dataset.texts == ["café", "thé"] and dataset.labels == [1, 0]
+
+
+def test_a_very_long_csv_cell_is_read(tmp_path):
+    path = tmp_path / "d.csv"
+    long_text = "word " * 100_000  # 500,000 characters: beyond csv's default field limit
+    path.write_text(f"text\n{long_text}\nshort\n")
+    assert load_dataset(path).texts[0] == long_text
+
+
+def test_digit_like_unicode_labels_are_class_names(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "²"}\n{"text": "b", "label": "3"}\n{"text": "c", "label": 2.0}\n')
+    assert load_dataset(path).labels == ["²", 3, 2]
+
+
+def test_line_separators_inside_json_strings_stay_in_the_text(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "one\u2028two"}\n{"text": "b"}\n', encoding="utf-8")
+    assert load_dataset(path).texts[0] == "one\u2028two"

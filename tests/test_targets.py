@@ -71,3 +71,18 @@ def test_comma_list_and_all():
 def test_profiling_threads_never_exceed_host_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert load_target("arm-cpu").profiling_threads() == 2
+
+
+def test_hidden_files_and_editor_locks_are_not_targets(tmp_path, monkeypatch):
+    (tmp_path / "..yaml").write_text("description: d\ndevice: d\nruntime: litert\nprecisions: [fp32]\n")
+    (tmp_path / ".#lab.yaml").symlink_to("user@host.1234:1700000000")  # an Emacs lock: a dangling link
+    (tmp_path / "lab.yaml").write_text("description: d\ndevice: d\nruntime: litert\nprecisions: [fp32]\n")
+    monkeypatch.setenv(TARGETS_ENV, str(tmp_path))
+    names = {target.name for target in list_targets()}
+    assert "lab" in names and not any(name.startswith(".") or name == "" for name in names)
+
+
+def test_a_user_folder_overrides_a_built_in_target(tmp_path, monkeypatch):
+    (tmp_path / "arm-cpu.yaml").write_text("description: mine\ndevice: d\nruntime: litert\nprecisions: [fp32]\n")
+    monkeypatch.setenv(TARGETS_ENV, str(tmp_path))
+    assert load_target("arm-cpu").description == "mine"
