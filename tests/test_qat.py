@@ -59,10 +59,16 @@ def test_unknown_pass_parameter_is_a_clear_error():
         get_pass("qat", epochs=3)
 
 
-def test_build_tries_qat_after_post_training_int8_and_restores_the_model(tiny_classifier, labelled_data, tmp_path):
+def test_build_tries_qat_after_post_training_int8_and_restores_the_model(tiny_classifier, labelled_data, tmp_path,
+                                                                       monkeypatch):
     # A gate nothing can pass makes the build try every candidate in order.
+    from deploykit.planner import Gates
+
+    checks = Gates.checks
+    monkeypatch.setattr(Gates, "checks", lambda self, *args: checks(self, *args) + [
+        {"name": "impossible", "value": 1, "limit": 0, "passed": False}])
     result = build(tiny_classifier, "mobile-npu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
-                   evaluation_samples=20, max_accuracy_drop=-1.0, pass_parameters={"qat": {"steps": 4, "batch_size": 8, "learning_rate": 1e-2}})
+                   evaluation_samples=20, pass_parameters={"qat": {"steps": 4, "batch_size": 8, "learning_rate": 1e-2}})
     labels = [c["candidate"] for c in result.report["candidates"]]
     assert labels == ["int8", "qat + int8", "a16w8"]
     qat = result.report["candidates"][1]
