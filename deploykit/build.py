@@ -31,7 +31,8 @@ from deploykit.evaluate import accuracy, classification_fidelity, embedding_fide
 from deploykit.models import ModelBundle, integer_graph, load_model
 from deploykit.onnx_model import run_graph, write_static_graph
 from deploykit.output_folder import check_output, new_staging, replace_folder
-from deploykit.passes.base import Pass, PassContext, get_pass, parse_recipe, pass_class
+from deploykit.passes.base import Pass, PassContext, get_pass, pass_class
+from deploykit.passes.recipe import read_recipe
 from deploykit.planner import (
     BASELINE_PRECISION, Candidate, Gates, Plan, Recipe, candidate_precisions, check_runner, make_plan,
     plan_candidates,
@@ -675,6 +676,17 @@ def check_options(options: BuildOptions) -> None:
             raise DeployKitError(f"{name} must be {expected}, got {value}.")
 
 
+def forced_recipe(text: str, pass_parameters: dict, precision: str | None) -> dict:
+    """BuildOptions fields for a forced recipe: the shorthand, a recipe file or a build's report.json.
+
+    The recipe's parameters override `pass_parameters`; a recipe file's precision applies unless one is given.
+    """
+    spec = read_recipe(text)
+    merged = {**pass_parameters, **{name: {**pass_parameters.get(name, {}), **spec.parameters[name]}
+                                    for name in spec.names}}
+    return {"recipe": spec.names, "pass_parameters": merged, "precision": precision or spec.precision}
+
+
 def build(
     model: str | Path | None = None,
     target: str = "intel-cpu",
@@ -694,9 +706,7 @@ def build(
     if "out" in option_values:
         option_values["out"] = Path(option_values["out"])
     if isinstance(option_values.get("recipe"), str):
-        names, parameters = parse_recipe(option_values["recipe"])
-        given = option_values.get("pass_parameters", {})
-        option_values["recipe"] = names
-        option_values["pass_parameters"] = {**given, **{n: {**given.get(n, {}), **parameters[n]} for n in names}}
+        option_values.update(forced_recipe(option_values["recipe"], option_values.get("pass_parameters", {}),
+                                           option_values.get("precision")))
     options = kwargs.pop("options", None) or BuildOptions(**option_values)
     return build_targets(model, target, data, options=options, **kwargs)[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -79,18 +78,34 @@ def main() -> None:
 
 
 @main.command()
-def passes() -> None:
-    """List the compression passes, their parameters and defaults (use them with build --recipe)."""
-    from deploykit.passes.base import Pass, pass_class
+@click.argument("name", required=False)
+def passes(name: str | None) -> None:
+    """List the compression passes (or one pass's parameters: default, accepted values, search range, meaning).
 
-    pass_class("qat")  # registers the built-in passes
-    table = Table(title="deploykit passes (build --recipe \"name:key=value,...\", in order)")
-    for column in ("pass", "what it does", "parameters (default)"):
+    Use them with build --recipe "name:key=value,...", or in a recipe file.
+    """
+    from deploykit.passes.base import PASSES, pass_class
+
+    if name is None:
+        table = Table(title="deploykit passes (`deploykit passes NAME` explains one pass's parameters)")
+        for column in ("pass", "what it does", "parameters (default)"):
+            table.add_column(column)
+        for pass_name in PASSES.names():
+            kind = pass_class(pass_name)
+            defaults = kind.Parameters().model_dump()
+            table.add_row(pass_name, escape(kind.description), escape(", ".join(f"{k}={v}" for k, v in defaults.items())))
+        output.print(table)
+        return
+    kind = pass_class(name)
+    parameters = kind.Parameters
+    table = Table(title=f"{name}: {escape(kind.description)}")
+    for column in ("parameter", "default", "accepts", "search range", "meaning"):
         table.add_column(column)
-    for name, kind in sorted(Pass.registry.items()):
-        defaults = kind.Parameters()
-        parameters = ", ".join(f"{f.name}={getattr(defaults, f.name)}" for f in fields(kind.Parameters))
-        table.add_row(name, kind.description, parameters)
+    space = parameters.search_space()
+    for field_name, info in parameters.model_fields.items():
+        searched = "–" if field_name not in space else " .. ".join(map(str, space[field_name]))
+        table.add_row(field_name, escape(str(info.default)), escape(parameters.accepted(field_name)), searched,
+                      escape(info.description or ""))
     output.print(table)
 
 
@@ -170,7 +185,9 @@ def targets_show(name: str) -> None:
               "suits models already fine-tuned on the data).")
 @click.option("--qat-range-learning-rate", type=click.FloatRange(min=0, min_open=True), help="QAT learning rate of the activation ranges (default: 1e-3).")
 @click.option("--recipe", help="Force training-time passes, run in the order given, before the target's export, "
-              "e.g. 'distill:layers=3,qat' or 'prune:heads=0.25,neurons=0.5,trim-vocab'. Passes: distill, prune, "
+              "e.g. 'distill:layers=3,qat' or 'prune:heads=0.25,neurons=0.5,trim-vocab', or a YAML/JSON recipe file "
+              "(passes: [{pass: distill, layers: 3}], precision: int8), or a build's report.json to rebuild what it "
+              "shipped. Passes: distill, prune, "
               "factorize, trim-vocab, qat (last); `deploykit passes` lists their parameters. Parameters follow name:key=value; further key=value continue that pass.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs per artifact.")
@@ -197,27 +214,23 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
     from deploykit.runtime_env import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from deploykit.build import BuildOptions, build_targets
-    from deploykit.passes.base import parse_recipe
+    from deploykit.build import BuildOptions, build_targets, forced_recipe
     from deploykit.profiling.local import ProfileSettings
     from deploykit.progress import StepLog
 
     pass_parameters = {"qat": _given(steps=qat_steps, learning_rate=qat_learning_rate,
                                      range_learning_rate=qat_range_learning_rate)}
-    recipe_passes = None
+    forced = {"recipe": None, "pass_parameters": pass_parameters, "precision": precision}
     if recipe is not None:
-        recipe_passes, recipe_parameters = parse_recipe(recipe)
-        for name, values in recipe_parameters.items():
-            pass_parameters[name] = {**pass_parameters.get(name, {}), **values}
+        forced = forced_recipe(recipe, pass_parameters, precision)
     options = BuildOptions(
-        out=Path(out), precision=precision, activation_percentile=activation_percentile,
+        out=Path(out), activation_percentile=activation_percentile, **forced,
         sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
         max_latency_ms=max_latency_ms, force=force, converter_timeout_s=converter_timeout,
         sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
-        pass_parameters=pass_parameters, recipe=recipe_passes,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))

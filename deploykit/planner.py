@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from deploykit.backends.base import Backend
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import check_order, get_pass, parse_recipe
+from deploykit.passes.base import get_pass
+from deploykit.passes.recipe import Recipe, check_order, parse_recipe, recipe
 from deploykit.profiling.local import ProfileSettings
 from deploykit.targets import INTEGER_PRECISIONS, Target
 
@@ -54,14 +55,6 @@ class Gates:
 
 
 QUALITY_CHECKS = ("accuracy_drop", "cosine_mean", "agreement")  # at least one of them decides every build
-
-
-Recipe = tuple[tuple[str, tuple], ...]  # passes in order, each with its parameters as sorted (key, value) pairs
-
-
-def recipe(names: tuple[str, ...], parameters: dict | None = None) -> Recipe:
-    """Pass names plus `{name: {parameter: value}}` as a hashable recipe (what caches and candidates key on)."""
-    return tuple((name, tuple(sorted((parameters or {}).get(name, {}).items()))) for name in names)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class Target(BaseModel):
     @field_validator("recipes")
     @classmethod
     def _recipes_parse(cls, value: list[str]) -> list[str]:
-        from deploykit.passes.base import parse_recipe
+        from deploykit.passes.recipe import parse_recipe
 
         for text in value:
             try:

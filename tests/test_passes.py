@@ -11,7 +11,8 @@ from deploykit.backends.base import ExportOptions, get_backend
 from deploykit.bert_surgery import Keep, keep_all, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle, _embedding_forward
-from deploykit.passes.base import PassContext, get_pass, parse_recipe
+from deploykit.passes.base import PassContext, get_pass
+from deploykit.passes.recipe import parse_recipe
 from deploykit.progress import StepLog
 from tests.conftest import write_jsonl
 

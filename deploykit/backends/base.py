@@ -9,7 +9,6 @@ profiling worker can load an artifact without importing TensorFlow.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -18,6 +17,7 @@ import numpy as np
 
 from deploykit.compatibility import GraphOp
 from deploykit.errors import DeployKitError
+from deploykit.registry import Registry
 
 Inputs = dict[str, np.ndarray]
 
@@ -71,11 +71,10 @@ class Backend:
     # targets that are not integer-only: int8 GEMMs whose inputs would otherwise carry outlier channels.
     scaled_stream_precisions: ClassVar[frozenset[str]] = frozenset()
     reads_onnx: ClassVar[bool] = False  # whether `export` also takes an .onnx file as its source graph
-    registry: ClassVar[dict[str, type["Backend"]]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        Backend.registry[cls.name] = cls
+        BACKENDS.add(cls)
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
         """Convert the source graph (a SavedModel folder, or an .onnx file when `reads_onnx`) into `folder`."""
@@ -98,23 +97,17 @@ class Backend:
         return self.precisions[precision]
 
 
+BACKENDS: Registry[Backend] = Registry("backend", "deploykit.backends", "deploykit.backends")
+
+
 def get_backend(runtime: str) -> Backend:
     """The backend for a runtime name; a runtime without an exporter is a clear error."""
-    if runtime not in Backend.registry:
-        try:
-            importlib.import_module(f"deploykit.backends.{runtime}")
-        except ModuleNotFoundError as error:
-            if error.name != f"deploykit.backends.{runtime}":
-                raise DeployKitError(
-                    f"the {runtime} backend needs the package {error.name!r}; install it and retry."
-                ) from error
-    if runtime not in Backend.registry:
-        available = sorted(available_runtimes())
+    if runtime not in BACKENDS.entries and runtime not in available_runtimes():
         raise DeployKitError(
             f"deploykit has no exporter for the {runtime!r} runtime yet; targets on "
-            f"{', '.join(available)} can be built today."
+            f"{', '.join(available_runtimes())} can be built today."
         )
-    return Backend.registry[runtime]()
+    return BACKENDS.get(runtime)()
 
 
 def backend_for_file(path: Path) -> Backend:
@@ -128,5 +121,4 @@ def backend_for_file(path: Path) -> Backend:
 
 
 def available_runtimes() -> list[str]:
-    folder = Path(__file__).parent
-    return [p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base")]
+    return BACKENDS.names()

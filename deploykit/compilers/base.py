@@ -15,7 +15,6 @@ A compiler is one module `deploykit/compilers/<name with _ for ->.py` holding on
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.backends.base import ExportedArtifact
 from deploykit.errors import DeployKitError
+from deploykit.registry import Registry
 from deploykit.progress import StepLog
 
 
@@ -80,11 +80,10 @@ class DeviceCompiler:
 
     name: ClassVar[str]
     settings_class: ClassVar[type[CompilerSettings]] = CompilerSettings
-    registry: ClassVar[dict[str, type["DeviceCompiler"]]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        DeviceCompiler.registry[cls.name] = cls
+        COMPILERS.add(cls)
 
     def __init__(self, settings: CompilerSettings):
         self.settings = settings
@@ -98,31 +97,19 @@ class DeviceCompiler:
         raise NotImplementedError
 
 
+COMPILERS: Registry[DeviceCompiler] = Registry("device compiler", "deploykit.compilers", "deploykit.compilers")
+
+
 def get_compiler(spec: dict) -> DeviceCompiler:
     """The compiler a target's `compiler:` block names, with its settings validated."""
     name = spec.get("name") if isinstance(spec, dict) else None
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
         raise DeployKitError(f"a target's compiler block needs a name of lowercase letters, digits and hyphens, "
                              f"e.g. `compiler: {{name: edgetpu}}`; got {name!r}.")
-    if name not in DeviceCompiler.registry:
-        module = name.replace("-", "_")
-        try:
-            importlib.import_module(f"deploykit.compilers.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"deploykit.compilers.{module}":
-                raise
-    if name not in DeviceCompiler.registry:
-        known = ", ".join(sorted(_known_compilers()))
-        raise DeployKitError(f"unknown device compiler {name!r}; known compilers: {known}.")
-    cls = DeviceCompiler.registry[name]
+    cls = COMPILERS.get(name)
     try:
         settings = cls.settings_class.model_validate(spec)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise DeployKitError(f"compiler {name!r} settings are invalid: {problems}.") from error
+        raise DeployKitError(f"compiler {name!r} settings are invalid: {problems}.") from None
     return cls(settings)
-
-
-def _known_compilers() -> list[str]:
-    folder = Path(__file__).parent
-    return [p.stem.replace("_", "-") for p in folder.glob("*.py") if p.stem not in ("__init__", "base")]

@@ -10,24 +10,25 @@ on a user's few thousand texts enough.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult, knob
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.parameters import parameter
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
 
-@dataclass
 class DistillParameters(FineTuneParameters):
-    layers: int = knob(0, ge=0, search=(1, 24))  # student depth; 0: half the teacher's, rounded up
-    ffn_width: float = knob(1.0, gt=0, le=1, search=(0.25, 1.0))  # share of FFN units kept per layer
-    steps: int = knob(1000, ge=0, search=(0, 5000))  # ~10 passes over 1,500 texts at batch 16
+    layers: int = parameter(0, "Student depth (0: half the teacher's, rounded up).", ge=0, search=(1, 24))
+    ffn_width: float = parameter(1.0, "Share of FFN units kept per layer (largest weight magnitude).", gt=0, le=1,
+                                 search=(0.25, 1.0))
+    steps: int = parameter(1000, "Output-distillation steps (about 10 passes over 1,500 texts at batch 16).", ge=0,
+                           search=(0, 5000))
     # A student missing whole layers gains from matching the teacher's hidden states first (MiniLM 6 -> 3 on
     # 1,300 sentences: held-out cosine +0.011 for 500 extra steps, measured in Keras).
-    hidden_steps: int = knob(500, ge=0, search=(0, 5000))
+    hidden_steps: int = parameter(500, "Hidden-state matching steps before the output distillation (0: off).", ge=0,
+                                  search=(0, 5000))
 
 
 class Distill(Pass):

@@ -10,21 +10,21 @@ FLOPs and bytes but add an op and a quantization step each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from deploykit.bert_surgery import FFN_DENSE, factorize_dense, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult, knob
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.parameters import parameter
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
 
-@dataclass
 class FactorizeParameters(FineTuneParameters):
-    budget: float = knob(0.5, gt=0, lt=1, search=(0.1, 0.9))  # share of each FFN kernel's weights kept
-    energy: float = knob(0.0, ge=0, lt=1, search=(0.5, 0.999))  # if > 0: rank keeping this share of sum(s^2)
-    steps: int = knob(800, ge=0, search=(0, 5000))
+    budget: float = parameter(0.5, "Share of each FFN kernel's weights kept (sets the rank).", gt=0, lt=1,
+                              search=(0.1, 0.9))
+    energy: float = parameter(0.0, "If above 0: the rank keeping this share of the squared singular values, "
+                              "instead of the budget.", ge=0, lt=1, search=(0.5, 0.999))
+    steps: int = parameter(800, "Fine-tune steps against the original (0: none).", ge=0, search=(0, 5000))
 
 
 class Factorize(Pass):

@@ -13,31 +13,38 @@ runtime turns zeros into speed or size.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
+from pydantic import model_validator
 
 from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult, knob
-from deploykit.passes.sparsity import PATTERNS, encoder_kernels, measured_sparsity, prune_now, sparsity_callback
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.parameters import parameter
+from deploykit.passes.sparsity import encoder_kernels, measured_sparsity, prune_now, sparsity_callback
 from deploykit.passes.training import FineTuneParameters, fine_tune_from_teacher
 
-IMPORTANCE = ("activation", "magnitude")
 
-
-@dataclass
 class PruneParameters(FineTuneParameters):
-    heads: float = knob(0.0, ge=0, lt=1, search=(0.0, 0.75))  # share of attention heads removed per layer
-    neurons: float = knob(0.0, ge=0, lt=1, search=(0.0, 0.75))  # share of FFN units removed per layer
-    layers: int = knob(0, ge=0, search=(0, 12))  # whole layers removed
-    importance: str = knob("activation", choices=IMPORTANCE)  # or "magnitude" (weights only, no data)
-    importance_samples: int = knob(64, ge=1)  # texts the activation importance is measured on
-    sparsity: float = knob(0.0, ge=0, lt=1, search=(0.0, 0.9))  # share of encoder weights zeroed
-    pattern: str = knob("unstructured", choices=PATTERNS)  # or "2:4" (2 of every 4 input weights: sparsity 0.5)
-    mask_interval: int = knob(50, ge=1)  # steps between mask updates of the unstructured schedule
-    steps: int = knob(800, ge=0, search=(0, 5000))
+    heads: float = parameter(0.0, "Share of attention heads removed per layer.", ge=0, lt=1, search=(0.0, 0.75))
+    neurons: float = parameter(0.0, "Share of FFN units removed per layer.", ge=0, lt=1, search=(0.0, 0.75))
+    layers: int = parameter(0, "Whole layers removed (those whose skipping changes the output least).", ge=0,
+                            search=(0, 12))
+    importance: Literal["activation", "magnitude"] = parameter(
+        "activation", "How heads and units are ranked: measured on the texts, or by weight magnitude (no data).")
+    importance_samples: int = parameter(64, "Texts the activation importance is measured on.", ge=1)
+    sparsity: float = parameter(0.0, "Share of encoder weights zeroed during the fine-tune.", ge=0, lt=1,
+                                search=(0.0, 0.9))
+    pattern: Literal["unstructured", "2:4"] = parameter(
+        "unstructured", "Weight-zeroing pattern: unstructured (cubic schedule) or 2:4 (2 of every 4 input weights).")
+    mask_interval: int = parameter(50, "Steps between mask updates of the unstructured schedule.", ge=1)
+    steps: int = parameter(800, "Fine-tune steps against the original (0: none).", ge=0, search=(0, 5000))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _two_of_four_is_half(cls, values: dict) -> dict:
+        return {**values, "sparsity": 0.5} if isinstance(values, dict) and values.get("pattern") == "2:4" else values
 
 
 class Prune(Pass):
@@ -50,8 +57,6 @@ class Prune(Pass):
     def __init__(self, **parameters):
         super().__init__(**parameters)
         p = self.parameters
-        if p.pattern == "2:4":
-            p.sparsity = 0.5
         if not (p.heads or p.neurons or p.layers or p.sparsity):
             raise DeployKitError("prune needs something to remove: set heads=, neurons= (shares), layers= (a count), "
                                  "sparsity= (a share of weights) or pattern=2:4.")

@@ -20,24 +20,26 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from deploykit.models import simulated_rounding
-from deploykit.passes.base import Pass, PassContext, PassResult, knob
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.parameters import PassParameters, parameter
 
 
-@dataclass
-class QatParameters:
-    steps: int = knob(600, gt=0)  # optimizer steps (batch 16): MiniLM at 48 tokens, about 5 minutes on 2 cores
-    batch_size: int = knob(16, gt=0)
-    learning_rate: float = knob(1e-4, gt=0)  # weights; a few times the usual BERT fine-tuning rate, as the run is short
-    range_learning_rate: float = knob(1e-3, gt=0)  # activation ranges, in the activations' own units
-    calibration_samples: int = knob(64, gt=0)  # samples that initialise the activation ranges
-    temperature: float = knob(2.0, gt=0)  # softening of teacher logits (classifiers)
-    label_weight: float = knob(0.5, ge=0, le=1)  # share of the label loss when labels exist; the rest is distillation
+class QatParameters(PassParameters):
+    steps: int = parameter(600, "Optimizer steps (MiniLM at 48 tokens, batch 16: about 5 minutes on 2 cores).", gt=0)
+    batch_size: int = parameter(16, "Texts per step.", gt=0)
+    learning_rate: float = parameter(1e-4, "Learning rate of the weights: a few times the usual BERT fine-tuning "
+                                     "rate, as the run is short.", gt=0)
+    range_learning_rate: float = parameter(1e-3, "Learning rate of the activation ranges, in the activations' "
+                                           "own units.", gt=0)
+    calibration_samples: int = parameter(64, "Samples that initialise the activation ranges.", gt=0)
+    temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
+    label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
+                                    "distillation.", ge=0, le=1)
 
 
 class ActivationRanges:

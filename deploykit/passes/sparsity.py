@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-PATTERNS = ("unstructured", "2:4")
-
-
 def encoder_kernels(backbone) -> list:
     """The kernels of every transformer layer's projections (attention and FFN), as Keras variables."""
     kernels = []

@@ -11,34 +11,37 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from deploykit.models import ModelBundle
-from deploykit.passes.base import PassContext, knob
+from deploykit.passes.base import PassContext
+from deploykit.passes.parameters import PassParameters, parameter
 
 
-@dataclass
-class FineTuneParameters:
+class FineTuneParameters(PassParameters):
     """The knobs every architecture-changing pass shares; each pass sets its own defaults."""
 
-    steps: int = knob(800, ge=0, search=(0, 5000))  # 0: no fine-tune (see the damage alone)
-    batch_size: int = knob(16, gt=0)
-    learning_rate: float = knob(1e-4, gt=0, search=(1e-5, 5e-4))
-    temperature: float = knob(2.0, gt=0)  # softening of teacher logits (classifiers)
-    label_weight: float = knob(0.5, ge=0, le=1)  # share of the label loss when labels exist; the rest is distillation
-    # Augmentation: the teacher labels perturbed copies on the fly, so a few thousand texts teach the
-    # student the teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
-    augment: float = knob(0.5, ge=0, le=1, search=(0.0, 1.0))  # share of each batch perturbed
-    token_noise: float = knob(0.15, ge=0, le=1)  # in a perturbed text, share of tokens replaced (half from the
-    # corpus, half from the whole vocabulary, so the student also learns the teacher on tokens the texts never use)
-    train_embeddings: bool = False  # frozen by default: updating only the rows the texts use would move them
-    # away from the rows of unseen tokens, which the deployed model still meets
-    # Before the output distillation, match each student layer's hidden states to the teacher layer at the
-    # same relative depth (TinyBERT's intermediate-layer distillation; 0 turns it off).
-    hidden_steps: int = knob(0, ge=0, search=(0, 5000))
+    steps: int = parameter(800, "Fine-tune steps against the original (0: none, to see the damage alone).",
+                           ge=0, search=(0, 5000))
+    batch_size: int = parameter(16, "Texts per fine-tune step.", gt=0)
+    learning_rate: float = parameter(1e-4, "Fine-tune learning rate.", gt=0, search=(1e-5, 5e-4))
+    temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
+    label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
+                                    "distillation.", ge=0, le=1)
+    # The teacher labels perturbed copies on the fly, so a few thousand texts teach the student the
+    # teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
+    augment: float = parameter(0.5, "Share of each batch perturbed by token noise (the teacher labels the copies).",
+                               ge=0, le=1, search=(0.0, 1.0))
+    token_noise: float = parameter(0.15, "In a perturbed text, share of tokens replaced, half from the corpus and "
+                                   "half from the whole vocabulary.", ge=0, le=1)
+    # Frozen by default: updating only the rows the texts use would move them away from the rows of unseen
+    # tokens, which the deployed model still meets.
+    train_embeddings: bool = parameter(False, "Also train the token embeddings.")
+    hidden_steps: int = parameter(0, "Steps matching each student layer's hidden states to the teacher layer at the "
+                                  "same relative depth before the output distillation (TinyBERT; 0: off).",
+                                  ge=0, search=(0, 5000))
 
 
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,

@@ -22,27 +22,36 @@ No training: nothing else changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
+from pydantic import model_validator
 
 from deploykit.bert_surgery import keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import Pass, PassContext, PassResult, knob
-
-CHARACTER_SETS = ("none", "ascii", "all")
-UNSEEN = ("nearest", "characters", "unk")
+from deploykit.passes.base import Pass, PassContext, PassResult
+from deploykit.passes.parameters import PassParameters, parameter
 
 
-@dataclass
-class TrimVocabParameters:
-    reserve: int = knob(0, ge=0, search=(0, 30000))  # extra tokens kept beyond the corpus, lowest ids first
-    # single-character tokens always kept: none, ascii (printable), all; auto: ascii when the tokenizer is
-    # trimmed (unseen="characters": unseen words then split into them), else none
-    characters: str = knob("auto", choices=("auto", *CHARACTER_SETS))
-    min_count: int = knob(1, ge=1)  # a token is kept when it occurs at least this often in the texts
-    # what a dropped token becomes: nearest kept row, or (tokenizer trimmed) characters/unk
-    unseen: str = knob("nearest", choices=UNSEEN)
+
+class TrimVocabParameters(PassParameters):
+    reserve: int = parameter(0, "Extra tokens kept beyond the corpus's, lowest ids first (BERT lists frequent "
+                             "words first).", ge=0, search=(0, 30000))
+    characters: Literal["auto", "none", "ascii", "all"] = parameter(
+        "auto", "Single-character tokens always kept; auto: printable ASCII when the tokenizer is trimmed "
+        "(unseen words then split into them), else none.")
+    min_count: int = parameter(1, "A token is kept when it occurs at least this often in the texts.", ge=1)
+    unseen: Literal["nearest", "characters", "unk"] = parameter(
+        "nearest", "What a dropped token becomes: the nearest kept embedding row (tokenizer unchanged), or, with "
+        "the tokenizer's vocabulary trimmed, its characters or [UNK].")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_characters(cls, values: dict) -> dict:
+        if isinstance(values, dict) and values.get("characters", "auto") == "auto":
+            return {**values, "characters": "ascii" if values.get("unseen") == "characters" else "none"}
+        return values
 
 
 class TrimVocabulary(Pass):
@@ -51,12 +60,6 @@ class TrimVocabulary(Pass):
     Parameters = TrimVocabParameters
     rebuilds_model = True
     changes_token_ids = True
-
-    def __init__(self, **parameters):
-        super().__init__(**parameters)
-        p = self.parameters
-        if p.characters == "auto":
-            p.characters = "ascii" if p.unseen == "characters" else "none"
 
     def apply(self, context: PassContext) -> PassResult:
         bundle = context.bundle

@@ -8,6 +8,7 @@ from pathlib import Path
 from deploykit import __version__
 from deploykit.data import DataSplit
 from deploykit.models import ModelBundle
+from deploykit.passes.recipe import recipe_document
 from deploykit.planner import Plan
 from deploykit.report.manifest import file_entry
 from deploykit.targets import Target, host_description
@@ -89,6 +90,8 @@ def assemble_report(
         },
         "plan": plan.steps,
         "passes": chosen.passes,  # what each training-time pass of the shipped artifact did, measured
+        # The shipped candidate as a recipe file: `deploykit build --recipe report.json` builds it again.
+        "recipe": recipe_document(chosen.passes, artifact.artifact.precision),
         "candidates": [candidate.summary() for candidate in tried],
         "artifact": artifact_entry,
         "baseline": {

@@ -26,8 +26,7 @@ from rich.console import Console
 from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import get_backend
 from deploykit.build import BuildOptions, prepare_session
-from deploykit.passes.base import parse_recipe
-from deploykit.planner import recipe
+from deploykit.passes.recipe import parse_recipe, recipe
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
 from deploykit.targets import load_target

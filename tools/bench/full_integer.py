@@ -27,7 +27,7 @@ from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import ExportedArtifact, get_backend
 from deploykit.build import BuildOptions, prepare_session
 from deploykit.compatibility import check_compatibility
-from deploykit.planner import recipe
+from deploykit.passes.recipe import recipe
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
