@@ -7,7 +7,9 @@
 Heavy frameworks (TensorFlow, OpenVINO) load only when a build or profile runs.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _installed_version
+
+__version__ = _installed_version("deploykit")  # one source: pyproject.toml
 
 from deploykit.errors import DeployKitError, GateFailure  # noqa: E402
 from deploykit.targets import list_targets, load_target  # noqa: E402

@@ -192,6 +192,8 @@ def targets_show(name: str) -> None:
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed profiling runs per artifact.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=click.IntRange(min=1), help="Profiling threads (default: the target's, else all cores).")
+@click.option("--runner", help="Profiling runner to time artifacts with (default: the target's `profiling:`; "
+              "built in: local).")
 @click.option("--profile-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Seconds one artifact's profiling process may run before it is stopped and the build fails.")
 @click.option("--converter-timeout", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True,
@@ -201,7 +203,7 @@ def targets_show(name: str) -> None:
 def build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length, max_accuracy_drop,
           min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile, calibration_samples,
           evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate,
-          qat_range_learning_rate, recipe, runs, warmup, threads, profile_timeout, converter_timeout, force) -> None:
+          qat_range_learning_rate, recipe, runs, warmup, threads, runner, profile_timeout, converter_timeout, force) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, an .onnx file
@@ -227,7 +229,7 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
         out=Path(out), activation_percentile=activation_percentile, **forced,
         sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
-        max_latency_ms=max_latency_ms, force=force, converter_timeout_s=converter_timeout,
+        max_latency_ms=max_latency_ms, force=force, converter_timeout_s=converter_timeout, runner=runner,
         sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,

@@ -10,21 +10,14 @@ limits are data, not code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from deploykit.targets import Target
+from deploykit.graph_ops import GraphOp, GraphTensor
 
+if TYPE_CHECKING:
+    from deploykit.targets import Target
 
-@dataclass(frozen=True)
-class GraphTensor:
-    dtype: str  # numpy dtype name
-    shape: tuple[int, ...]  # -1 where the dimension is only known at run time
-
-
-@dataclass(frozen=True)
-class GraphOp:
-    name: str  # the runtime's op name, e.g. FULLY_CONNECTED
-    tensors: tuple[GraphTensor, ...]  # inputs and outputs
+__all__ = ["Compatibility", "GraphOp", "GraphTensor", "check_compatibility"]
 
 
 @dataclass

@@ -26,6 +26,11 @@ MAX_CELL_CHARACTERS = 100_000_000
 INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() rejects
 JSON_KINDS = {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "an array",
               dict: "an object"}
+# 300 calibration samples is NNCF's default subset size; 500 evaluation samples put the standard error of an
+# accuracy near 90% at about 1.3 points; the 99th percentile of token lengths pads few texts and truncates 1%.
+DEFAULT_CALIBRATION_SAMPLES = 300
+DEFAULT_EVALUATION_SAMPLES = 500
+DEFAULT_LENGTH_PERCENTILE = 99.0
 FORMAT_HELP = "a .jsonl file of objects, or a .csv file with a header, with a 'text' column and an optional 'label' column"
 
 
@@ -173,8 +178,8 @@ def _label_value(value, number: int, path: Path) -> str | int:
 def split_dataset(
     data: TextDataset,
     evaluation_data: TextDataset | None = None,
-    calibration_samples: int = 300,
-    evaluation_samples: int = 500,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    evaluation_samples: int = DEFAULT_EVALUATION_SAMPLES,
     seed: int = 0,
 ) -> DataSplit:
     """Deterministic disjoint split (seeded shuffle): evaluation first, calibration from the rest.
@@ -197,7 +202,7 @@ def split_dataset(
 
 
 def choose_sequence_length(
-    token_lengths: np.ndarray, model_maximum: int, percentile: float = 99.0, multiple: int = 8
+    token_lengths: np.ndarray, model_maximum: int, percentile: float = DEFAULT_LENGTH_PERCENTILE, multiple: int = 8
 ) -> int:
     """The `percentile` of token lengths, rounded up to `multiple`, capped by the model.
 

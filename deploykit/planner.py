@@ -7,13 +7,19 @@ decision (precision, sequence length, gates) is visible and can be overridden.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from deploykit.backends.base import Backend
+from deploykit.backends.base import Backend, available_runtimes, get_backend
 from deploykit.errors import DeployKitError
-from deploykit.passes.base import get_pass
+from deploykit.passes.base import get_pass, pass_class
 from deploykit.passes.recipe import Recipe, check_order, parse_recipe, recipe
-from deploykit.profiling.local import ProfileSettings
+from deploykit.profiling.base import ProfileRunner, ProfileSettings
+from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
 from deploykit.targets import INTEGER_PRECISIONS, Target
+
+if TYPE_CHECKING:
+    from deploykit.build.options import BuildOptions
+    from deploykit.models import ModelBundle
 
 BASELINE_PRECISION = "fp32"
 
@@ -85,6 +91,10 @@ class Plan:
     gates: Gates
     steps: list[dict] = field(default_factory=list)
 
+    def step(self, name: str) -> dict:
+        """The plan step called `name` (e.g. "export"), to read or annotate."""
+        return next(step for step in self.steps if step["step"] == name)
+
     def lines(self) -> list[str]:
         """Human-readable steps, one per line."""
         return [f"{number}. {step['step']}: {step_details(step)}" for number, step in enumerate(self.steps, 1)]
@@ -126,15 +136,6 @@ def plan_candidates(target: Target, backend: Backend, requested: str | None, qat
     return candidates
 
 
-def check_runner(target: Target) -> None:
-    """The target's profiling runner exists (checked before any work)."""
-    if target.profiling != "local":
-        raise DeployKitError(
-            f"target {target.name!r} asks for the {target.profiling!r} profiling runner, which deploykit does not "
-            "have yet; use profiling: local in its YAML."
-        )
-
-
 def candidate_precisions(target: Target, backend: Backend, requested: str | None) -> list[str]:
     """The precisions to try, in order: the user's choice alone, or the target's that this backend produces."""
     if requested is not None:
@@ -164,27 +165,47 @@ def make_plan(
     evaluation_samples: int,
     gates: Gates,
     profile: ProfileSettings,
+    runner: ProfileRunner,
     masked_logit: float,
-    max_residual_scale: float = 8.0,
+    max_residual_scale: float = DEFAULT_MAX_RESIDUAL_SCALE,
 ) -> Plan:
     """The steps of one target's build (post-training: export at a precision, validate, profile)."""
-    threads = profile.threads or target.profiling_threads()
+    threads = profile.threads or runner.threads(target)
+    first = candidates[0].precision
+    export = {
+        "step": "export",
+        "backend": backend.name,
+        "format": backend.format,
+        "precision": first,
+        "method": backend.describe(first),
+        "calibration_samples": calibration_samples if first in INTEGER_PRECISIONS else 0,
+    }
+    if len(candidates) > 1:
+        export["if_gates_fail_try"] = [candidate.label for candidate in candidates[1:]]
+    if target.integer_only or first in backend.scaled_stream_precisions:
+        export["masked_attention_logit"] = masked_logit
+        export["residual_stream"] = f"outlier channels divided by powers of two up to {max_residual_scale:g}"
+    passes = []
+    for name, items in dict.fromkeys(step for c in candidates for step in c.recipe):
+        chosen = get_pass(name, **dict(items))
+        users = [c.label for c in candidates if (name, items) in c.recipe]
+        warnings = {"warning": "; ".join(notes)} if (notes := chosen.target_warnings(target)) else {}
+        passes.append({"step": name, "for_candidates": users, "training_samples": "all but evaluation",
+                       **chosen.describe(), **warnings})
+    check_ops = []
+    if target.checks_ops:
+        rules = ["float tensors"] if target.integer_only else []
+        rules += ["ops outside the target's op set"] if target.supported_ops is not None or target.unsupported_ops else []
+        rules += [f"tensors with more than {target.max_tensor_dims} dimensions > 1"] if target.max_tensor_dims else []
+        check_ops = [{"step": "check_ops", "reports": ", ".join(rules),
+                      "on_fallback": "report only (--allow-fallback)" if gates.allow_fallback else "fail the build"}]
     steps = [
         {"step": "tokenize", "sequence_length": sequence_length, "chosen_by": sequence_length_reason},
-        {
-            "step": "export",
-            "backend": backend.name,
-            "format": backend.format,
-            "precision": candidates[0].precision,
-            "method": backend.describe(candidates[0].precision),
-            "calibration_samples": calibration_samples if candidates[0].precision in INTEGER_PRECISIONS else 0,
-        },
-        {
-            "step": "baseline",
-            "backend": backend.name,
-            "precision": BASELINE_PRECISION,
-            "method": backend.describe(BASELINE_PRECISION),
-        },
+        export,
+        *check_ops,
+        *passes,
+        {"step": "baseline", "backend": backend.name, "precision": BASELINE_PRECISION,
+         "method": backend.describe(BASELINE_PRECISION)},
         {
             "step": "validate",
             "evaluation_samples": evaluation_samples,
@@ -193,23 +214,62 @@ def make_plan(
             "min_agreement": gates.min_agreement,
             **({"max_latency_ms": gates.max_latency_ms} if gates.max_latency_ms is not None else {}),
         },
-        {"step": "profile", "runner": target.profiling, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
+        {"step": "profile", "runner": runner.name, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
     ]
-    if len(candidates) > 1:
-        steps[1]["if_gates_fail_try"] = [candidate.label for candidate in candidates[1:]]
-    for index, (name, items) in enumerate(dict.fromkeys(step for c in candidates for step in c.recipe)):
-        chosen = get_pass(name, **dict(items))
-        users = [c.label for c in candidates if (name, items) in c.recipe]
-        warnings = {"warning": "; ".join(notes)} if (notes := chosen.target_warnings(target)) else {}
-        steps.insert(2 + index, {"step": name, "for_candidates": users, "training_samples": "all but evaluation",
-                                 **chosen.describe(), **warnings})
-    if target.integer_only or candidates[0].precision in backend.scaled_stream_precisions:
-        steps[1]["masked_attention_logit"] = masked_logit
-        steps[1]["residual_stream"] = f"outlier channels divided by powers of two up to {max_residual_scale:g}"
-    if target.checks_ops:
-        rules = ["float tensors"] if target.integer_only else []
-        rules += ["ops outside the target's op set"] if target.supported_ops is not None or target.unsupported_ops else []
-        rules += [f"tensors with more than {target.max_tensor_dims} dimensions > 1"] if target.max_tensor_dims else []
-        steps.insert(2, {"step": "check_ops", "reports": ", ".join(rules),
-                         "on_fallback": "report only (--allow-fallback)" if gates.allow_fallback else "fail the build"})
     return Plan(target.name, backend.name, candidates, sequence_length, threads, gates, steps)
+
+
+def gates_for(target: Target, options: "BuildOptions") -> Gates:
+    """The target's budgets, each overridden by the option the user set."""
+    budgets = target.budgets
+    return Gates(
+        max_accuracy_drop=_first_set(options.max_accuracy_drop, budgets.max_accuracy_drop),
+        min_cosine=_first_set(options.min_cosine, budgets.min_cosine),
+        min_agreement=_first_set(options.min_agreement, budgets.min_agreement),
+        allow_fallback=options.allow_fallback,
+        max_latency_ms=_first_set(options.max_latency_ms, budgets.max_latency_ms, None),
+    )
+
+
+def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle: "ModelBundle", sequence_length: int,
+                sequence_length_reason: str, calibration_samples: int, evaluation_samples: int,
+                options: "BuildOptions") -> Plan:
+    """Everything one target's build will do, checked against the model before any work."""
+    gates = gates_for(target, options)
+    keras = bundle.onnx_source is None
+    if not keras:
+        check_reads_onnx(target, backend)
+        if options.recipe:
+            bundle.check_keras("--recipe " + ",".join(options.recipe))
+    candidates = plan_candidates(target, backend, options.precision, options.qat and keras, options.recipe,
+                                 options.pass_parameters, latency_budget=gates.max_latency_ms is not None and keras)
+    if any(pass_class(name).rebuilds_model for candidate in candidates for name in candidate.passes):
+        bundle.check_rebuildable()  # before the first export, not an hour into training
+    plan = make_plan(target, backend, candidates, sequence_length, sequence_length_reason, calibration_samples,
+                     evaluation_samples, gates, options.profile, runner, options.masked_logit,
+                     options.max_residual_scale)
+    if target.sequence_range is not None and keras:
+        low, high = target.sequence_range
+        if not low <= sequence_length <= high or high > bundle.max_sequence_length:
+            raise DeployKitError(
+                f"target {target.name!r} accepts sequences of {low}..{high} tokens (sequence_range) but the build "
+                f"uses {sequence_length} and the model at most {bundle.max_sequence_length}; pass "
+                "--sequence-length within the range or fix the range."
+            )
+        plan.step("export")["sequence_axis"] = f"dynamic, {low}..{high} tokens (optimum {sequence_length})"
+    return plan
+
+
+def check_reads_onnx(target: Target, backend: Backend) -> None:
+    """ONNX input has no Keras graph to trace: only exporters that convert ONNX themselves can take it."""
+    if not backend.reads_onnx:
+        readers = ", ".join(sorted(name for name in available_runtimes() if get_backend(name).reads_onnx))
+        raise DeployKitError(
+            f"target {target.name!r} exports through {backend.name}, which needs a Keras or TensorFlow model; "
+            f"ONNX input builds for targets on {readers} (e.g. intel-cpu, nvidia-gpu)."
+        )
+
+
+def _first_set(*values):
+    """The first value that is not None (the last one when all are)."""
+    return next((value for value in values if value is not None), values[-1])

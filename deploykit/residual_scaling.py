@@ -27,7 +27,11 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.models import LAYER_NORM_SCALES, ModelBundle, integer_layer_norm, simulated_rounding
+from deploykit.integer_graph import STREAM_SCALES, integer_layer_norm, simulated_rounding
+from deploykit.models import ModelBundle
+
+# 8 keeps k**2 / N resolvable next to k = 1 in one int8 scale (see above); 1 turns the scaling off.
+DEFAULT_MAX_RESIDUAL_SCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class StreamLayers:
 
     readers: list  # kernels whose rows take the stream (axis 0)
     writers: list  # kernels whose last axis (and bias) write into the stream
-    norms: dict  # id(LayerNormalization) -> (reads scaled input, writes scaled output)
+    norms: list  # (LayerNormalization, reads scaled input, writes scaled output)
     stream_norms: list  # LayerNorms whose input is the residual sum (measured for the scales)
 
 
@@ -48,7 +52,7 @@ def stream_layers(bundle: ModelBundle) -> StreamLayers | None:
     if not encoders or embedding_norm is None or any(getattr(e, "normalize_first", True) for e in encoders):
         return None
     try:
-        readers, writers, norms, stream_norms = [], [], {id(embedding_norm): (False, True)}, []
+        readers, writers, norms, stream_norms = [], [], [(embedding_norm, False, True)], []
         for number, encoder in enumerate(encoders):
             attention = encoder._self_attention_layer
             # A factorized (LowRankDense) FFN reads the stream through `left` and writes it through `right`.
@@ -57,15 +61,15 @@ def stream_layers(bundle: ModelBundle) -> StreamLayers | None:
             writers += [attention._output_dense,
                         getattr(encoder._feedforward_output_dense, "right", encoder._feedforward_output_dense)]
             last = number == len(encoders) - 1
-            norms[id(encoder._self_attention_layer_norm)] = (True, True)
-            norms[id(encoder._feedforward_layer_norm)] = (True, not last)
+            norms += [(encoder._self_attention_layer_norm, True, True), (encoder._feedforward_layer_norm, True, not last)]
             stream_norms += [encoder._self_attention_layer_norm, encoder._feedforward_layer_norm]
     except AttributeError:  # a keras-hub version with other internals: leave the stream as it is
         return None
     return StreamLayers(readers, writers, norms, stream_norms)
 
 
-def find_scales(bundle: ModelBundle, sequence_length: int, calibration: list[dict], max_scale: float = 8.0,
+def find_scales(bundle: ModelBundle, sequence_length: int, calibration: list[dict],
+                max_scale: float = DEFAULT_MAX_RESIDUAL_SCALE,
                 batch_size: int = 16) -> np.ndarray | None:
     """Per-channel powers of two from the largest |value| each channel reaches at a LayerNorm input.
 
@@ -113,12 +117,12 @@ def scaled_residual_stream(bundle: ModelBundle, scales: np.ndarray) -> Iterator[
         else:
             value = value / scales
         variable.assign(value)
-    for norm_id, (scaled_input, scaled_output) in layers.norms.items():
-        LAYER_NORM_SCALES[norm_id] = (scales if scaled_input else None, scales if scaled_output else None)
+    for norm, scaled_input, scaled_output in layers.norms:  # read by integer_layer_norm while tracing
+        object.__setattr__(norm, STREAM_SCALES, (scales if scaled_input else None, scales if scaled_output else None))
     try:
         yield
     finally:
-        for norm_id in layers.norms:
-            LAYER_NORM_SCALES.pop(norm_id, None)
+        for norm, _, _ in layers.norms:
+            object.__delattr__(norm, STREAM_SCALES)
         for variable, value in saved:
             variable.assign(value)

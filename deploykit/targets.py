@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Literal
@@ -22,10 +21,12 @@ from deploykit.errors import DeployKitError
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "a16w8", "dynamic-int8", "fp8", "int4-weights"]
 INTEGER_PRECISIONS = ("int8", "a16w8")  # full-integer graphs: int8 weights, int8 or int16 activations
-Runtime = Literal["litert", "openvino", "tensorrt"]
 Sparsity = Literal["none", "2:4", "unstructured"]
 
-BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+# Installed from a wheel, the repository's targets/ folder is the package data deploykit/builtin_targets;
+# in a source checkout (and an editable install) it is the folder itself.
+_INSTALLED_TARGETS = Path(__file__).resolve().parent / "builtin_targets"
+BUILTIN_TARGETS_DIR = _INSTALLED_TARGETS if _INSTALLED_TARGETS.is_dir() else Path(__file__).resolve().parent.parent / "targets"
 TARGETS_ENV = "DEPLOYKIT_TARGETS"
 # A target's name is also its output folder's name and a CLI word: no dots, slashes, spaces or capitals.
 TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -61,7 +62,8 @@ class Target(BaseModel):
     name: str
     description: str
     device: str = Field(description="The hardware this profile stands for, in words.")
-    runtime: Runtime
+    runtime: str = Field(description="The backend that exports and runs the artifact (litert, openvino, tensorrt, "
+                         "or a plugin's).")
     precisions: list[Precision] = Field(
         min_length=1, description="Precisions the hardware runs fast, most preferred first."
     )
@@ -88,7 +90,10 @@ class Target(BaseModel):
         description="Regex over '<arch> <cpu model>'; when it matches, local profiling "
         "runs on the target's own kind of device.",
     )
-    profiling: Literal["local", "ssh", "adb"] = "local"
+    profiling: dict = Field(
+        {"name": "local"}, description="The profiling runner and its settings, e.g. {name: local} (or just local); "
+        "see deploykit/profiling."
+    )
     budgets: Budgets = Budgets()
     compiler: dict | None = Field(
         None, description="The device toolchain run after export, e.g. {name: edgetpu}; see deploykit/compilers."
@@ -97,6 +102,13 @@ class Target(BaseModel):
         [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
         "the latency budget; each costs accuracy, so list the gentlest first."
     )
+
+    @field_validator("profiling", mode="before")
+    @classmethod
+    def _runner_block(cls, value: object) -> object:
+        from deploykit.profiling.base import runner_spec
+
+        return runner_spec(value)
 
     @field_validator("host_match")
     @classmethod
@@ -146,30 +158,6 @@ class Target(BaseModel):
     def default_precision(self) -> Precision:
         return self.precisions[0]
 
-    def profiling_threads(self) -> int:
-        """The target's thread count, never more than this host's cores (oversubscription only adds noise)."""
-        cores = os.cpu_count() or 1
-        return min(self.threads or cores, cores)
-
-    def matches_host(self) -> bool:
-        """True when this machine is an instance of the target's device class."""
-        if not self.host_match:
-            return False
-        return re.search(self.host_match, host_description()) is not None
-
-
-def host_description() -> str:
-    """'<arch> <cpu model name>' of this machine, e.g. 'x86_64 AMD EPYC 9654'."""
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()} {model}".strip()
-
 
 def target_dirs() -> list[Path]:
     """Folders searched for targets, later ones overriding earlier ones."""
@@ -211,13 +199,17 @@ def load_target_file(path: Path) -> Target:
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in error.errors()
         )
         raise DeployKitError(f"target file {path} is invalid: {problems}.") from None
-    if target.compiler is not None:
-        from deploykit.compilers.base import get_compiler
+    from deploykit.backends.base import BACKENDS
+    from deploykit.compilers.base import get_compiler
+    from deploykit.profiling.base import get_runner
 
+    checks = (("runtime", lambda: BACKENDS.get(target.runtime)), ("profiling", lambda: get_runner(target.profiling)),
+              ("compiler", lambda: target.compiler is None or get_compiler(target.compiler)))
+    for field_name, check in checks:  # plugins are named through their registries and check their own settings
         try:
-            get_compiler(target.compiler)
+            check()
         except DeployKitError as error:
-            raise DeployKitError(f"target file {path} is invalid: {error}") from None
+            raise DeployKitError(f"target file {path} is invalid: {field_name}: {error}") from None
     return target
 
 

@@ -10,7 +10,8 @@ import pytest
 from deploykit.backends.base import ExportOptions, get_backend
 from deploykit.bert_surgery import Keep, keep_all, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.models import ModelBundle, _embedding_forward
+from deploykit.models import ModelBundle
+from deploykit.models.heads import embedding_forward
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.passes.recipe import parse_recipe
 from deploykit.progress import StepLog
@@ -35,7 +36,7 @@ def bundle():
     )
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCABULARY, lowercase=True)
     return ModelBundle(
-        forward=_embedding_forward(backbone, "mean", True), tokenizer=tokenizer, task="embedding",
+        forward=embedding_forward(backbone, "mean", True), tokenizer=tokenizer, task="embedding",
         max_sequence_length=32, source="tiny", backbone=backbone, details={"pooling": "mean", "normalize": True},
     )
 
@@ -269,13 +270,14 @@ def test_prune_weight_sparsity_reaches_its_share_and_pattern(bundle, parameters,
 def test_plan_warns_when_the_target_gains_nothing_from_sparsity():
     from deploykit.backends.base import get_backend
     from deploykit.planner import Gates, make_plan, plan_candidates
-    from deploykit.profiling.local import ProfileSettings
+    from deploykit.profiling.base import ProfileSettings, get_runner
     from deploykit.targets import load_target
 
     target = load_target("arm-cpu")
     backend = get_backend("litert")
     candidates = plan_candidates(target, backend, None, forced=("prune",), parameters={"prune": {"sparsity": 0.5}})
-    plan = make_plan(target, backend, candidates, 16, "test", 10, 10, Gates(1.0, 0.99), ProfileSettings(), -30.0)
+    plan = make_plan(target, backend, candidates, 16, "test", 10, 10, Gates(1.0, 0.99), ProfileSettings(),
+                     get_runner("local"), -30.0)
     (step,) = [s for s in plan.steps if s["step"] == "prune"]
     assert "gains nothing from unstructured zeros" in step["warning"]
 

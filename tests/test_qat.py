@@ -8,7 +8,8 @@ from deploykit.backends.base import ExportOptions, get_backend
 from deploykit.build import build
 from deploykit.compatibility import check_compatibility
 from deploykit.errors import DeployKitError
-from deploykit.models import integer_graph, load_model
+from deploykit.integer_graph import integer_graph
+from deploykit.models import load_model
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog

@@ -170,7 +170,7 @@ CASES = [
     Case("target-folder-missing", lambda f: (f.build("--target", "lab"), {"DEPLOYKIT_TARGETS": str(f.tmp / "nowhere")}),
          "not a folder"),
     Case("target-ssh-runner", lambda f: (f.build("--target", "lab"), f.targets({"lab.yaml": LIST_TARGET + "profiling: ssh\n"})),
-         "'ssh' profiling runner"),
+         "unknown profiling runner 'ssh'"),
     Case("target-integer-only-fp32", lambda f: (f.build("--target", "lab"), f.targets(
         {"lab.yaml": LIST_TARGET.replace("[dynamic-int8]", "[fp32]") + "integer_only: true\n"})), "integer_only"),
     Case("target-range-on-litert", lambda f: (f.build("--target", "lab"),

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from deploykit.models import integer_graph, load_model
+from deploykit.integer_graph import integer_graph
+from deploykit.models import load_model
 from deploykit.residual_scaling import find_scales, scaled_residual_stream, stream_layers
 
 TEXTS = ["team goal win season", "bread soup garlic", "coach league player", "cheese recipe bake dinner"]

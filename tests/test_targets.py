@@ -69,8 +69,11 @@ def test_comma_list_and_all():
 
 
 def test_profiling_threads_never_exceed_host_cores(monkeypatch):
+    from deploykit.profiling.base import get_runner
+
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert load_target("arm-cpu").profiling_threads() == 2
+    target = load_target("arm-cpu")
+    assert get_runner(target.profiling).threads(target) == 2
 
 
 def test_hidden_files_and_editor_locks_are_not_targets(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from deploykit.compatibility import GraphOp
+from deploykit.graph_ops import GraphOp
 from deploykit.errors import DeployKitError
 from deploykit.registry import Registry
 
@@ -45,6 +45,8 @@ class ExportedArtifact:
     runtime_config: dict = field(default_factory=dict)
 
 
+# Percentile-calibrated activation ranges (TensorRT Q/DQ): TensorRT's own calibrators default to 99.99 too.
+DEFAULT_ACTIVATION_PERCENTILE = 99.99
 # Converters run as child processes (tf2onnx) stop after this: BERT-large converts in ~5 minutes on 2 cores.
 DEFAULT_CONVERTER_TIMEOUT_S = 1800.0
 
@@ -56,7 +58,7 @@ class ExportOptions:
     calibration: list[Inputs]
     integer_only: bool = False
     integer_io: bool = False
-    activation_percentile: float = 99.99  # percentile-calibrating backends: share of activation values kept in range
+    activation_percentile: float = DEFAULT_ACTIVATION_PERCENTILE  # percentile-calibrating backends: values kept in range
     converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter run as a child process
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.compatibility import GraphOp, GraphTensor
+from deploykit.graph_ops import GraphOp, GraphTensor
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
 
 

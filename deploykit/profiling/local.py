@@ -1,39 +1,68 @@
-"""Local profiling: runs the artifact on this machine's CPU, each in its own worker process."""
+"""The `local` profiling runner: times the artifact on this machine's CPU, each in its own worker process."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import platform
+import re
 from pathlib import Path
 
 import numpy as np
 
 from deploykit.backends.base import Inputs
 from deploykit.errors import DeployKitError
+from deploykit.profiling.base import ProfileRunner, ProfileSettings, get_runner
 from deploykit.profiling.stats import latency_summary
 from deploykit.subprocesses import run_step
 from deploykit.user_files import read_json, read_text
 
 
-@dataclass(frozen=True)
-class ProfileSettings:
-    """How to time an artifact. 100 runs give a stable p99 estimate; 10 warm-up runs absorb lazy init."""
+class LocalRunner(ProfileRunner):
+    """This machine. A target's `host_match` regex says when this host is an instance of its device class."""
 
-    runs: int = 100
-    warmup: int = 10
-    threads: int | None = None  # None: the target's thread count
-    # A hung runtime must not hang the build: 100 runs of BERT-large on one slow core take about 2 minutes.
-    timeout_s: float = 600.0
+    name = "local"
+
+    def threads(self, target) -> int:
+        """The target's thread count, never more than this host's cores (oversubscription only adds noise)."""
+        cores = os.cpu_count() or 1
+        return min(target.threads or cores, cores)
+
+    def describe(self, target, threads: int) -> dict:
+        host = host_description()
+        on_device = bool(target.host_match) and re.search(target.host_match, host) is not None
+        if on_device:
+            note = f"Measured on this host ({host}, {threads} threads), which is an instance of the target's device class."
+        else:
+            note = (f"Measured on this host ({host}, {threads} threads), not on the target's device ({target.device}): "
+                    "ratios between artifact and baseline carry over better than absolute latencies.")
+        return {"runner": self.name, "host": host, "cores": os.cpu_count(), "threads": threads,
+                "on_target_device": on_device, "note": note}
+
+    def profile(self, backend: str, artifact: Path, runtime_config: dict, sample: Inputs, threads: int,
+                settings: ProfileSettings) -> dict:
+        return profile_artifact(backend, artifact, runtime_config, sample, threads, settings)
+
+
+def host_description() -> str:
+    """'<arch> <cpu model name>' of this machine, e.g. 'x86_64 AMD EPYC 9654'."""
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {model}".strip()
 
 
 def profile_artifact(
     backend: str, artifact: Path, runtime_config: dict, sample: Inputs, threads: int, settings: ProfileSettings
 ) -> dict:
-    """Latency summary, peak RSS and runtime facts of one artifact on a batch-1 sample."""
+    """Latency summary, peak RSS and runtime facts of one artifact on a batch-1 sample, in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="deploykit-profile-") as folder:
         inputs_path = Path(folder) / "inputs.npz"
         np.savez(inputs_path, **sample)
@@ -98,5 +127,6 @@ def profile_path(path: str | Path, threads: int | None = None, settings: Profile
     token_ids = np.full((1, length), ids[0], dtype=np.int32)
     token_ids[0, 0], token_ids[0, -1] = ids[1], ids[2]
     sample = {"token_ids": token_ids, "padding_mask": np.ones((1, length), dtype=np.int32)}
-    profile = profile_artifact(backend.name, path, runtime_config, sample, threads or os.cpu_count() or 1, settings)
+    runner = get_runner("local")
+    profile = runner.profile(backend.name, path, runtime_config, sample, threads or os.cpu_count() or 1, settings)
     return {"artifact": str(path), "backend": backend.name, "sequence_length": length, **profile}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
+from importlib.metadata import version
 from pathlib import Path
 
-from deploykit import __version__
 from deploykit.data import DataSplit
 from deploykit.models import ModelBundle
 from deploykit.passes.recipe import recipe_document
 from deploykit.planner import Plan
 from deploykit.report.manifest import file_entry
-from deploykit.targets import Target, host_description
+from deploykit.targets import Target
 
 
 def _artifact_entry(measured, folder: Path | None) -> dict:
@@ -36,19 +35,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 4)
 
 
-def _measured_on(target: Target, threads: int) -> dict:
-    host = host_description()
-    on_device = target.matches_host()
-    if on_device:
-        note = f"Measured on this host ({host}, {threads} threads), which is an instance of the target's device class."
-    else:
-        note = (
-            f"Measured on this host ({host}, {threads} threads), not on the target's device ({target.device}): "
-            "ratios between artifact and baseline carry over better than absolute latencies."
-        )
-    return {"host": host, "cores": os.cpu_count(), "threads": threads, "on_target_device": on_device, "note": note}
-
-
 def assemble_report(
     target: Target,
     plan: Plan,
@@ -61,6 +47,7 @@ def assemble_report(
     original_accuracy: float | None,
     label_mapping: str | None,
     timings: dict,
+    measured_on: dict,
     integer_graph: dict | None = None,
     device_compile: dict | None = None,
 ) -> dict:
@@ -69,7 +56,7 @@ def assemble_report(
     artifact_entry = _artifact_entry(artifact, folder)
     baseline_entry = _artifact_entry(baseline, None)
     return {
-        "deploykit_version": __version__,
+        "deploykit_version": version("deploykit"),
         "target": target.name,
         "target_profile": target.model_dump(),
         "model": {
@@ -120,7 +107,7 @@ def assemble_report(
             "integer_only_required": target.integer_only,
             **(chosen.compatibility.as_dict() if chosen.compatibility else {"fallback_ops": None, "fallback_reasons": None}),
         },
-        "measured_on": _measured_on(target, artifact.profile["threads"]),
+        "measured_on": measured_on,  # the profiling runner's account of the device
         "gates": {"passed": chosen.passed, "checks": chosen.checks},
         "integer_graph": integer_graph,
         "device_compile": device_compile,  # the device toolchain's outcome (None: the target names none)

@@ -27,7 +27,7 @@ from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import get_backend
 from deploykit.build import BuildOptions, prepare_session
 from deploykit.passes.recipe import parse_recipe, recipe
-from deploykit.profiling.local import ProfileSettings
+from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
 from ptq_vs_vendor import _format  # same folder: one number format for every benchmark table
@@ -61,23 +61,24 @@ def main() -> None:
         work = Path(workdir)
         log = StepLog(Console(stderr=True))  # progress on stderr, the table on stdout
         session = prepare_session(args.model, args.data, args.eval_data, options, log, work)
-        threads = target.profiling_threads()
-        original = backend.export(session.saved_model(), args.precision, session.export_options(target), work / "int8")
+        runner = get_runner(target.profiling)
+        threads = runner.threads(target)
+        original = backend.export(session.models.saved_model(), args.precision, session.export_options(target),
+                                  work / "int8")
         rows = [
-            ("LiteRT fp32, original", session.baseline(backend, target, threads), None, []),
-            (f"{args.precision}, original", session.measure(backend, original, threads, "original"), None, []),
+            ("LiteRT fp32, original", session.baseline(backend, target, runner, threads), None, []),
+            (f"{args.precision}, original", session.measure(backend, original, runner, threads, "original"), None, []),
         ]
         for number, (names, values) in enumerate(recipes):
             steps = recipe(names, values)  # passes with parameters: what the session's caches key on
             started = time.perf_counter()
-            saved_model = session.saved_model(None, steps)
+            saved_model = session.models.saved_model(None, steps)
             seconds = time.perf_counter() - started
-            bundle = session.candidate_bundle(steps)
-            artifact = backend.export(saved_model, args.precision, session.export_options(target, bundle),
+            artifact = backend.export(saved_model, args.precision, session.export_options(target, steps),
                                       work / f"recipe{number}")
             label = f"{args.recipes[number]} + {args.precision}"
-            rows.append((label, session.measure(backend, artifact, threads, label, bundle), seconds,
-                         session.pass_results(steps)))
+            rows.append((label, session.measure(backend, artifact, runner, threads, label, steps), seconds,
+                         session.models.pass_results(steps)))
         print_table(rows, session, threads)
 
 

@@ -28,7 +28,7 @@ from deploykit.backends.base import ExportedArtifact, get_backend
 from deploykit.build import BuildOptions, prepare_session
 from deploykit.compatibility import check_compatibility
 from deploykit.passes.recipe import recipe
-from deploykit.profiling.local import ProfileSettings
+from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
 from ptq_vs_vendor import _format  # same folder: one number format for every benchmark table
@@ -68,12 +68,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
         work = Path(workdir)
         session = prepare_session(args.model, args.data, args.eval_data, options, StepLog(), work)
-        threads = npu.profiling_threads()
+        runner = get_runner(npu.profiling)
+        threads = runner.threads(npu)
         integer_options = session.export_options(npu)
-        keras_graph = session.saved_model()
-        integer_graph = session.saved_model(options.masked_logit)
+        keras_graph = session.models.saved_model()
+        integer_graph = session.models.saved_model(options.masked_logit)
         started = time.perf_counter()
-        qat_graph = session.saved_model(options.masked_logit, recipe(("qat",), options.pass_parameters))
+        qat_graph = session.models.saved_model(options.masked_logit, recipe(("qat",), options.pass_parameters))
         qat_seconds = time.perf_counter() - started
 
         stock = backend.export(keras_graph, "int8", integer_options, work / "stock-converter")
@@ -87,10 +88,10 @@ def main() -> None:
             ("dynamic-range int8 (not full-integer)",
              backend.export(keras_graph, "dynamic-int8", session.export_options(load_target("arm-cpu")), work / "dyn")),
         ]
-        baseline = session.baseline(backend, npu, threads)
+        baseline = session.baseline(backend, npu, runner, threads)
         rows = [("LiteRT fp32", baseline)]
         for label, artifact in paths:
-            rows.append((label, session.measure(backend, artifact, threads, label)))
+            rows.append((label, session.measure(backend, artifact, runner, threads, label)))
         print_table(rows, session, threads, backend, npu, edge, qat_seconds)
 
 

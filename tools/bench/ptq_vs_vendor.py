@@ -26,7 +26,7 @@ from pathlib import Path
 from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import ExportedArtifact, get_backend
 from deploykit.build import BuildOptions, prepare_session
-from deploykit.profiling.local import ProfileSettings
+from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
 from deploykit.targets import load_target
 
@@ -91,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
         work = Path(workdir)
         session = prepare_session(args.model, args.data, None, options, StepLog(), work)
-        saved_model = session.saved_model()
+        saved_model = session.models.saved_model()
         rows = []
         for runtime, deploykit_paths in (
             ("litert", [("arm-cpu", None), ("arm-cpu", "fp16"), ("mobile-npu", None)]),
@@ -101,18 +101,20 @@ def main() -> None:
             if runtime not in runtimes:
                 continue
             backend = get_backend(runtime)
-            threads = args.threads or load_target(deploykit_paths[0][0]).profiling_threads()
-            baseline = session.baseline(backend, load_target(deploykit_paths[0][0]), threads)
+            first = load_target(deploykit_paths[0][0])
+            runner = get_runner(first.profiling)
+            threads = args.threads or runner.threads(first)
+            baseline = session.baseline(backend, first, runner, threads)
             rows.append((runtime, "fp32 baseline", baseline))
             for target_name, precision in deploykit_paths:
                 target = load_target(target_name)
                 precision = precision or target.default_precision
                 integer = target.integer_only or precision in backend.scaled_stream_precisions
-                source = session.saved_model(options.masked_logit if integer else None)
+                source = session.models.saved_model(options.masked_logit if integer else None)
                 folder = work / f"{target_name}-{precision}"
                 artifact = backend.export(source, precision, session.export_options(target), folder)
                 label = f"deploykit {precision} ({target_name})"
-                rows.append((runtime, label, session.measure(backend, artifact, threads, label)))
+                rows.append((runtime, label, session.measure(backend, artifact, runner, threads, label)))
             if runtime == "litert":
                 # The stock full-integer recipe: the same converter settings on the graph as Keras traces it.
                 stock = backend.export(saved_model, "int8", session.export_options(load_target("mobile-npu")),
@@ -130,7 +132,8 @@ def main() -> None:
                     vendor_openvino_default(saved_model, work / "vendor-nncf", calibration),
                 ]
             for artifact in vendor:
-                rows.append((runtime, f"vendor {artifact.precision}", session.measure(backend, artifact, threads, artifact.precision)))
+                rows.append((runtime, f"vendor {artifact.precision}", session.measure(backend, artifact, runner, threads,
+                                                                              artifact.precision)))
         print_table(rows, session, threads)
 
 

