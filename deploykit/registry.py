@@ -20,6 +20,8 @@ import pkgutil
 import re
 from typing import Generic, TypeVar
 
+from pydantic import ValidationError
+
 from deploykit.errors import DeployKitError
 
 PLUGIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -55,6 +57,20 @@ class Registry(Generic[Plugin]):
         if name not in self.entries:
             raise DeployKitError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}.")
         return self.entries[name]
+
+    def configured(self, spec: object, example: str) -> Plugin:
+        """A plugin made from a settings block (`{name: edgetpu, timeout_s: 60}`), validated by its settings_class."""
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not PLUGIN_NAME.fullmatch(name):
+            raise DeployKitError(f"a {self.kind} block needs a name of lowercase letters, digits and hyphens, "
+                                 f"e.g. `{example}`; got {name!r}.")
+        plugin = self.get(name)
+        try:
+            settings = plugin.settings_class.model_validate(spec)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+            raise DeployKitError(f"{self.kind} {name!r} settings are invalid: {problems}.") from None
+        return plugin(settings)
 
     def names(self) -> list[str]:
         self.load_all()

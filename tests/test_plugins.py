@@ -126,7 +126,7 @@ def test_a_plugin_setting_is_checked_by_the_plugin(echo_plugins, tmp_path):
     target.write_text("description: d\ndevice: d\nruntime: litert\nprecisions: [fp32]\n"
                       "compiler: {name: echo-compiler, volume: loud}\n")
     result = CliRunner().invoke(main, ["targets"], env={"DEPLOYKIT_TARGETS": str(tmp_path)})
-    assert result.exit_code == 2 and "compiler: compiler 'echo-compiler' settings are invalid: volume" in result.stderr
+    assert result.exit_code == 2 and "compiler: device compiler 'echo-compiler' settings are invalid: volume" in result.stderr
 
 
 def test_every_package_folder_ships_in_the_wheel():

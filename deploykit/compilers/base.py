@@ -15,15 +15,13 @@ A compiler is one module `deploykit/compilers/<name with _ for ->.py` holding on
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from deploykit.backends.base import ExportedArtifact
-from deploykit.errors import DeployKitError
 from deploykit.registry import Registry
 from deploykit.progress import StepLog
 
@@ -102,14 +100,4 @@ COMPILERS: Registry[DeviceCompiler] = Registry("device compiler", "deploykit.com
 
 def get_compiler(spec: dict) -> DeviceCompiler:
     """The compiler a target's `compiler:` block names, with its settings validated."""
-    name = spec.get("name") if isinstance(spec, dict) else None
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
-        raise DeployKitError(f"a target's compiler block needs a name of lowercase letters, digits and hyphens, "
-                             f"e.g. `compiler: {{name: edgetpu}}`; got {name!r}.")
-    cls = COMPILERS.get(name)
-    try:
-        settings = cls.settings_class.model_validate(spec)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise DeployKitError(f"compiler {name!r} settings are invalid: {problems}.") from None
-    return cls(settings)
+    return COMPILERS.configured(spec, "compiler: {name: edgetpu}")

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from deploykit.errors import DeployKitError
 from deploykit.registry import Registry
 
 if TYPE_CHECKING:
@@ -79,14 +78,5 @@ def runner_spec(spec: object) -> dict:
 
 
 def get_runner(spec: object) -> ProfileRunner:
-    """The runner a `profiling:` block names, with its settings validated."""
-    spec = runner_spec(spec)
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise DeployKitError("a target's profiling block needs a runner name, e.g. `profiling: {name: local}`.")
-    cls = RUNNERS.get(spec["name"])
-    try:
-        settings = cls.settings_class.model_validate(spec)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise DeployKitError(f"profiling runner {spec['name']!r} settings are invalid: {problems}.") from None
-    return cls(settings)
+    """The runner a `profiling:` block (or a runner name) names, with its settings validated."""
+    return RUNNERS.configured(runner_spec(spec), "profiling: {name: local}")
