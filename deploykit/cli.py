@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deploykit.build.options import BuildOptions
 from deploykit.errors import DeployKitError
 from deploykit.interrupts import Interrupted, interruptible
 from deploykit.targets import list_targets, load_target
@@ -25,6 +26,8 @@ from deploykit.targets import list_targets, load_target
 _WIDTH = shutil.get_terminal_size((150, 24)).columns
 console = Console(stderr=True, width=_WIDTH)
 output = Console(width=_WIDTH)
+_BUILD = BuildOptions()  # the options' defaults are defined once, there
+_PROFILE = _BUILD.profile
 
 
 class _Group(click.Group):
@@ -145,10 +148,10 @@ def targets_show(name: str) -> None:
 @click.option("--data", type=click.Path(dir_okay=False), help="JSONL/CSV with a 'text' column and optional 'label'. "
               "Default: the bundled sentences.")
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Separate evaluation file (default: held out from --data).")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="dist", show_default=True,
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=str(_BUILD.out), show_default=True,
               help="Output folder; each target gets OUT/<target>/.")
 @click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, a16w8, dynamic-int8).")
-@click.option("--activation-percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
+@click.option("--activation-percentile", type=click.FloatRange(50, 100), default=_BUILD.activation_percentile, show_default=True,
               help="Percentile-calibrated backends (TensorRT Q/DQ): share of activation values each int8 range keeps; "
               "the rest clip.")
 @click.option("--sequence-length", type=click.IntRange(min=2), help="Static sequence length (default: p99 of the data's token lengths).")
@@ -160,17 +163,17 @@ def targets_show(name: str) -> None:
               "quantization alone misses it, the target's compression recipes are tried in turn.")
 @click.option("--task", type=click.Choice(["embedding", "classification"]), help="Override the detected task.")
 @click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt or tokenizer folder for models that carry none.")
-@click.option("--length-percentile", type=click.FloatRange(0, 100, min_open=True), default=99.0, show_default=True,
+@click.option("--length-percentile", type=click.FloatRange(0, 100, min_open=True), default=_BUILD.sequence_length_percentile, show_default=True,
               help="Token-length percentile of the data that sets the sequence length.")
-@click.option("--calibration-samples", type=click.IntRange(min=1), default=300, show_default=True,
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=_BUILD.calibration_samples, show_default=True,
               help="Sentences used to calibrate int8 ranges.")
-@click.option("--evaluation-samples", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--evaluation-samples", type=click.IntRange(min=1), default=_BUILD.evaluation_samples, show_default=True,
               help="Held-out sentences the artifact is validated on.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the calibration/evaluation split.")
-@click.option("--masked-logit", type=click.FloatRange(max=0, max_open=True), default=-30.0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=_BUILD.seed, show_default=True, help="Seed of the calibration/evaluation split.")
+@click.option("--masked-logit", type=click.FloatRange(max=0, max_open=True), default=_BUILD.masked_logit, show_default=True,
               help="Attention logit of padded positions in integer-only graphs (Keras uses -1e9, "
               "which one int8 scale cannot share with the real scores).")
-@click.option("--max-residual-scale", type=click.FloatRange(min=1), default=8.0, show_default=True,
+@click.option("--max-residual-scale", type=click.FloatRange(min=1), default=_BUILD.max_residual_scale, show_default=True,
               help="Integer-only graphs: largest power-of-two divisor applied to outlier channels of the residual "
               "stream so one int8 scale resolves the rest (1 turns it off).")
 @click.option("--allow-fallback", is_flag=True,
@@ -179,24 +182,26 @@ def targets_show(name: str) -> None:
 @click.option("--qat/--no-qat", default=True, show_default=True,
               help="On integer-only targets, try quantization-aware training (a short fine-tune against the "
               "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
-@click.option("--qat-steps", type=click.IntRange(min=1), help="Optimizer steps of quantization-aware training (default: 600, batch 16).")
+@click.option("--qat-steps", type=click.IntRange(min=1), help="Optimizer steps of quantization-aware training "
+              "(default: the qat pass's; `deploykit passes qat` lists them).")
 @click.option("--qat-learning-rate", type=click.FloatRange(min=0, min_open=True),
-              help="QAT learning rate of the weights (default: 1e-4; the usual BERT fine-tuning rate, 2e-5, "
-              "suits models already fine-tuned on the data).")
-@click.option("--qat-range-learning-rate", type=click.FloatRange(min=0, min_open=True), help="QAT learning rate of the activation ranges (default: 1e-3).")
+              help="QAT learning rate of the weights (the usual BERT fine-tuning rate, 2e-5, suits models already "
+              "fine-tuned on the data).")
+@click.option("--qat-range-learning-rate", type=click.FloatRange(min=0, min_open=True),
+              help="QAT learning rate of the activation ranges.")
 @click.option("--recipe", help="Force training-time passes, run in the order given, before the target's export, "
               "e.g. 'distill:layers=3,qat' or 'prune:heads=0.25,neurons=0.5,trim-vocab', or a YAML/JSON recipe file "
               "(passes: [{pass: distill, layers: 3}], precision: int8), or a build's report.json to rebuild what it "
-              "shipped. Passes: distill, prune, "
-              "factorize, trim-vocab, qat (last); `deploykit passes` lists their parameters. Parameters follow name:key=value; further key=value continue that pass.")
-@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed profiling runs per artifact.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed warm-up runs per artifact.")
+              "shipped. `deploykit passes` lists "
+              "the passes and their parameters. Parameters follow name:key=value; further key=value continue that pass.")
+@click.option("--runs", type=click.IntRange(min=1), default=_PROFILE.runs, show_default=True, help="Timed profiling runs per artifact.")
+@click.option("--warmup", type=click.IntRange(min=0), default=_PROFILE.warmup, show_default=True, help="Untimed warm-up runs per artifact.")
 @click.option("--threads", type=click.IntRange(min=1), help="Profiling threads (default: the target's, else all cores).")
 @click.option("--runner", help="Profiling runner to time artifacts with (default: the target's `profiling:`; "
               "built in: local).")
-@click.option("--profile-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+@click.option("--profile-timeout", type=click.FloatRange(min=0, min_open=True), default=_PROFILE.timeout_s, show_default=True,
               help="Seconds one artifact's profiling process may run before it is stopped and the build fails.")
-@click.option("--converter-timeout", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True,
+@click.option("--converter-timeout", type=click.FloatRange(min=0, min_open=True), default=_BUILD.converter_timeout_s, show_default=True,
               help="Seconds a converter child process (tf2onnx, for TensorRT targets) may run.")
 @click.option("--force", is_flag=True, help="Replace OUT/<target> even when it is not a deploykit build (by default "
               "only folders holding a deploykit manifest.json are replaced).")
@@ -248,9 +253,9 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
-@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+@click.option("--runs", type=click.IntRange(min=1), default=_PROFILE.runs, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=_PROFILE.warmup, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=_PROFILE.timeout_s, show_default=True,
               help="Seconds the profiling process may run before it is stopped.")
 def profile(artifact, threads, runs, warmup, timeout) -> None:
     """Time a built ARTIFACT (model.xml or model.tflite from a build folder) on this machine.
