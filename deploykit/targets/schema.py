@@ -1,0 +1,132 @@
+"""The target schema: what one YAML file in targets/ may say about a class of hardware (pure data, pydantic).
+
+Plugin blocks (`runtime`, `compiler`, `profiling`) and `recipes` name things in
+deploykit's registries; `targets/registry.py` checks them when a file loads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "a16w8", "dynamic-int8", "fp8", "int4-weights"]
+INTEGER_PRECISIONS = ("int8", "a16w8")  # full-integer graphs: int8 weights, int8 or int16 activations
+Sparsity = Literal["none", "2:4", "unstructured"]
+
+# A target's name is also its output folder's name and a CLI word: no dots, slashes, spaces or capitals.
+TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+class Budgets(BaseModel):
+    """Quality gates a build must pass on this target, overridable per build."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_accuracy_drop: float = Field(
+        1.0, ge=0, description="Largest allowed accuracy loss, in percentage points."
+    )
+    min_cosine: float = Field(
+        0.99, ge=-1, le=1, description="Smallest allowed mean cosine similarity of embeddings."
+    )
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Largest p50 latency; model-dependent, so usually given per build."
+    )
+    # 0.99 matches the default accuracy budget: when at most 1% of predictions change, accuracy moves by at
+    # most 1 point whatever the labels are.
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="Smallest share of unchanged predictions, for classifiers built without labels."
+    )
+
+
+class Target(BaseModel):
+    """One hardware profile, as written in `targets/<name>.yaml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    device: str = Field(description="The hardware this profile stands for, in words.")
+    runtime: str = Field(description="The backend that exports and runs the artifact (litert, openvino, tensorrt, "
+                         "or a plugin's).")
+    precisions: list[Precision] = Field(
+        min_length=1, description="Precisions the hardware runs fast, most preferred first."
+    )
+    integer_only: bool = Field(False, description="Every op must be integer (NPU, Edge TPU).")
+    integer_io: bool = Field(False, description="Float inputs/outputs become int8 too.")
+    static_shapes: bool = False
+    sequence_range: tuple[int, int] | None = Field(
+        None, description="[shortest, longest] sequence the deployed engine accepts (TensorRT optimisation profile); "
+        "the ONNX then has a dynamic sequence axis and the build's length is the profile's optimum. "
+        "Null: static shapes at the build's length."
+    )
+    sparsity: list[Sparsity] = ["none"]
+    supported_ops: list[str] | None = Field(
+        None, description="The accelerator's op set (runtime op names); null means any op the runtime has."
+    )
+    unsupported_ops: list[str] = []
+    max_tensor_dims: int | None = Field(
+        None, ge=1, description="Most dimensions larger than 1 that any tensor of an op may have."
+    )
+    memory_mb: int | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1, description="Profiling threads; null means all cores.")
+    host_match: str | None = Field(
+        None,
+        description="Regex over '<arch> <cpu model>'; when it matches, local profiling "
+        "runs on the target's own kind of device.",
+    )
+    profiling: dict = Field(
+        {"name": "local"}, description="The profiling runner and its settings, e.g. {name: local} (or just local); "
+        "see deploykit/profiling."
+    )
+    budgets: Budgets = Budgets()
+    compiler: dict | None = Field(
+        None, description="The device toolchain run after export, e.g. {name: edgetpu}; see deploykit/compilers."
+    )
+    recipes: list[str] = Field(
+        [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
+        "the latency budget; each costs accuracy, so list the gentlest first."
+    )
+
+    @field_validator("profiling", mode="before")
+    @classmethod
+    def _runner_block(cls, value: object) -> object:
+        """`profiling: local` is short for `profiling: {name: local}`."""
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("host_match")
+    @classmethod
+    def _host_match_is_a_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"{value!r} is not a valid regular expression ({error})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _sequence_range_is_a_tensorrt_profile(self) -> "Target":
+        if self.sequence_range is not None:
+            low, high = self.sequence_range
+            if not 2 <= low <= high:
+                raise ValueError(f"sequence_range must be [shortest, longest] with 2 <= shortest <= longest, got {list(self.sequence_range)}")
+            if self.runtime != "tensorrt" or self.static_shapes:
+                raise ValueError("sequence_range is a TensorRT optimisation profile: only for runtime tensorrt without static_shapes")
+        return self
+
+    @model_validator(mode="after")
+    def _integer_only_needs_integer_precisions(self) -> "Target":
+        if self.integer_only and not set(self.precisions) <= set(INTEGER_PRECISIONS):
+            raise ValueError(f"an integer_only target may list only the precisions {list(INTEGER_PRECISIONS)}")
+        return self
+
+    @property
+    def checks_ops(self) -> bool:
+        """Whether exported graphs must be checked op by op against this target's limits."""
+        return bool(self.integer_only or self.supported_ops is not None or self.unsupported_ops
+                    or self.max_tensor_dims is not None)
+
+    @property
+    def default_precision(self) -> Precision:
+        return self.precisions[0]
