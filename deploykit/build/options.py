@@ -1,0 +1,81 @@
+"""Every knob of a build, checked before any work, and forced recipes turned into options."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploykit.backends.base import DEFAULT_ACTIVATION_PERCENTILE, DEFAULT_CONVERTER_TIMEOUT_S
+from deploykit.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES, DEFAULT_LENGTH_PERCENTILE
+from deploykit.errors import DeployKitError
+from deploykit.integer_graph import DEFAULT_MASKED_LOGIT
+from deploykit.passes.recipe import read_recipe
+from deploykit.profiling.base import ProfileSettings
+from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Every knob of a build; the defaults are what `deploykit build` does without flags."""
+
+    out: Path = Path("dist")
+    precision: str | None = None  # None: the target's preferred precision
+    sequence_length: int | None = None  # None: chosen from the data
+    sequence_length_percentile: float = DEFAULT_LENGTH_PERCENTILE
+    max_accuracy_drop: float | None = None  # None: the target's budget
+    min_cosine: float | None = None  # None: the target's budget
+    min_agreement: float | None = None  # classifiers without labels; None: the target's budget
+    max_latency_ms: float | None = None  # p50 gate; None: the target's budget (usually none)
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    evaluation_samples: int = DEFAULT_EVALUATION_SAMPLES
+    profile: ProfileSettings = ProfileSettings()
+    runner: str | None = None  # profiling runner; None: the target's (`profiling:` in its YAML)
+    seed: int = 0
+    masked_logit: float = DEFAULT_MASKED_LOGIT  # padded attention positions in integer-only graphs
+    allow_fallback: bool = False  # report ops that would leave the accelerator, but do not fail the build on them
+    max_residual_scale: float = DEFAULT_MAX_RESIDUAL_SCALE  # integer graphs: largest residual-stream divisor (1 = off)
+    activation_percentile: float = DEFAULT_ACTIVATION_PERCENTILE  # percentile-calibrated ranges (TensorRT Q/DQ)
+    qat: bool = True  # integer-only targets try quantization-aware training when post-training int8 misses a gate
+    pass_parameters: dict = field(default_factory=dict)  # pass name -> parameter overrides, e.g. {"qat": {"steps": 600}}
+    recipe: tuple[str, ...] | None = None  # forced passes, in order (None: the planner chooses)
+    force: bool = False  # replace OUT/<target> even when deploykit did not write it
+    converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter child process (tf2onnx)
+
+
+def check_options(options: BuildOptions) -> None:
+    """Reject option values no build can use, with the option's name and the accepted range."""
+    profile = options.profile
+    rules = [  # (option, value, accepted, what is accepted)
+        ("calibration samples", options.calibration_samples, lambda v: v >= 1, "at least 1"),
+        ("evaluation samples", options.evaluation_samples, lambda v: v >= 1, "at least 1"),
+        ("seed", options.seed, lambda v: v >= 0, "0 or more"),
+        ("activation percentile", options.activation_percentile, lambda v: 50 <= v <= 100, "in [50, 100]"),
+        ("length percentile", options.sequence_length_percentile, lambda v: 0 < v <= 100, "in (0, 100]"),
+        ("sequence length", options.sequence_length, lambda v: v >= 2, "at least 2"),
+        ("max accuracy drop", options.max_accuracy_drop, lambda v: 0 <= v <= 100, "in [0, 100] points"),
+        ("min cosine", options.min_cosine, lambda v: -1 <= v <= 1, "in [-1, 1]"),
+        ("min agreement", options.min_agreement, lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("max latency", options.max_latency_ms, lambda v: v > 0, "above 0 ms"),
+        ("masked logit", options.masked_logit, lambda v: v < 0, "below 0"),
+        ("max residual scale", options.max_residual_scale, lambda v: v >= 1, "at least 1"),
+        ("converter timeout", options.converter_timeout_s, lambda v: v > 0, "above 0 s"),
+        ("runs", profile.runs, lambda v: v >= 1, "at least 1"),
+        ("warmup", profile.warmup, lambda v: v >= 0, "0 or more"),
+        ("threads", profile.threads, lambda v: v >= 1, "at least 1"),
+        ("profiling timeout", profile.timeout_s, lambda v: v > 0, "above 0 s"),
+    ]
+    for name, value, accepted, expected in rules:
+        if value is not None and (not math.isfinite(value) or not accepted(value)):
+            raise DeployKitError(f"{name} must be {expected}, got {value}.")
+
+
+def forced_recipe(text: str, pass_parameters: dict, precision: str | None) -> dict:
+    """BuildOptions fields for a forced recipe: the shorthand, a recipe file or a build's report.json.
+
+    The recipe's parameters override `pass_parameters`; a recipe file's precision applies unless one is given.
+    """
+    spec = read_recipe(text)
+    merged = {**pass_parameters, **{name: {**pass_parameters.get(name, {}), **spec.parameters[name]}
+                                    for name in spec.names}}
+    return {"recipe": spec.names, "pass_parameters": merged, "precision": precision or spec.precision}

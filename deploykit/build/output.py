@@ -1,0 +1,133 @@
+"""A target's output: try its candidates, then assemble the folder (artifact, tokenizer, device compiler output,
+report.json, report.md, manifest.json) in staging and swap it into place."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.markup import escape
+
+from deploykit.backends.base import Backend
+from deploykit.build.candidates import TriedCandidate, dynamic_sequence, integer_trace, try_candidate
+from deploykit.build.session import BuildSession
+from deploykit.compilers.base import CompileRequest, get_compiler
+from deploykit.output_folder import new_staging, replace_folder
+from deploykit.planner import Plan
+from deploykit.profiling.base import ProfileRunner
+from deploykit.report.assemble import assemble_report
+from deploykit.report.manifest import write_manifest
+from deploykit.report.markdown import render_markdown
+from deploykit.targets import Target
+
+
+class View:
+    """Attribute access over a report's nested dicts: `result.metrics.latency_ms.p50`."""
+
+    def __init__(self, data: dict):
+        self._data = data
+
+    def __getattr__(self, name: str):
+        try:
+            value = self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return View(value) if isinstance(value, dict) else value
+
+    def __repr__(self) -> str:
+        return f"View({self._data!r})"
+
+
+@dataclass
+class BuildResult:
+    """One target's outcome: where its files are and what report.json says."""
+
+    target: str
+    folder: Path
+    report: dict
+
+    @property
+    def passed(self) -> bool:
+        return self.report["gates"]["passed"]
+
+    @property
+    def artifact(self) -> View:
+        return View({**self.report["artifact"], "path": self.folder / self.report["artifact"]["path"]})
+
+    @property
+    def metrics(self) -> View:
+        return View(self.report["metrics"])
+
+
+def build_target(session: BuildSession, target: Target, backend: Backend, plan: Plan,
+                 runner: ProfileRunner) -> BuildResult:
+    """Try the plan's candidates in order (keeping the first that passes every gate) and write the target folder."""
+    log = session.log
+    log.info(f"\n[bold]Plan for {escape(target.name)}[/] ({escape(target.device)}):")
+    for line in plan.lines():
+        log.info(f"  {escape(line)}")
+    timings_before = dict(log.seconds)
+    out = session.options.out
+    staging = new_staging(out, target.name)
+    try:
+        tried = []
+        for number, candidate in enumerate(plan.candidates):  # fastest first
+            chosen = try_candidate(session, backend, target, plan, runner, candidate,
+                                   session.workdir / f"{target.name}-{number}")
+            tried.append(chosen)
+            if chosen.passed:
+                break
+        else:  # every candidate missed: ship the one missing the fewest gates (the fastest of those)
+            chosen = min(tried, key=lambda candidate: sum(not check["passed"] for check in candidate.checks))
+        recipe = chosen.candidate.recipe
+        chosen.move_to(staging)
+        baseline = session.baseline(backend, target, runner, plan.threads)
+        session.models.bundle(recipe).write_tokenizer(staging, session.sequence_length)
+        device_compile = _device_compile(session, target, chosen, staging)
+        reference = session.reference()
+        integer = integer_trace(target, backend, chosen.measured.artifact.precision, session)
+        report = assemble_report(
+            target=target, plan=plan, bundle=session.bundle, split=session.split, folder=staging,
+            chosen=chosen, tried=tried, baseline=baseline, original_accuracy=reference.accuracy,
+            label_mapping=reference.label_mapping, timings=_timings_since(timings_before, log.seconds),
+            measured_on=runner.describe(target, chosen.measured.profile["threads"]),
+            integer_graph=session.models.integer_graph_facts(recipe) if integer else None,
+            device_compile=device_compile,
+        )
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.md").write_text(render_markdown(report))
+        write_manifest(staging)
+        final = out / target.name
+        replace_folder(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BuildResult(target.name, final, report)
+
+
+def _device_compile(session: BuildSession, target: Target, chosen: TriedCandidate, folder: Path) -> dict | None:
+    """Run the target's device toolchain on the shipped artifact, or record why it could not run here."""
+    if target.compiler is None:
+        return None
+    compiler = get_compiler(target.compiler)
+    sparse = any(record["pass"] == "prune" and record["parameters"].get("pattern") == "2:4"
+                 and record["parameters"].get("sparsity", 0) > 0 for record in chosen.passes)
+    request = CompileRequest(
+        artifact=chosen.measured.artifact, folder=folder, sequence_length=session.sequence_length,
+        input_names=tuple(session.models.encoded("evaluation", chosen.candidate.recipe)), sparse_weights=sparse,
+        log=session.log, sequence_range=target.sequence_range if dynamic_sequence(target, session) else None,
+    )
+    verb = "Running" if compiler.missing() is None else "Preparing (toolchain missing)"
+    with session.log.step("device_compile", f"{verb} {compiler.name} for {target.name}"):
+        result = compiler.compile(request)
+    colour = {"compiled": "green", "not run": "yellow", "failed": "red"}[result.status]
+    session.log.info(f"[{colour}]{compiler.name}: {result.status}[/] — {escape(result.reason)}")
+    return result.as_dict(folder)
+
+
+def _timings_since(before: dict, now: dict) -> dict:
+    """Seconds spent per step since `before`: this target's share of a shared StepLog."""
+    spent = {key: round(value - before.get(key, 0.0), 2) for key, value in now.items()}
+    return {key: value for key, value in spent.items() if value > 0}

@@ -1,0 +1,158 @@
+"""The build session: the model and data loaded once, the original's reference outputs, and measuring artifacts
+against them (validation on every evaluation sample, then profiling by the target's runner)."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions
+from deploykit.build.derived import ModelStore
+from deploykit.build.options import BuildOptions
+from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
+from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
+from deploykit.models import ModelBundle, load_model
+from deploykit.onnx_model import run_graph
+from deploykit.passes.recipe import Recipe
+from deploykit.planner import BASELINE_PRECISION
+from deploykit.profiling.base import ProfileRunner
+from deploykit.progress import StepLog
+from deploykit.targets import Target
+
+DEFAULT_MODEL = "minilm-l6"
+
+
+@dataclass
+class Reference:
+    """What the original model does on the evaluation samples at the build's sequence length."""
+
+    outputs: np.ndarray
+    accuracy: float | None
+    label_ids: np.ndarray | None  # evaluation labels as output indices (classifiers with labels)
+    label_mapping: str | None  # how labels were mapped to indices, for the report
+
+
+@dataclass
+class Measured:
+    """An exported model with its validation and profiling results."""
+
+    artifact: ExportedArtifact
+    quality: dict
+    profile: dict
+
+
+@dataclass
+class BuildSession:
+    """Shares the model, data, reference outputs and fp32 baselines between the targets of one build."""
+
+    bundle: ModelBundle
+    split: DataSplit
+    sequence_length: int
+    sequence_length_reason: str
+    options: BuildOptions
+    log: StepLog
+    workdir: Path
+    models: ModelStore = field(init=False)
+    _reference: Reference | None = None
+    _baselines: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.models = ModelStore(self)
+
+    def reference(self) -> Reference:
+        """The original's outputs on the evaluation samples, and the labels mapped to its classes."""
+        if self._reference is None:
+            with self.log.step("reference", "Running the original model on the evaluation samples"):
+                inputs = self.models.encoded("evaluation")
+                if self.bundle.onnx_source is not None:
+                    outputs = run_graph(self.models.saved_model(), inputs)
+                else:
+                    outputs = self.bundle.predict(inputs)
+                ids, mapping = None, None
+                labels = self.split.evaluation.labels
+                if self.bundle.task == "classification" and labels is not None:
+                    ids, mapping = label_ids(labels, self.bundle.class_names, outputs.shape[-1])
+                original_accuracy = accuracy(outputs, ids) if ids is not None else None
+            self._reference = Reference(outputs, original_accuracy, ids, mapping)
+        return self._reference
+
+    def quality(self, outputs: np.ndarray) -> dict:
+        """Fidelity against the original and, with labels, accuracy."""
+        reference = self.reference()
+        if self.bundle.task == "embedding":
+            fidelity = embedding_fidelity(reference.outputs, outputs)
+        else:
+            fidelity = classification_fidelity(reference.outputs, outputs)
+        ids = reference.label_ids
+        return {"fidelity": fidelity, "accuracy": accuracy(outputs, ids) if ids is not None else None}
+
+    def measure(self, backend: Backend, artifact: ExportedArtifact, runner: ProfileRunner, threads: int, label: str,
+                recipe: Recipe = ()) -> Measured:
+        """Validate an artifact on every evaluation sample, then profile it; `recipe` names the model it came from
+        (its tokenizer builds the inputs)."""
+        inputs = self.models.encoded("evaluation", recipe)
+        with self.log.step(f"validate_{label}", f"Validating the {label} artifact on {len(self.split.evaluation)} samples"):
+            loaded = backend.load(artifact.path, threads, artifact.runtime_config)
+            quality = self.quality(run_examples(loaded, inputs))
+            del loaded
+        gc.collect()  # release the in-process runtime's worker threads before timing another process
+        sample = {name: values[:1] for name, values in inputs.items()}
+        settings = self.options.profile
+        with self.log.step(f"profile_{label}", f"Profiling the {label} artifact ({settings.runs} runs, {threads} threads, "
+                                               f"{runner.name} runner)"):
+            profile = runner.profile(backend.name, artifact.path, artifact.runtime_config, sample, threads, settings)
+        return Measured(artifact, quality, profile)
+
+    def export_options(self, target: Target, recipe: Recipe = ()) -> ExportOptions:
+        return ExportOptions(calibration=self.models.calibration(recipe), integer_only=target.integer_only,
+                             integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
+                             converter_timeout_s=self.options.converter_timeout_s)
+
+    def baseline(self, backend: Backend, target: Target, runner: ProfileRunner, threads: int) -> Measured:
+        """The fp32 artifact of the original on the same runtime, runner and threads (once per build)."""
+        key = (backend.name, runner.name, threads)
+        if key not in self._baselines:
+            folder = self.workdir / f"baseline_{backend.name}_{threads}"
+            with self.log.step("export_baseline", f"Exporting the fp32 {backend.name} baseline"):
+                artifact = backend.export(self.models.saved_model(), BASELINE_PRECISION, self.export_options(target),
+                                          folder)
+            self._baselines[key] = self.measure(backend, artifact, runner, threads, f"fp32 {backend.name} baseline")
+        return self._baselines[key]
+
+
+def prepare_session(
+    model: str | Path | None,
+    data: str | Path | None,
+    eval_data: str | Path | None,
+    options: BuildOptions,
+    log: StepLog,
+    workdir: Path,
+    task: str | None = None,
+    tokenizer: str | Path | None = None,
+) -> BuildSession:
+    """Load data and model, split, and choose the sequence length, failing early on bad input."""
+    dataset = load_dataset(data or DEFAULT_DATA)
+    if data is None and model is not None:
+        # The bundled labels belong to the bundled topics, not to the user's classes.
+        dataset = TextDataset(dataset.texts, None, dataset.source)
+        log.info("No --data given: calibrating and evaluating on the bundled sentences, without their labels.")
+    evaluation = load_dataset(eval_data) if eval_data else None
+    with log.step("load_model", f"Loading model {model or DEFAULT_MODEL}"):
+        bundle = load_model(model or DEFAULT_MODEL, task=task, tokenizer=tokenizer)
+    split = split_dataset(dataset, evaluation, options.calibration_samples, options.evaluation_samples, options.seed)
+    if options.sequence_length is not None:
+        bundle.check_sequence_length(options.sequence_length)
+        length, reason = options.sequence_length, "--sequence-length"
+    else:
+        texts = dataset.texts + (evaluation.texts if evaluation else [])
+        lengths = bundle.token_lengths(texts)
+        length = choose_sequence_length(lengths, bundle.max_sequence_length, options.sequence_length_percentile)
+        reason = (
+            f"p{options.sequence_length_percentile:g} of {len(texts)} token lengths "
+            f"({np.percentile(lengths, options.sequence_length_percentile):.0f}) rounded up to a multiple of 8, "
+            f"capped at {bundle.max_sequence_length}"
+        )
+    return BuildSession(bundle, split, length, reason, options, log, workdir)
