@@ -20,7 +20,7 @@ from deploykit.evaluate import label_ids
 from deploykit.integer_graph import integer_graph
 from deploykit.models import ModelBundle
 from deploykit.onnx_model import write_static_graph
-from deploykit.passes.base import Pass, PassContext, get_pass, pass_class
+from deploykit.passes.base import PassContext, PassResult, get_pass, pass_class
 from deploykit.passes.recipe import Recipe
 from deploykit.residual_scaling import find_scales, scaled_residual_stream
 
@@ -33,7 +33,8 @@ class ModelStore:
 
     def __init__(self, session: "BuildSession"):
         self.session = session
-        self._structural: dict[Recipe, tuple[ModelBundle, list[dict]]] = {(): (session.bundle, [])}
+        self._models: dict[Recipe, ModelBundle] = {(): session.bundle}  # architecture-changing passes -> model
+        self._records: dict[Recipe, list[dict]] = {(): []}  # ... -> what each of those passes did
         self._saved_models: dict[tuple, Path] = {}
         self._pass_results: dict[Recipe, list[dict]] = {}
         self._encoded: dict[tuple, Inputs] = {}
@@ -56,7 +57,7 @@ class ModelStore:
 
     def bundle(self, recipe: Recipe = ()) -> ModelBundle:
         """The model a recipe produced (the original when its passes have not run or changed nothing)."""
-        return self._structural.get(self.model_key(recipe), self._structural[()])[0]
+        return self._models.get(self.model_key(recipe), self._models[()])
 
     def pass_results(self, recipe: Recipe) -> list[dict]:
         """What each pass of a recipe did (empty before it ran)."""
@@ -146,7 +147,8 @@ class ModelStore:
     def _run_passes(self, recipe: Recipe, masked_logit: float | None, folder: Path, length: int | None) -> list[dict]:
         """Apply each pass in order, measure the model after each, and trace the result."""
         structural = self.model_key(recipe)
-        bundle, results = self._structural_passes(structural)
+        results = self._structural_passes(structural)
+        bundle = self.bundle(structural)
         weights = bundle.deployment_model(self.session.sequence_length).weights  # shared: restored below
         original = [variable.numpy() for variable in weights]
         try:
@@ -155,7 +157,7 @@ class ModelStore:
                 if structural != recipe:
                     name, parameters = recipe[-1]
                     chosen = get_pass(name, **dict(parameters))
-                    results = results + [self._measured_pass(chosen, structural)[1]]
+                    results = results + [self._measured(chosen.apply(self._pass_context(structural)), structural)]
                     tracing = chosen.export_context()
                 names = " + ".join(name for name, _ in recipe)
                 with self.session.log.step("saved_model", f"Tracing the model after {names} to a SavedModel"):
@@ -166,26 +168,24 @@ class ModelStore:
                 variable.assign(value)
         return results
 
-    def _structural_passes(self, recipe: Recipe) -> tuple[ModelBundle, list[dict]]:
+    def _structural_passes(self, recipe: Recipe) -> list[dict]:
         """Run architecture-changing passes in order, once per recipe prefix for the whole build."""
-        if recipe not in self._structural:
-            _, results = self._structural_passes(recipe[:-1])
+        if recipe not in self._models:
+            results = self._structural_passes(recipe[:-1])
             name, parameters = recipe[-1]
-            bundle, record = self._measured_pass(get_pass(name, **dict(parameters)), recipe[:-1])
-            self._structural[recipe] = (bundle, results + [record])
-        return self._structural[recipe]
+            result = get_pass(name, **dict(parameters)).apply(self._pass_context(recipe[:-1]))
+            self._models[recipe] = result.bundle or self.bundle(recipe[:-1])
+            self._records[recipe] = results + [self._measured(result, recipe)]
+        return self._records[recipe]
 
-    def _measured_pass(self, chosen: Pass, before: Recipe) -> tuple[ModelBundle, dict]:
-        """Apply one pass to the model `before` produced and measure what it leaves against the original."""
-        bundle = self.bundle(before)
-        result = chosen.apply(self._pass_context(before))
-        after = result.bundle or bundle
+    def _measured(self, result: PassResult, recipe: Recipe) -> dict:
+        """What a pass did, with the quality of the model it left (the recipe's model) against the original."""
         record = result.as_dict()
-        with self.session.log.step(f"{chosen.name}_measure",
-                                   f"Measuring the model after {chosen.name} on the evaluation texts"):
-            inputs = after.encode(self.session.split.evaluation.texts, self.session.sequence_length)
-            record["quality_after"] = self.session.quality(after.predict(inputs))
-        return after, record
+        with self.session.log.step(f"{result.name}_measure",
+                                   f"Measuring the model after {result.name} on the evaluation texts"):
+            model = self.bundle(recipe)
+            record["quality_after"] = self.session.quality(model.predict(self.encoded("evaluation", recipe)))
+        return record
 
     def _pass_context(self, recipe: Recipe) -> PassContext:
         """The training texts (encoded for the recipe's model), what the original outputs on them, labels if any."""
