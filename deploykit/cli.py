@@ -30,6 +30,26 @@ _BUILD = BuildOptions()  # the options' defaults are defined once, there
 _PROFILE = _BUILD.profile
 
 
+def _device_options(command):
+    """Where to measure (a device over SSH or ADB) and where to keep what was measured."""
+    options = [
+        click.option("--device", help="Profile on this device instead of the build host: ssh://user@host[:port], "
+                     "adb://SERIAL (adb:// for the only phone attached), or a name from the devices file."),
+        click.option("--devices", "devices_file", type=click.Path(dir_okay=False),
+                     help="Devices file naming the lab's devices (default: $DEPLOYKIT_DEVICES, else ./devices.yaml)."),
+        click.option("--trust-new-host", is_flag=True, help="Accept an SSH device whose host key is not in "
+                     "known_hosts yet, and record it there (trust on first use)."),
+        click.option("--benchmark-binary", type=click.Path(dir_okay=False, exists=True),
+                     help="adb devices: a LiteRT benchmark_model binary to push (default: the one on the device)."),
+        click.option("--save-profile", is_flag=False, flag_value="profiles", type=click.Path(file_okay=False),
+                     help="Add what was measured to <DIR>/<target>/<device>.json (DIR defaults to profiles), the "
+                     "device profile the latency model is fitted on."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 class _Group(click.Group):
     """Turns bad input, bad options and interruptions into one line and an exit code, never a traceback."""
 
@@ -205,10 +225,15 @@ def targets_show(name: str) -> None:
               help="Seconds a converter child process (tf2onnx, for TensorRT targets) may run.")
 @click.option("--force", is_flag=True, help="Replace OUT/<target> even when it is not a deploykit build (by default "
               "only folders holding a deploykit manifest.json are replaced).")
+@_device_options
+@click.option("--profiles", type=click.Path(file_okay=False), help="Measured device profiles the latency model "
+              "predicts candidates from (default: $DEPLOYKIT_PROFILES, else ./profiles); with --max-latency-ms, "
+              "candidates predicted to miss it by more than the model's error are skipped before any training.")
 def build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length, max_accuracy_drop,
           min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile, calibration_samples,
           evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate,
-          qat_range_learning_rate, recipe, runs, warmup, threads, runner, profile_timeout, converter_timeout, force) -> None:
+          qat_range_learning_rate, recipe, runs, warmup, threads, runner, profile_timeout, converter_timeout, force,
+          device, devices_file, trust_new_host, benchmark_binary, save_profile, profiles) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, an .onnx file
@@ -235,6 +260,8 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
         sequence_length=sequence_length,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_agreement=min_agreement,
         max_latency_ms=max_latency_ms, force=force, converter_timeout_s=converter_timeout, runner=runner,
+        device=device, devices_file=_path(devices_file), trust_new_host=trust_new_host,
+        benchmark_binary=benchmark_binary, save_profile=_path(save_profile), profiles=_path(profiles),
         sequence_length_percentile=length_percentile,
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
@@ -252,28 +279,70 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: the device's setting, else all "
+              "cores of this machine).")
 @click.option("--runs", type=click.IntRange(min=1), default=_PROFILE.runs, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=_PROFILE.warmup, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=_PROFILE.timeout_s, show_default=True,
               help="Seconds the profiling process may run before it is stopped.")
-def profile(artifact, threads, runs, warmup, timeout) -> None:
-    """Time a built ARTIFACT (model.xml or model.tflite from a build folder) on this machine.
+@click.option("--op-profile/--no-op-profile", default=_PROFILE.op_profile, show_default=True,
+              help="Also time each op with the runtime's profiler (extra runs after the timed ones).")
+@_device_options
+def profile(artifact, threads, runs, warmup, timeout, op_profile, device, devices_file, trust_new_host,
+            benchmark_binary, save_profile) -> None:
+    """Time a built ARTIFACT (a target folder from `deploykit build`, or its model.xml / model.tflite / model.onnx)
+    on this machine, or on a device with --device.
 
     Runs batch 1 at the artifact's full sequence length in a fresh process and
-    prints latency percentiles, throughput and peak memory.
+    prints latency percentiles, throughput, peak memory and the slowest op types.
     """
-    from deploykit.profiling.local import ProfileSettings, profile_path
+    from deploykit.profiling.base import ProfileSettings
+    from deploykit.profiling.build_folder import build_target_of, profile_path, profiled_measurement
+    from deploykit.profiling.devices import device_runner
+    from deploykit.profiling.profiles import save_profile as save
 
-    measured = profile_path(artifact, threads, ProfileSettings(runs=runs, warmup=warmup, timeout_s=timeout))
+    runner = None
+    if device is not None:
+        runner = device_runner(device, build_target_of(artifact), devices_file, trust_new_host, benchmark_binary)
+    settings = ProfileSettings(runs=runs, warmup=warmup, timeout_s=timeout, op_profile=op_profile)
+    measured = profile_path(artifact, threads, settings, runner)
     latency = measured["latency_ms"]
     table = Table(title=f"{measured['artifact']} ({measured['backend']}, sequence length {measured['sequence_length']}, "
                   f"{measured['threads']} threads)")
     for column in ("p50 ms", "p90 ms", "p99 ms", "throughput /s", "peak RSS MB"):
         table.add_column(column)
-    table.add_row(f"{latency['p50']:.2f}", f"{latency['p90']:.2f}", f"{latency['p99']:.2f}",
-                  f"{latency['throughput_per_s']:.1f}", f"{measured['peak_rss_mb']:.1f}")
+    table.add_row(*(_number(latency[key], 2) for key in ("p50", "p90", "p99")), _number(latency["throughput_per_s"], 1),
+                  _number(measured["peak_rss_mb"], 1))
     output.print(table)
+    if measured.get("op_profile"):
+        output.print(_op_table(measured["op_profile"]))
+    if runner is not None or save_profile:
+        from deploykit.profiling.local import LocalRunner
+
+        runner = runner or LocalRunner(LocalRunner.settings_class(name="local"))
+        described = runner.describe(build_target_of(artifact), measured["threads"]) if device else None
+        if described:
+            output.print(described["note"], highlight=False, markup=False)
+        if save_profile:
+            target = build_target_of(artifact)
+            described = described or runner.describe(target, measured["threads"])
+            path = save(Path(save_profile), target.name, described, measured["runtime"], [profiled_measurement(measured)])
+            output.print(f"Profile saved: {path}", highlight=False, markup=False)
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _op_table(op_profile: dict, rows: int = 8) -> Table:
+    """The op types that took the most time per inference."""
+    total = sum(row["ms"] for row in op_profile["by_type"]) or 1.0
+    table = Table(title=f"Time by op type ({op_profile['source']})")
+    for column in ("op type", "ops", "ms per inference", "share"):
+        table.add_column(column)
+    for row in op_profile["by_type"][:rows]:
+        table.add_row(escape(row["type"]), str(row["count"]), f"{row['ms']:.3f}", f"{row['ms'] / total:.0%}")
+    return table
 
 
 @main.command()
@@ -292,6 +361,10 @@ def report(folder) -> None:
         raise DeployKitError(f"a report.json under {folder} is not as deploykit writes it ({type(error).__name__}: "
                              f"{error}); rebuild that target.") from None
     output.print(table)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value is not None else None
 
 
 def _given(**values) -> dict:

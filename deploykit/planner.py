@@ -13,6 +13,7 @@ from deploykit.backends.base import Backend, available_runtimes, get_backend
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import get_pass, pass_class
 from deploykit.passes.recipe import Recipe, check_order, parse_recipe, recipe
+from deploykit.latency_model import Architecture, LatencyModel, architecture_of, misses_budget
 from deploykit.profiling.base import ProfileRunner, ProfileSettings
 from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
 from deploykit.targets import INTEGER_PRECISIONS, Target
@@ -78,6 +79,12 @@ class Candidate:
     def label(self) -> str:
         return " + ".join([*self.passes, self.precision])
 
+    @property
+    def recipe_text(self) -> str:
+        """The recipe as --recipe takes it, parameters included: `distill:layers=3,ffn_width=1.0,qat:steps=600`."""
+        return ",".join(name + (":" + ",".join(f"{k}={v}" for k, v in items) if items else "")
+                        for name, items in self.recipe)
+
 
 @dataclass
 class Plan:
@@ -90,6 +97,7 @@ class Plan:
     threads: int
     gates: Gates
     steps: list[dict] = field(default_factory=list)
+    predictions: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> (p50 ms, relative error)
 
     def step(self, name: str) -> dict:
         """The plan step called `name` (e.g. "export"), to read or annotate."""
@@ -233,7 +241,7 @@ def gates_for(target: Target, options: "BuildOptions") -> Gates:
 
 def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle: "ModelBundle", sequence_length: int,
                 sequence_length_reason: str, calibration_samples: int, evaluation_samples: int,
-                options: "BuildOptions") -> Plan:
+                options: "BuildOptions", latency_model: LatencyModel | None = None) -> Plan:
     """Everything one target's build will do, checked against the model before any work."""
     gates = gates_for(target, options)
     keras = bundle.onnx_source is None
@@ -248,6 +256,8 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
     plan = make_plan(target, backend, candidates, sequence_length, sequence_length_reason, calibration_samples,
                      evaluation_samples, gates, options.profile, runner, options.masked_logit,
                      options.max_residual_scale)
+    if latency_model is not None:
+        predict_latencies(plan, latency_model, architecture_of(bundle.backbone))
     if target.sequence_range is not None and keras:
         low, high = target.sequence_range
         if not low <= sequence_length <= high or high > bundle.max_sequence_length:
@@ -273,3 +283,33 @@ def check_reads_onnx(target: Target, backend: Backend) -> None:
 def _first_set(*values):
     """The first value that is not None (the last one when all are)."""
     return next((value for value in values if value is not None), values[-1])
+
+
+def predict_latencies(plan: Plan, model: LatencyModel, architecture: Architecture | None) -> None:
+    """Predict every candidate's p50 from the device's profile, and drop those that cannot meet the latency budget.
+
+    A candidate is skipped only when its prediction misses the budget by more than the
+    model's stated error; if every candidate would be skipped, the fastest predicted one
+    is still built, so the report shows the measured miss.
+    """
+    budget = plan.gates.max_latency_ms
+    for candidate in plan.candidates:
+        shape = architecture
+        for name, items in candidate.recipe:
+            shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
+        predicted = model.predict(candidate.precision, shape, plan.sequence_length, plan.threads)
+        if predicted is not None:
+            plan.predictions[candidate.label] = predicted
+    skipped = [c for c in plan.candidates if misses_budget(plan.predictions.get(c.label), budget)]
+    if skipped and len(skipped) == len(plan.candidates):
+        fastest = min(skipped, key=lambda c: plan.predictions[c.label][0])
+        skipped.remove(fastest)
+    plan.candidates = [c for c in plan.candidates if c not in skipped]
+    step = {"step": "predict_latency", "profile": model.source, "threads": model.threads,
+            "predicted_p50_ms": {label: f"{p50:g} (±{error:.0%})" for label, (p50, error) in plan.predictions.items()}
+            or "none: the profile has no fit for these precisions at these threads"}
+    if skipped:
+        step["skipped"] = [f"{c.label}: predicted {plan.predictions[c.label][0]:g} ms, over the {budget:g} ms budget "
+                           f"by more than the model's ±{plan.predictions[c.label][1]:.0%}" for c in skipped]
+    plan.steps.insert(1, step)
+

@@ -36,6 +36,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_device_profiles(tmp_path_factory):
+    """Builds in tests plan without the repository's measured profiles/ (they describe one host, not the test's)."""
+    previous = os.environ.get("DEPLOYKIT_PROFILES")
+    os.environ["DEPLOYKIT_PROFILES"] = str(tmp_path_factory.mktemp("no-profiles"))
+    yield
+    if previous is None:
+        del os.environ["DEPLOYKIT_PROFILES"]
+    else:
+        os.environ["DEPLOYKIT_PROFILES"] = previous
+
+
 @pytest.fixture(scope="session")
 def vocabulary() -> list[str]:
     words = sorted({w for text in TOPICS.values() for w in text.split()})

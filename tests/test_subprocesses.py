@@ -1,9 +1,11 @@
 """Child processes: a time limit, and one line naming the step and what ended it."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
+import deploykit.profiling.device_worker
 from deploykit.errors import DeployKitError
 from deploykit.subprocesses import run_step
 
@@ -33,5 +35,7 @@ def test_the_profiling_worker_does_not_import_from_the_working_directory(tmp_pat
     """A `deploykit` folder (or numpy.py) in the user's working directory must not shadow the real packages."""
     (tmp_path / "numpy.py").write_text("raise SystemExit('shadowed numpy imported')")
     monkeypatch.chdir(tmp_path)
-    done = run_step("worker import", [sys.executable, "-I", "-c", "import numpy, deploykit.profiling.worker"], 60)
+    worker = Path(deploykit.profiling.device_worker.__file__)
+    done = run_step("worker import", [sys.executable, "-I", "-c", f"import runpy, numpy; runpy.run_path({str(worker)!r})"],
+                    60)
     assert done.returncode == 0

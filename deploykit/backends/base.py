@@ -24,10 +24,9 @@ Inputs = dict[str, np.ndarray]
 
 @dataclass
 class Runner:
-    """A loaded artifact: call it on one batch-1 example; `facts` says how the runtime runs it."""
+    """A loaded artifact: call it on one batch-1 example (timing runs in the profiling worker, not here)."""
 
     run: Callable[[Inputs], np.ndarray]
-    facts: dict = field(default_factory=dict)
 
     def __call__(self, inputs: Inputs) -> np.ndarray:
         return self.run(inputs)
@@ -73,6 +72,7 @@ class Backend:
     # targets that are not integer-only: int8 GEMMs whose inputs would otherwise carry outlier channels.
     scaled_stream_precisions: ClassVar[frozenset[str]] = frozenset()
     reads_onnx: ClassVar[bool] = False  # whether `export` also takes an .onnx file as its source graph
+    companion_suffixes: ClassVar[tuple[str, ...]] = ()  # files beside the artifact the runtime also reads
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -85,6 +85,10 @@ class Backend:
     def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
         """Load the artifact with the runtime, ready to run batch-1 examples."""
         raise NotImplementedError
+
+    def artifact_files(self, path: Path) -> list[Path]:
+        """The artifact and the files beside it that its runtime reads (e.g. OpenVINO's .bin): what to copy."""
+        return [path, *(path.with_suffix(suffix) for suffix in self.companion_suffixes)]
 
     def graph_ops(self, path: Path) -> list[GraphOp] | None:
         """The artifact's ops with their tensors' types and shapes; None when this backend cannot list them."""

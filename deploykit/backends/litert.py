@@ -84,8 +84,7 @@ class LiteRTBackend(Backend):
                 return (output.astype(np.float32) - zero_point) * scale
             return output
 
-        return Runner(run, {"input_types": {k: v["dtype"].__name__ for k, v in runner.get_input_details().items()},
-                            "output_type": output_details[output_name]["dtype"].__name__})
+        return Runner(run)
 
 
 def _int16_activations(float_model: bytes, calibration: list[Inputs]) -> bytes:

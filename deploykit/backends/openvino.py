@@ -30,6 +30,7 @@ class OpenVINOBackend(Backend):
     }
     runtime_hints = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
     reads_onnx = True
+    companion_suffixes = (".bin",)
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
         import openvino as ov
@@ -65,7 +66,7 @@ class OpenVINOBackend(Backend):
         def run(inputs: Inputs) -> np.ndarray:
             return np.array(request.infer(inputs)[output], copy=True)
 
-        return Runner(run, {"inference_precision": compiled.get_property(PRECISION_HINT).to_string()})
+        return Runner(run)
 
 
 def _quantize(model, calibration: list[Inputs]):

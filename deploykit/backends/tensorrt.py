@@ -99,7 +99,7 @@ class TensorRTBackend(Backend):
         def run(inputs: Inputs) -> np.ndarray:
             return session.run(None, {name: inputs[name] for name in names})[0]
 
-        return Runner(run, {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (host stand-in for TensorRT)"})
+        return Runner(run)
 
 
 def tf2onnx_file(saved_model: Path, output: Path, timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S) -> None:

@@ -25,7 +25,10 @@ from deploykit.build.session import DEFAULT_MODEL, BuildSession, prepare_session
 from deploykit.errors import DeployKitError
 from deploykit.output_folder import check_output
 from deploykit.planner import candidate_precisions, check_reads_onnx, plan_target
+from deploykit.latency_model import load_latency_model
 from deploykit.profiling.base import get_runner
+from deploykit.profiling.devices import device_runner
+from deploykit.profiling.profiles import build_measurements, profiles_folder, save_profile
 from deploykit.progress import StepLog
 from deploykit.targets import resolve_targets
 
@@ -52,7 +55,7 @@ def build_targets(
     for target in resolve_targets(targets):  # fail before any work when a named target cannot be built
         try:
             backend = get_backend(target.runtime)
-            runner = get_runner(options.runner or target.profiling)
+            runner = runner_for(target, options)
             if onnx_input:
                 check_reads_onnx(target, backend)
             candidate_precisions(target, backend, options.precision)
@@ -74,16 +77,34 @@ def build_targets(
                 f"calibration, {len(session.split.evaluation)} evaluation samples; sequence length "
                 f"{session.sequence_length} ({session.sequence_length_reason})."
             ))
+            profiles = profiles_folder(options.profiles)
             plans = [(target, backend, runner, plan_target(
                 target, backend, runner, session.bundle, session.sequence_length, session.sequence_length_reason,
                 len(session.split.calibration), len(session.split.evaluation), options,
+                load_latency_model(profiles, target.name, runner.device_name) if profiles else None,
             )) for target, backend, runner in resolved]  # every target's settings, before any export
             session.reference()  # labels meet the model's classes here, before the first export
-            return [build_target(session, target, backend, plan, runner) for target, backend, runner, plan in plans]
+            results = [build_target(session, target, backend, plan, runner) for target, backend, runner, plan in plans]
     except BaseException:
         if not out_existed and options.out.is_dir() and not any(options.out.iterdir()):
             options.out.rmdir()
         raise
+    if options.save_profile is not None:
+        for result in results:
+            saved = save_profile(options.save_profile, result.target, result.report["measured_on"],
+                                 result.report["metrics"]["runtime"], build_measurements(result.report))
+            log.info(escape(f"Profile of {result.report['measured_on']['device']} saved: {saved}"))
+    return results
+
+
+def runner_for(target, options: BuildOptions):
+    """Where a target's artifacts are timed: `--device`, else `--runner`, else the target's `profiling:`."""
+    if options.device is None:
+        return get_runner(options.runner or target.profiling)
+    if options.runner is not None:
+        raise DeployKitError("--runner and --device both say where to profile; give one of them.")
+    return device_runner(options.device, target, options.devices_file, options.trust_new_host,
+                         options.benchmark_binary)
 
 
 def build(

@@ -12,6 +12,7 @@ from rich.markup import escape
 from deploykit.backends.base import Backend
 from deploykit.build.session import BuildSession, Measured
 from deploykit.compatibility import Compatibility, check_compatibility
+from deploykit.latency_model import Architecture, architecture_of
 from deploykit.planner import Candidate, Plan
 from deploykit.profiling.base import ProfileRunner
 from deploykit.targets import Target
@@ -27,6 +28,8 @@ class TriedCandidate:
     accuracy_drop: float | None
     checks: list[dict]
     passes: list[dict]  # what each training-time pass did
+    architecture: Architecture | None  # the encoder that was exported (None: an ONNX input)
+    predicted_p50_ms: float | None = None  # the latency model's prediction before it was built
 
     @property
     def label(self) -> str:
@@ -50,7 +53,13 @@ class TriedCandidate:
             "precision": self.measured.artifact.precision,
             "passes": self.passes,
             "passed": self.passed,
+            "recipe": self.candidate.recipe_text,
+            "architecture": self.architecture.as_dict() if self.architecture else None,
             "latency_ms_p50": profile["latency_ms"]["p50"],
+            "predicted_latency_ms_p50": self.predicted_p50_ms,
+            "latency_ms": profile["latency_ms"],
+            "peak_rss_mb": profile["peak_rss_mb"],
+            "op_profile": profile.get("op_profile"),
             "bytes": sum(path.stat().st_size for path in self.measured.artifact.files),
             "fidelity": quality["fidelity"],
             "accuracy_drop": self.accuracy_drop,
@@ -87,7 +96,9 @@ def try_candidate(session: BuildSession, backend: Backend, target: Target, plan:
         if not check["passed"]:
             session.log.info(f"[red]✗ {escape(candidate.label)}: gate {check['name']}: {check['value']:.4g} "
                              f"misses the limit {check['limit']}[/]")
-    return TriedCandidate(candidate, measured, compatibility, accuracy_drop, checks, models.pass_results(recipe))
+    predicted = plan.predictions.get(candidate.label)
+    return TriedCandidate(candidate, measured, compatibility, accuracy_drop, checks, models.pass_results(recipe),
+                          architecture_of(models.bundle(recipe).backbone), predicted[0] if predicted else None)
 
 
 def integer_trace(target: Target, backend: Backend, precision: str, session: BuildSession) -> bool:

@@ -31,6 +31,12 @@ class BuildOptions:
     evaluation_samples: int = DEFAULT_EVALUATION_SAMPLES
     profile: ProfileSettings = ProfileSettings()
     runner: str | None = None  # profiling runner; None: the target's (`profiling:` in its YAML)
+    device: str | None = None  # ssh://user@host[:port], adb://SERIAL or a devices-file name: profile there
+    devices_file: Path | None = None  # None: $DEPLOYKIT_DEVICES or ./devices.yaml
+    trust_new_host: bool = False  # accept and record an SSH device's unknown host key
+    benchmark_binary: str | None = None  # adb: a local benchmark_model binary to push
+    save_profile: Path | None = None  # write <folder>/<target>/<device>.json with what was measured
+    profiles: Path | None = None  # measured profiles for the latency model; None: ./profiles when it exists
     seed: int = 0
     masked_logit: float = DEFAULT_MASKED_LOGIT  # padded attention positions in integer-only graphs
     allow_fallback: bool = False  # report ops that would leave the accelerator, but do not fail the build on them

@@ -10,7 +10,7 @@ one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from deploykit.models import ModelBundle
 from deploykit.passes.parameters import PassParameters
 from deploykit.progress import StepLog
 from deploykit.registry import Registry
+
+if TYPE_CHECKING:
+    from deploykit.latency_model import Architecture
 
 
 @dataclass
@@ -68,6 +71,10 @@ class Pass:
     def export_context(self):
         """A context manager the export is traced in (None: the plain graph)."""
         return None
+
+    def architecture_after(self, architecture: Architecture) -> Architecture | None:
+        """The encoder's shape after this pass, for the latency model; None when only running the pass tells."""
+        return None if self.rebuilds_model else architecture
 
     def target_warnings(self, target) -> list[str]:
         """What this pass, with these parameters, will not gain on `target` (shown in the plan)."""

@@ -38,6 +38,11 @@ class Distill(Pass):
     rebuilds_model = True
     learns_from_original = True
 
+    def architecture_after(self, architecture):
+        p = self.parameters
+        return architecture.changed(layers=min(architecture.layers, p.layers or -(-architecture.layers // 2)),
+                                    intermediate=max(1, round(architecture.intermediate * p.ffn_width)))
+
     def apply(self, context: PassContext) -> PassResult:
         p = self.parameters
         backbone = context.bundle.backbone

@@ -34,6 +34,12 @@ class Factorize(Pass):
     rebuilds_model = True
     learns_from_original = True
 
+    def architecture_after(self, architecture):
+        if self.parameters.energy > 0:  # the rank follows the singular values: unknown before the SVD
+            return None
+        kernel = (architecture.hidden, architecture.intermediate)
+        return architecture.changed(ffn_rank=max(1, int(self.parameters.budget * kernel[0] * kernel[1] / sum(kernel))))
+
     def apply(self, context: PassContext) -> PassResult:
         p = self.parameters
         backbone = context.bundle.backbone

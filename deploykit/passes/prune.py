@@ -68,6 +68,13 @@ class Prune(Pass):
                     "zeros (they cost accuracy only); prefer heads=/neurons=/layers="]
         return []
 
+    def architecture_after(self, architecture):
+        p = self.parameters  # unstructured or 2:4 sparsity zeroes weights; dense kernels time them all the same
+        return architecture.changed(
+            layers=architecture.layers - p.layers,
+            heads=max(1, architecture.heads - round(architecture.heads * p.heads)),
+            intermediate=max(1, architecture.intermediate - round(architecture.intermediate * p.neurons)))
+
     def apply(self, context: PassContext) -> PassResult:
         p = self.parameters
         backbone = context.bundle.backbone

@@ -32,6 +32,8 @@ class ProfileSettings:
     threads: int | None = None  # None: the target's thread count
     # A hung runtime must not hang the build: 100 runs of BERT-large on one slow core take about 2 minutes.
     timeout_s: float = 600.0
+    # Per-op times from the runtime's profiler, in extra runs after the timed ones (never mixed into latencies).
+    op_profile: bool = True
 
 
 class RunnerSettings(BaseModel):
@@ -54,6 +56,11 @@ class ProfileRunner:
 
     def __init__(self, settings: RunnerSettings):
         self.settings = settings
+
+    @property
+    def device_name(self) -> str:
+        """A file-name-safe name of the device measured on: its profile is `profiles/<target>/<device_name>.json`."""
+        raise NotImplementedError
 
     def threads(self, target: "Target") -> int:
         """The thread count a target's artifacts are timed with on this runner's device."""

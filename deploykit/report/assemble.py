@@ -6,6 +6,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from deploykit.data import DataSplit
+from deploykit.latency_model import architecture_of
 from deploykit.models import ModelBundle
 from deploykit.passes.recipe import recipe_document
 from deploykit.planner import Plan
@@ -53,7 +54,7 @@ def assemble_report(
 ) -> dict:
     """The report of one target's build: the chosen candidate, every candidate tried, the baseline."""
     artifact = chosen.measured
-    artifact_entry = _artifact_entry(artifact, folder)
+    artifact_entry = {"candidate": chosen.label, **_artifact_entry(artifact, folder)}
     baseline_entry = _artifact_entry(baseline, None)
     return {
         "deploykit_version": version("deploykit"),
@@ -64,6 +65,7 @@ def assemble_report(
             "task": bundle.task,
             "sequence_length": plan.sequence_length,
             "max_sequence_length": bundle.max_sequence_length,
+            "architecture": architecture.as_dict() if (architecture := architecture_of(bundle.backbone)) else None,
             **bundle.details,
         },
         "data": {
@@ -88,6 +90,7 @@ def assemble_report(
             "latency_ms": baseline.profile["latency_ms"],
             "peak_rss_mb": baseline.profile["peak_rss_mb"],
             "runtime": baseline.profile["runtime"],
+            "op_profile": baseline.profile.get("op_profile"),
             "fidelity": baseline.quality["fidelity"],
             "accuracy": baseline.quality["accuracy"],
         },
@@ -96,6 +99,7 @@ def assemble_report(
             "peak_rss_mb": artifact.profile["peak_rss_mb"],
             "rss_before_load_mb": artifact.profile["rss_before_load_mb"],
             "runtime": artifact.profile["runtime"],
+            "op_profile": artifact.profile.get("op_profile"),
             "fidelity": artifact.quality["fidelity"],
             "accuracy": artifact.quality["accuracy"],
             "original_accuracy": original_accuracy,

@@ -90,17 +90,42 @@ def render_markdown(report: dict) -> str:
                   "else the one missing the fewest)", ""]
         for candidate in report["candidates"]:
             verdict = "passed" if candidate["passed"] else "missed a gate"
-            lines.append(f"- {candidate['candidate']}: p50 {_number(candidate['latency_ms_p50'], 2, ' ms')}, "
+            predicted = candidate.get("predicted_latency_ms_p50")
+            lines.append(f"- {candidate['candidate']}: p50 {_number(candidate['latency_ms_p50'], 2, ' ms')}"
+                         f"{f' (predicted {predicted:.2f} ms)' if predicted is not None else ''}, "
                          f"cosine {_number(candidate['fidelity']['cosine_mean'], 4)}, "
                          f"accuracy drop {_number(candidate['accuracy_drop'], 2)} — {verdict}")
     lines += ["", "## Plan", ""]
     for number, step in enumerate(report["plan"], 1):
         lines.append(f"{number}. **{step['step']}**: {step_details(step)}")
+    lines += _op_lines(metrics.get("op_profile"))
     measured = report["measured_on"]
     lines += ["", "## Where this was measured", "", measured["note"], ""]
+    facts = measured.get("facts")
+    if facts:
+        runtime = metrics["runtime"]
+        lines += [f"Device `{measured.get('device')}`: {facts.get('arch')} {facts.get('cpu')}, {facts.get('cores')} cores, "
+                  f"{_number(facts.get('memory_mb'), 0, ' MB')} memory, {facts.get('os')} (kernel {facts.get('kernel')}); "
+                  f"accelerators: {', '.join(facts.get('accelerators') or []) or 'none visible'}; runtime "
+                  f"{runtime.get('name')} {runtime.get('version') or ''}.", ""]
     lines += [
         f"Data: `{report['data']['source']}`, {report['data']['calibration_samples']} calibration and "
         f"{report['data']['evaluation_samples']} evaluation samples ({report['data']['evaluation_source']}).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _op_lines(op_profile: dict | None, rows: int = 10) -> list[str]:
+    """The op types that took the most time, from the runtime's own profiler."""
+    if not op_profile or not op_profile.get("by_type"):
+        return []
+    total = sum(row["ms"] for row in op_profile["by_type"]) or 1.0
+    lines = ["", f"## Time by op type ({op_profile['source']}, {op_profile['runs']} runs)", "",
+             "| op type | ops | ms per inference | share |", "|---|---|---|---|"]
+    lines += [f"| {row['type']} | {row['count']} | {row['ms']:.3f} | {row['ms'] / total:.0%} |"
+              for row in op_profile["by_type"][:rows]]
+    lines += ["", "Slowest ops: " + "; ".join(f"`{row['name']}` ({row['type']}) {row['ms']:.3f} ms"
+                                               for row in op_profile["top"][:5]) + "."]
+    return lines
+

@@ -80,6 +80,10 @@ class Target(BaseModel):
         {"name": "local"}, description="The profiling runner and its settings, e.g. {name: local} (or just local); "
         "see deploykit/profiling."
     )
+    benchmark_model_flags: list[str] = Field(
+        [], description="Flags LiteRT's benchmark_model gets on an Android device of this class (its delegate, e.g. "
+        "--use_nnapi=true, --use_gpu=true, an external QNN/NeuroPilot delegate); the adb runner passes them."
+    )
     budgets: Budgets = Budgets()
     compiler: dict | None = Field(
         None, description="The device toolchain run after export, e.g. {name: edgetpu}; see deploykit/compilers."
@@ -94,6 +98,14 @@ class Target(BaseModel):
     def _runner_block(cls, value: object) -> object:
         """`profiling: local` is short for `profiling: {name: local}`."""
         return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("benchmark_model_flags")
+    @classmethod
+    def _flags_are_name_value(cls, flags: list[str]) -> list[str]:
+        for flag in flags:
+            if not re.fullmatch(r"--[A-Za-z0-9_]+=\S+", flag):
+                raise ValueError(f"{flag!r} is not a benchmark_model flag of the form --name=value")
+        return flags
 
     @field_validator("host_match")
     @classmethod

@@ -1,0 +1,156 @@
+"""Latency model: predict a candidate's p50 on a device from that device's measured profile, before building it.
+
+A BERT encoder's time is, to first order, a fixed cost plus costs proportional to
+three kinds of work, each with its own per-unit cost on a given runtime, precision
+and thread count:
+
+- dense multiply-accumulates (Q/K/V/output projections and the FFN): tokens x weights;
+- attention multiply-accumulates (QK^T and attention x V): tokens^2 x heads x head width;
+- per-token elementwise work (LayerNorm, residual adds, GELU, softmax rows): tokens x layers x width.
+
+The per-unit costs are fitted by non-negative least squares on a profile's end-to-end
+measurements of one precision (several sequence lengths, and any compressed models
+measured), so a candidate with another length, fewer layers, fewer heads or a narrower
+FFN is predicted from its architecture alone. The model's stated error is its worst
+leave-one-out relative error on the profile's own points: the planner only skips a
+candidate predicted to miss a latency budget by more than that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.user_files import read_json
+
+# Below this many measurements of a precision there is nothing to check a fit against: no prediction.
+MIN_POINTS = 3
+# The error a model claims is never below this: held-out candidates (another architecture) miss more than
+# the fitted points do, and a skip decision must not rest on an optimistic figure.
+MIN_STATED_ERROR = 0.10
+FEATURES = ("fixed", "dense_macs", "attention_macs", "token_width")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What sets an encoder's work: depth, width, heads, FFN width (and FFN rank when factorized)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    head_dim: int
+    intermediate: int
+    ffn_rank: int | None = None
+
+    def work(self, sequence_length: int) -> np.ndarray:
+        """The model's features at one sequence length (batch 1): see the module docstring."""
+        tokens = sequence_length
+        attention_width = self.heads * self.head_dim
+        ffn = 2 * self.ffn_rank * (self.hidden + self.intermediate) if self.ffn_rank else 2 * self.hidden * self.intermediate
+        dense = self.layers * tokens * (4 * self.hidden * attention_width + ffn)
+        attention = self.layers * 2 * tokens * tokens * attention_width
+        elementwise = self.layers * tokens * (self.hidden + self.intermediate + self.heads * tokens)
+        return np.array([1.0, dense / 1e9, attention / 1e9, elementwise / 1e6])
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def changed(self, **fields) -> "Architecture":
+        return replace(self, **fields)
+
+
+def architecture_of(backbone) -> Architecture | None:
+    """A keras-hub BertBackbone's architecture (None for models without one, e.g. an ONNX input)."""
+    if backbone is None or not hasattr(backbone, "transformer_layers"):
+        return None
+    from deploykit.bert_surgery import FFN_DENSE, head_size, low_rank_dense_class
+
+    ffn = getattr(backbone.transformer_layers[0], FFN_DENSE[0], None)
+    rank = ffn.rank if isinstance(ffn, low_rank_dense_class()) else None
+    return Architecture(int(backbone.num_layers), int(backbone.hidden_dim), int(backbone.num_heads),
+                        head_size(backbone), int(backbone.intermediate_dim), rank)
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    """Per-unit costs of one precision on one device, and how far its own points stray from it."""
+
+    precision: str
+    coefficients: tuple[float, ...]
+    error: float  # worst leave-one-out relative error, at least MIN_STATED_ERROR
+    points: int
+
+    def predict(self, architecture: Architecture, sequence_length: int) -> float:
+        return float(np.dot(self.coefficients, architecture.work(sequence_length)))
+
+
+def fit(precision: str, rows: list[tuple[Architecture, int, float]]) -> LatencyFit | None:
+    """Fit per-unit costs on (architecture, sequence length, p50 ms) rows; None with fewer than MIN_POINTS."""
+    from scipy.optimize import nnls
+
+    if len(rows) < MIN_POINTS:
+        return None
+    features = np.array([architecture.work(length) for architecture, length, _ in rows])
+    measured = np.array([p50 for _, _, p50 in rows])
+    # Relative error is what matters (a 10% miss at 2 ms and at 200 ms are the same mistake): weight rows by 1/p50.
+    weights = 1.0 / measured
+    coefficients, _ = nnls(features * weights[:, None], measured * weights)
+    misses = []
+    for held_out in range(len(rows)):
+        keep = np.arange(len(rows)) != held_out
+        partial, _ = nnls(features[keep] * weights[keep, None], measured[keep] * weights[keep])
+        misses.append(abs(float(features[held_out] @ partial) / measured[held_out] - 1))
+    return LatencyFit(precision, tuple(float(c) for c in coefficients), max(MIN_STATED_ERROR, max(misses)), len(rows))
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """The fits of one device profile, by precision, at the thread count the profile was measured with."""
+
+    device: str
+    threads: int
+    fits: dict[str, LatencyFit]
+    source: str
+
+    def predict(self, precision: str, architecture: Architecture | None, sequence_length: int,
+                threads: int) -> tuple[float, float] | None:
+        """(predicted p50 ms, stated relative error), or None when the profile cannot say."""
+        fitted = self.fits.get(precision)
+        if fitted is None or architecture is None or threads != self.threads:
+            return None
+        return round(fitted.predict(architecture, sequence_length), 4), round(fitted.error, 4)
+
+
+def profile_rows(profile: dict) -> dict[str, list[tuple[Architecture, int, float]]]:
+    """A profile's measurements as fit rows, by precision (rows without an architecture are left out)."""
+    rows: dict[str, list] = {}
+    for entry in profile.get("measurements", []):
+        if entry.get("architecture"):
+            rows.setdefault(entry["precision"], []).append(
+                (Architecture(**entry["architecture"]), int(entry["sequence_length"]), float(entry["latency_ms"]["p50"])))
+    return rows
+
+
+def model_from_profile(profile: dict, source: str) -> LatencyModel:
+    fits = {precision: fitted for precision, rows in profile_rows(profile).items()
+            if (fitted := fit(precision, rows)) is not None}
+    return LatencyModel(profile["device"], int(profile["threads"]), fits, source)
+
+
+def load_latency_model(profiles: Path, target: str, device: str) -> LatencyModel | None:
+    """The model of `profiles/<target>/<device>.json`, when that file exists."""
+    path = profiles / target / f"{device}.json"
+    if not path.is_file():
+        return None
+    return model_from_profile(read_json(path, dict), str(path))
+
+
+def misses_budget(predicted: tuple[float, float] | None, budget_ms: float | None) -> bool:
+    """Whether a prediction says, beyond the model's error, that the candidate cannot meet the budget."""
+    if predicted is None or budget_ms is None:
+        return False
+    p50, error = predicted
+    return math.isfinite(p50) and p50 * (1 - error) > budget_ms

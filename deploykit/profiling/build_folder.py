@@ -1,0 +1,103 @@
+"""Profile what `deploykit build` wrote: an artifact, or a whole target folder, on any runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import DeployKitError
+from deploykit.profiling.base import ProfileRunner, ProfileSettings, get_runner
+from deploykit.user_files import read_json, read_text
+
+
+def artifact_in(path: Path) -> Path:
+    """The artifact a path names: the file itself, or the one a target folder's report.json ships."""
+    if path.is_dir():
+        report_file = path / "report.json"
+        if not report_file.is_file():
+            raise DeployKitError(f"{path} has no report.json; pass a target folder written by `deploykit build` "
+                                 "or its model.xml/model.tflite/model.onnx.")
+        try:
+            return path / read_json(report_file, dict)["artifact"]["path"]
+        except (KeyError, TypeError) as error:
+            raise DeployKitError(f"{report_file} is not as deploykit writes it (no artifact path: {error}); "
+                                 "rebuild the folder with `deploykit build`.") from None
+    if not path.is_file():
+        raise DeployKitError(f"artifact {str(path)!r} does not exist; pass a model.xml or model.tflite from a build "
+                             "folder, or the folder itself.")
+    return path
+
+
+def profile_path(path: str | Path, threads: int | None = None, settings: ProfileSettings = ProfileSettings(),
+                 runner: ProfileRunner | None = None) -> dict:
+    """Profile an artifact written by `deploykit build` (or the artifact of a target folder), from the files beside it.
+
+    The input is a full-length sequence (every position unmasked), the worst case
+    for the sequence length the artifact was built for; the runtime settings come
+    from the report.json beside it. `runner`: where to time it (default: this machine).
+    """
+    from deploykit.backends.base import backend_for_file
+
+    path = artifact_in(Path(path))
+    backend = backend_for_file(path)
+    tokenizer_file = path.parent / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise DeployKitError(f"{path.parent} has no tokenizer.json; profile an artifact from a `deploykit build` folder.")
+    config = read_json(tokenizer_file, dict)
+    report = {}
+    try:
+        length = int(config["sequence_length"])
+        vocabulary = read_text(path.parent / Path(config["vocabulary"]).name).splitlines()
+        special = config["special_tokens"]
+        ids = [vocabulary.index(special[name]) for name in ("unk", "cls", "sep")]
+        report_file = path.parent / "report.json"
+        if report_file.is_file():
+            report = read_json(report_file, dict)
+        runtime_config = report.get("artifact", {}).get("runtime_config", {})
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DeployKitError(f"{path.parent}'s tokenizer.json or report.json is not as deploykit writes it "
+                             f"({type(error).__name__}: {error}); rebuild the folder with `deploykit build`.") from None
+    if not 2 <= length <= 1_000_000:
+        raise DeployKitError(f"{tokenizer_file} gives sequence_length {length}; rebuild the folder with `deploykit build`.")
+    token_ids = np.full((1, length), ids[0], dtype=np.int32)
+    token_ids[0, 0], token_ids[0, -1] = ids[1], ids[2]
+    sample = {"token_ids": token_ids, "padding_mask": np.ones((1, length), dtype=np.int32)}
+    runner = runner or get_runner("local")
+    profile = runner.profile(backend.name, path, runtime_config, sample, threads or runner_threads(runner), settings)
+    return {"artifact": str(path), "backend": backend.name, "sequence_length": length, "report": report, **profile}
+
+
+def runner_threads(runner: ProfileRunner) -> int:
+    """Threads when none are given: the device's setting, else all of this host's cores (local)."""
+    import os
+
+    return getattr(runner.settings, "threads", None) or os.cpu_count() or 1
+
+
+def build_target_of(path: str | Path):
+    """The target a build folder (or an artifact in one) was built for, from its report.json."""
+    from deploykit.targets import Target
+
+    artifact = artifact_in(Path(path))
+    report_file = artifact.parent / "report.json"
+    if not report_file.is_file():
+        raise DeployKitError(f"{artifact.parent} has no report.json, which names the target a device is checked "
+                             "against; profile a folder written by `deploykit build`.")
+    try:
+        return Target.model_validate(read_json(report_file, dict)["target_profile"])
+    except (KeyError, ValueError) as error:
+        raise DeployKitError(f"{report_file} holds no valid target_profile ({type(error).__name__}); rebuild the "
+                             "folder with this deploykit.") from None
+
+
+def profiled_measurement(measured: dict) -> dict:
+    """One `deploykit profile` run as a profile measurement, described by the build's report.json."""
+    report = measured["report"]
+    shipped = report.get("artifact", {})
+    candidate = next((c for c in report.get("candidates", []) if c["candidate"] == shipped.get("candidate")), {})
+    return {"label": candidate.get("candidate", shipped.get("precision", "artifact")),
+            "precision": shipped.get("precision"), "recipe": candidate.get("recipe", ""),
+            "sequence_length": measured["sequence_length"], "architecture": candidate.get("architecture"),
+            "latency_ms": measured["latency_ms"], "peak_rss_mb": measured["peak_rss_mb"],
+            "bytes": shipped.get("bytes"), "op_types": (measured.get("op_profile") or {}).get("by_type")}

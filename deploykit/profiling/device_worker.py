@@ -1,0 +1,267 @@
+"""Device-side profiling worker: times one artifact with the device's own runtime and prints JSON.
+
+This file runs as a standalone script wherever an artifact is timed: in a fresh
+local process (the `local` runner) or copied to a device over SSH (the `ssh`
+runner). It therefore imports only the standard library and, lazily, the one
+runtime it needs (plus NumPy, which every runtime's Python API takes tensors in
+and installs with itself): a Raspberry Pi with just `pip install ai-edge-litert`
+can run it. Python 3.8 or newer.
+
+Usage: python -I device_worker.py request.json   (the request's format: `request()` in local.py)
+Prints one JSON line; on failure, one line `deploykit-worker: <message>` on stderr and exit code 3.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import re
+import sys
+import time
+from importlib import metadata
+
+# Per-op profiles time this many extra runs with the runtime's profiler on (after the timed runs, so the
+# profiler's overhead never reaches the latency figures).
+OP_PROFILE_RUNS = 10
+TOP_OPS = 20
+
+
+class WorkerError(Exception):
+    """A problem the user can fix on the device (a missing runtime, an unreadable artifact)."""
+
+
+def _package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _missing(runtime: str, package: str) -> WorkerError:
+    return WorkerError(f"the {runtime} runtime is not installed for {sys.executable}; "
+                       f"install it on this device with `{sys.executable} -m pip install {package}`")
+
+
+def _arrays(inputs: dict) -> dict:
+    """Request inputs ({name: {dtype, shape, values}}) as NumPy arrays."""
+    import numpy as np
+
+    return {name: np.asarray(spec["values"], dtype=spec["dtype"]).reshape(spec["shape"]) for name, spec in inputs.items()}
+
+
+def _op_profile(source: str, per_node: dict, runs: int) -> dict:
+    """Average milliseconds per inference, by op type and for the slowest nodes ({(name, type): total ms})."""
+    by_type: dict = {}
+    for (name, kind), total in per_node.items():
+        entry = by_type.setdefault(kind, {"type": kind, "count": 0, "ms": 0.0})
+        entry["count"] += 1
+        entry["ms"] += total / runs
+    top = sorted(({"name": name, "type": kind, "ms": round(total / runs, 4)}
+                  for (name, kind), total in per_node.items()), key=lambda row: -row["ms"])[:TOP_OPS]
+    types = sorted(by_type.values(), key=lambda row: -row["ms"])
+    return {"source": source, "runs": runs,
+            "by_type": [{**row, "ms": round(row["ms"], 4)} for row in types], "top": top}
+
+
+def load_litert(path: str, threads: int, runtime_config: dict, op_profile: bool):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        name, version = "ai-edge-litert", _package_version("ai-edge-litert")
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+            name, version = "tflite-runtime", _package_version("tflite-runtime")
+        except ImportError:
+            raise _missing("LiteRT", "ai-edge-litert  (or tflite-runtime)") from None
+    runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner()
+    facts = {"name": name, "version": version, "delegate": "XNNPACK (default CPU delegate)",
+             "input_types": {key: value["dtype"].__name__ for key, value in runner.get_input_details().items()},
+             "output_types": {key: value["dtype"].__name__ for key, value in runner.get_output_details().items()}}
+    # The Python interpreter exposes no op profiler; per-op times on LiteRT come from benchmark_model (adb runner).
+    return (lambda inputs: runner(**inputs)), facts, None
+
+
+def load_openvino(path: str, threads: int, runtime_config: dict, op_profile: bool):
+    try:
+        import openvino as ov
+    except ImportError:
+        raise _missing("OpenVINO", "openvino") from None
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **runtime_config}
+    compiled = core.compile_model(path, "CPU", config)
+    request = compiled.create_infer_request()
+    facts = {"name": "openvino", "version": ov.get_version(), "device": core.get_property("CPU", "FULL_DEVICE_NAME"),
+             "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string()}
+
+    def profile_ops(inputs: dict, runs: int) -> dict:
+        profiled = core.compile_model(path, "CPU", {**config, "PERF_COUNT": True}).create_infer_request()
+        profiled.infer(inputs)
+        per_node: dict = {}
+        for _ in range(runs):
+            profiled.infer(inputs)
+            for info in profiled.get_profiling_info():
+                if info.status.name == "EXECUTED":
+                    key = (info.node_name, info.node_type)
+                    per_node[key] = per_node.get(key, 0.0) + info.real_time.total_seconds() * 1000.0
+        return _op_profile("OpenVINO performance counters (PERF_COUNT), real time per executed node", per_node, runs)
+
+    return (lambda inputs: request.infer(inputs)), facts, profile_ops if op_profile else None
+
+
+def load_onnxruntime(path: str, threads: int, runtime_config: dict, op_profile: bool):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise _missing("onnxruntime", "onnxruntime") from None
+
+    def session(profiling: bool):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        if profiling:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(os.getcwd(), "ort-profile")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    timed = session(False)
+    facts = {"name": "onnxruntime", "version": ort.__version__, "providers": timed.get_providers()}
+
+    def profile_ops(inputs: dict, runs: int) -> dict:
+        profiled = session(True)
+        for _ in range(runs + 1):
+            profiled.run(None, inputs)
+        events = _read_json(profiled.end_profiling())
+        # The profile starts with the session: the first run (lazy allocation) is left out, as warm-up.
+        first_run = next(e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+        warm_from = first_run["ts"] + first_run["dur"]
+        per_node: dict = {}
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time") and event["ts"] >= warm_from:
+                key = (event["name"][: -len("_kernel_time")], event.get("args", {}).get("op_name", "?"))
+                per_node[key] = per_node.get(key, 0.0) + event.get("dur", 0) / 1000.0
+        return _op_profile("onnxruntime profiler (enable_profiling), kernel time per node", per_node, runs)
+
+    return (lambda inputs: timed.run(None, inputs)), facts, profile_ops if op_profile else None
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+LOADERS = {"litert": load_litert, "openvino": load_openvino, "tensorrt": load_onnxruntime}
+
+
+def _memory_mb(field: str) -> float | None:
+    """A /proc/self/status memory field in MB (VmRSS: now, VmHWM: peak); None off Linux.
+
+    VmHWM rather than getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so
+    a worker started by a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _cpuinfo_field(text: str, *names: str) -> str | None:
+    for name in names:
+        match = re.search(rf"^{name}\s*:\s*(.+)$", text, re.MULTILINE | re.IGNORECASE)
+        if match:
+            return match.group(1).strip()
+    return None
+
+
+def _accelerators() -> list:
+    """Accelerators the kernel shows: NVIDIA GPUs, Jetson, Edge TPU (PCIe/USB), NPUs under /dev/accel."""
+    found = []
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        model = _cpuinfo_field(_read(info), "Model")
+        found.append(f"NVIDIA {model}" if model and not model.startswith("NVIDIA") else model or "NVIDIA GPU")
+    if os.path.exists("/etc/nv_tegra_release"):
+        found.append("NVIDIA Jetson (" + _read("/etc/nv_tegra_release").split(",")[0].strip("# \n") + ")")
+    if glob.glob("/dev/apex_*"):
+        found.append("Coral Edge TPU (PCIe)")
+    found += [f"NPU device {path}" for path in sorted(glob.glob("/dev/accel/accel*"))]
+    return found
+
+
+def device_facts() -> dict:
+    """What this device is: CPU model, cores, ISA flags, memory, OS, accelerators."""
+    cpuinfo = _read("/proc/cpuinfo")
+    meminfo = _cpuinfo_field(_read("/proc/meminfo"), "MemTotal")
+    os_release = _cpuinfo_field(_read("/etc/os-release"), "PRETTY_NAME")
+    flags = _cpuinfo_field(cpuinfo, "flags", "Features") or ""
+    model = (_cpuinfo_field(cpuinfo, "model name", "Model", "Hardware", "cpu model") or platform.processor()
+             or platform.machine())
+    return {
+        "hostname": platform.node(),
+        "arch": platform.machine(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "isa_flags": sorted(set(flags.split())),
+        "memory_mb": round(int(meminfo.split()[0]) / 1024) if meminfo else None,
+        "os": (os_release.strip('"') if os_release else platform.platform()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "accelerators": _accelerators(),
+    }
+
+
+def measure(request: dict) -> dict:
+    """Load, warm up, time `runs` batch-1 inferences; then, when asked, a per-op profile."""
+    artifact = request["artifact"]
+    if not os.path.isfile(artifact):
+        raise WorkerError(f"the artifact {artifact} is not on this device")
+    loader = LOADERS.get(request["backend"])
+    if loader is None:
+        raise WorkerError(f"this worker cannot time {request['backend']!r} artifacts (known: {', '.join(LOADERS)})")
+    before_load_mb = _memory_mb("VmRSS")
+    run, runtime, profile_ops = loader(artifact, request["threads"], request["runtime_config"],
+                                       request.get("op_profile", False))
+    inputs = _arrays(request["inputs"])  # after the runtime: a missing runtime is named before its NumPy is
+    for _ in range(request["warmup"]):
+        run(inputs)
+    latencies = []
+    for _ in range(request["runs"]):
+        start = time.perf_counter_ns()
+        run(inputs)
+        latencies.append((time.perf_counter_ns() - start) / 1e6)
+    peak_mb = _memory_mb("VmHWM")
+    measured = {"latencies_ms": latencies, "peak_rss_mb": peak_mb, "rss_before_load_mb": before_load_mb,
+                "runtime": runtime, "device": device_facts()}
+    if profile_ops is not None:
+        measured["op_profile"] = profile_ops(inputs, min(OP_PROFILE_RUNS, request["runs"]))
+    return measured
+
+
+def main(arguments: list) -> int:
+    if len(arguments) != 1:
+        print("deploykit-worker: usage: device_worker.py request.json", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(measure(_read_json(arguments[0]))))
+    except WorkerError as error:
+        print(f"deploykit-worker: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

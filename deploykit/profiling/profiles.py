@@ -1,0 +1,73 @@
+"""Measured device profiles: `profiles/<target>/<device>.json`, what the latency model is fitted on.
+
+A profile holds one device's facts, its runtime and version, the thread count, and
+every artifact measured there: precision, recipe, sequence length, the encoder's
+architecture, end-to-end latency and per-op-type costs. `--save-profile` adds a
+build's (or a `deploykit profile` run's) measurements, replacing earlier ones of the
+same artifact kind, so a profile grows as a device is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from deploykit.errors import DeployKitError
+from deploykit.user_files import read_json
+
+SCHEMA = 1
+DEFAULT_PROFILES = Path("profiles")
+
+
+def profiles_folder(given: Path | None) -> Path | None:
+    """`--profiles`, else $DEPLOYKIT_PROFILES, else ./profiles when it exists (None: no latency model)."""
+    if given is not None:
+        return given
+    if os.environ.get("DEPLOYKIT_PROFILES"):
+        return Path(os.environ["DEPLOYKIT_PROFILES"])
+    return DEFAULT_PROFILES if DEFAULT_PROFILES.is_dir() else None
+
+
+def build_measurements(report: dict) -> list[dict]:
+    """A build report's measurements: the fp32 baseline and every candidate tried, with their architectures."""
+    sequence_length = report["model"]["sequence_length"]
+    baseline = report["baseline"]
+    rows = [{"label": f"{baseline['precision']} baseline", "precision": baseline["precision"], "recipe": "",
+             "sequence_length": sequence_length, "architecture": report["model"].get("architecture"),
+             "latency_ms": baseline["latency_ms"], "peak_rss_mb": baseline["peak_rss_mb"], "bytes": baseline["bytes"],
+             "op_types": (baseline.get("op_profile") or {}).get("by_type")}]
+    for candidate in report["candidates"]:
+        rows.append({"label": candidate["candidate"], "precision": candidate["precision"],
+                     "recipe": candidate.get("recipe", ""), "sequence_length": sequence_length,
+                     "architecture": candidate.get("architecture"), "latency_ms": candidate["latency_ms"],
+                     "peak_rss_mb": candidate.get("peak_rss_mb"), "bytes": candidate["bytes"],
+                     "op_types": (candidate.get("op_profile") or {}).get("by_type")})
+    return rows
+
+
+def save_profile(folder: Path, target: str, measured_on: dict, runtime: dict, measurements: list[dict]) -> Path:
+    """Add `measurements` to `<folder>/<target>/<device>.json` (written atomically) and return its path."""
+    device = measured_on["device"]
+    path = folder / target / f"{device}.json"
+    profile = {"schema": SCHEMA, "target": target, "device": device, "runner": measured_on["runner"],
+               "threads": measured_on["threads"], "facts": measured_on.get("facts"),
+               "runtime": {key: runtime.get(key) for key in ("name", "version")}, "measurements": []}
+    if path.is_file():
+        earlier = read_json(path, dict)
+        if earlier.get("threads") != profile["threads"] or earlier.get("runtime") != profile["runtime"]:
+            raise DeployKitError(f"{path} was measured with {earlier.get('threads')} threads on {earlier.get('runtime')}, "
+                                 f"this run with {profile['threads']} on {profile['runtime']}; a profile holds one "
+                                 "setting: move the old file away or profile with the same threads and runtime.")
+        profile["measurements"] = earlier.get("measurements", [])
+    key = lambda row: (row["label"], row["recipe"], row["sequence_length"], json.dumps(row["architecture"]))  # noqa: E731
+    fresh = {key(row) for row in measurements}
+    profile["measurements"] = [row for row in profile["measurements"] if key(row) not in fresh] + measurements
+    profile["measurements"].sort(key=lambda row: (row["precision"], row["sequence_length"], row["label"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        json.dump(profile, handle, indent=1)
+        handle.write("\n")
+    os.replace(handle.name, path)
+    return path

@@ -1,0 +1,49 @@
+"""What the device-side worker is asked and what it answers, for every runner that starts it (local, ssh)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deploykit.errors import DeployKitError
+from deploykit.profiling.base import Inputs, ProfileSettings
+from deploykit.profiling.stats import latency_summary
+
+WORKER_SCRIPT = Path(__file__).with_name("device_worker.py")
+WORKER_ERROR_PREFIX = "deploykit-worker: "
+
+
+def worker_request(backend: str, artifact: str, runtime_config: dict, sample: Inputs, threads: int,
+                   settings: ProfileSettings) -> str:
+    """The request file's text: inputs as plain lists so the worker needs no file format beyond JSON."""
+    inputs = {name: {"dtype": str(values.dtype), "shape": list(values.shape), "values": values.ravel().tolist()}
+              for name, values in sample.items()}
+    return json.dumps({"backend": backend, "artifact": artifact, "runtime_config": runtime_config, "inputs": inputs,
+                       "threads": threads, "runs": settings.runs, "warmup": settings.warmup,
+                       "op_profile": settings.op_profile})
+
+
+def worker_result(stdout: str, threads: int) -> dict:
+    """The runner's profile from the worker's JSON line: latency summary, memory, runtime, device, per-op times."""
+    try:
+        measured = json.loads(stdout.strip().splitlines()[-1])
+        profile = {
+            "latency_ms": latency_summary(measured["latencies_ms"]),
+            "peak_rss_mb": measured["peak_rss_mb"],
+            "rss_before_load_mb": measured["rss_before_load_mb"],
+            "threads": threads,
+            "runtime": measured["runtime"],
+            "device": measured["device"],
+        }
+    except (IndexError, KeyError, TypeError, ValueError) as error:
+        raise DeployKitError(f"the profiling worker's output is not what deploykit expects ({type(error).__name__}: "
+                             f"{error}); the device's worker and this deploykit may differ in version.") from None
+    if "op_profile" in measured:
+        profile["op_profile"] = measured["op_profile"]
+    return profile
+
+
+def worker_error(stderr: str) -> str | None:
+    """The worker's own one-line message (a missing runtime, a missing artifact), when it printed one."""
+    lines = [line for line in stderr.splitlines() if line.startswith(WORKER_ERROR_PREFIX)]
+    return lines[-1][len(WORKER_ERROR_PREFIX):] if lines else None
