@@ -279,8 +279,8 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: the device's setting, else all "
-              "cores of this machine).")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: as the build profiled it: the "
+              "device's setting or the target's threads, within this machine's cores).")
 @click.option("--runs", type=click.IntRange(min=1), default=_PROFILE.runs, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=_PROFILE.warmup, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=_PROFILE.timeout_s, show_default=True,
@@ -296,14 +296,14 @@ def profile(artifact, threads, runs, warmup, timeout, op_profile, device, device
     Runs batch 1 at the artifact's full sequence length in a fresh process and
     prints latency percentiles, throughput, peak memory and the slowest op types.
     """
-    from deploykit.profiling.base import ProfileSettings
+    from deploykit.profiling.base import ProfileSettings, get_runner
     from deploykit.profiling.build_folder import build_target_of, profile_path, profiled_measurement
     from deploykit.profiling.devices import device_runner
     from deploykit.profiling.profiles import save_profile as save
 
-    runner = None
-    if device is not None:
-        runner = device_runner(device, build_target_of(artifact), devices_file, trust_new_host, benchmark_binary)
+    target = build_target_of(artifact) if device or save_profile else None
+    runner = device_runner(device, target, devices_file, trust_new_host, benchmark_binary) if device \
+        else get_runner("local")
     settings = ProfileSettings(runs=runs, warmup=warmup, timeout_s=timeout, op_profile=op_profile)
     measured = profile_path(artifact, threads, settings, runner)
     latency = measured["latency_ms"]
@@ -316,16 +316,10 @@ def profile(artifact, threads, runs, warmup, timeout, op_profile, device, device
     output.print(table)
     if measured.get("op_profile"):
         output.print(_op_table(measured["op_profile"]))
-    if runner is not None or save_profile:
-        from deploykit.profiling.local import LocalRunner
-
-        runner = runner or LocalRunner(LocalRunner.settings_class(name="local"))
-        described = runner.describe(build_target_of(artifact), measured["threads"]) if device else None
-        if described:
-            output.print(described["note"], highlight=False, markup=False)
+    if target is not None:
+        described = runner.describe(target, measured["threads"])
+        output.print(described["note"], highlight=False, markup=False)
         if save_profile:
-            target = build_target_of(artifact)
-            described = described or runner.describe(target, measured["threads"])
             path = save(Path(save_profile), target.name, described, measured["runtime"], [profiled_measurement(measured)])
             output.print(f"Profile saved: {path}", highlight=False, markup=False)
 

@@ -5,8 +5,14 @@ three kinds of work, each with its own per-unit cost on a given runtime, precisi
 and thread count:
 
 - dense multiply-accumulates (Q/K/V/output projections and the FFN): tokens x weights;
-- attention multiply-accumulates (QK^T and attention x V): tokens^2 x heads x head width;
-- per-token elementwise work (LayerNorm, residual adds, GELU, softmax rows): tokens x layers x width.
+- attention multiply-accumulates (QK^T and attention x V, and with them the softmax): tokens^2 x heads x
+  head width;
+- per-token elementwise work (LayerNorm, residual adds, GELU): tokens x layers x width.
+
+Measurements of one shape at several lengths separate the fixed, per-token and
+per-token-pair costs; how per-token cost splits between dense and elementwise work is
+only identified when the profile holds models of different widths (otherwise the fit
+picks one split, exact for that width and for other depths and lengths).
 
 The per-unit costs are fitted by non-negative least squares on a profile's end-to-end
 measurements of one precision (several sequence lengths, and any compressed models
@@ -52,7 +58,7 @@ class Architecture:
         ffn = 2 * self.ffn_rank * (self.hidden + self.intermediate) if self.ffn_rank else 2 * self.hidden * self.intermediate
         dense = self.layers * tokens * (4 * self.hidden * attention_width + ffn)
         attention = self.layers * 2 * tokens * tokens * attention_width
-        elementwise = self.layers * tokens * (self.hidden + self.intermediate + self.heads * tokens)
+        elementwise = self.layers * tokens * (self.hidden + self.intermediate)
         return np.array([1.0, dense / 1e9, attention / 1e9, elementwise / 1e6])
 
     def as_dict(self) -> dict:
@@ -116,9 +122,13 @@ class LatencyModel:
     source: str
 
     def predict(self, precision: str, architecture: Architecture | None, sequence_length: int,
-                threads: int) -> tuple[float, float] | None:
-        """(predicted p50 ms, stated relative error), or None when the profile cannot say."""
-        fitted = self.fits.get(precision)
+                threads: int, executes_as: dict[str, str] | None = None) -> tuple[float, float] | None:
+        """(predicted p50 ms, stated relative error), or None when the profile cannot say.
+
+        `executes_as`: the backend's precisions that run another's kernels (LiteRT's fp16 runs as fp32 on
+        XNNPACK), used when the profile has no measurement of the precision itself.
+        """
+        fitted = self.fits.get(precision) or self.fits.get((executes_as or {}).get(precision, ""))
         if fitted is None or architecture is None or threads != self.threads:
             return None
         return round(fitted.predict(architecture, sequence_length), 4), round(fitted.error, 4)

@@ -257,7 +257,7 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                      evaluation_samples, gates, options.profile, runner, options.masked_logit,
                      options.max_residual_scale)
     if latency_model is not None:
-        predict_latencies(plan, latency_model, architecture_of(bundle.backbone))
+        predict_latencies(plan, latency_model, architecture_of(bundle.backbone), backend.executes_as)
     if target.sequence_range is not None and keras:
         low, high = target.sequence_range
         if not low <= sequence_length <= high or high > bundle.max_sequence_length:
@@ -285,7 +285,8 @@ def _first_set(*values):
     return next((value for value in values if value is not None), values[-1])
 
 
-def predict_latencies(plan: Plan, model: LatencyModel, architecture: Architecture | None) -> None:
+def predict_latencies(plan: Plan, model: LatencyModel, architecture: Architecture | None,
+                      executes_as: dict[str, str] | None = None) -> None:
     """Predict every candidate's p50 from the device's profile, and drop those that cannot meet the latency budget.
 
     A candidate is skipped only when its prediction misses the budget by more than the
@@ -297,7 +298,7 @@ def predict_latencies(plan: Plan, model: LatencyModel, architecture: Architectur
         shape = architecture
         for name, items in candidate.recipe:
             shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
-        predicted = model.predict(candidate.precision, shape, plan.sequence_length, plan.threads)
+        predicted = model.predict(candidate.precision, shape, plan.sequence_length, plan.threads, executes_as)
         if predicted is not None:
             plan.predictions[candidate.label] = predicted
     skipped = [c for c in plan.candidates if misses_budget(plan.predictions.get(c.label), budget)]

@@ -73,6 +73,9 @@ class Backend:
     scaled_stream_precisions: ClassVar[frozenset[str]] = frozenset()
     reads_onnx: ClassVar[bool] = False  # whether `export` also takes an .onnx file as its source graph
     companion_suffixes: ClassVar[tuple[str, ...]] = ()  # files beside the artifact the runtime also reads
+    # Precisions whose kernels are another's on the CPU this backend profiles on (the latency model predicts
+    # them from that precision's measurements when they have none of their own).
+    executes_as: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

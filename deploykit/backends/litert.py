@@ -14,6 +14,8 @@ class LiteRTBackend(Backend):
     name = "litert"
     suffix = ".tflite"
     format = "tflite"
+    # XNNPACK turns fp16 weights into fp32 when it loads the model (fp16 arithmetic only when forced by a flag).
+    executes_as = {"fp16": "fp32"}
     precisions = {
         "fp32": "TFLiteConverter, float32",
         "fp16": "TFLiteConverter, float16 weights (Optimize.DEFAULT, supported_types=[float16])",

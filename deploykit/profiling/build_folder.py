@@ -64,14 +64,23 @@ def profile_path(path: str | Path, threads: int | None = None, settings: Profile
     token_ids[0, 0], token_ids[0, -1] = ids[1], ids[2]
     sample = {"token_ids": token_ids, "padding_mask": np.ones((1, length), dtype=np.int32)}
     runner = runner or get_runner("local")
-    profile = runner.profile(backend.name, path, runtime_config, sample, threads or runner_threads(runner), settings)
+    profile = runner.profile(backend.name, path, runtime_config, sample, threads or default_threads(runner, report),
+                             settings)
     return {"artifact": str(path), "backend": backend.name, "sequence_length": length, "report": report, **profile}
 
 
-def runner_threads(runner: ProfileRunner) -> int:
-    """Threads when none are given: the device's setting, else all of this host's cores (local)."""
+def default_threads(runner: ProfileRunner, report: dict) -> int:
+    """Threads when none are given: the runner's choice for the build's target (a device's setting, the
+    target's threads within this host's cores), else all of this host's cores."""
     import os
 
+    from deploykit.targets import Target
+
+    if "target_profile" in report:
+        try:
+            return runner.threads(Target.model_validate(report["target_profile"]))
+        except ValueError:
+            pass
     return getattr(runner.settings, "threads", None) or os.cpu_count() or 1
 
 

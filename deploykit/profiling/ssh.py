@@ -169,7 +169,7 @@ class SshSession:
         except BaseException:
             self._kill_worker()
             raise
-        if status == 124:  # coreutils `timeout`: the worker ran past the profiling timeout
+        if status in (124, 137):  # coreutils `timeout`: past the profiling timeout (137: killed after the grace)
             raise DeployKitError(f"{step} did not finish within the profiling timeout and was stopped; raise "
                                  "--profile-timeout if the device is just slow.")
         if status == 127:

@@ -97,7 +97,7 @@ def assemble_report(
         "metrics": {
             "latency_ms": artifact.profile["latency_ms"],
             "peak_rss_mb": artifact.profile["peak_rss_mb"],
-            "rss_before_load_mb": artifact.profile["rss_before_load_mb"],
+            "rss_before_load_mb": artifact.profile.get("rss_before_load_mb"),
             "runtime": artifact.profile["runtime"],
             "op_profile": artifact.profile.get("op_profile"),
             "fidelity": artifact.quality["fidelity"],

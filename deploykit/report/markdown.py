@@ -85,7 +85,8 @@ def render_markdown(report: dict) -> str:
             lines += ["", "Files: " + ", ".join(f"`{name}`" for name in compiled["files"])]
         if compiled.get("command"):
             lines += ["", "```", compiled["command"], "```"]
-    if len(report["candidates"]) > 1:
+    predicted_any = any(c.get("predicted_latency_ms_p50") is not None for c in report["candidates"])
+    if len(report["candidates"]) > 1 or predicted_any:
         lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept, "
                   "else the one missing the fewest)", ""]
         for candidate in report["candidates"]:
