@@ -18,8 +18,10 @@ The per-unit costs are fitted by non-negative least squares on a profile's end-t
 measurements of one precision (several sequence lengths, and any compressed models
 measured), so a candidate with another length, fewer layers, fewer heads or a narrower
 FFN is predicted from its architecture alone. The model's stated error is its worst
-leave-one-out relative error on the profile's own points: the planner only skips a
-candidate predicted to miss a latency budget by more than that.
+leave-one-out relative error on the profile's own points inside the measured lengths
+(outside them, at the shortest and longest, extrapolation misses more: that larger
+figure applies there): the planner only skips a candidate predicted to miss a latency
+budget by more than that.
 """
 
 from __future__ import annotations
@@ -86,11 +88,17 @@ class LatencyFit:
 
     precision: str
     coefficients: tuple[float, ...]
-    error: float  # worst leave-one-out relative error, at least MIN_STATED_ERROR
-    points: int
+    error: float  # worst leave-one-out relative miss inside the measured lengths, at least MIN_STATED_ERROR
+    extrapolation_error: float  # worst leave-one-out miss of all points, the shortest and longest included
+    lengths: tuple[int, int]  # the shortest and longest sequence measured
 
     def predict(self, architecture: Architecture, sequence_length: int) -> float:
         return float(np.dot(self.coefficients, architecture.work(sequence_length)))
+
+    def error_at(self, sequence_length: int) -> float:
+        """The stated error of a prediction at this length: larger outside the measured range."""
+        low, high = self.lengths
+        return self.error if low <= sequence_length <= high else self.extrapolation_error
 
 
 def fit(precision: str, rows: list[tuple[Architecture, int, float]]) -> LatencyFit | None:
@@ -104,12 +112,17 @@ def fit(precision: str, rows: list[tuple[Architecture, int, float]]) -> LatencyF
     # Relative error is what matters (a 10% miss at 2 ms and at 200 ms are the same mistake): weight rows by 1/p50.
     weights = 1.0 / measured
     coefficients, _ = nnls(features * weights[:, None], measured * weights)
-    misses = []
+    lengths = [length for _, length, _ in rows]
+    inside, everywhere = [MIN_STATED_ERROR], [MIN_STATED_ERROR]
     for held_out in range(len(rows)):
         keep = np.arange(len(rows)) != held_out
         partial, _ = nnls(features[keep] * weights[keep, None], measured[keep] * weights[keep])
-        misses.append(abs(float(features[held_out] @ partial) / measured[held_out] - 1))
-    return LatencyFit(precision, tuple(float(c) for c in coefficients), max(MIN_STATED_ERROR, max(misses)), len(rows))
+        miss = abs(float(features[held_out] @ partial) / measured[held_out] - 1)
+        everywhere.append(miss)
+        if min(lengths) < lengths[held_out] < max(lengths):  # a point the others surround: an interpolation
+            inside.append(miss)
+    return LatencyFit(precision, tuple(float(c) for c in coefficients), round(max(inside), 4),
+                      round(max(everywhere), 4), (min(lengths), max(lengths)))
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,7 @@ class LatencyModel:
         fitted = self.fits.get(precision) or self.fits.get((executes_as or {}).get(precision, ""))
         if fitted is None or architecture is None or threads != self.threads:
             return None
-        return round(fitted.predict(architecture, sequence_length), 4), round(fitted.error, 4)
+        return round(fitted.predict(architecture, sequence_length), 4), fitted.error_at(sequence_length)
 
 
 def profile_rows(profile: dict) -> dict[str, list[tuple[Architecture, int, float]]]:

@@ -36,6 +36,10 @@ def test_the_stated_error_is_the_worst_leave_one_out_miss():
     rows = _rows()
     noisy = [(a, n, p50 * (1.3 if n == 64 else 1.0)) for a, n, p50 in rows]  # one point 30% off the rest
     assert fit("fp32", noisy).error > 0.2
+    off_at_the_end = [(a, n, p50 * (1.3 if n == 256 else 1.0)) for a, n, p50 in rows]
+    fitted = fit("fp32", off_at_the_end)  # the longest point can only be extrapolated to: its miss counts there
+    assert fitted.extrapolation_error > 0.2 and fitted.error_at(300) == fitted.extrapolation_error
+    assert fitted.error_at(100) == fitted.error < fitted.extrapolation_error
 
 
 def test_too_few_points_give_no_fit_and_no_prediction():
