@@ -253,11 +253,18 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                                  options.pass_parameters, latency_budget=gates.max_latency_ms is not None and keras)
     if any(pass_class(name).rebuilds_model for candidate in candidates for name in candidate.passes):
         bundle.check_rebuildable()  # before the first export, not an hour into training
+    prediction = None
+    if latency_model is not None:
+        prediction = predict_latencies(candidates, latency_model, architecture_of(bundle.backbone), sequence_length,
+                                       options.profile.threads or runner.threads(target), gates.max_latency_ms,
+                                       backend.executes_as)
+        candidates = prediction.kept
     plan = make_plan(target, backend, candidates, sequence_length, sequence_length_reason, calibration_samples,
                      evaluation_samples, gates, options.profile, runner, options.masked_logit,
                      options.max_residual_scale)
-    if latency_model is not None:
-        predict_latencies(plan, latency_model, architecture_of(bundle.backbone), backend.executes_as)
+    if prediction is not None:
+        plan.predictions = prediction.predictions
+        plan.steps.insert(1, prediction.step)
     if target.sequence_range is not None and keras:
         low, high = target.sequence_range
         if not low <= sequence_length <= high or high > bundle.max_sequence_length:
@@ -285,32 +292,39 @@ def _first_set(*values):
     return next((value for value in values if value is not None), values[-1])
 
 
-def predict_latencies(plan: Plan, model: LatencyModel, architecture: Architecture | None,
-                      executes_as: dict[str, str] | None = None) -> None:
+@dataclass
+class Prediction:
+    """The latency model's word on a target's candidates: what to try, what each should take, the plan step."""
+
+    kept: list[Candidate]
+    predictions: dict[str, tuple[float, float]]  # label -> (p50 ms, relative error)
+    step: dict
+
+
+def predict_latencies(candidates: list[Candidate], model: LatencyModel, architecture: Architecture | None,
+                      sequence_length: int, threads: int, budget: float | None,
+                      executes_as: dict[str, str] | None = None) -> Prediction:
     """Predict every candidate's p50 from the device's profile, and drop those that cannot meet the latency budget.
 
     A candidate is skipped only when its prediction misses the budget by more than the
     model's stated error; if every candidate would be skipped, the fastest predicted one
     is still built, so the report shows the measured miss.
     """
-    budget = plan.gates.max_latency_ms
-    for candidate in plan.candidates:
+    predictions = {}
+    for candidate in candidates:
         shape = architecture
         for name, items in candidate.recipe:
             shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
-        predicted = model.predict(candidate.precision, shape, plan.sequence_length, plan.threads, executes_as)
+        predicted = model.predict(candidate.precision, shape, sequence_length, threads, executes_as)
         if predicted is not None:
-            plan.predictions[candidate.label] = predicted
-    skipped = [c for c in plan.candidates if misses_budget(plan.predictions.get(c.label), budget)]
-    if skipped and len(skipped) == len(plan.candidates):
-        fastest = min(skipped, key=lambda c: plan.predictions[c.label][0])
-        skipped.remove(fastest)
-    plan.candidates = [c for c in plan.candidates if c not in skipped]
+            predictions[candidate.label] = predicted
+    skipped = [c for c in candidates if misses_budget(predictions.get(c.label), budget)]
+    if skipped and len(skipped) == len(candidates):
+        skipped.remove(min(skipped, key=lambda c: predictions[c.label][0]))
     step = {"step": "predict_latency", "profile": model.source, "threads": model.threads,
-            "predicted_p50_ms": {label: f"{p50:g} (±{error:.0%})" for label, (p50, error) in plan.predictions.items()}
+            "predicted_p50_ms": {label: f"{p50:g} (±{error:.0%})" for label, (p50, error) in predictions.items()}
             or "none: the profile has no fit for these precisions at these threads"}
     if skipped:
-        step["skipped"] = [f"{c.label}: predicted {plan.predictions[c.label][0]:g} ms, over the {budget:g} ms budget "
-                           f"by more than the model's ±{plan.predictions[c.label][1]:.0%}" for c in skipped]
-    plan.steps.insert(1, step)
-
+        step["skipped"] = [f"{c.label}: predicted {predictions[c.label][0]:g} ms, over the {budget:g} ms budget "
+                           f"by more than the model's ±{predictions[c.label][1]:.0%}" for c in skipped]
+    return Prediction([c for c in candidates if c not in skipped], predictions, step)

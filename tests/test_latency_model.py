@@ -13,7 +13,7 @@ from deploykit.errors import DeployKitError
 from deploykit.latency_model import MIN_STATED_ERROR, Architecture, LatencyModel, fit, misses_budget, model_from_profile
 from deploykit.passes.base import get_pass
 from deploykit.passes.recipe import recipe
-from deploykit.planner import Candidate, Gates, Plan, predict_latencies
+from deploykit.planner import Candidate, predict_latencies
 from deploykit.profiling.profiles import save_profile
 
 MINILM = Architecture(layers=6, hidden=384, heads=12, head_dim=32, intermediate=1536)
@@ -62,37 +62,34 @@ def test_passes_declare_the_shape_they_leave():
     assert get_pass("qat").architecture_after(MINILM) == MINILM
 
 
-def _plan(budget: float | None) -> Plan:
-    candidates = [Candidate("dynamic-int8"), Candidate("dynamic-int8", recipe(("distill",), {"distill": {"layers": 2}})),
-                  Candidate("fp32")]
-    return Plan("arm-cpu", "litert", candidates, 128, 2, Gates(1.0, 0.99, max_latency_ms=budget),
-                steps=[{"step": "tokenize"}, {"step": "export"}])
+CANDIDATES = [Candidate("dynamic-int8"), Candidate("dynamic-int8", recipe(("distill",), {"distill": {"layers": 2}})),
+              Candidate("fp32")]
+
+
+def _predict(model, budget):
+    return predict_latencies(CANDIDATES, model, MINILM, 128, 2, budget)
 
 
 def test_the_plan_skips_only_candidates_predicted_to_miss_by_more_than_the_error():
     model = LatencyModel("host", 2, {p: fit(p, _rows()) for p in ("dynamic-int8", "fp32")}, "profiles/x.json")
     full = float(COSTS @ MINILM.work(128))
     student = float(COSTS @ MINILM.changed(layers=2).work(128))
-    plan = _plan(budget=student * 1.05)  # the student fits; the 6-layer candidates miss by far more than 10%
-    predict_latencies(plan, model, MINILM)
-    assert [c.label for c in plan.candidates] == ["distill + dynamic-int8"]
-    step = plan.steps[1]
+    prediction = _predict(model, budget=student * 1.05)  # the student fits; the 6-layer ones miss by far more
+    assert [c.label for c in prediction.kept] == ["distill + dynamic-int8"]
+    step = prediction.step
     assert step["step"] == "predict_latency" and len(step["skipped"]) == 2 and "over the" in step["skipped"][0]
-    assert plan.predictions["dynamic-int8"][0] == pytest.approx(full, rel=1e-4)
+    assert prediction.predictions["dynamic-int8"][0] == pytest.approx(full, rel=1e-4)
 
-    near = _plan(budget=full * 0.95)  # within the model's error of the budget: tried, not skipped
-    predict_latencies(near, model, MINILM)
-    assert len(near.candidates) == 3
+    near = _predict(model, budget=full * 0.95)  # within the model's error of the budget: tried, not skipped
+    assert len(near.kept) == 3
 
-    hopeless = _plan(budget=student * 0.2)  # every candidate predicted to miss: the fastest is still built
-    predict_latencies(hopeless, model, MINILM)
-    assert [c.label for c in hopeless.candidates] == ["distill + dynamic-int8"]
+    hopeless = _predict(model, budget=student * 0.2)  # every candidate predicted to miss: the fastest is still built
+    assert [c.label for c in hopeless.kept] == ["distill + dynamic-int8"]
 
 
 def test_no_budget_means_predictions_only():
-    plan = _plan(budget=None)
-    predict_latencies(plan, LatencyModel("host", 2, {"fp32": fit("fp32", _rows())}, "p.json"), MINILM)
-    assert len(plan.candidates) == 3 and set(plan.predictions) == {"fp32"}
+    prediction = _predict(LatencyModel("host", 2, {"fp32": fit("fp32", _rows())}, "p.json"), budget=None)
+    assert len(prediction.kept) == 3 and set(prediction.predictions) == {"fp32"}
     assert not misses_budget((100.0, 0.1), None) and misses_budget((100.0, 0.1), 80.0)
     assert not misses_budget((100.0, 0.1), 95.0)
 
@@ -141,6 +138,8 @@ def test_a_build_skips_what_this_hosts_profile_predicts_too_slow(tmp_path, tiny_
     report = json.loads((out / "arm-cpu" / "report.json").read_text())
     step = next(s for s in report["plan"] if s["step"] == "predict_latency")
     assert any(line.startswith("dynamic-int8: predicted") for line in step["skipped"])
+    export = next(s for s in report["plan"] if s["step"] == "export")
+    assert export["precision"] == "fp16" and "dynamic-int8" not in export.get("if_gates_fail_try", [])
     tried = [c["candidate"] for c in report["candidates"]]
     assert "dynamic-int8" not in tried and tried[0] == "fp16"
     assert report["candidates"][0]["predicted_latency_ms_p50"] is not None

@@ -206,7 +206,7 @@ def device_facts() -> dict:
     """What this device is: CPU model, cores, ISA flags, memory, OS, accelerators."""
     cpuinfo = _read("/proc/cpuinfo")
     meminfo = _cpuinfo_field(_read("/proc/meminfo"), "MemTotal")
-    os_release = _cpuinfo_field(_read("/etc/os-release"), "PRETTY_NAME")
+    os_release = re.search(r'^PRETTY_NAME="?([^"\n]*)"?$', _read("/etc/os-release"), re.MULTILINE)
     flags = _cpuinfo_field(cpuinfo, "flags", "Features") or ""
     model = (_cpuinfo_field(cpuinfo, "model name", "Model", "Hardware", "cpu model") or platform.processor()
              or platform.machine())
@@ -217,7 +217,7 @@ def device_facts() -> dict:
         "cores": os.cpu_count(),
         "isa_flags": sorted(set(flags.split())),
         "memory_mb": round(int(meminfo.split()[0]) / 1024) if meminfo else None,
-        "os": (os_release.strip('"') if os_release else platform.platform()),
+        "os": os_release.group(1) if os_release else platform.platform(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "accelerators": _accelerators(),
