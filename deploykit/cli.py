@@ -42,8 +42,9 @@ def _device_options(command):
         click.option("--benchmark-binary", type=click.Path(dir_okay=False, exists=True),
                      help="adb devices: a LiteRT benchmark_model binary to push (default: the one on the device)."),
         click.option("--save-profile", is_flag=False, flag_value="profiles", type=click.Path(file_okay=False),
-                     help="Add what was measured to <DIR>/<target>/<device>.json (DIR defaults to profiles), the "
-                     "device profile the latency model is fitted on."),
+                     help="Add what was measured to <DIR>/<target>/<device>.json, the device profile the latency "
+                     "model is fitted on. Alone it means profiles/; give a folder as --save-profile=DIR (a "
+                     "separate word after it would be read as the folder)."),
     ]
     for option in reversed(options):
         command = option(command)
