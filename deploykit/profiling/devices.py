@@ -96,7 +96,7 @@ def device_runner(device: str, target, devices_file: str | Path | None = None, t
             raise DeployKitError(f"{path} names no device {device!r}; it has {', '.join(sorted(devices)) or 'none'}.")
         name, entry, base = device, devices[device], path.parent
         if entry.target is not None and entry.target != target.name:
-            raise DeployKitError(f"device {name!r} is a {entry.target} device, not {target.name}; build --target "
+            raise DeployKitError(f"device {name!r} belongs to target {entry.target}, not {target.name}; build --target "
                                  f"{entry.target}, or give another device.")
     return RUNNERS.configured(_runner_settings(name, entry, base, target, trust_new_host, benchmark_binary),
                               "profiling: {name: ssh}")
