@@ -52,6 +52,7 @@ class SshRunner(ProfileRunner):
         super().__init__(settings)
         self.facts: dict | None = None
         self.runtime: dict | None = None
+        self._cores: int | None = None
 
     @property
     def address(self) -> str:
@@ -63,7 +64,19 @@ class SshRunner(ProfileRunner):
         return self.settings.device or f"{self.settings.host}-{self.settings.port}"
 
     def threads(self, target) -> int:
-        return self.settings.threads or target.threads or 4
+        """The device's setting, else the target's thread count, never more than the device's cores.
+
+        Asking the device for its cores also checks, before any export, that it can be reached.
+        """
+        cores = self.cores()
+        return min(self.settings.threads or target.threads or cores, cores)
+
+    def cores(self) -> int:
+        if self._cores is None:
+            with SshSession(self.settings) as session:
+                answer = session.run("getconf _NPROCESSORS_ONLN").strip()
+            self._cores = int(answer) if answer.isdigit() and int(answer) > 0 else 1
+        return self._cores
 
     def describe(self, target, threads: int) -> dict:
         facts = self.facts or {}
