@@ -174,15 +174,13 @@ def test_a_hung_device_reaches_the_timeout_and_is_cleaned_up(sshd, built, tmp_pa
 def test_ctrl_c_mid_copy_still_removes_the_remote_folder(sshd, built, tmp_path, monkeypatch):
     from deploykit.profiling import ssh
 
-    real_put, calls = ssh.SshSession.put, []
+    real_copy = ssh.SshSession.copy
 
-    def interrupted_put(self, local, remote):
-        calls.append(local)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real_put(self, local, remote)
+    def interrupted_copy(self, files, folder, texts):
+        real_copy(self, files[:1], folder, {})  # the worker is on the device, then Ctrl-C
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ssh.SshSession, "put", interrupted_put)
+    monkeypatch.setattr(ssh.SshSession, "copy", interrupted_copy)
     with pytest.raises(KeyboardInterrupt):
         profile_path(built / "arm-cpu", 1, ProfileSettings(runs=1, warmup=0), _runner(sshd, tmp_path / "remote"))
     assert list((tmp_path / "remote").iterdir()) == []

@@ -105,8 +105,8 @@ def profiled_measurement(measured: dict) -> dict:
     report = measured["report"]
     shipped = report.get("artifact", {})
     candidate = next((c for c in report.get("candidates", []) if c["candidate"] == shipped.get("candidate")), {})
-    return {"label": candidate.get("candidate", shipped.get("precision", "artifact")),
-            "precision": shipped.get("precision"), "recipe": candidate.get("recipe", ""),
-            "sequence_length": measured["sequence_length"], "architecture": candidate.get("architecture"),
-            "latency_ms": measured["latency_ms"], "peak_rss_mb": measured["peak_rss_mb"],
-            "bytes": shipped.get("bytes"), "op_types": (measured.get("op_profile") or {}).get("by_type")}
+    from deploykit.profiling.profiles import measurement
+
+    return measurement(candidate.get("candidate", shipped.get("precision", "artifact")), shipped.get("precision"),
+                       candidate.get("recipe", ""), measured["sequence_length"], candidate.get("architecture"),
+                       measured, shipped.get("bytes"))

@@ -32,19 +32,23 @@ def profiles_folder(given: Path | None) -> Path | None:
 
 def build_measurements(report: dict) -> list[dict]:
     """A build report's measurements: the fp32 baseline and every candidate tried, with their architectures."""
-    sequence_length = report["model"]["sequence_length"]
+    length = report["model"]["sequence_length"]
     baseline = report["baseline"]
-    rows = [{"label": f"{baseline['precision']} baseline", "precision": baseline["precision"], "recipe": "",
-             "sequence_length": sequence_length, "architecture": report["model"].get("architecture"),
-             "latency_ms": baseline["latency_ms"], "peak_rss_mb": baseline["peak_rss_mb"], "bytes": baseline["bytes"],
-             "op_types": (baseline.get("op_profile") or {}).get("by_type")}]
-    for candidate in report["candidates"]:
-        rows.append({"label": candidate["candidate"], "precision": candidate["precision"],
-                     "recipe": candidate.get("recipe", ""), "sequence_length": sequence_length,
-                     "architecture": candidate.get("architecture"), "latency_ms": candidate["latency_ms"],
-                     "peak_rss_mb": candidate.get("peak_rss_mb"), "bytes": candidate["bytes"],
-                     "op_types": (candidate.get("op_profile") or {}).get("by_type")})
+    rows = [measurement(f"{baseline['precision']} baseline", baseline["precision"], "", length,
+                        report["model"].get("architecture"), baseline, baseline["bytes"])]
+    rows += [measurement(candidate["candidate"], candidate["precision"], candidate.get("recipe", ""), length,
+                         candidate.get("architecture"), candidate, candidate["bytes"])
+             for candidate in report["candidates"]]
     return rows
+
+
+def measurement(label: str, precision: str, recipe: str, sequence_length: int, architecture: dict | None,
+                measured: dict, size: int | None) -> dict:
+    """One profile row; `measured` holds latency_ms, peak_rss_mb and (optionally) op_profile."""
+    return {"label": label, "precision": precision, "recipe": recipe, "sequence_length": sequence_length,
+            "architecture": architecture, "latency_ms": measured["latency_ms"],
+            "peak_rss_mb": measured.get("peak_rss_mb"), "bytes": size,
+            "op_types": (measured.get("op_profile") or {}).get("by_type")}
 
 
 def save_profile(folder: Path, target: str, measured_on: dict, runtime: dict, measurements: list[dict]) -> Path:

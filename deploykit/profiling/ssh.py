@@ -101,9 +101,7 @@ class SshRunner(ProfileRunner):
         with SshSession(self.settings) as session:
             folder = session.make_temp_folder()
             try:
-                for path in [WORKER_SCRIPT, *files]:
-                    session.put(path, f"{folder}/{path.name}")
-                session.write(f"{folder}/request.json", request)
+                session.copy([WORKER_SCRIPT, *files], folder, {"request.json": request})
                 python = shlex.split(self.settings.python)
                 command = (f"cd {shlex.quote(folder)} && echo $$ && exec timeout -k {KILL_GRACE_S} "
                            f"{settings.timeout_s:g} {shlex.join(python)} -I {WORKER_SCRIPT.name} request.json")
@@ -197,13 +195,14 @@ class SshSession:
         pattern = f"{self.settings.remote_tmp.rstrip('/')}/deploykit-XXXXXXXX"
         return self.run(f"mktemp -d {shlex.quote(pattern)}").strip()
 
-    def put(self, local: Path, remote: str) -> None:
+    def copy(self, files: list[Path], folder: str, texts: dict[str, str]) -> None:
+        """Copy files (by name) and write texts into the remote folder, over one SFTP session."""
         with self.client.open_sftp() as sftp:
-            sftp.put(str(local), remote)
-
-    def write(self, remote: str, text: str) -> None:
-        with self.client.open_sftp() as sftp, sftp.open(remote, "w") as handle:
-            handle.write(text.encode())
+            for path in files:
+                sftp.put(str(path), f"{folder}/{path.name}")
+            for name, text in texts.items():
+                with sftp.open(f"{folder}/{name}", "w") as handle:
+                    handle.write(text.encode())
 
     def remove(self, folder: str) -> None:
         """Remove the run's temp folder; never raises (it runs while another error may be on its way out)."""
