@@ -20,6 +20,7 @@ from rich.table import Table
 from deploykit.build.options import BuildOptions
 from deploykit.errors import DeployKitError
 from deploykit.interrupts import Interrupted, interruptible
+from deploykit.search.settings import PREFERENCES, SearchSettings
 from deploykit.targets import list_targets, load_target
 
 # Wide enough for the summary tables when output is piped (rich assumes 80 columns then).
@@ -27,6 +28,7 @@ _WIDTH = shutil.get_terminal_size((150, 24)).columns
 console = Console(stderr=True, width=_WIDTH)
 output = Console(width=_WIDTH)
 _BUILD = BuildOptions()  # the options' defaults are defined once, there
+_SEARCH = SearchSettings()
 _PROFILE = _BUILD.profile
 
 
@@ -45,6 +47,40 @@ def _device_options(command):
                      help="Add what was measured to <DIR>/<target>/<device>.json, the device profile the latency "
                      "model is fitted on. Alone it means profiles/; give a folder as --save-profile=DIR (a "
                      "separate word after it would be read as the folder)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _search_options(command):
+    """Search, size-gate and cache options, shared by `build` and `search`."""
+    options = [
+        click.option("--search", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Search N trials per target (Optuna over precisions, passes and their parameters; latency, "
+                     "size and quality loss minimised, the gates as constraints) instead of trying the fixed "
+                     "candidate list. `deploykit search` is the same with --trials."),
+        click.option("--storage", help="Optuna storage URL of the search (default: sqlite:///OUT/search.db); a "
+                     "shared database (postgresql://user@host/db) lets several machines work on one study."),
+        click.option("--study", default=_SEARCH.study, show_default=True,
+                     help="Study name; each target's study is NAME.<target>. Rerun with the same name to resume."),
+        click.option("--prefer", type=click.Choice(PREFERENCES), default=_SEARCH.prefer, show_default=True,
+                     help="Which Pareto point ships, among those passing every gate: fastest, smallest or most "
+                     "faithful."),
+        click.option("--prune-factor", type=click.FloatRange(min=0), default=_SEARCH.prune_factor, show_default=True,
+                     help="Stop a trial whose fine-tune, halfway through, loses more than this many times the quality "
+                     "the gate allows (0: never stop early)."),
+        click.option("--search-passes", help="Comma-separated passes the search may use, or 'none' for precisions "
+                     "only (default: those in the target's recipes, plus qat on integer-only targets)."),
+        click.option("--max-size-mb", type=click.FloatRange(min=0, min_open=True),
+                     help="Gate: largest artifact size in MB (1e6 bytes, every file of the model)."),
+        click.option("--cache", type=click.Path(file_okay=False), help="Cache folder for exports and measurements "
+                     "(default: $DEPLOYKIT_CACHE, else $XDG_CACHE_HOME/deploykit)."),
+        click.option("--no-cache", "no_cache", is_flag=True, help="Run every stage, neither reading nor writing the "
+                     "cache (by default exports and measurements of identical inputs are reused: same model, data, "
+                     "parameters, target and toolchain versions)."),
+        click.option("--cache-max-gb", type=click.FloatRange(min=0, min_open=True), default=_BUILD.cache_max_gb,
+                     show_default=True, help="Cache size cap; the least recently used entries are removed beyond it."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -230,11 +266,8 @@ def targets_show(name: str) -> None:
 @click.option("--profiles", type=click.Path(file_okay=False), help="Measured device profiles the latency model "
               "predicts candidates from (default: $DEPLOYKIT_PROFILES, else ./profiles); with --max-latency-ms, "
               "candidates predicted to miss it by more than the model's error are skipped before any training.")
-def build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length, max_accuracy_drop,
-          min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile, calibration_samples,
-          evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat, qat_steps, qat_learning_rate,
-          qat_range_learning_rate, recipe, runs, warmup, threads, runner, profile_timeout, converter_timeout, force,
-          device, devices_file, trust_new_host, benchmark_binary, save_profile, profiles) -> None:
+@_search_options
+def build(**arguments) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, an .onnx file
@@ -244,6 +277,17 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
     the script to run it where its toolchain is installed (TensorRT, edgetpu_compiler, LiteRT NPU
     AOT). Exits with 3 when an artifact misses a quality gate.
     """
+    _run_build(**arguments)
+
+
+def _run_build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length,
+               max_accuracy_drop, min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile,
+               calibration_samples, evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat,
+               qat_steps, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
+               profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
+               save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes, max_size_mb, cache,
+               no_cache, cache_max_gb) -> None:
+    """`build` and `search`: one implementation (a search is a build with --search N)."""
     from deploykit.runtime_env import import_tensorflow_quietly
 
     import_tensorflow_quietly()
@@ -267,6 +311,9 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
+        max_size_mb=max_size_mb, cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
+        search=SearchSettings(trials=search, storage=storage, study=study, prefer=prefer, prune_factor=prune_factor,
+                              passes=_search_passes(search_passes)) if search else None,
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
     output.print(_summary_table([r.report for r in results]))
@@ -276,6 +323,30 @@ def build(model, target_names, data, eval_data, out, precision, activation_perce
     if failed:
         _error(f"quality gate missed for {', '.join(failed)}; see their report.md.")
         sys.exit(3)
+
+
+def _search_command(**arguments) -> None:
+    _run_build(search=arguments.pop("trials"), **arguments)
+
+
+search = click.Command(
+    "search", callback=_search_command,
+    params=[param for param in build.params if param.name != "search"] + [
+        click.Option(["--trials", "-n"], type=click.IntRange(min=1), default=_SEARCH.trials, show_default=True,
+                     help="Finished trials per target's study (a resumed study counts those it holds).")],
+    help="""Search each target's compression settings for MODEL and ship the best point that passes every gate.
+
+    One Optuna study per target minimises p50 latency on the target's runner, artifact size
+    and quality loss over the precisions the target runs and the passes it declares (with
+    the ranges the passes declare), the gates as constraints. Candidates the device's
+    latency model (profiles/) says are too slow for --max-latency-ms are skipped before
+    training; fine-tunes hopeless halfway are stopped. OUT/<target>/ gets the artifact, the
+    report with the Pareto front, search.json (every trial) and pareto.png. The study lives
+    in --storage (default OUT/search.db): rerun to resume, or point several machines at one
+    database. Exits with 3 when no trial passes the gates.
+    """,
+)
+main.add_command(search)
 
 
 @main.command()
@@ -360,6 +431,13 @@ def report(folder) -> None:
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value is not None else None
+
+
+def _search_passes(text: str | None) -> tuple[str, ...] | None:
+    """--search-passes: None (the target's), 'none' (precisions only), or the named passes."""
+    if text is None:
+        return None
+    return () if text.strip().lower() == "none" else tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _given(**values) -> dict:

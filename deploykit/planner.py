@@ -34,15 +34,19 @@ class Gates:
     allow_fallback: bool = False  # ops falling back from the accelerator are reported, not failed
     max_latency_ms: float | None = None  # p50 on the profiling host; None: no latency gate
     min_agreement: float = 0.99  # share of predictions unchanged, checked for classifiers without labels
+    max_size_mb: float | None = None  # artifact bytes / 1e6; None: no size gate
 
     def checks(self, accuracy_drop: float | None, cosine_mean: float | None,
                fallback_ops: dict[str, int] | None, latency_ms: float | None = None,
-               agreement: float | None = None) -> list[dict]:
+               agreement: float | None = None, size_mb: float | None = None) -> list[dict]:
         """Every gate that applies, with its value, limit and verdict; never passes without a quality check."""
         checks = []
         if self.max_latency_ms is not None and latency_ms is not None:
             checks.append({"name": "latency_ms_p50", "value": latency_ms, "limit": self.max_latency_ms,
                            "passed": latency_ms <= self.max_latency_ms})
+        if self.max_size_mb is not None and size_mb is not None:
+            checks.append({"name": "size_mb", "value": round(size_mb, 4), "limit": self.max_size_mb,
+                           "passed": size_mb <= self.max_size_mb})
         if fallback_ops is not None:
             count = sum(fallback_ops.values())
             checks.append({"name": "fallback_ops", "value": count, "limit": 0,
@@ -221,6 +225,7 @@ def make_plan(
             "min_cosine": gates.min_cosine,
             "min_agreement": gates.min_agreement,
             **({"max_latency_ms": gates.max_latency_ms} if gates.max_latency_ms is not None else {}),
+            **({"max_size_mb": gates.max_size_mb} if gates.max_size_mb is not None else {}),
         },
         {"step": "profile", "runner": runner.name, "threads": threads, "runs": profile.runs, "warmup": profile.warmup},
     ]
@@ -236,6 +241,7 @@ def gates_for(target: Target, options: "BuildOptions") -> Gates:
         min_agreement=_first_set(options.min_agreement, budgets.min_agreement),
         allow_fallback=options.allow_fallback,
         max_latency_ms=_first_set(options.max_latency_ms, budgets.max_latency_ms, None),
+        max_size_mb=options.max_size_mb,
     )
 
 
@@ -292,6 +298,16 @@ def _first_set(*values):
     return next((value for value in values if value is not None), values[-1])
 
 
+def predict_candidate(candidate: Candidate, model: LatencyModel, architecture: Architecture | None,
+                      sequence_length: int, threads: int, executes_as: dict[str, str] | None = None
+                      ) -> tuple[float, float] | None:
+    """(p50 ms, relative error) of a candidate from the architecture its passes declare; None when unknown."""
+    shape = architecture
+    for name, items in candidate.recipe:
+        shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
+    return model.predict(candidate.precision, shape, sequence_length, threads, executes_as)
+
+
 @dataclass
 class Prediction:
     """The latency model's word on a target's candidates: what to try, what each should take, the plan step."""
@@ -312,10 +328,7 @@ def predict_latencies(candidates: list[Candidate], model: LatencyModel, architec
     """
     predictions = {}
     for candidate in candidates:
-        shape = architecture
-        for name, items in candidate.recipe:
-            shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
-        predicted = model.predict(candidate.precision, shape, sequence_length, threads, executes_as)
+        predicted = predict_candidate(candidate, model, architecture, sequence_length, threads, executes_as)
         if predicted is not None:
             predictions[candidate.label] = predicted
     skipped = [c for c in candidates if misses_budget(predictions.get(c.label), budget)]

@@ -48,6 +48,24 @@ def no_device_profiles(tmp_path_factory):
         os.environ["DEPLOYKIT_PROFILES"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """Fixtures shared by several tests build with a cache of the test session's, never the user's."""
+    previous = os.environ.get("DEPLOYKIT_CACHE")
+    os.environ["DEPLOYKIT_CACHE"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if previous is None:
+        del os.environ["DEPLOYKIT_CACHE"]
+    else:
+        os.environ["DEPLOYKIT_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test builds with an empty cache of its own: no test reuses another's exports or measurements."""
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def vocabulary() -> list[str]:
     words = sorted({w for text in TOPICS.values() for w in text.split()})

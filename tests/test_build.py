@@ -78,7 +78,7 @@ def test_result_exposes_artifact_and_metrics(classifier_builds):
 
 
 def test_same_inputs_give_byte_identical_artifacts(tiny_classifier, labelled_data, tmp_path, classifier_builds):
-    options = BuildOptions(out=tmp_path, profile=FAST, calibration_samples=40, evaluation_samples=40)
+    options = BuildOptions(out=tmp_path, profile=FAST, calibration_samples=40, evaluation_samples=40, use_cache=False)
     again = build_targets(tiny_classifier, "intel-cpu,arm-cpu", labelled_data, options=options)
     for first, second in zip(classifier_builds, again, strict=True):
         assert first.report["artifact"]["files"] == second.report["artifact"]["files"]

@@ -78,13 +78,22 @@ def build_targets(
                 f"{session.sequence_length} ({session.sequence_length_reason})."
             ))
             profiles = profiles_folder(options.profiles)
-            plans = [(target, backend, runner, plan_target(
-                target, backend, runner, session.bundle, session.sequence_length, session.sequence_length_reason,
-                len(session.split.calibration), len(session.split.evaluation), options,
-                load_latency_model(profiles, target.name, runner.device_name) if profiles else None,
-            )) for target, backend, runner in resolved]  # every target's settings, before any export
+            plans = []
+            for target, backend, runner in resolved:  # every target's settings, before any export
+                model = load_latency_model(profiles, target.name, runner.device_name) if profiles else None
+                plan = plan_target(target, backend, runner, session.bundle, session.sequence_length,
+                                   session.sequence_length_reason, len(session.split.calibration),
+                                   len(session.split.evaluation), options, model)
+                plans.append((target, backend, runner, plan, model))
             session.reference()  # labels meet the model's classes here, before the first export
-            results = [build_target(session, target, backend, plan, runner) for target, backend, runner, plan in plans]
+            if options.search is not None:
+                from deploykit.search.study import search_target
+
+                results = [search_target(session, target, backend, plan, runner, model)
+                           for target, backend, runner, plan, model in plans]
+            else:
+                results = [build_target(session, target, backend, plan, runner)
+                           for target, backend, runner, plan, _ in plans]
     except BaseException:
         if not out_existed and options.out.is_dir() and not any(options.out.iterdir()):
             options.out.rmdir()

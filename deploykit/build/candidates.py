@@ -1,5 +1,6 @@
 """One candidate of a target, start to finish: its passes, the export, the op check against the target, the
-measurement, and the gates."""
+measurement, and the gates. The export (with the model's tokenizer and what each pass did) and the measurement
+come from the content-addressed cache when the same inputs were built before."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from deploykit.backends.base import Backend
+from deploykit.backends.base import Backend, ExportedArtifact
 from deploykit.build.session import BuildSession, Measured
+from deploykit.cache import digest
 from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.latency_model import Architecture, architecture_of
+from deploykit.passes.base import get_pass, pass_class
 from deploykit.planner import Candidate, Plan
 from deploykit.profiling.base import ProfileRunner
 from deploykit.targets import Target
@@ -29,6 +32,8 @@ class TriedCandidate:
     checks: list[dict]
     passes: list[dict]  # what each training-time pass did
     architecture: Architecture | None  # the encoder that was exported (None: an ONNX input)
+    tokenizer_files: list[Path]  # vocab.txt and tokenizer.json of the model the recipe produced
+    integer_graph: dict | None  # how an integer-capable graph was traced (None: the framework's own graph)
     predicted_p50_ms: float | None = None  # the latency model's prediction before it was built
 
     @property
@@ -39,11 +44,13 @@ class TriedCandidate:
     def passed(self) -> bool:
         return all(check["passed"] for check in self.checks)
 
-    def move_to(self, folder: Path) -> None:
-        """Move the artifact's files into the target folder and point the record at them."""
+    def copy_to(self, folder: Path) -> None:
+        """Copy the artifact's and tokenizer's files into the target folder and point the record at them."""
         artifact = self.measured.artifact
-        moved = [Path(shutil.move(str(path), str(folder / path.name))) for path in artifact.files]
-        self.measured.artifact = replace(artifact, path=folder / artifact.path.name, files=moved)
+        copied = [Path(shutil.copy2(path, folder / path.name)) for path in artifact.files]
+        for path in self.tokenizer_files:
+            shutil.copy2(path, folder / path.name)
+        self.measured.artifact = replace(artifact, path=folder / artifact.path.name, files=copied)
 
     def summary(self) -> dict:
         """The candidate's footprint in the report: what it cost and what it kept."""
@@ -71,12 +78,9 @@ class TriedCandidate:
 def try_candidate(session: BuildSession, backend: Backend, target: Target, plan: Plan, runner: ProfileRunner,
                   candidate: Candidate, folder: Path) -> TriedCandidate:
     """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
-    models, recipe = session.models, candidate.recipe
-    integer = integer_trace(target, backend, candidate.precision, session)
-    saved_model = models.saved_model(session.options.masked_logit if integer else None, recipe,
-                                     dynamic_sequence(target, session))
-    with session.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
-        artifact = backend.export(saved_model, candidate.precision, session.export_options(target, recipe), folder)
+    recipe = candidate.recipe
+    exported = export_candidate(session, backend, target, plan, runner, candidate, folder)
+    artifact = exported.artifact
     compatibility = None
     if target.checks_ops and (ops := backend.graph_ops(artifact.path)) is not None:
         compatibility = check_compatibility(ops, target)
@@ -90,15 +94,76 @@ def try_candidate(session: BuildSession, backend: Backend, target: Target, plan:
     # A classifier evaluated without labels is held to the original's predictions instead.
     agreement = measured.quality["fidelity"]["agreement"] if task == "classification" and original_accuracy is None \
         else None
+    size_mb = sum(path.stat().st_size for path in artifact.files) / 1e6
     checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None,
-                               measured.profile["latency_ms"]["p50"], agreement)
+                               measured.profile["latency_ms"]["p50"], agreement, size_mb)
     for check in checks:
         if not check["passed"]:
             session.log.info(f"[red]✗ {escape(candidate.label)}: gate {check['name']}: {check['value']:.4g} "
                              f"misses the limit {check['limit']}[/]")
     predicted = plan.predictions.get(candidate.label)
-    return TriedCandidate(candidate, measured, compatibility, accuracy_drop, checks, models.pass_results(recipe),
-                          architecture_of(models.bundle(recipe).backbone), predicted[0] if predicted else None)
+    return TriedCandidate(candidate, measured, compatibility, accuracy_drop, checks, exported.passes,
+                          exported.architecture, exported.tokenizer_files, exported.integer_graph,
+                          predicted[0] if predicted else None)
+
+
+@dataclass
+class Exported:
+    """A candidate's artifact and what produced it (from this run or from the cache)."""
+
+    artifact: ExportedArtifact
+    passes: list[dict]
+    architecture: Architecture | None
+    tokenizer_files: list[Path]
+    integer_graph: dict | None
+
+
+def export_key(session: BuildSession, backend: Backend, target: Target, candidate: Candidate) -> str:
+    """What a candidate's artifact depends on: the session's inputs, the target, the precision, every pass parameter."""
+    resolved = [(name, get_pass(name, **dict(items)).describe()) for name, items in candidate.recipe]
+    return digest(session.fingerprint(), "export", backend.name, target.model_dump(), candidate.precision, resolved)
+
+
+def export_candidate(session: BuildSession, backend: Backend, target: Target, plan: Plan, runner: ProfileRunner,
+                     candidate: Candidate, folder: Path) -> Exported:
+    """The candidate's artifact: from the cache, or by running its passes and the export (then stored)."""
+    cache, recipe = session.cache, candidate.recipe
+    key = export_key(session, backend, target, candidate) if cache is not None else None
+    if key is not None and (entry := cache.get("export", key)) is not None:
+        meta = entry.meta
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [Path(shutil.copy2(entry.path(name), folder / name)) for name in meta["files"]]
+        (folder / "tokenizer").mkdir(exist_ok=True)
+        tokenizer = [Path(shutil.copy2(entry.path(f"tokenizer/{name}"), folder / "tokenizer" / name))
+                     for name in meta["tokenizer"]]
+        artifact = ExportedArtifact(folder / meta["path"], files, meta["format"], meta["precision"], meta["method"],
+                                    meta["runtime_config"])
+        # Inputs of a model with other token ids come from its own tokenizer: measure it from the cache, or rebuild.
+        if not any(pass_class(name).changes_token_ids for name in candidate.passes) or session.measurement_cached(
+                artifact, runner, plan.threads):
+            session.log.info(f"[dim]{escape(candidate.label)}: artifact reused from the cache ({key[:12]})[/]")
+            architecture = Architecture(**meta["architecture"]) if meta["architecture"] else None
+            return Exported(artifact, meta["passes"], architecture, tokenizer, meta["integer_graph"])
+    models = session.models
+    integer = integer_trace(target, backend, candidate.precision, session)
+    saved_model = models.saved_model(session.options.masked_logit if integer else None, recipe,
+                                     dynamic_sequence(target, session))
+    with session.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
+        artifact = backend.export(saved_model, candidate.precision, session.export_options(target, recipe), folder)
+    tokenizer_folder = folder / "tokenizer"
+    tokenizer = models.bundle(recipe).write_tokenizer(tokenizer_folder, session.sequence_length)
+    exported = Exported(artifact, models.pass_results(recipe), architecture_of(models.bundle(recipe).backbone),
+                        tokenizer, models.integer_graph_facts(recipe) if integer else None)
+    if key is not None:
+        files = {path.name: path for path in artifact.files}
+        files.update({f"tokenizer/{path.name}": path for path in tokenizer})
+        cache.put("export", key, files, {
+            "files": [path.name for path in artifact.files], "tokenizer": [path.name for path in tokenizer],
+            "path": artifact.path.name, "format": artifact.format, "precision": artifact.precision,
+            "method": artifact.method, "runtime_config": artifact.runtime_config, "passes": exported.passes,
+            "architecture": exported.architecture.as_dict() if exported.architecture else None,
+            "integer_graph": exported.integer_graph, "candidate": candidate.label})
+    return exported
 
 
 def integer_trace(target: Target, backend: Backend, precision: str, session: BuildSession) -> bool:

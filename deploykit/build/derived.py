@@ -41,6 +41,7 @@ class ModelStore:
         self._calibration: dict[Recipe, list[Inputs]] = {}
         self._residual: dict[Recipe, tuple[np.ndarray | None, int]] = {}
         self._teacher_outputs: np.ndarray | None = None
+        self.fine_tune_callbacks: tuple = ()  # Keras callbacks for every fine-tune (set by a search per trial)
 
     # ---- models by recipe -----------------------------------------------------------------------
 
@@ -201,5 +202,5 @@ class ModelStore:
             bundle=self.bundle(recipe), sequence_length=session.sequence_length,
             train_texts=session.split.training.texts, train_inputs=self.encoded("training", recipe),
             teacher_outputs=teacher, teacher=session.bundle, label_ids=ids, calibration=self.calibration(recipe),
-            log=session.log, seed=session.options.seed,
+            log=session.log, seed=session.options.seed, callbacks=self.fine_tune_callbacks,
         )

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploykit.backends.base import DEFAULT_ACTIVATION_PERCENTILE, DEFAULT_CONVERTER_TIMEOUT_S
+from deploykit.cache import DEFAULT_MAX_GB
 from deploykit.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES, DEFAULT_LENGTH_PERCENTILE
 from deploykit.errors import DeployKitError
 from deploykit.integer_graph import DEFAULT_MASKED_LOGIT
 from deploykit.passes.recipe import read_recipe
 from deploykit.profiling.base import ProfileSettings
 from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
+from deploykit.search.settings import PREFERENCES, SearchSettings
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class BuildOptions:
     recipe: tuple[str, ...] | None = None  # forced passes, in order (None: the planner chooses)
     force: bool = False  # replace OUT/<target> even when deploykit did not write it
     converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter child process (tf2onnx)
+    max_size_mb: float | None = None  # size gate on the artifact's files (MB = 1e6 bytes); None: none
+    use_cache: bool = True  # reuse exports and measurements of the same inputs (--no-cache: run every stage)
+    cache: Path | None = None  # None: $DEPLOYKIT_CACHE, else $XDG_CACHE_HOME/deploykit
+    cache_max_gb: float = DEFAULT_MAX_GB  # least recently used entries go beyond this
+    search: SearchSettings | None = None  # None: try the planner's fixed candidates; else an Optuna search
 
 
 def check_options(options: BuildOptions) -> None:
@@ -70,7 +77,14 @@ def check_options(options: BuildOptions) -> None:
         ("warmup", profile.warmup, lambda v: v >= 0, "0 or more"),
         ("threads", profile.threads, lambda v: v >= 1, "at least 1"),
         ("profiling timeout", profile.timeout_s, lambda v: v > 0, "above 0 s"),
+        ("max size", options.max_size_mb, lambda v: v > 0, "above 0 MB"),
+        ("cache size", options.cache_max_gb, lambda v: v > 0, "above 0 GB"),
     ]
+    if options.search is not None:
+        rules += [("trials", options.search.trials, lambda v: v >= 1, "at least 1"),
+                  ("prune factor", options.search.prune_factor, lambda v: v >= 0, "0 (off) or more")]
+        if options.search.prefer not in PREFERENCES:
+            raise DeployKitError(f"prefer must be one of {', '.join(PREFERENCES)}, got {options.search.prefer!r}.")
     for name, value, accepted, expected in rules:
         if value is not None and (not math.isfinite(value) or not accepted(value)):
             raise DeployKitError(f"{name} must be {expected}, got {value}.")

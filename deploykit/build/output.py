@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from deploykit.backends.base import Backend
-from deploykit.build.candidates import TriedCandidate, dynamic_sequence, integer_trace, try_candidate
+from deploykit.build.candidates import TriedCandidate, dynamic_sequence, try_candidate
 from deploykit.build.session import BuildSession
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.output_folder import new_staging, replace_folder
@@ -69,33 +69,45 @@ def build_target(session: BuildSession, target: Target, backend: Backend, plan: 
     for line in plan.lines():
         log.info(f"  {escape(line)}")
     timings_before = dict(log.seconds)
+    tried = []
+    for number, candidate in enumerate(plan.candidates):  # fastest first
+        chosen = try_candidate(session, backend, target, plan, runner, candidate,
+                               session.workdir / f"{target.name}-{number}")
+        tried.append(chosen)
+        if chosen.passed:
+            break
+    else:  # every candidate missed: ship the one missing the fewest gates (the fastest of those)
+        chosen = min(tried, key=lambda candidate: sum(not check["passed"] for check in candidate.checks))
+    return write_target(session, target, backend, plan, runner, chosen, tried, timings_before)
+
+
+def write_target(session: BuildSession, target: Target, backend: Backend, plan: Plan, runner: ProfileRunner,
+                 chosen: TriedCandidate, tried: list[TriedCandidate], timings_before: dict,
+                 extra: dict[str, Path] | None = None, search: dict | None = None) -> BuildResult:
+    """Assemble OUT/<target> around the chosen candidate (staging, device compile, report, manifest, swap).
+
+    `extra` files (name -> path) are shipped beside the report, e.g. a search's Pareto plot;
+    `search` is the search's summary for the report.
+    """
+    log = session.log
     out = session.options.out
     staging = new_staging(out, target.name)
     try:
-        tried = []
-        for number, candidate in enumerate(plan.candidates):  # fastest first
-            chosen = try_candidate(session, backend, target, plan, runner, candidate,
-                                   session.workdir / f"{target.name}-{number}")
-            tried.append(chosen)
-            if chosen.passed:
-                break
-        else:  # every candidate missed: ship the one missing the fewest gates (the fastest of those)
-            chosen = min(tried, key=lambda candidate: sum(not check["passed"] for check in candidate.checks))
-        recipe = chosen.candidate.recipe
-        chosen.move_to(staging)
+        chosen.copy_to(staging)
+        for name, path in (extra or {}).items():
+            shutil.copy2(path, staging / name)
         baseline = session.baseline(backend, target, runner, plan.threads)
-        session.models.bundle(recipe).write_tokenizer(staging, session.sequence_length)
         device_compile = _device_compile(session, target, chosen, staging)
         reference = session.reference()
-        integer = integer_trace(target, backend, chosen.measured.artifact.precision, session)
         report = assemble_report(
             target=target, plan=plan, bundle=session.bundle, split=session.split, folder=staging,
             chosen=chosen, tried=tried, baseline=baseline, original_accuracy=reference.accuracy,
             label_mapping=reference.label_mapping, timings=_timings_since(timings_before, log.seconds),
             measured_on=runner.describe(target, chosen.measured.profile["threads"]),
-            integer_graph=session.models.integer_graph_facts(recipe) if integer else None,
-            device_compile=device_compile,
+            integer_graph=chosen.integer_graph, device_compile=device_compile,
         )
+        if search is not None:
+            report["search"] = search
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(render_markdown(report))
         write_manifest(staging)
@@ -116,7 +128,7 @@ def _device_compile(session: BuildSession, target: Target, chosen: TriedCandidat
                  and record["parameters"].get("sparsity", 0) > 0 for record in chosen.passes)
     request = CompileRequest(
         artifact=chosen.measured.artifact, folder=folder, sequence_length=session.sequence_length,
-        input_names=tuple(session.models.encoded("evaluation", chosen.candidate.recipe)), sparse_weights=sparse,
+        input_names=tuple(session.models.encoded("evaluation")), sparse_weights=sparse,
         log=session.log, sequence_range=target.sequence_range if dynamic_sequence(target, session) else None,
     )
     verb = "Running" if compiler.missing() is None else "Preparing (toolchain missing)"

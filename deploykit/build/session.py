@@ -4,6 +4,7 @@ against them (validation on every evaluation sample, then profiling by the targe
 from __future__ import annotations
 
 import gc
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions
 from deploykit.build.derived import ModelStore
+from deploykit.cache import ContentCache, default_cache_folder, digest, file_sha256, toolchain_versions
 from deploykit.build.options import BuildOptions
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
@@ -55,12 +57,41 @@ class BuildSession:
     options: BuildOptions
     log: StepLog
     workdir: Path
+    cache: ContentCache | None = None  # None: every stage runs (--no-cache)
     models: ModelStore = field(init=False)
     _reference: Reference | None = None
     _baselines: dict = field(default_factory=dict)
+    _fingerprint: str | None = None
 
     def __post_init__(self):
         self.models = ModelStore(self)
+
+    def fingerprint(self) -> str:
+        """sha256 of everything every artifact of this build depends on, whatever the target: the model's weights,
+        vocabulary and task, the data split, the sequence length, the export settings, and the toolchain versions."""
+        if self._fingerprint is None:
+            bundle, options = self.bundle, self.options
+            if bundle.onnx_source is not None:
+                model = file_sha256(bundle.onnx_source)
+            else:
+                model = digest([weight.numpy() for weight in bundle.deployment_model(self.sequence_length).weights],
+                               bundle.details.get("pooling"), bundle.details.get("normalize"), bundle.token_map)
+            split = {name: [getattr(self.split, name).texts, getattr(self.split, name).labels]
+                     for name in ("calibration", "evaluation", "training")}
+            self._fingerprint = digest(
+                model, bundle.tokenizer.get_vocabulary(), bool(getattr(bundle.tokenizer, "lowercase", False)),
+                bundle.task, bundle.class_names, split, self.sequence_length, options.seed, options.masked_logit,
+                options.max_residual_scale, options.activation_percentile, toolchain_versions())
+        return self._fingerprint
+
+    def _measurement_key(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> str:
+        """What a measurement depends on: the artifact's bytes, the evaluation data, the runner and device, settings."""
+        return digest(self.fingerprint(), [file_sha256(path) for path in artifact.files], artifact.runtime_config,
+                      runner.name, runner.device_name, threads, self.options.profile.__dict__)
+
+    def measurement_cached(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> bool:
+        return self.cache is not None and self.cache.get("measurement", self._measurement_key(
+            artifact, runner, threads)) is not None
 
     def reference(self) -> Reference:
         """The original's outputs on the evaluation samples, and the labels mapped to its classes."""
@@ -92,7 +123,20 @@ class BuildSession:
     def measure(self, backend: Backend, artifact: ExportedArtifact, runner: ProfileRunner, threads: int, label: str,
                 recipe: Recipe = ()) -> Measured:
         """Validate an artifact on every evaluation sample, then profile it; `recipe` names the model it came from
-        (its tokenizer builds the inputs)."""
+        (its tokenizer builds the inputs). A measurement of the same bytes on the same runner comes from the cache."""
+        key = None
+        if self.cache is not None:
+            key = self._measurement_key(artifact, runner, threads)
+            if (entry := self.cache.get("measurement", key)) is not None:
+                self.log.info(f"[dim]{label}: measurement reused from the cache[/]")
+                return Measured(artifact, entry.meta["quality"], {**entry.meta["profile"], "cached": True})
+        measured = self._measure(backend, artifact, runner, threads, label, recipe)
+        if key is not None:
+            self.cache.put("measurement", key, {}, {"quality": measured.quality, "profile": measured.profile})
+        return measured
+
+    def _measure(self, backend: Backend, artifact: ExportedArtifact, runner: ProfileRunner, threads: int, label: str,
+                 recipe: Recipe) -> Measured:
         inputs = self.models.encoded("evaluation", recipe)
         with self.log.step(f"validate_{label}", f"Validating the {label} artifact on {len(self.split.evaluation)} samples"):
             loaded = backend.load(artifact.path, threads, artifact.runtime_config)
@@ -116,11 +160,28 @@ class BuildSession:
         key = (backend.name, runner.name, threads)
         if key not in self._baselines:
             folder = self.workdir / f"baseline_{backend.name}_{threads}"
-            with self.log.step("export_baseline", f"Exporting the fp32 {backend.name} baseline"):
-                artifact = backend.export(self.models.saved_model(), BASELINE_PRECISION, self.export_options(target),
-                                          folder)
+            artifact = self._cached_baseline(backend, target, folder)
             self._baselines[key] = self.measure(backend, artifact, runner, threads, f"fp32 {backend.name} baseline")
         return self._baselines[key]
+
+    def _cached_baseline(self, backend: Backend, target: Target, folder: Path) -> ExportedArtifact:
+        """The fp32 export of the original, from the cache when these inputs were exported before."""
+        key = None
+        if self.cache is not None:
+            key = digest(self.fingerprint(), "baseline", backend.name, target.integer_only, target.integer_io)
+            if (entry := self.cache.get("export", key)) is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                meta = entry.meta
+                files = [Path(shutil.copy2(entry.path(name), folder / name)) for name in meta["files"]]
+                return ExportedArtifact(folder / meta["path"], files, meta["format"], meta["precision"],
+                                        meta["method"], meta["runtime_config"])
+        with self.log.step("export_baseline", f"Exporting the fp32 {backend.name} baseline"):
+            artifact = backend.export(self.models.saved_model(), BASELINE_PRECISION, self.export_options(target), folder)
+        if key is not None:
+            self.cache.put("export", key, {path.name: path for path in artifact.files}, {
+                "files": [path.name for path in artifact.files], "path": artifact.path.name, "format": artifact.format,
+                "precision": artifact.precision, "method": artifact.method, "runtime_config": artifact.runtime_config})
+        return artifact
 
 
 def prepare_session(
@@ -155,4 +216,6 @@ def prepare_session(
             f"({np.percentile(lengths, options.sequence_length_percentile):.0f}) rounded up to a multiple of 8, "
             f"capped at {bundle.max_sequence_length}"
         )
-    return BuildSession(bundle, split, length, reason, options, log, workdir)
+    cache = ContentCache(options.cache or default_cache_folder(), options.cache_max_gb * 1e9, log) \
+        if options.use_cache else None
+    return BuildSession(bundle, split, length, reason, options, log, workdir, cache)

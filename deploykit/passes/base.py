@@ -37,6 +37,7 @@ class PassContext:
     calibration: list[dict[str, np.ndarray]]  # batch-1 samples for activation ranges
     log: StepLog
     seed: int = 0
+    callbacks: tuple = ()  # Keras callbacks every fine-tune runs too (a search's early stop of hopeless trials)
 
 
 class Pass:
@@ -75,6 +76,11 @@ class Pass:
     def architecture_after(self, architecture: Architecture) -> Architecture | None:
         """The encoder's shape after this pass, for the latency model; None when only running the pass tells."""
         return None if self.rebuilds_model else architecture
+
+    @classmethod
+    def search_ranges(cls, architecture: Architecture | None) -> dict[str, tuple]:
+        """The parameters a search varies on this model, with their ranges (the declared ones by default)."""
+        return cls.Parameters.search_space()
 
     def target_warnings(self, target) -> list[str]:
         """What this pass, with these parameters, will not gain on `target` (shown in the plan)."""

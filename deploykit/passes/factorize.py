@@ -23,8 +23,8 @@ class FactorizeParameters(FineTuneParameters):
     budget: float = parameter(0.5, "Share of each FFN kernel's weights kept (sets the rank).", gt=0, lt=1,
                               search=(0.1, 0.9))
     energy: float = parameter(0.0, "If above 0: the rank keeping this share of the squared singular values, "
-                              "instead of the budget.", ge=0, lt=1, search=(0.5, 0.999))
-    steps: int = parameter(800, "Fine-tune steps against the original (0: none).", ge=0, search=(0, 5000))
+                              "instead of the budget.", ge=0, lt=1)
+    steps: int = parameter(800, "Fine-tune steps against the original (0: none).", ge=0, search=(200, 2000))
 
 
 class Factorize(Pass):

@@ -34,12 +34,12 @@ class PruneParameters(FineTuneParameters):
     importance: Literal["activation", "magnitude"] = parameter(
         "activation", "How heads and units are ranked: measured on the texts, or by weight magnitude (no data).")
     importance_samples: int = parameter(64, "Texts the activation importance is measured on.", ge=1)
-    sparsity: float = parameter(0.0, "Share of encoder weights zeroed during the fine-tune.", ge=0, lt=1,
-                                search=(0.0, 0.9))
+    # Not searched: zeroed weights only pay where a target's kernels skip them (2:4 on sparse tensor cores).
+    sparsity: float = parameter(0.0, "Share of encoder weights zeroed during the fine-tune.", ge=0, lt=1)
     pattern: Literal["unstructured", "2:4"] = parameter(
         "unstructured", "Weight-zeroing pattern: unstructured (cubic schedule) or 2:4 (2 of every 4 input weights).")
     mask_interval: int = parameter(50, "Steps between mask updates of the unstructured schedule.", ge=1)
-    steps: int = parameter(800, "Fine-tune steps against the original (0: none).", ge=0, search=(0, 5000))
+    steps: int = parameter(800, "Fine-tune steps against the original (0: none).", ge=0, search=(200, 2000))
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +67,14 @@ class Prune(Pass):
             return [f"{target.name} lists sparsity {target.sparsity}: its runtime gains nothing from {p.pattern} "
                     "zeros (they cost accuracy only); prefer heads=/neurons=/layers="]
         return []
+
+    @classmethod
+    def search_ranges(cls, architecture):
+        """The declared ranges, with `layers` kept within the model's depth."""
+        ranges = cls.Parameters.search_space()
+        if architecture is not None:
+            ranges["layers"] = (0, max(0, min(ranges["layers"][1], architecture.layers - 1)))
+        return ranges
 
     def architecture_after(self, architecture):
         p = self.parameters  # unstructured or 2:4 sparsity zeroes weights; dense kernels time them all the same

@@ -30,7 +30,8 @@ from deploykit.passes.parameters import PassParameters, parameter
 
 
 class QatParameters(PassParameters):
-    steps: int = parameter(600, "Optimizer steps (MiniLM at 48 tokens, batch 16: about 5 minutes on 2 cores).", gt=0)
+    steps: int = parameter(600, "Optimizer steps (MiniLM at 48 tokens, batch 16: about 5 minutes on 2 cores).", gt=0,
+                           search=(100, 1000))
     batch_size: int = parameter(16, "Texts per step.", gt=0)
     learning_rate: float = parameter(1e-4, "Learning rate of the weights: a few times the usual BERT fine-tuning "
                                      "rate, as the run is short.", gt=0)

@@ -24,16 +24,16 @@ class FineTuneParameters(PassParameters):
     """The knobs every architecture-changing pass shares; each pass sets its own defaults."""
 
     steps: int = parameter(800, "Fine-tune steps against the original (0: none, to see the damage alone).",
-                           ge=0, search=(0, 5000))
+                           ge=0, search=(200, 2000))
     batch_size: int = parameter(16, "Texts per fine-tune step.", gt=0)
-    learning_rate: float = parameter(1e-4, "Fine-tune learning rate.", gt=0, search=(1e-5, 5e-4))
+    learning_rate: float = parameter(1e-4, "Fine-tune learning rate.", gt=0)
     temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
     label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
                                     "distillation.", ge=0, le=1)
     # The teacher labels perturbed copies on the fly, so a few thousand texts teach the student the
     # teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
     augment: float = parameter(0.5, "Share of each batch perturbed by token noise (the teacher labels the copies).",
-                               ge=0, le=1, search=(0.0, 1.0))
+                               ge=0, le=1)
     token_noise: float = parameter(0.15, "In a perturbed text, share of tokens replaced, half from the corpus and "
                                    "half from the whole vocabulary.", ge=0, le=1)
     # Frozen by default: updating only the rows the texts use would move them away from the rows of unseen
@@ -41,7 +41,7 @@ class FineTuneParameters(PassParameters):
     train_embeddings: bool = parameter(False, "Also train the token embeddings.")
     hidden_steps: int = parameter(0, "Steps matching each student layer's hidden states to the teacher layer at the "
                                   "same relative depth before the output distillation (TinyBERT; 0: off).",
-                                  ge=0, search=(0, 5000))
+                                  ge=0)
 
 
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,
@@ -54,7 +54,7 @@ def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTu
     started = time.perf_counter()
     keras.utils.set_random_seed(context.seed)
     with _frozen([] if p.train_embeddings else [student.backbone.token_embedding]):
-        effect.update(_distill_in_phases(student, context, p, label, callbacks or []))
+        effect.update(_distill_in_phases(student, context, p, label, [*(callbacks or []), *context.callbacks]))
     effect.update(fine_tune_steps=p.steps, fine_tune_seconds=round(time.perf_counter() - started, 1))
     return effect
 

@@ -41,7 +41,8 @@ class TrimVocabParameters(PassParameters):
     characters: Literal["auto", "none", "ascii", "all"] = parameter(
         "auto", "Single-character tokens always kept; auto: printable ASCII when the tokenizer is trimmed "
         "(unseen words then split into them), else none.")
-    min_count: int = parameter(1, "A token is kept when it occurs at least this often in the texts.", ge=1)
+    min_count: int = parameter(1, "A token is kept when it occurs at least this often in the texts.", ge=1,
+                               search=(1, 5))
     unseen: Literal["nearest", "characters", "unk"] = parameter(
         "nearest", "What a dropped token becomes: the nearest kept embedding row (tokenizer unchanged), or, with "
         "the tokenizer's vocabulary trimmed, its characters or [UNK].")

@@ -86,7 +86,9 @@ def render_markdown(report: dict) -> str:
         if compiled.get("command"):
             lines += ["", "```", compiled["command"], "```"]
     predicted_any = any(c.get("predicted_latency_ms_p50") is not None for c in report["candidates"])
-    if len(report["candidates"]) > 1 or predicted_any:
+    if "search" in report:
+        lines += _search_lines(report["search"])
+    elif len(report["candidates"]) > 1 or predicted_any:
         lines += ["", "## Candidates tried (fastest first; the first to pass every gate is kept, "
                   "else the one missing the fewest)", ""]
         for candidate in report["candidates"]:
@@ -115,6 +117,23 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _search_lines(search: dict) -> list[str]:
+    """The search's Pareto front as a table, and what the study covered."""
+    states = ", ".join(f"{count} {state}" for state, count in search["states"].items())
+    lines = ["", f"## Search: Pareto front of {search['feasible']} trials passing every gate", "",
+             f"Study `{search['study']}` in `{search['storage']}`: {search['trials']} trials ({states}); "
+             f"shipped trial {search['chosen_trial']}, the best on {search['prefer']}. Every trial is in search.json; "
+             "the plot is pareto.png.", "",
+             "| trial | candidate | recipe | p50 ms | predicted ms | size MB | quality loss |",
+             "|---|---|---|---|---|---|---|"]
+    for row in sorted(search["front"], key=lambda row: row["latency_ms"]):
+        mark = " (shipped)" if row["trial"] == search["chosen_trial"] else ""
+        lines.append(f"| {row['trial']}{mark} | {row['candidate']} | {row['recipe'] or '–'} | "
+                     f"{row['latency_ms']:.3f} | {_number(row['predicted_latency_ms'], 3)} | {row['size_mb']:.2f} | "
+                     f"{row['quality_loss']:.4g} |")
+    return lines
 
 
 def _op_lines(op_profile: dict | None, rows: int = 10) -> list[str]:

@@ -1,0 +1,110 @@
+"""A target's search space: the precisions its backend produces there, and the passes that pay on it with the
+ranges each pass declares for its parameters.
+
+Which passes: those in the target's `recipes` (what its YAML says pays on that hardware),
+plus quantization-aware training at int8 on integer-only targets, or the user's list.
+Parameters the user fixed (`--recipe`, `--qat-steps`, a pass parameter) are not searched.
+A trial is one candidate: a precision and a recipe, in the order `check_order` accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from deploykit.errors import DeployKitError
+from deploykit.latency_model import Architecture
+from deploykit.passes.base import PASSES, pass_class
+from deploykit.passes.recipe import check_order, parse_recipe, recipe
+from deploykit.planner import Candidate
+from deploykit.targets import INTEGER_PRECISIONS, Target
+
+
+@dataclass(frozen=True)
+class PassSpace:
+    """One pass in the space: whether it can be left out, and its searched ranges."""
+
+    name: str
+    optional: bool
+    ranges: dict[str, tuple]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Precisions and passes (in run order) of one target's study."""
+
+    precisions: tuple[str, ...]
+    passes: tuple[PassSpace, ...]
+    fixed: dict  # pass name -> parameters the user set
+
+    def suggest(self, trial) -> Candidate:
+        """The trial's candidate; qat is offered only at an integer precision (it simulates int8 rounding)."""
+        precision = trial.suggest_categorical("precision", list(self.precisions))
+        names, parameters = [], {}
+        for space in self.passes:
+            if pass_class(space.name).must_be_last and precision not in INTEGER_PRECISIONS:
+                continue
+            if space.optional and not trial.suggest_categorical(f"{space.name}", [False, True]):
+                continue
+            values = dict(self.fixed.get(space.name, {}))
+            for parameter, (low, high) in space.ranges.items():
+                values[parameter] = _suggest(trial, f"{space.name}.{parameter}", low, high)
+            names.append(space.name)
+            parameters[space.name] = values
+        return Candidate(precision, recipe(tuple(names), parameters))
+
+    def describe(self) -> dict:
+        return {"precisions": list(self.precisions),
+                "passes": {space.name: {"optional": space.optional, **{k: list(v) for k, v in space.ranges.items()}}
+                           for space in self.passes}}
+
+
+def _suggest(trial, name: str, low, high):
+    """A value on a grid of about 20-100 points, so labels stay readable and repeats are recognised: integers in
+    round steps, shares in hundredths of their range; a range spanning more than a factor of 10 on a log scale."""
+    log = low > 0 and high / low > 10
+    if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
+        step = 1 if log else 10 ** max(0, math.floor(math.log10(max(1, (high - low) / 20))))
+        return trial.suggest_int(name, low, low + (high - low) // step * step, step=step, log=log)
+    if log:
+        return float(f"{trial.suggest_float(name, float(low), float(high), log=True):.3g}")
+    return round(trial.suggest_float(name, float(low), float(high), step=(high - low) / 100), 6)
+
+
+def search_space(target: Target, precisions: list[str], architecture: Architecture | None, keras: bool,
+                 passes: tuple[str, ...] | None, forced: tuple[str, ...] | None, fixed: dict) -> SearchSpace:
+    """The space of one target. `forced` (--recipe) makes those passes always run; `passes` replaces the
+    target's own list; an ONNX input (no Keras graph) searches precisions only."""
+    if not keras:
+        return SearchSpace(tuple(precisions), (), {})
+    if forced is not None:
+        names, optional = list(forced), False
+    else:
+        names, optional = list(passes) if passes is not None else _target_passes(target), True
+    for name in names:
+        if name not in PASSES.names():
+            raise DeployKitError(f"--search-passes: unknown pass {name!r}; known passes: {', '.join(PASSES.names())}.")
+    names.sort(key=_run_order)
+    check_order(tuple(names))
+    spaces = []
+    for name in names:
+        chosen = fixed.get(name, {})
+        ranges = {key: value for key, value in pass_class(name).search_ranges(architecture).items()
+                  if key not in chosen and value[0] != value[1]}
+        spaces.append(PassSpace(name, optional, ranges))
+    return SearchSpace(tuple(precisions), tuple(spaces), {name: dict(fixed.get(name, {})) for name in names})
+
+
+def _target_passes(target: Target) -> list[str]:
+    """The passes of the target's recipes, plus qat on integer-only targets."""
+    names = {name for text in target.recipes for name in parse_recipe(text)[0]}
+    if target.integer_only:
+        names.add("qat")
+    return sorted(names)
+
+
+def _run_order(name: str) -> tuple[int, str]:
+    """Passes learning from the original first, then those changing token ids, then the one that must be last."""
+    cls = pass_class(name)
+    return (2 if cls.must_be_last else 1 if cls.changes_token_ids else 0, name)
+
