@@ -3,6 +3,7 @@
     import deploykit as dk
     result = dk.build("minilm-l6", target="intel-cpu", data="reviews.jsonl")
     result.artifact.path, result.metrics.latency_ms.p50, result.metrics.accuracy_drop
+    results = dk.search("minilm-l6", "arm-cpu,intel-cpu", "reviews.jsonl", trials=20)  # best Pareto point each
 
 Heavy frameworks (TensorFlow, OpenVINO) load only when a build or profile runs.
 """
@@ -17,7 +18,7 @@ from deploykit.targets import list_targets, load_target  # noqa: E402
 
 # Imported eagerly (light: no framework loads here) so that `deploykit.build` names the function: a lazy
 # wrapper would be replaced by the `deploykit.build` submodule the first time anything imported it.
-from deploykit.build import build, build_targets  # noqa: E402
+from deploykit.build import build, build_targets, search  # noqa: E402
 
 
 def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str | None = None, **device_options) -> dict:
@@ -32,4 +33,4 @@ def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str |
     return profile_path(path, threads, ProfileSettings(runs=runs, warmup=warmup), runner)
 
 
-__all__ = ["build", "build_targets", "profile", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]
+__all__ = ["build", "build_targets", "search", "profile", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

@@ -20,7 +20,7 @@ from rich.table import Table
 from deploykit.build.options import BuildOptions
 from deploykit.errors import DeployKitError
 from deploykit.interrupts import Interrupted, interruptible
-from deploykit.search.settings import PREFERENCES, SearchSettings
+from deploykit.pareto_search.settings import PREFERENCES, SearchSettings
 from deploykit.targets import list_targets, load_target
 
 # Wide enough for the summary tables when output is piped (rich assumes 80 columns then).
@@ -241,6 +241,10 @@ def targets_show(name: str) -> None:
               "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
 @click.option("--qat-steps", type=click.IntRange(min=1), help="Optimizer steps of quantization-aware training "
               "(default: the qat pass's; `deploykit passes qat` lists them).")
+@click.option("--set", "settings", multiple=True, metavar="PASS.PARAMETER=VALUE",
+              help="Set a pass parameter wherever the pass runs (the target's recipes, qat, a search, where it is then "
+              "not searched), e.g. --set distill.steps=300 --set prune.heads=0.25. Repeatable; `deploykit passes` "
+              "lists the parameters.")
 @click.option("--qat-learning-rate", type=click.FloatRange(min=0, min_open=True),
               help="QAT learning rate of the weights (the usual BERT fine-tuning rate, 2e-5, suits models already "
               "fine-tuned on the data).")
@@ -283,7 +287,7 @@ def build(**arguments) -> None:
 def _run_build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length,
                max_accuracy_drop, min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile,
                calibration_samples, evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat,
-               qat_steps, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
+               qat_steps, settings, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
                profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
                save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes, max_size_mb, cache,
                no_cache, cache_max_gb) -> None:
@@ -295,8 +299,9 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
     from deploykit.profiling.local import ProfileSettings
     from deploykit.progress import StepLog
 
-    pass_parameters = {"qat": _given(steps=qat_steps, learning_rate=qat_learning_rate,
-                                     range_learning_rate=qat_range_learning_rate)}
+    pass_parameters = _pass_settings(settings)
+    pass_parameters["qat"] = {**pass_parameters.get("qat", {}), **_given(
+        steps=qat_steps, learning_rate=qat_learning_rate, range_learning_rate=qat_range_learning_rate)}
     forced = {"recipe": None, "pass_parameters": pass_parameters, "precision": precision}
     if recipe is not None:
         forced = forced_recipe(recipe, pass_parameters, precision)
@@ -316,6 +321,9 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
                               passes=_search_passes(search_passes)) if search else None,
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
+    for result in results:
+        if "search" in result.report:
+            output.print(_front_table(result.target, result.report["search"]))
     output.print(_summary_table([r.report for r in results]))
     for result in results:
         output.print(f"{result.target}: {result.folder}/report.md", highlight=False, markup=False)
@@ -433,6 +441,23 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value is not None else None
 
 
+def _pass_settings(settings: tuple[str, ...]) -> dict[str, dict]:
+    """--set pass.parameter=value, checked against the pass's declared parameters."""
+    from deploykit.passes.base import get_pass
+    from deploykit.passes.recipe import parse_value
+
+    parameters: dict[str, dict] = {}
+    for text in settings:
+        name, dot, rest = text.partition(".")
+        key, equals, value = rest.partition("=")
+        if not dot or not equals or not key.strip():
+            raise DeployKitError(f"--set {text!r}: write PASS.PARAMETER=VALUE, e.g. --set distill.steps=300.")
+        parameters.setdefault(name.strip(), {})[key.strip()] = parse_value(value)
+    for name, values in parameters.items():
+        get_pass(name, **values)  # unknown pass or parameter, wrong type: one line now
+    return parameters
+
+
 def _search_passes(text: str | None) -> tuple[str, ...] | None:
     """--search-passes: None (the target's), 'none' (precisions only), or the named passes."""
     if text is None:
@@ -443,6 +468,20 @@ def _search_passes(text: str | None) -> tuple[str, ...] | None:
 def _given(**values) -> dict:
     """The options the user set (None means: the default)."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def _front_table(target: str, search: dict) -> Table:
+    """A search's Pareto front (trials passing every gate), fastest first, the shipped point marked."""
+    states = ", ".join(f"{count} {state}" for state, count in search["states"].items())
+    table = Table(title=f"{target}: Pareto front of {search['feasible']} trials passing the gates ({states})")
+    for column in ("trial", "candidate", "recipe", "p50 ms", "predicted ms", "size MB", "quality loss"):
+        table.add_column(column)
+    for row in sorted(search["front"], key=lambda row: row["latency_ms"]):
+        shipped = row["trial"] == search["chosen_trial"]
+        table.add_row(f"{row['trial']}{' ★' if shipped else ''}", escape(row["candidate"]), escape(row["recipe"] or "–"),
+                      f"{row['latency_ms']:.3f}", _optional(row["predicted_latency_ms"], 3), f"{row['size_mb']:.2f}",
+                      f"{row['quality_loss']:.4g}", style="bold" if shipped else None)
+    return table
 
 
 def _summary_table(reports: list[dict]) -> Table:

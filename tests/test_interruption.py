@@ -15,8 +15,9 @@ FAST = ["--evaluation-samples", "10", "--calibration-samples", "10", "--warmup",
 
 
 def _command(model: Path, data: Path, out: Path, runs: int) -> list[str]:
+    """A build that really exports (no cache: the interrupted phase must run, not come from a previous build)."""
     return [sys.executable, "-m", "deploykit.cli", "build", str(model), "--target", "arm-cpu", "--data", str(data),
-            "--out", str(out), "--runs", str(runs), *FAST]
+            "--out", str(out), "--runs", str(runs), "--no-cache", *FAST]
 
 
 def _processes_mentioning(text: str) -> list[str]:

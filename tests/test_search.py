@@ -20,8 +20,8 @@ from deploykit.errors import DeployKitError
 from deploykit.latency_model import Architecture
 from deploykit.profiling.base import ProfileSettings
 from deploykit.profiling.profiles import save_profile
-from deploykit.search.pareto import pareto_front, preferred
-from deploykit.search.settings import SearchSettings
+from deploykit.pareto_search.pareto import pareto_front, preferred
+from deploykit.pareto_search.settings import SearchSettings
 
 FAST = ProfileSettings(runs=3, warmup=0, op_profile=False)
 SMALL = dict(profile=FAST, calibration_samples=10, evaluation_samples=20)

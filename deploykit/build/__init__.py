@@ -29,6 +29,7 @@ from deploykit.latency_model import load_latency_model
 from deploykit.profiling.base import get_runner
 from deploykit.profiling.devices import device_runner
 from deploykit.profiling.profiles import build_measurements, profiles_folder, save_profile
+from deploykit.pareto_search.settings import SearchSettings
 from deploykit.progress import StepLog
 from deploykit.targets import resolve_targets
 
@@ -87,7 +88,7 @@ def build_targets(
                 plans.append((target, backend, runner, plan, model))
             session.reference()  # labels meet the model's classes here, before the first export
             if options.search is not None:
-                from deploykit.search.study import search_target
+                from deploykit.pareto_search.study import search_target
 
                 results = [search_target(session, target, backend, plan, runner, model)
                            for target, backend, runner, plan, model in plans]
@@ -141,5 +142,27 @@ def build(
     return build_targets(model, target, data, options=options, **kwargs)[0]
 
 
-__all__ = ["BuildOptions", "BuildResult", "BuildSession", "DEFAULT_MODEL", "View", "build", "build_targets",
+def search(
+    model: str | Path | None = None,
+    targets: str = "intel-cpu",
+    data: str | Path | None = None,
+    trials: int = SearchSettings.trials,
+    **kwargs,
+) -> list[BuildResult]:
+    """Search each target's settings and ship its preferred Pareto point:
+    `dk.search("./my-bert", "arm-cpu,intel-cpu", "reviews.jsonl", trials=20, max_accuracy_drop=1.0)`.
+
+    Keyword arguments: any SearchSettings field (`storage`, `study`, `prefer`, `prune_factor`, `passes`,
+    `startup_trials`), any BuildOptions field, or build_targets' (`eval_data`, `task`, `tokenizer`, `log`).
+    """
+    chosen = {key: kwargs.pop(key) for key in list(kwargs) if key in SearchSettings.__dataclass_fields__}
+    fields = BuildOptions.__dataclass_fields__
+    option_values = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+    if "out" in option_values:
+        option_values["out"] = Path(option_values["out"])
+    options = BuildOptions(**option_values, search=SearchSettings(trials=trials, **chosen))
+    return build_targets(model, targets, data, options=options, **kwargs)
+
+
+__all__ = ["BuildOptions", "BuildResult", "BuildSession", "DEFAULT_MODEL", "View", "build", "build_targets", "search",
            "check_options", "forced_recipe", "prepare_session"]

@@ -9,6 +9,8 @@ put back afterwards.
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +38,7 @@ class ModelStore:
         self._models: dict[Recipe, ModelBundle] = {(): session.bundle}  # architecture-changing passes -> model
         self._records: dict[Recipe, list[dict]] = {(): []}  # ... -> what each of those passes did
         self._saved_models: dict[tuple, Path] = {}
+        self._trace_numbers = itertools.count()  # folder names never reused, whatever release() removed
         self._pass_results: dict[Recipe, list[dict]] = {}
         self._encoded: dict[tuple, Inputs] = {}
         self._calibration: dict[Recipe, list[Inputs]] = {}
@@ -63,6 +66,18 @@ class ModelStore:
     def pass_results(self, recipe: Recipe) -> list[dict]:
         """What each pass of a recipe did (empty before it ran)."""
         return self._pass_results.get(recipe, [])
+
+    def release(self) -> None:
+        """Forget every derived model and what was computed from it, keeping the original's: a search's trials
+        rarely share a recipe, and memory and disk must not grow with the number of trials."""
+        original = ()
+        self._models, self._records = {original: self.session.bundle}, {original: []}
+        self._pass_results.clear()
+        for key in [key for key in self._saved_models if key != "onnx" and key[1] != original]:
+            shutil.rmtree(self._saved_models.pop(key), ignore_errors=True)
+        self._encoded = {key: value for key, value in self._encoded.items() if key[1] == original}
+        self._calibration = {key: value for key, value in self._calibration.items() if key == original}
+        self._residual = {key: value for key, value in self._residual.items() if key == original}
 
     # ---- inputs --------------------------------------------------------------------------------
 
@@ -133,7 +148,7 @@ class ModelStore:
         key = (masked_logit, recipe, dynamic)
         length = None if dynamic else session.sequence_length
         if key not in self._saved_models:
-            folder = session.workdir / f"saved_model_{len(self._saved_models)}"
+            folder = session.workdir / f"saved_model_{next(self._trace_numbers)}"
             if recipe:
                 self._pass_results[recipe] = self._run_passes(recipe, masked_logit, folder, length)
             else:

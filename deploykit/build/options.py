@@ -14,7 +14,7 @@ from deploykit.integer_graph import DEFAULT_MASKED_LOGIT
 from deploykit.passes.recipe import read_recipe
 from deploykit.profiling.base import ProfileSettings
 from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
-from deploykit.search.settings import PREFERENCES, SearchSettings
+from deploykit.pareto_search.settings import PREFERENCES, SearchSettings
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,11 @@ class BuildSession:
             if bundle.onnx_source is not None:
                 model = file_sha256(bundle.onnx_source)
             else:
-                model = digest([weight.numpy() for weight in bundle.deployment_model(self.sequence_length).weights],
-                               bundle.details.get("pooling"), bundle.details.get("normalize"), bundle.token_map)
+                # The weights of the model objects themselves: building a deployment model here would shift Keras's
+                # automatic layer names, and with them the exported graph's bytes.
+                weights = (bundle.task_model or bundle.backbone).weights
+                model = digest([weight.numpy() for weight in weights], bundle.details.get("pooling"),
+                               bundle.details.get("normalize"), bundle.token_map)
             split = {name: [getattr(self.split, name).texts, getattr(self.split, name).labels]
                      for name in ("calibration", "evaluation", "training")}
             self._fingerprint = digest(

@@ -41,7 +41,7 @@ class ModelBundle:
     class_names: list[str] | None = None
     details: dict = field(default_factory=dict)
     backbone: object | None = None  # the keras-hub backbone, when there is one (integer-graph rewrites use it)
-    task_model: object | None = None  # the keras-hub classifier around the backbone (structural passes rebuild it)
+    task_model: object | None = None  # the Keras model around the backbone (a keras-hub classifier: passes rebuild it)
     token_map: np.ndarray | None = None  # tokenizer id -> embedding row, when the table was trimmed under it
     onnx_source: Path | None = None  # an ONNX model given as input: exported as is, no Keras graph to train
 

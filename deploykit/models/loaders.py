@@ -193,6 +193,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
         tokenizer=tokenizer,
         task=chosen,
         backbone=model if is_backbone else None,
+        task_model=None if is_backbone else model,
         max_sequence_length=int(getattr(model, "max_sequence_length", 0) or _static_length(model) or 512),
         source=str(path),
         class_names=_class_names_beside(path) if chosen == "classification" else None,

@@ -60,7 +60,7 @@ def parse_recipe(text: str) -> tuple[tuple[str, ...], dict[str, dict]]:
             if not names:
                 raise DeployKitError(f"--recipe: {segment!r} sets a parameter before any pass; write name:key=value.")
             key, value = segment.split("=", 1)
-            parameters[names[-1]][key.strip()] = _value(value)
+            parameters[names[-1]][key.strip()] = parse_value(value)
             continue
         name, _, rest = segment.partition(":")
         _add_pass(name.strip(), names, parameters, "--recipe")
@@ -68,7 +68,7 @@ def parse_recipe(text: str) -> tuple[tuple[str, ...], dict[str, dict]]:
             key, found, value = rest.partition("=")
             if not found:
                 raise DeployKitError(f"--recipe: write pass parameters as name:key=value, got {segment!r}.")
-            parameters[name.strip()][key.strip()] = _value(value)
+            parameters[name.strip()][key.strip()] = parse_value(value)
     if not names:
         raise DeployKitError("--recipe is empty; give passes like 'distill:layers=3,qat'.")
     check_recipe(tuple(names), parameters)
@@ -145,7 +145,7 @@ def _add_pass(name: str, names: list[str], parameters: dict, where: str) -> None
     parameters[name] = {}
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """A shorthand value as int, float, bool or string."""
     text = text.strip()
     for kind in (int, float):

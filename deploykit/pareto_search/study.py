@@ -22,16 +22,17 @@ import numpy as np
 from rich.markup import escape
 
 from deploykit.backends.base import Backend
-from deploykit.build.candidates import TriedCandidate, try_candidate
+from deploykit.build.candidates import TriedCandidate, export_key, try_candidate
 from deploykit.build.output import BuildResult, write_target
 from deploykit.build.session import BuildSession
+from deploykit.cache import digest
 from deploykit.errors import DeployKitError
 from deploykit.latency_model import LatencyModel, architecture_of, misses_budget
 from deploykit.planner import Candidate, Gates, Plan, candidate_precisions, predict_candidate
 from deploykit.profiling.base import ProfileRunner
-from deploykit.search.pareto import OBJECTIVES, pareto_front, preferred
-from deploykit.search.settings import SearchSettings
-from deploykit.search.space import SearchSpace, search_space
+from deploykit.pareto_search.pareto import OBJECTIVES, pareto_front, preferred
+from deploykit.pareto_search.settings import SearchSettings
+from deploykit.pareto_search.space import SearchSpace, search_space
 from deploykit.targets import Target
 
 # Optuna's heartbeat: a trial whose process died (SIGKILL, a lost machine) is failed after the grace period and
@@ -64,6 +65,10 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
              f"{escape(redacted(storage_url))}, {done} of {settings.trials} trials done"
              + (f", {requeued} interrupted trial(s) queued again" if requeued else "") + ".")
     log.info(f"  space: {escape(str(space.describe()))}")
+    plan.step("export").pop("if_gates_fail_try", None)  # the study chooses, not the fixed order
+    plan.steps.insert(1, {"step": "search", "study": name, "trials": settings.trials, "prefer": settings.prefer,
+                          "objectives": ", ".join(OBJECTIVES), "constraints": "the gates below",
+                          "prune_factor": settings.prune_factor, **space.describe()})
     built: dict[str, TriedCandidate] = {}
     objective = Objective(session, target, backend, plan, runner, space, latency_model, built)
     if done < settings.trials:
@@ -89,7 +94,7 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
     search_json.write_text(json.dumps({**summary, "trials": rows}, indent=2) + "\n")
     extra["search.json"] = search_json
     plot = session.workdir / f"{target.name}-pareto.png"
-    from deploykit.search.plot import plot_front
+    from deploykit.pareto_search.plot import plot_front
 
     plot_front(rows, front, chosen_row, plot, f"{target.name}: {len(rows)} trials")
     extra["pareto.png"] = plot
@@ -209,6 +214,12 @@ class Objective:
             session.log.info(f"  [yellow]{escape(reason)}[/]")
             raise optuna.TrialPruned(reason)
         stop = HopelessFineTune(session, gates, self.session.options.search.prune_factor)
+        verdict_key = digest(export_key(session, self.backend, self.target, candidate), stop.factor, stop.allowance)
+        if session.cache is not None and (verdict := session.cache.get("verdict", verdict_key)) is not None:
+            trial.set_user_attr("pruned", verdict.meta["pruned"])
+            trial.set_user_attr("checkpoints", verdict.meta["checkpoints"])
+            session.log.info(f"  [yellow]stopped early before (cached): {escape(verdict.meta['pruned'])}[/]")
+            raise optuna.TrialPruned(verdict.meta["pruned"])
         session.models.fine_tune_callbacks = (stop.callback(),) if stop.enabled else ()
         started = time.perf_counter()
         try:
@@ -217,6 +228,9 @@ class Objective:
         except HopelessTrial as hopeless:
             trial.set_user_attr("pruned", str(hopeless))
             trial.set_user_attr("checkpoints", stop.checkpoints)
+            if session.cache is not None:  # the same candidate in a rerun stops at once
+                session.cache.put("verdict", verdict_key, {}, {"pruned": str(hopeless),
+                                                               "checkpoints": stop.checkpoints})
             session.log.info(f"  [yellow]stopped early: {escape(str(hopeless))}[/]")
             raise optuna.TrialPruned(str(hopeless)) from None
         except DeployKitError as error:
@@ -225,6 +239,7 @@ class Objective:
             raise
         finally:
             session.models.fine_tune_callbacks = ()
+            session.models.release()
         if stop.checkpoints:
             trial.set_user_attr("checkpoints", stop.checkpoints)
         self.built[candidate_id(candidate)] = tried
