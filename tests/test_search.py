@@ -287,3 +287,20 @@ def test_two_workers_share_one_study(database, tiny_classifier, labelled_data, t
         if stop is not None:
             subprocess.run(stop, capture_output=True)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--set", "distill.nope=3"], "pass 'distill' has no parameter nope"),
+    (["--set", "distill"], "write PASS.PARAMETER=VALUE"),
+    (["--set", "prune.heads=lots"], "prune parameter heads must be"),
+    (["--search-passes", "distil"], "--search-passes: unknown pass distil"),
+    (["--trials", "0"], "Invalid value for '--trials'"),
+])
+def test_bad_search_options_stop_before_any_work(arguments, message, tmp_path):
+    from click.testing import CliRunner
+
+    from deploykit.cli import main
+
+    result = CliRunner().invoke(main, ["search", "minilm-l6", "--out", str(tmp_path / "out"), *arguments])
+    assert result.exit_code == 2 and message in result.output + (result.stderr or ""), result.output
+    assert not (tmp_path / "out").exists()

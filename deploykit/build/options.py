@@ -85,6 +85,12 @@ def check_options(options: BuildOptions) -> None:
                   ("prune factor", options.search.prune_factor, lambda v: v >= 0, "0 (off) or more")]
         if options.search.prefer not in PREFERENCES:
             raise DeployKitError(f"prefer must be one of {', '.join(PREFERENCES)}, got {options.search.prefer!r}.")
+        from deploykit.passes.base import PASSES
+
+        unknown = sorted(set(options.search.passes or ()) - set(PASSES.names()))
+        if unknown:
+            raise DeployKitError(f"--search-passes: unknown pass {', '.join(unknown)}; known passes: "
+                                 f"{', '.join(PASSES.names())} (or 'none' for precisions only).")
     for name, value, accepted, expected in rules:
         if value is not None and (not math.isfinite(value) or not accepted(value)):
             raise DeployKitError(f"{name} must be {expected}, got {value}.")
