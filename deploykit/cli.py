@@ -443,7 +443,7 @@ def _path(value: str | None) -> Path | None:
 
 def _pass_settings(settings: tuple[str, ...]) -> dict[str, dict]:
     """--set pass.parameter=value, checked against the pass's declared parameters."""
-    from deploykit.passes.base import get_pass
+    from deploykit.passes.base import pass_class
     from deploykit.passes.recipe import parse_value
 
     parameters: dict[str, dict] = {}
@@ -453,8 +453,14 @@ def _pass_settings(settings: tuple[str, ...]) -> dict[str, dict]:
         if not dot or not equals or not key.strip():
             raise DeployKitError(f"--set {text!r}: write PASS.PARAMETER=VALUE, e.g. --set distill.steps=300.")
         parameters.setdefault(name.strip(), {})[key.strip()] = parse_value(value)
-    for name, values in parameters.items():
-        get_pass(name, **values)  # unknown pass or parameter, wrong type: one line now
+    for name, values in parameters.items():  # each value alone: a pass may need several set together (prune)
+        known = pass_class(name).Parameters.model_fields
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise DeployKitError(f"--set: pass {name!r} has no parameter {', '.join(unknown)}; its parameters are "
+                                 f"{', '.join(sorted(known))}.")
+        for key, value in values.items():
+            pass_class(name).Parameters.check_value(name, key, value)
     return parameters
 
 

@@ -40,13 +40,12 @@ from deploykit.targets import Target
 HEARTBEAT_S = 60
 GRACE_S = 180
 CHECK_AT = 0.5  # share of a fine-tune's steps after which a hopeless trial is stopped
+UNBUILT = {"built": 1.0}  # a skipped or stopped trial: infeasible, whatever it would have measured
 
 
 def search_target(session: BuildSession, target: Target, backend: Backend, plan: Plan, runner: ProfileRunner,
                   latency_model: LatencyModel | None) -> BuildResult:
     """Run (or resume) the target's study, then ship the preferred Pareto point that passes every gate."""
-    import optuna
-
     settings: SearchSettings = session.options.search
     log, options = session.log, session.options
     timings_before = dict(log.seconds)
@@ -72,7 +71,6 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
     built: dict[str, TriedCandidate] = {}
     objective = Objective(session, target, backend, plan, runner, space, latency_model, built)
     if done < settings.trials:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=settings.trials - done, catch=(DeployKitError,),
                        callbacks=[StopAfter(settings.trials)], gc_after_trial=True)
     rows = trial_rows(study)
@@ -87,6 +85,7 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
             chosen = try_candidate(session, backend, target, plan, runner, candidate,
                                    session.workdir / f"{target.name}-chosen")
     summary = search_summary(name, storage_url, settings, space, rows, front, chosen_row)
+    plan.step("export").update(precision=candidate.precision, method=backend.describe(candidate.precision))
     log.info(f"  Pareto front of {target.name}: {len(front)} point(s); shipping trial {chosen_row['number']} "
              f"({escape(candidate.label)}), the best on {settings.prefer}.")
     extra = {}
@@ -116,18 +115,24 @@ def open_study(url: str, name: str, seed: int, settings: SearchSettings):
     except Exception as error:  # SQLAlchemy's many connection errors: one line naming the URL
         raise DeployKitError(f"cannot open the search storage {redacted(url)}: {str(error).splitlines()[0]} "
                              "(check the URL, that the database server runs, and its driver, e.g. psycopg2).") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # deploykit's own log says what each trial does
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                 directions=["minimize"] * len(OBJECTIVES))
     # Offset by the trials already there: a resumed search must not replay the first run's random proposals.
     startup = settings.startup_trials or min(10, max(3, settings.trials // 3))
-    study.sampler = optuna.samplers.TPESampler(
-        seed=seed + len(study.get_trials(deepcopy=False)), n_startup_trials=startup, multivariate=True, group=True,
-        constraints_func=_constraints, warn_independent_sampling=False)
+    with warnings.catch_warnings():  # multivariate TPE over conditional passes is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(
+            seed=seed + len(study.get_trials(deepcopy=False)), n_startup_trials=startup, multivariate=True,
+            group=True)
     return study
 
 
-def _constraints(trial) -> list[float]:
-    return trial.user_attrs.get("constraints", [1.0])
+def _constrain(trial, values: dict[str, float]) -> None:
+    """Record the trial's constraints (feasible when every value is <= 0) for the sampler and for repeats."""
+    trial.set_user_attr("constraints", values)
+    for name, value in values.items():
+        trial.set_constraint(name, value)
 
 
 def _sampler_seed(seed: int, settings: SearchSettings) -> int:
@@ -190,14 +195,14 @@ class Objective:
         candidate = self.space.suggest(trial)
         trial.set_user_attr("candidate", candidate_record(candidate))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr("constraints", [1.0])  # until measured: infeasible
         session.log.info(f"\n[bold]Trial {trial.number}[/] of {self.target.name}: {escape(candidate.label)} "
                          f"({escape(candidate.recipe_text) or 'no passes'})")
         same = self._same_as_finished(trial.study, candidate)
         if same is not None:
-            for key in ("result", "constraints", "predicted_latency_ms"):
+            for key in ("result", "predicted_latency_ms"):
                 if key in same.user_attrs:
                     trial.set_user_attr(key, same.user_attrs[key])
+            _constrain(trial, same.user_attrs["constraints"])
             trial.set_user_attr("same_as", same.number)
             session.log.info(f"  same candidate as trial {same.number}: its measurements are reused.")
             return tuple(same.values)
@@ -211,6 +216,7 @@ class Objective:
             reason = (f"predicted {predicted[0]:.3g} ms (±{predicted[1]:.0%}), over the {gates.max_latency_ms:g} ms "
                       "budget: skipped before any training")
             trial.set_user_attr("skipped", reason)
+            _constrain(trial, UNBUILT)
             session.log.info(f"  [yellow]{escape(reason)}[/]")
             raise optuna.TrialPruned(reason)
         stop = HopelessFineTune(session, gates, self.session.options.search.prune_factor)
@@ -218,6 +224,7 @@ class Objective:
         if session.cache is not None and (verdict := session.cache.get("verdict", verdict_key)) is not None:
             trial.set_user_attr("pruned", verdict.meta["pruned"])
             trial.set_user_attr("checkpoints", verdict.meta["checkpoints"])
+            _constrain(trial, UNBUILT)
             session.log.info(f"  [yellow]stopped early before (cached): {escape(verdict.meta['pruned'])}[/]")
             raise optuna.TrialPruned(verdict.meta["pruned"])
         session.models.fine_tune_callbacks = (stop.callback(),) if stop.enabled else ()
@@ -228,6 +235,7 @@ class Objective:
         except HopelessTrial as hopeless:
             trial.set_user_attr("pruned", str(hopeless))
             trial.set_user_attr("checkpoints", stop.checkpoints)
+            _constrain(trial, UNBUILT)
             if session.cache is not None:  # the same candidate in a rerun stops at once
                 session.cache.put("verdict", verdict_key, {}, {"pruned": str(hopeless),
                                                                "checkpoints": stop.checkpoints})
@@ -246,7 +254,7 @@ class Objective:
         result = trial_result(tried, session)
         result["seconds"] = round(time.perf_counter() - started, 1)
         trial.set_user_attr("result", result)
-        trial.set_user_attr("constraints", constraint_values(tried.checks))
+        _constrain(trial, {"built": 0.0, **constraint_values(tried.checks)})
         return tuple(result[name] for name in OBJECTIVES)
 
     def _same_as_finished(self, study, candidate: Candidate):
@@ -344,9 +352,10 @@ def trial_result(tried: TriedCandidate, session: BuildSession) -> dict:
     }
 
 
-def constraint_values(checks: list[dict]) -> list[float]:
+def constraint_values(checks: list[dict]) -> dict[str, float]:
     """Optuna constraints (feasible when every value is <= 0): how far each gate is missed, 0 when passed."""
-    return [0.0 if check["passed"] else float(abs(check["value"] - check["limit"]) or 1.0) for check in checks]
+    return {check["name"]: 0.0 if check["passed"] else float(abs(check["value"] - check["limit"]) or 1.0)
+            for check in checks}
 
 
 def candidate_record(candidate: Candidate) -> dict:

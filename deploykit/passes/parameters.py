@@ -45,6 +45,21 @@ class PassParameters(BaseModel):
             raise DeployKitError(f"{pass_name} parameter {name} must be {accepted}, got {values.get(name)!r}.") from None
 
     @classmethod
+    def check_value(cls, pass_name: str, name: str, value: Any) -> None:
+        """One parameter alone against its declaration (type and bounds), before the others are known."""
+        from typing import Annotated
+
+        from pydantic import TypeAdapter
+
+        info = cls.model_fields[name]
+        try:
+            TypeAdapter(Annotated[info.annotation, info], config=ConfigDict(strict=True)).validate_python(value)
+        except ValidationError as error:
+            wrong_type = error.errors()[0]["type"].endswith(("_type", "_parsing"))
+            raise DeployKitError(f"{pass_name} parameter {name} must be {cls.accepted(name, bounds=not wrong_type)}, "
+                                 f"got {value!r}.") from None
+
+    @classmethod
     def accepted(cls, name: str, bounds: bool = True) -> str:
         """What a field accepts, in words: 'one of a, b', '>= 0 and < 1' (with `bounds`), or its type."""
         info = cls.model_fields[name]

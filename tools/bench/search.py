@@ -34,7 +34,7 @@ CASES = {
     "embedding": {"model": "minilm-l6", "data": None, "eval_data": None, "targets": "intel-cpu,arm-cpu,mobile-npu"},
 }
 # Short fine-tunes for every structural pass and QAT, the same for the fixed list and the search.
-SHORT = ("distill.steps=300", "distill.hidden_steps=100", "prune.steps=300", "factorize.steps=300", "qat.steps=150")
+SHORT = ("distill.steps=150", "distill.hidden_steps=50", "prune.steps=150", "factorize.steps=150", "qat.steps=100")
 
 
 def main() -> None:
