@@ -53,6 +53,29 @@ class SearchSpace:
             parameters[space.name] = values
         return Candidate(precision, recipe(tuple(names), parameters))
 
+    def seed(self, trial, candidate: Candidate) -> Candidate:
+        """A fixed candidate (the target's own list) as a trial: its precision and which passes it uses are the
+        trial's parameters (enqueued, so the sampler learns from them); its pass parameters are its own."""
+        trial.suggest_categorical("precision", list(self.precisions))
+        used = set(candidate.passes)
+        for space in self.passes:
+            if space.optional and not (pass_class(space.name).must_be_last
+                                       and candidate.precision not in INTEGER_PRECISIONS):
+                trial.suggest_categorical(space.name, [False, True])
+        return Candidate(candidate.precision, tuple((name, items) for name, items in candidate.recipe if name in used))
+
+    def seed_parameters(self, candidate: Candidate) -> dict | None:
+        """The trial parameters that enqueue a fixed candidate, or None when it lies outside this space."""
+        optional = {space.name for space in self.passes if space.optional}
+        if candidate.precision not in self.precisions or not set(candidate.passes) <= {s.name for s in self.passes}:
+            return None
+        params = {"precision": candidate.precision}
+        for space in self.passes:
+            if space.name in optional and not (pass_class(space.name).must_be_last
+                                               and candidate.precision not in INTEGER_PRECISIONS):
+                params[space.name] = space.name in candidate.passes
+        return params
+
     def describe(self) -> dict:
         return {"precisions": list(self.precisions),
                 "passes": {space.name: {"optional": space.optional, **{k: list(v) for k, v in space.ranges.items()}}
@@ -60,15 +83,16 @@ class SearchSpace:
 
 
 def _suggest(trial, name: str, low, high):
-    """A value on a grid of about 20-100 points, so labels stay readable and repeats are recognised: integers in
-    round steps, shares in hundredths of their range; a range spanning more than a factor of 10 on a log scale."""
+    """A value on a grid of 10-100 points, so labels stay readable and repeats are recognised: integers in round
+    steps, shares in round hundredths; a range spanning more than a factor of 10 on a log scale."""
     log = low > 0 and high / low > 10
     if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
         step = 1 if log else 10 ** max(0, math.floor(math.log10(max(1, (high - low) / 20))))
         return trial.suggest_int(name, low, low + (high - low) // step * step, step=step, log=log)
     if log:
         return float(f"{trial.suggest_float(name, float(low), float(high), log=True):.3g}")
-    return round(trial.suggest_float(name, float(low), float(high), step=(high - low) / 100), 6)
+    step = 10.0 ** (math.floor(math.log10(high - low)) - 1)  # shares in [0, 1): steps of 0.01, hitting 0.25, 0.5
+    return round(trial.suggest_float(name, float(low), float(high), step=step), 6)
 
 
 def search_space(target: Target, precisions: list[str], architecture: Architecture | None, keras: bool,

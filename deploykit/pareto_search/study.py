@@ -28,7 +28,7 @@ from deploykit.build.session import BuildSession
 from deploykit.cache import digest
 from deploykit.errors import DeployKitError
 from deploykit.latency_model import LatencyModel, architecture_of, misses_budget
-from deploykit.planner import Candidate, Gates, Plan, candidate_precisions, predict_candidate
+from deploykit.planner import Candidate, Gates, Plan, candidate_precisions, plan_candidates, predict_candidate
 from deploykit.profiling.base import ProfileRunner
 from deploykit.pareto_search.pareto import OBJECTIVES, pareto_front, preferred
 from deploykit.pareto_search.settings import SearchSettings
@@ -59,6 +59,10 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
     name = f"{settings.study}.{target.name}"
     study = open_study(storage_url, name, _sampler_seed(options.seed, settings), settings)
     requeued = requeue_interrupted(study)
+    if not study.get_trials(deepcopy=False):
+        seed_fixed_candidates(study, space, plan_candidates(
+            target, backend, options.precision, options.qat and keras, options.recipe, options.pass_parameters,
+            latency_budget=keras))
     done = finished_count(study)
     log.info(f"\n[bold]Search for {escape(target.name)}[/] ({escape(target.device)}): study {escape(name)} in "
              f"{escape(redacted(storage_url))}, {done} of {settings.trials} trials done"
@@ -143,6 +147,15 @@ def _sampler_seed(seed: int, settings: SearchSettings) -> int:
     return seed + (hash((socket.gethostname(), os.getpid())) % 100_000)
 
 
+def seed_fixed_candidates(study, space: SearchSpace, candidates: list[Candidate]) -> None:
+    """Queue the target's fixed candidates (what `build` would try: its precisions, QAT, its recipes) as the first
+    trials: the search then starts from the expert list and can only improve on it."""
+    for candidate in candidates:
+        params = space.seed_parameters(candidate)
+        if params is not None:
+            study.enqueue_trial(params, user_attrs={"fixed_candidate": candidate_record(candidate)})
+
+
 class StopAfter:
     """Stop once the study holds `trials` finished trials (by any worker): complete, pruned, skipped or failed
     with an error; an interrupted trial does not count, its parameters run again."""
@@ -192,7 +205,8 @@ class Objective:
         import optuna
 
         session, gates = self.session, self.plan.gates
-        candidate = self.space.suggest(trial)
+        seeded = trial.user_attrs.get("fixed_candidate")
+        candidate = self.space.seed(trial, candidate_of({"candidate": seeded})) if seeded else self.space.suggest(trial)
         trial.set_user_attr("candidate", candidate_record(candidate))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         session.log.info(f"\n[bold]Trial {trial.number}[/] of {self.target.name}: {escape(candidate.label)} "
@@ -382,6 +396,8 @@ def trial_rows(study) -> list[dict]:
                **{key: attrs[key] for key in ("candidate", "result", "predicted_latency_ms", "skipped", "pruned",
                                                "error", "same_as", "retry_of", "worker", "checkpoints")
                   if key in attrs}}
+        if "fixed_candidate" in attrs:
+            row["fixed_candidate"] = True  # one of build's own candidates, queued first
         if trial.datetime_start and trial.datetime_complete:
             row["seconds"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
         rows.append(row)
