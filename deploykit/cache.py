@@ -28,6 +28,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from deploykit.report.manifest import sha256_of
+
 ENTRY = "entry.json"
 # 20 GB holds about fifty fp32 BERT-base artifacts, or thousands of MiniLM-sized int8 ones, with their measurements.
 DEFAULT_MAX_GB = 20.0
@@ -87,14 +89,6 @@ def toolchain_versions() -> dict[str, str]:
     return versions
 
 
-def file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 @dataclass
 class CacheEntry:
     """A verified entry: its folder (files by their stored relative names) and its metadata."""
@@ -124,7 +118,7 @@ class ContentCache:
         folder = self._folder(stage, key)
         try:
             record = json.loads((folder / ENTRY).read_text(encoding="utf-8"))
-            damaged = [name for name, sha in record["files"].items() if file_sha256(folder / name) != sha]
+            damaged = [name for name, sha in record["files"].items() if sha256_of(folder / name) != sha]
         except FileNotFoundError:
             if folder.exists():  # files missing under a readable entry, or the entry itself gone
                 self._drop(folder, stage, "a file is missing")
@@ -153,7 +147,7 @@ class ContentCache:
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                hashes[name] = file_sha256(target)
+                hashes[name] = sha256_of(target)
             (staging / ENTRY).write_text(json.dumps({"files": hashes, "meta": meta, "stored": time.time()},
                                                     indent=1), encoding="utf-8")
             if final.exists():  # a damaged or concurrent copy: ours replaces it

@@ -36,28 +36,27 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _session_env(name: str, value: str):
+    """Set an environment variable for the whole test session, then put back what was there."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    yield
+    if previous is None:
+        del os.environ[name]
+    else:
+        os.environ[name] = previous
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_device_profiles(tmp_path_factory):
     """Builds in tests plan without the repository's measured profiles/ (they describe one host, not the test's)."""
-    previous = os.environ.get("DEPLOYKIT_PROFILES")
-    os.environ["DEPLOYKIT_PROFILES"] = str(tmp_path_factory.mktemp("no-profiles"))
-    yield
-    if previous is None:
-        del os.environ["DEPLOYKIT_PROFILES"]
-    else:
-        os.environ["DEPLOYKIT_PROFILES"] = previous
+    yield from _session_env("DEPLOYKIT_PROFILES", str(tmp_path_factory.mktemp("no-profiles")))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory):
     """Fixtures shared by several tests build with a cache of the test session's, never the user's."""
-    previous = os.environ.get("DEPLOYKIT_CACHE")
-    os.environ["DEPLOYKIT_CACHE"] = str(tmp_path_factory.mktemp("session-cache"))
-    yield
-    if previous is None:
-        del os.environ["DEPLOYKIT_CACHE"]
-    else:
-        os.environ["DEPLOYKIT_CACHE"] = previous
+    yield from _session_env("DEPLOYKIT_CACHE", str(tmp_path_factory.mktemp("session-cache")))
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions
 from deploykit.build.derived import ModelStore
-from deploykit.cache import ContentCache, default_cache_folder, digest, file_sha256, toolchain_versions
+from deploykit.cache import ContentCache, default_cache_folder, digest, toolchain_versions
 from deploykit.build.options import BuildOptions
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
@@ -22,6 +22,7 @@ from deploykit.passes.recipe import Recipe
 from deploykit.planner import BASELINE_PRECISION
 from deploykit.profiling.base import ProfileRunner
 from deploykit.progress import StepLog
+from deploykit.report.manifest import sha256_of
 from deploykit.targets import Target
 
 DEFAULT_MODEL = "minilm-l6"
@@ -72,7 +73,7 @@ class BuildSession:
         if self._fingerprint is None:
             bundle, options = self.bundle, self.options
             if bundle.onnx_source is not None:
-                model = file_sha256(bundle.onnx_source)
+                model = sha256_of(bundle.onnx_source)
             else:
                 # The weights of the model objects themselves: building a deployment model here would shift Keras's
                 # automatic layer names, and with them the exported graph's bytes.
@@ -89,7 +90,7 @@ class BuildSession:
 
     def _measurement_key(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> str:
         """What a measurement depends on: the artifact's bytes, the evaluation data, the runner and device, settings."""
-        return digest(self.fingerprint(), [file_sha256(path) for path in artifact.files], artifact.runtime_config,
+        return digest(self.fingerprint(), [sha256_of(path) for path in artifact.files], artifact.runtime_config,
                       runner.name, runner.device_name, threads, self.options.profile.__dict__)
 
     def measurement_cached(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> bool:

@@ -79,8 +79,13 @@ class Pass:
 
     @classmethod
     def search_ranges(cls, architecture: Architecture | None) -> dict[str, tuple]:
-        """The parameters a search varies on this model, with their ranges (the declared ones by default)."""
-        return cls.Parameters.search_space()
+        """The parameters a search varies on this model: the declared ranges, a `layers` range kept within the
+        model's depth (a count of layers to keep or remove can never reach it)."""
+        ranges = cls.Parameters.search_space()
+        if architecture is not None and "layers" in ranges:
+            low, high = ranges["layers"]
+            ranges["layers"] = (low, max(low, min(high, architecture.layers - 1)))
+        return ranges
 
     def target_warnings(self, target) -> list[str]:
         """What this pass, with these parameters, will not gain on `target` (shown in the plan)."""

@@ -37,14 +37,6 @@ class Distill(Pass):
     rebuilds_model = True
     learns_from_original = True
 
-    @classmethod
-    def search_ranges(cls, architecture):
-        """The declared ranges, with `layers` kept within the model's depth."""
-        ranges = cls.Parameters.search_space()
-        if architecture is not None:
-            ranges["layers"] = (1, max(1, min(ranges["layers"][1], architecture.layers - 1)))
-        return ranges
-
     def architecture_after(self, architecture):
         p = self.parameters
         return architecture.changed(layers=min(architecture.layers, p.layers or -(-architecture.layers // 2)),

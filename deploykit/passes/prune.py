@@ -68,14 +68,6 @@ class Prune(Pass):
                     "zeros (they cost accuracy only); prefer heads=/neurons=/layers="]
         return []
 
-    @classmethod
-    def search_ranges(cls, architecture):
-        """The declared ranges, with `layers` kept within the model's depth."""
-        ranges = cls.Parameters.search_space()
-        if architecture is not None:
-            ranges["layers"] = (0, max(0, min(ranges["layers"][1], architecture.layers - 1)))
-        return ranges
-
     def architecture_after(self, architecture):
         p = self.parameters  # unstructured or 2:4 sparsity zeroes weights; dense kernels time them all the same
         return architecture.changed(
