@@ -28,7 +28,7 @@ demo: setup
 	$(VENV)/bin/deploykit build --target intel-cpu,arm-cpu --out dist/demo
 
 test: setup system-packages
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=30
 
 test-fast: setup system-packages
 	$(PY) -m pytest -q -ra -m "not slow"

@@ -5,6 +5,12 @@ Ctrl-C, so every `finally` and `with` block on the way out runs: temporary and
 staging folders are removed, `subprocess.run` kills its child, and an earlier build
 in the output folder stays as it was. Further signals during that cleanup are
 ignored, so it is not cut short halfway.
+
+The exception is raised wherever the main thread is, which may be inside a native
+library's callback (TensorFlow's graph import calls back into Python): pybind11 then
+replaces it with a RuntimeError ("MISMATCH of original and normalized active
+exception types"). Whatever leaves the block after a signal arrived is therefore
+turned back into `Interrupted`, so the exit code still names the signal.
 """
 
 from __future__ import annotations
@@ -29,14 +35,21 @@ class Interrupted(KeyboardInterrupt):
 def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread."""
 
+    received: list[Interrupted] = []
+
     def handler(number, frame):
         for handled in HANDLED:
             signal.signal(handled, signal.SIG_IGN)
-        raise Interrupted(number)
+        received.append(Interrupted(number))
+        raise received[0]
 
     previous = {number: signal.signal(number, handler) for number in HANDLED}
     try:
         yield
+    except Exception as error:  # the signal's exception, replaced on its way through native code
+        if received:
+            raise received[0] from error
+        raise
     finally:
         for number, action in previous.items():
             signal.signal(number, action)

@@ -69,3 +69,20 @@ def test_sigterm_leaves_the_previous_build_and_no_temp_files(phase, line, tmp_pa
     assert snapshot(out) == previous  # byte-identical, and no hidden staging folder beside it
     assert list(temp.iterdir()) == []
     assert _processes_mentioning(str(temp)) == []
+
+
+def test_a_signal_replaced_by_native_code_still_ends_as_the_signal():
+    """pybind11 turns an exception raised inside a TensorFlow callback into a RuntimeError; the exit code must not change."""
+    from deploykit.interrupts import Interrupted, interruptible
+
+    with pytest.raises(Interrupted) as caught:
+        with interruptible():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except Interrupted:
+                raise RuntimeError("MISMATCH of original and normalized active exception types") from None
+    assert caught.value.exit_code == 130 and isinstance(caught.value.__cause__, RuntimeError)
+    with pytest.raises(ValueError):  # without a signal, errors pass through unchanged
+        with interruptible():
+            raise ValueError("bad input")
