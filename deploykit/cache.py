@@ -1,5 +1,5 @@
 """A content-addressed store for the expensive stages of a build: exported artifacts (with the fine-tuned model's
-tokenizer and what each pass did) and their measurements.
+tokenizer and what each pass did), their measurements, and the original model's outputs on the evaluation data.
 
 An entry's key is the sha256 of everything its result depends on: the model's weights
 and vocabulary, the data, the pass parameters, the precision, the target's export

@@ -101,13 +101,15 @@ def test_a_rebuild_reuses_every_stage_and_a_changed_input_misses(tiny_classifier
     assert not any(key.startswith(("validate_", "profile_")) for key in log.seconds)  # nor measured again
     assert sha256_of(again.artifact.path) == sha256_of(first.artifact.path)
     assert again.report["metrics"]["latency_ms"] == first.report["metrics"]["latency_ms"]
+    references = lambda: len(list((tmp_path / "cache" / "reference").glob("*/*/outputs.npy")))  # noqa: E731
+    assert references() == 1  # the original's outputs were stored once and read back
 
     _, log = build("recipe", recipe=("trim-vocab",), pass_parameters={"trim-vocab": {"min_count": 2}})
     assert "export" in log.seconds  # a pass parameter: a new key
     changed = tmp_path / "data.jsonl"
     changed.write_text(labelled_data.read_text().replace("goal", "goals"))
     _, log = build("data", data=changed)
-    assert "export" in log.seconds  # other texts: other calibration, other key
+    assert "export" in log.seconds and references() == 2  # other texts: other calibration, other key
     versions = dict(session_module.toolchain_versions())
     monkeypatch.setattr(session_module, "toolchain_versions", lambda: {**versions, "ai-edge-litert": "9.9.9"})
     _, log = build("version")

@@ -101,11 +101,7 @@ class BuildSession:
         """The original's outputs on the evaluation samples, and the labels mapped to its classes."""
         if self._reference is None:
             with self.log.step("reference", "Running the original model on the evaluation samples"):
-                inputs = self.models.encoded("evaluation")
-                if self.bundle.onnx_source is not None:
-                    outputs = run_graph(self.models.saved_model(), inputs)
-                else:
-                    outputs = self.bundle.predict(inputs)
+                outputs = self._original_outputs()
                 ids, mapping = None, None
                 labels = self.split.evaluation.labels
                 if self.bundle.task == "classification" and labels is not None:
@@ -113,6 +109,23 @@ class BuildSession:
                 original_accuracy = accuracy(outputs, ids) if ids is not None else None
             self._reference = Reference(outputs, original_accuracy, ids, mapping)
         return self._reference
+
+    def _original_outputs(self) -> np.ndarray:
+        """The original's outputs on the evaluation samples; from the cache when the same model, data and length
+        ran before (the fingerprint covers all three), since a rerun otherwise repeats this forward pass."""
+        key = digest(self.fingerprint(), "reference") if self.cache is not None else None
+        if key is not None and (entry := self.cache.get("reference", key)) is not None:
+            return np.load(entry.path("outputs.npy"), allow_pickle=False)
+        inputs = self.models.encoded("evaluation")
+        if self.bundle.onnx_source is not None:
+            outputs = run_graph(self.models.saved_model(), inputs)
+        else:
+            outputs = self.bundle.predict(inputs)
+        if key is not None:
+            stored = self.workdir / "reference-outputs.npy"
+            np.save(stored, outputs, allow_pickle=False)
+            self.cache.put("reference", key, {"outputs.npy": stored}, {"shape": list(outputs.shape)})
+        return outputs
 
     def quality(self, outputs: np.ndarray) -> dict:
         """Fidelity against the original and, with labels, accuracy."""

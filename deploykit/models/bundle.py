@@ -95,7 +95,9 @@ class ModelBundle:
         padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
         rows = token_ids if self.token_map is None else token_map_layer(self.token_map)(token_ids)
         output = self.forward(rows, padding_mask)
-        return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, output)
+        # A fixed name: Keras numbers unnamed models per process, and the name reaches the exported graph, so the
+        # bytes would otherwise depend on how many models were built before (a reference read from the cache).
+        return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, output, name="deployment")
 
     def check_sequence_length(self, sequence_length: int) -> None:
         if not 2 <= sequence_length <= self.max_sequence_length:
