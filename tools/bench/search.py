@@ -10,6 +10,11 @@ without labels) three `deploykit` processes run one after the other, each timed:
 2. search: `deploykit search --trials N` over the same targets, with an empty cache.
 3. again:  the identical search into a new output folder, with the cache of run 2.
 
+Then the artifact each job shipped is timed side by side: `deploykit.profile` on the
+fixed list's and the search's target folder alternately, in fresh processes, and the
+median p50 of those rounds is compared (the builds' own timings come from separate
+processes and vary by 15-30% on a small VM).
+
 Fine-tunes are shortened for both (the same `--set` for fixed and search), profiling
 uses one thread (stable p50 on a small machine), and nothing here is tuned to MiniLM:
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +49,7 @@ def main() -> None:
     parser.add_argument("--targets", help="override every case's targets (comma-separated)")
     parser.add_argument("--trials", type=int, default=8, help="trials per target's study")
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating side-by-side timings of the two artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/deploykit-bench-search"))
     parser.add_argument("--set", dest="settings", nargs="*", default=list(SHORT))
     args = parser.parse_args()
@@ -73,6 +80,7 @@ def main() -> None:
         results[case] = {"timings": timings, "targets": {}}
         for target in targets.split(","):
             results[case]["targets"][target] = _compare(folder, target)
+            results[case]["targets"][target]["side_by_side"] = _side_by_side(folder, target, args.rounds, args.runs)
         _print_case(case, results[case])
     (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {args.work / 'results.json'}")
@@ -123,6 +131,21 @@ def _compare(folder: Path, target: str) -> dict:
     }
 
 
+def _side_by_side(folder: Path, target: str, rounds: int, runs: int) -> dict:
+    """Median p50 (ms) of the fixed job's and the search's shipped artifacts, timed alternately, one thread each."""
+    import deploykit
+
+    shipped = {job: folder / job / target for job in ("fixed", "search")}
+    p50s: dict[str, list[float]] = {job: [] for job in shipped}
+    for _ in range(rounds):
+        for job, path in shipped.items():
+            p50s[job].append(deploykit.profile(path, threads=1, runs=runs, warmup=5)["latency_ms"]["p50"])
+    labels = {job: json.loads((path / "report.json").read_text())["artifact"]["candidate"]
+              for job, path in shipped.items()}
+    return {job: {"shipped": labels[job], "p50_ms": round(statistics.median(p50s[job]), 3), "rounds": p50s[job]}
+            for job in shipped}
+
+
 def _quality(candidate: dict) -> str:
     if candidate["accuracy_drop"] is not None:
         return f"drop {candidate['accuracy_drop']:.2f} pt"
@@ -154,6 +177,11 @@ def _print_case(case: str, result: dict) -> None:
             print(f"  {c['candidate']:<40} p50 {c['latency_ms']:8.2f} ms  {c['size_mb']:6.1f} MB  {c['quality']:<16} "
                   f"{'passes' if c['passed'] else 'misses a quality gate'}")
         print(f"  identical second search chose the same point and front: {row['again_chosen_same']}")
+        timed = row["side_by_side"]
+        print(f"  side by side ({len(timed['fixed']['rounds'])} alternating rounds, median p50): fixed job shipped "
+              f"{timed['fixed']['shipped']} {timed['fixed']['p50_ms']:.2f} ms, search shipped "
+              f"{timed['search']['shipped']} {timed['search']['p50_ms']:.2f} ms, "
+              f"ratio {timed['fixed']['p50_ms'] / timed['search']['p50_ms']:.2f}×")
 
 
 if __name__ == "__main__":
