@@ -72,6 +72,10 @@ def _search_options(command):
                      "the gate allows (0: never stop early)."),
         click.option("--search-passes", help="Comma-separated passes the search may use, or 'none' for precisions "
                      "only (default: those in the target's recipes, plus qat on integer-only targets)."),
+        click.option("--search-length-percentiles", default=",".join(f"{p:g}" for p in _SEARCH.length_percentiles),
+                     show_default=True, help="Token-length percentiles the search also tries as sequence lengths, "
+                     "besides the build's own (--length-percentile); shorter is faster and truncates more texts. "
+                     "'none' keeps the build's length; --sequence-length fixes it."),
         click.option("--max-size-mb", type=click.FloatRange(min=0, min_open=True),
                      help="Gate: largest artifact size in MB (1e6 bytes, every file of the model)."),
         click.option("--cache", type=click.Path(file_okay=False), help="Cache folder for exports and measurements "
@@ -289,8 +293,8 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
                calibration_samples, evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat,
                qat_steps, settings, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
                profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
-               save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes, max_size_mb, cache,
-               no_cache, cache_max_gb) -> None:
+               save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes,
+               search_length_percentiles, max_size_mb, cache, no_cache, cache_max_gb) -> None:
     """`build` and `search`: one implementation (a search is a build with --search N)."""
     from deploykit.runtime_env import import_tensorflow_quietly
 
@@ -318,7 +322,8 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
         max_size_mb=max_size_mb, cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
         search=SearchSettings(trials=search, storage=storage, study=study, prefer=prefer, prune_factor=prune_factor,
-                              passes=_search_passes(search_passes)) if search else None,
+                              passes=_search_passes(search_passes),
+                              length_percentiles=_percentiles(search_length_percentiles)) if search else None,
     )
     results = build_targets(model, target_names, data, eval_data, options, task, tokenizer, StepLog(console))
     for result in results:
@@ -471,6 +476,20 @@ def _search_passes(text: str | None) -> tuple[str, ...] | None:
     return () if text.strip().lower() == "none" else tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _percentiles(text: str) -> tuple[float, ...]:
+    """--search-length-percentiles: comma-separated numbers in (0, 100], or 'none'."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(0 < value <= 100 for value in values):
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of percentiles in (0, 100] or 'none'",
+                                 param_hint="--search-length-percentiles")
+    return values
+
+
 def _given(**values) -> dict:
     """The options the user set (None means: the default)."""
     return {name: value for name, value in values.items() if value is not None}
@@ -480,11 +499,12 @@ def _front_table(target: str, search: dict) -> Table:
     """A search's Pareto front (trials passing every gate), fastest first, the shipped point marked."""
     states = ", ".join(f"{count} {state}" for state, count in search["states"].items())
     table = Table(title=f"{target}: Pareto front of {search['feasible']} trials passing the gates ({states})")
-    for column in ("trial", "candidate", "recipe", "p50 ms", "predicted ms", "size MB", "quality loss"):
+    for column in ("trial", "candidate", "recipe", "length", "p50 ms", "predicted ms", "size MB", "quality loss"):
         table.add_column(column)
     for row in sorted(search["front"], key=lambda row: row["latency_ms"]):
         shipped = row["trial"] == search["chosen_trial"]
         table.add_row(f"{row['trial']}{' ★' if shipped else ''}", escape(row["candidate"]), escape(row["recipe"] or "–"),
+                      str(row.get("sequence_length") or "–"),
                       f"{row['latency_ms']:.3f}", _optional(row["predicted_latency_ms"], 3), f"{row['size_mb']:.2f}",
                       f"{row['quality_loss']:.4g}", style="bold" if shipped else None)
     return table

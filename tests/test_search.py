@@ -125,14 +125,14 @@ def test_a_rebuild_reuses_every_stage_and_a_changed_input_misses(tiny_classifier
 # ---- search --------------------------------------------------------------------------------------------------
 
 
-def _slow_int8_profile(folder: Path) -> Path:
+def _slow_int8_profile(folder: Path, ms_per_8_tokens=(("dynamic-int8", 100.0), ("fp16", 0.01), ("fp32", 0.01))) -> Path:
     """A profile of this host in which dynamic-int8 is far too slow for any budget and fp16/fp32 are fast."""
     from deploykit.profiling.local import LocalRunner
 
     tiny = Architecture(layers=1, hidden=32, heads=2, head_dim=16, intermediate=64)
     device = LocalRunner(LocalRunner.settings_class(name="local")).device_name
     rows = []
-    for precision, ms in (("dynamic-int8", 100.0), ("fp16", 0.01), ("fp32", 0.01)):
+    for precision, ms in ms_per_8_tokens:
         rows += [{"label": precision, "precision": precision, "recipe": "", "sequence_length": n,
                   "architecture": tiny.as_dict(), "latency_ms": {"p50": ms * n / 8}, "peak_rss_mb": 1.0, "bytes": 1,
                   "op_types": None} for n in (8, 16, 32)]
@@ -173,6 +173,42 @@ def test_a_search_ships_the_preferred_point_of_its_front_and_skips_what_is_predi
     png = (folder / "pareto.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "pareto.png" in (folder / "manifest.json").read_text()
+
+
+def test_a_search_tries_shorter_sequence_lengths_and_ships_one_consistently(tiny_classifier, labelled_data,
+                                                                             tmp_path):
+    """Texts of 1-3 sentences: the build's p99 length is 32, p40 is shorter. A profile in which fp32 costs 1 ms per 8
+    tokens and a 3 ms budget make every trial at 32 predicted too slow, so what ships is built at the short length."""
+    rows = [json.loads(line) for line in labelled_data.read_text().splitlines()]
+    varied = tmp_path / "varied.jsonl"
+    varied.write_text("".join(json.dumps({"text": " ".join([row["text"]] * (1 + i % 3)), "label": row["label"]}) + "\n"
+                              for i, row in enumerate(rows)))
+    options = BuildOptions(out=tmp_path / "out", max_latency_ms=3.0, precision="fp32", max_accuracy_drop=100.0,
+                           profiles=_slow_int8_profile(tmp_path / "p", (("fp32", 1.0),)),
+                           profile=ProfileSettings(runs=3, warmup=0, threads=1, op_profile=False),
+                           calibration_samples=10, evaluation_samples=20,
+                           search=SearchSettings(trials=4, passes=(), length_percentiles=(40.0,)))
+    result = build_targets(tiny_classifier, "arm-cpu", varied, options=options)[0]
+    search = json.loads((result.folder / "search.json").read_text())
+    assert search["space"]["sequence_lengths"][0] == 32 and len(search["space"]["sequence_lengths"]) == 2
+    short = search["space"]["sequence_lengths"][1]
+    trials = search["trials"]
+    assert {t["candidate"]["sequence_length"] for t in trials if "skipped" in t} == {32}
+    built = [t for t in trials if "result" in t and "same_as" not in t]
+    assert built and {t["candidate"]["sequence_length"] for t in built} == {short}
+    # The folder is the short trial's throughout: report, tokenizer, the artifact's inputs, a re-profile.
+    report = result.report
+    assert report["model"]["sequence_length"] == short
+    assert json.loads((result.folder / "tokenizer.json").read_text())["sequence_length"] == short
+    tokenize = next(step for step in report["plan"] if step["step"] == "tokenize")
+    assert tokenize["sequence_length"] == short and "search" in tokenize["chosen_by"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = Interpreter(model_path=str(result.folder / "model.tflite")).get_input_details()
+    assert all(list(detail["shape"]) == [1, short] for detail in inputs)
+    import deploykit
+
+    assert deploykit.profile(result.folder, runs=2, warmup=0)["sequence_length"] == short
 
 
 def test_a_hopeless_fine_tune_is_stopped_halfway(tiny_backbone_file, labelled_data, tmp_path):
@@ -304,6 +340,8 @@ def test_a_study_in_postgresql(tiny_classifier, labelled_data, tmp_path):
     (["--set", "prune.heads=1.5"], "prune parameter heads must be >= 0 and < 1"),
     (["--search-passes", "distil"], "--search-passes: unknown pass distil"),
     (["--trials", "0"], "Invalid value for '--trials'"),
+    (["--search-length-percentiles", "95,0"], "percentiles in (0, 100]"),
+    (["--search-length-percentiles", "p90"], "--search-length-percentiles"),
 ])
 def test_bad_search_options_stop_before_any_work(arguments, message, tmp_path):
     from click.testing import CliRunner

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 class ModelStore:
     """Models, traced graphs, encoded inputs and residual scales of one build, by recipe."""
 
-    def __init__(self, session: "BuildSession"):
+    def __init__(self, session: "BuildSession", folder: Path):
         self.session = session
+        self.folder = folder  # traced graphs go here (one store per sequence length in a search)
         self._models: dict[Recipe, ModelBundle] = {(): session.bundle}  # architecture-changing passes -> model
         self._records: dict[Recipe, list[dict]] = {(): []}  # ... -> what each of those passes did
         self._saved_models: dict[tuple, Path] = {}
@@ -143,12 +144,12 @@ class ModelStore:
             if "onnx" not in self._saved_models:
                 with session.log.step("saved_model", "Fixing the ONNX model's inputs to [1, sequence length]"):
                     self._saved_models["onnx"] = write_static_graph(
-                        original.onnx_source, session.sequence_length, session.workdir / "source.onnx")
+                        original.onnx_source, session.sequence_length, self.folder / "source.onnx")
             return self._saved_models["onnx"]
         key = (masked_logit, recipe, dynamic)
         length = None if dynamic else session.sequence_length
         if key not in self._saved_models:
-            folder = session.workdir / f"saved_model_{next(self._trace_numbers)}"
+            folder = self.folder / f"saved_model_{next(self._trace_numbers)}"
             if recipe:
                 self._pass_results[recipe] = self._run_passes(recipe, masked_logit, folder, length)
             else:

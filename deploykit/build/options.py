@@ -83,6 +83,8 @@ def check_options(options: BuildOptions) -> None:
     if options.search is not None:
         rules += [("trials", options.search.trials, lambda v: v >= 1, "at least 1"),
                   ("prune factor", options.search.prune_factor, lambda v: v >= 0, "0 (off) or more")]
+        rules += [("search length percentile", value, lambda v: 0 < v <= 100, "in (0, 100]")
+                  for value in options.search.length_percentiles]
         if options.search.prefer not in PREFERENCES:
             raise DeployKitError(f"prefer must be one of {', '.join(PREFERENCES)}, got {options.search.prefer!r}.")
         from deploykit.passes.base import PASSES

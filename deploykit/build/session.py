@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gc
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -59,18 +61,44 @@ class BuildSession:
     log: StepLog
     workdir: Path
     cache: ContentCache | None = None  # None: every stage runs (--no-cache)
+    token_lengths: np.ndarray | None = None  # of the data's texts; None when --sequence-length fixed the length
     models: ModelStore = field(init=False)
     _reference: Reference | None = None
     _baselines: dict = field(default_factory=dict)
-    _fingerprint: str | None = None
+    _fingerprints: dict = field(default_factory=dict)
+    _stores: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.models = ModelStore(self)
+        self.models = self._stores[self.sequence_length] = ModelStore(self, self.workdir)
+
+    def length_at(self, percentile: float) -> int:
+        """The sequence length the build would choose at another token-length percentile."""
+        return choose_sequence_length(self.token_lengths, self.bundle.max_sequence_length, percentile)
+
+    @contextmanager
+    def at_length(self, length: int) -> Iterator[None]:
+        """Build and measure at another sequence length (a search trial, and the folder of the one it ships):
+        inputs, traces, cache keys and artifacts use it, while the reference stays the original at the build's
+        length, so what truncation costs counts as quality loss."""
+        if length == self.sequence_length:
+            yield
+            return
+        self.reference()  # at the build's own length, before switching
+        before = self.sequence_length, self.models
+        if length not in self._stores:
+            folder = self.workdir / f"length-{length}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._stores[length] = ModelStore(self, folder)
+        self.sequence_length, self.models = length, self._stores[length]
+        try:
+            yield
+        finally:
+            self.sequence_length, self.models = before
 
     def fingerprint(self) -> str:
         """sha256 of everything every artifact of this build depends on, whatever the target: the model's weights,
         vocabulary and task, the data split, the sequence length, the export settings, and the toolchain versions."""
-        if self._fingerprint is None:
+        if self.sequence_length not in self._fingerprints:
             bundle, options = self.bundle, self.options
             if bundle.onnx_source is not None:
                 model = sha256_of(bundle.onnx_source)
@@ -82,11 +110,11 @@ class BuildSession:
                                bundle.details.get("normalize"), bundle.token_map)
             split = {name: [getattr(self.split, name).texts, getattr(self.split, name).labels]
                      for name in ("calibration", "evaluation", "training")}
-            self._fingerprint = digest(
+            self._fingerprints[self.sequence_length] = digest(
                 model, bundle.tokenizer.get_vocabulary(), bool(getattr(bundle.tokenizer, "lowercase", False)),
                 bundle.task, bundle.class_names, split, self.sequence_length, options.seed, options.masked_logit,
                 options.max_residual_scale, options.activation_percentile, toolchain_versions())
-        return self._fingerprint
+        return self._fingerprints[self.sequence_length]
 
     def _measurement_key(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> str:
         """What a measurement depends on: the artifact's bytes, the evaluation data, the runner and device, settings."""
@@ -174,9 +202,9 @@ class BuildSession:
 
     def baseline(self, backend: Backend, target: Target, runner: ProfileRunner, threads: int) -> Measured:
         """The fp32 artifact of the original on the same runtime, runner and threads (once per build)."""
-        key = (backend.name, runner.name, threads)
+        key = (backend.name, runner.name, threads, self.sequence_length)
         if key not in self._baselines:
-            folder = self.workdir / f"baseline_{backend.name}_{threads}"
+            folder = self.workdir / f"baseline_{backend.name}_{threads}_{self.sequence_length}"
             artifact = self._cached_baseline(backend, target, folder)
             self._baselines[key] = self.measure(backend, artifact, runner, threads, f"fp32 {backend.name} baseline")
         return self._baselines[key]
@@ -221,6 +249,7 @@ def prepare_session(
     with log.step("load_model", f"Loading model {model or DEFAULT_MODEL}"):
         bundle = load_model(model or DEFAULT_MODEL, task=task, tokenizer=tokenizer)
     split = split_dataset(dataset, evaluation, options.calibration_samples, options.evaluation_samples, options.seed)
+    lengths = None
     if options.sequence_length is not None:
         bundle.check_sequence_length(options.sequence_length)
         length, reason = options.sequence_length, "--sequence-length"
@@ -235,4 +264,4 @@ def prepare_session(
         )
     cache = ContentCache(options.cache or default_cache_folder(), options.cache_max_gb * 1e9, log) \
         if options.use_cache else None
-    return BuildSession(bundle, split, length, reason, options, log, workdir, cache)
+    return BuildSession(bundle, split, length, reason, options, log, workdir, cache, lengths)

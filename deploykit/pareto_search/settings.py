@@ -11,6 +11,10 @@ PREFERENCES = ("latency", "size", "quality")
 # while the same pass typically ends within it; half-trained 3-layer students were 24x over.
 DEFAULT_PRUNE_FACTOR = 5.0
 DEFAULT_TRIALS = 20
+# Token-length percentiles tried as sequence lengths besides the build's own (p99 by default): p95 and p90 truncate
+# one text in 20 and one in 10 at most, about as much as a quality gate of a point or two can absorb; lower
+# percentiles would fail it by construction on most data.
+DEFAULT_LENGTH_PERCENTILES = (90.0, 95.0)
 
 
 @dataclass(frozen=True)
@@ -23,4 +27,5 @@ class SearchSettings:
     prefer: Literal["latency", "size", "quality"] = "latency"  # the Pareto point shipped among those passing gates
     prune_factor: float = DEFAULT_PRUNE_FACTOR  # stop a fine-tune this many times over the quality budget (0: never)
     passes: tuple[str, ...] | None = None  # passes to search; None: those in the target's recipes (+ qat if integer)
+    length_percentiles: tuple[float, ...] = DEFAULT_LENGTH_PERCENTILES  # () or --sequence-length: build's length only
     startup_trials: int | None = None  # random trials before TPE models the front; None: a third of the budget, 3..10

@@ -4,7 +4,9 @@ ranges each pass declares for its parameters.
 Which passes: those in the target's `recipes` (what its YAML says pays on that hardware),
 plus quantization-aware training at int8 on integer-only targets, or the user's list.
 Parameters the user fixed (`--recipe`, `--qat-steps`, a pass parameter) are not searched.
-A trial is one candidate: a precision and a recipe, in the order `check_order` accepts.
+A trial is one candidate: a precision and a recipe, in the order `check_order` accepts,
+at one sequence length: shorter lengths (lower token-length percentiles) are faster and
+truncate more texts, which the quality objective measures against the original.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class SearchSpace:
     precisions: tuple[str, ...]
     passes: tuple[PassSpace, ...]
     fixed: dict  # pass name -> parameters the user set
+    lengths: tuple[int, ...] = ()  # sequence lengths to try, the build's own first; one or none: not searched
+
+    def length(self, trial, default: int) -> int:
+        """The trial's sequence length (the build's own when lengths are not searched)."""
+        if len(self.lengths) < 2:
+            return default
+        return trial.suggest_categorical("sequence_length", list(self.lengths))
 
     def suggest(self, trial) -> Candidate:
         """The trial's candidate; qat is offered only at an integer precision (it simulates int8 rounding)."""
@@ -70,6 +79,8 @@ class SearchSpace:
         if candidate.precision not in self.precisions or not set(candidate.passes) <= {s.name for s in self.passes}:
             return None
         params = {"precision": candidate.precision}
+        if len(self.lengths) > 1:
+            params["sequence_length"] = self.lengths[0]  # build's candidates at build's length
         for space in self.passes:
             if space.name in optional and not (pass_class(space.name).must_be_last
                                                and candidate.precision not in INTEGER_PRECISIONS):
@@ -77,7 +88,7 @@ class SearchSpace:
         return params
 
     def describe(self) -> dict:
-        return {"precisions": list(self.precisions),
+        return {"precisions": list(self.precisions), "sequence_lengths": list(self.lengths),
                 "passes": {space.name: {"optional": space.optional, **{k: list(v) for k, v in space.ranges.items()}}
                            for space in self.passes}}
 
@@ -96,11 +107,14 @@ def _suggest(trial, name: str, low, high):
 
 
 def search_space(target: Target, precisions: list[str], architecture: Architecture | None, keras: bool,
-                 passes: tuple[str, ...] | None, forced: tuple[str, ...] | None, fixed: dict) -> SearchSpace:
+                 passes: tuple[str, ...] | None, forced: tuple[str, ...] | None, fixed: dict,
+                 lengths: tuple[int, ...] = ()) -> SearchSpace:
     """The space of one target. `forced` (--recipe) makes those passes always run; `passes` replaces the
-    target's own list; an ONNX input (no Keras graph) searches precisions only."""
+    target's own list; an ONNX input (no Keras graph) searches precisions only; `lengths` (the build's own
+    first) are the sequence lengths to try, except on targets taking any length in a `sequence_range`."""
+    lengths = () if target.sequence_range else tuple(dict.fromkeys(lengths))
     if not keras:
-        return SearchSpace(tuple(precisions), (), {})
+        return SearchSpace(tuple(precisions), (), {}, lengths)
     if forced is not None:
         names, optional = list(forced), False
     else:
@@ -116,7 +130,8 @@ def search_space(target: Target, precisions: list[str], architecture: Architectu
         ranges = {key: value for key, value in pass_class(name).search_ranges(architecture).items()
                   if key not in chosen and value[0] != value[1]}
         spaces.append(PassSpace(name, optional, ranges))
-    return SearchSpace(tuple(precisions), tuple(spaces), {name: dict(fixed.get(name, {})) for name in names})
+    return SearchSpace(tuple(precisions), tuple(spaces), {name: dict(fixed.get(name, {})) for name in names},
+                       lengths)
 
 
 def _target_passes(target: Target) -> list[str]:

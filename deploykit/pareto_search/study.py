@@ -50,9 +50,12 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
     log, options = session.log, session.options
     timings_before = dict(log.seconds)
     keras = session.bundle.onnx_source is None
+    lengths = (session.sequence_length,)
+    if session.token_lengths is not None:  # not when --sequence-length fixed it
+        lengths += tuple(sorted(session.length_at(percentile) for percentile in settings.length_percentiles))
     space = search_space(target, candidate_precisions(target, backend, options.precision),
                          architecture_of(session.bundle.backbone), keras, settings.passes, options.recipe,
-                         options.pass_parameters)
+                         options.pass_parameters, lengths)
     if settings.storage is None:
         options.out.mkdir(parents=True, exist_ok=True)
     storage_url = settings.storage or f"sqlite:///{(options.out / 'search.db').resolve()}"
@@ -82,13 +85,30 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
     if chosen_row is None:
         raise DeployKitError(f"search for {target.name}: no trial produced an artifact ({len(rows)} trials: "
                              f"{_states(rows)}); see the messages above, or widen the space.")
+    candidate, length = candidate_of(chosen_row), length_of(chosen_row, session.sequence_length)
+    with session.at_length(length):
+        chosen = built.get(candidate_id(candidate, length))
+        if chosen is None:  # built by an earlier run or another worker: from the cache, or built again
+            with log.step("search_rebuild",
+                          f"Building trial {chosen_row['number']}'s {candidate.label} (from another run)"):
+                chosen = try_candidate(session, backend, target, plan, runner, candidate,
+                                       session.workdir / f"{target.name}-chosen")
+        return _write_search_target(session, target, backend, plan, runner, chosen, built, timings_before,
+                                    search_summary(name, storage_url, settings, space, rows, front, chosen_row,
+                                                   plan.sequence_length),
+                                    rows, front, chosen_row, settings)
+
+
+def _write_search_target(session: BuildSession, target: Target, backend: Backend, plan: Plan, runner: ProfileRunner,
+                         chosen: TriedCandidate, built: dict, timings_before: dict, summary: dict, rows: list[dict],
+                         front: list[dict], chosen_row: dict, settings: SearchSettings) -> BuildResult:
+    """The target folder around the chosen trial, at its sequence length, with search.json and the plot beside."""
+    log = session.log
     candidate = candidate_of(chosen_row)
-    chosen = built.get(candidate_id(candidate))
-    if chosen is None:  # built by an earlier run or another worker: from the cache, or built again
-        with log.step("search_rebuild", f"Building trial {chosen_row['number']}'s {candidate.label} (from another run)"):
-            chosen = try_candidate(session, backend, target, plan, runner, candidate,
-                                   session.workdir / f"{target.name}-chosen")
-    summary = search_summary(name, storage_url, settings, space, rows, front, chosen_row)
+    if session.sequence_length != plan.sequence_length:
+        plan.sequence_length = session.sequence_length
+        plan.step("tokenize").update(sequence_length=session.sequence_length,
+                                     chosen_by=f"the search (trial {chosen_row['number']})")
     plan.step("export").update(precision=candidate.precision, method=backend.describe(candidate.precision))
     log.info(f"  Pareto front of {target.name}: {len(front)} point(s); shipping trial {chosen_row['number']} "
              f"({escape(candidate.label)}), the best on {settings.prefer}.")
@@ -202,16 +222,17 @@ class Objective:
         self.architecture = architecture_of(session.bundle.backbone)
 
     def __call__(self, trial) -> tuple[float, float, float]:
-        import optuna
-
-        session, gates = self.session, self.plan.gates
+        session = self.session
         seeded = trial.user_attrs.get("fixed_candidate")
         candidate = self.space.seed(trial, candidate_of({"candidate": seeded})) if seeded else self.space.suggest(trial)
-        trial.set_user_attr("candidate", candidate_record(candidate))
+        length = self.space.length(trial, session.sequence_length)
+        record = candidate_record(candidate, length if len(self.space.lengths) > 1 else None)
+        trial.set_user_attr("candidate", record)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        session.log.info(f"\n[bold]Trial {trial.number}[/] of {self.target.name}: {escape(candidate.label)} "
+        at = f" at sequence length {length}" if "sequence_length" in record else ""
+        session.log.info(f"\n[bold]Trial {trial.number}[/] of {self.target.name}: {escape(candidate.label)}{at} "
                          f"({escape(candidate.recipe_text) or 'no passes'})")
-        same = self._same_as_finished(trial.study, candidate)
+        same = self._same_as_finished(trial.study, candidate, length)
         if same is not None:
             for key in ("result", "predicted_latency_ms"):
                 if key in same.user_attrs:
@@ -220,6 +241,14 @@ class Objective:
             trial.set_user_attr("same_as", same.number)
             session.log.info(f"  same candidate as trial {same.number}: its measurements are reused.")
             return tuple(same.values)
+        with session.at_length(length):
+            return self._build(trial, candidate, length)
+
+    def _build(self, trial, candidate: Candidate, length: int) -> tuple[float, float, float]:
+        """Skip, stop or build the trial's candidate at the session's (the trial's) sequence length."""
+        import optuna
+
+        session, gates = self.session, self.plan.gates
         predicted = None
         if self.latency_model is not None:
             predicted = predict_candidate(candidate, self.latency_model, self.architecture, session.sequence_length,
@@ -264,21 +293,21 @@ class Objective:
             session.models.release()
         if stop.checkpoints:
             trial.set_user_attr("checkpoints", stop.checkpoints)
-        self.built[candidate_id(candidate)] = tried
+        self.built[candidate_id(candidate, length)] = tried
         result = trial_result(tried, session)
         result["seconds"] = round(time.perf_counter() - started, 1)
         trial.set_user_attr("result", result)
         _constrain(trial, {"built": 0.0, **constraint_values(tried.checks)})
         return tuple(result[name] for name in OBJECTIVES)
 
-    def _same_as_finished(self, study, candidate: Candidate):
-        """A complete trial of the same candidate (TPE proposes repeats once the front settles)."""
+    def _same_as_finished(self, study, candidate: Candidate, length: int):
+        """A complete trial of the same candidate at the same length (TPE proposes repeats once the front settles)."""
         from optuna.trial import TrialState
 
-        wanted = candidate_id(candidate)
+        wanted = candidate_id(candidate, length)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            record = trial.user_attrs.get("candidate")
-            if record and candidate_id(candidate_of({"candidate": record})) == wanted:
+            row = {"candidate": trial.user_attrs.get("candidate")}
+            if row["candidate"] and candidate_id(candidate_of(row), length_of(row, length)) == wanted:
                 return trial
         return None
 
@@ -372,9 +401,13 @@ def constraint_values(checks: list[dict]) -> dict[str, float]:
             for check in checks}
 
 
-def candidate_record(candidate: Candidate) -> dict:
-    return {"precision": candidate.precision, "label": candidate.label, "recipe": candidate.recipe_text,
-            "passes": [[name, [list(item) for item in items]] for name, items in candidate.recipe]}
+def candidate_record(candidate: Candidate, length: int | None = None) -> dict:
+    """A trial's candidate as stored in the study; `length` when the search varies the sequence length."""
+    record = {"precision": candidate.precision, "label": candidate.label, "recipe": candidate.recipe_text,
+              "passes": [[name, [list(item) for item in items]] for name, items in candidate.recipe]}
+    if length is not None:
+        record["sequence_length"] = length
+    return record
 
 
 def candidate_of(row: dict) -> Candidate:
@@ -383,8 +416,13 @@ def candidate_of(row: dict) -> Candidate:
                                                 for name, items in record["passes"]))
 
 
-def candidate_id(candidate: Candidate) -> str:
-    return f"{candidate.precision}|{candidate.recipe_text}"
+def length_of(row: dict, default: int) -> int:
+    """A trial's sequence length; `default` (the build's) when the search did not vary it."""
+    return int(row["candidate"].get("sequence_length") or default)
+
+
+def candidate_id(candidate: Candidate, length: int) -> str:
+    return f"{candidate.precision}|{candidate.recipe_text}|{length}"
 
 
 def trial_rows(study) -> list[dict]:
@@ -423,7 +461,7 @@ def choose(rows: list[dict], prefer: str) -> tuple[dict | None, list[dict]]:
 
 
 def search_summary(name: str, url: str, settings: SearchSettings, space: SearchSpace, rows: list[dict],
-                   front: list[dict], chosen: dict) -> dict:
+                   front: list[dict], chosen: dict, length: int) -> dict:
     """The report's `search` section: where the study lives, what it covered, its front and its choice."""
     return {
         "study": name,
@@ -436,7 +474,8 @@ def search_summary(name: str, url: str, settings: SearchSettings, space: SearchS
         "chosen_trial": chosen["number"],
         "feasible": sum(1 for row in rows if row.get("result", {}).get("passed") and "same_as" not in row),
         "front": [{"trial": row["number"], "candidate": row["candidate"]["label"],
-                   "recipe": row["candidate"]["recipe"], **{key: row["result"][key] for key in OBJECTIVES},
+                   "recipe": row["candidate"]["recipe"], "sequence_length": length_of(row, length),
+                   **{key: row["result"][key] for key in OBJECTIVES},
                    "predicted_latency_ms": row.get("predicted_latency_ms")} for row in front],
     }
 

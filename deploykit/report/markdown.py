@@ -126,11 +126,12 @@ def _search_lines(search: dict) -> list[str]:
              f"Study `{search['study']}` in `{search['storage']}`: {search['trials']} trials ({states}); "
              f"shipped trial {search['chosen_trial']}, the best on {search['prefer']}. Every trial is in search.json; "
              "the plot is pareto.png.", "",
-             "| trial | candidate | recipe | p50 ms | predicted ms | size MB | quality loss |",
-             "|---|---|---|---|---|---|---|"]
+             "| trial | candidate | recipe | length | p50 ms | predicted ms | size MB | quality loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in sorted(search["front"], key=lambda row: row["latency_ms"]):
         mark = " (shipped)" if row["trial"] == search["chosen_trial"] else ""
         lines.append(f"| {row['trial']}{mark} | {row['candidate']} | {row['recipe'] or '–'} | "
+                     f"{row.get('sequence_length') or '–'} | "
                      f"{row['latency_ms']:.3f} | {_number(row['predicted_latency_ms'], 3)} | {row['size_mb']:.2f} | "
                      f"{row['quality_loss']:.4g} |")
     return lines
