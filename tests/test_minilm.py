@@ -20,7 +20,10 @@ QUICK = ProfileSettings(runs=20, warmup=3)
 @pytest.fixture(scope="module")
 def minilm_builds(tmp_path_factory):
     out = tmp_path_factory.mktemp("minilm")
-    options = BuildOptions(out=out, profile=QUICK, calibration_samples=200, evaluation_samples=200)
+    # 300 QAT steps (the default is 600): 226 s instead of about 450 on 2 cores, and already 0.974 against
+    # post-training's 0.951 (measured with these 100/100 samples).
+    options = BuildOptions(out=out, profile=QUICK, calibration_samples=100, evaluation_samples=100,
+                           pass_parameters={"qat": {"steps": 300}})
     targets = "intel-cpu,arm-cpu,mobile-npu,edge-tpu,nvidia-gpu"  # edge-tpu reuses mobile-npu's QAT model
     return {r.target: r for r in build_targets("minilm-l6", targets, options=options)}
 
