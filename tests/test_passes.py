@@ -101,7 +101,10 @@ def test_prune_activation_importance_keeps_the_heads_that_write(bundle):
 
 
 def test_distill_keeps_evenly_spaced_layers_and_trains(bundle):
+    trainable = len(bundle.backbone.trainable_weights)
     result = get_pass("distill", layers=2, steps=6, hidden_steps=4, batch_size=8).apply(_context(bundle))
+    # Keras's Distiller freezes its teacher; the original stays trainable for the passes after (QAT trains it).
+    assert trainable > 0 and len(bundle.backbone.trainable_weights) == trainable
     assert result.effect["kept_layers"] == [1, 3] and result.effect["hidden_layers_matched"] == [1, 3]
     assert len(result.bundle.backbone.transformer_layers) == 2
     assert result.effect["fine_tune_steps"] == 6 and np.isfinite(result.effect["loss_last"])

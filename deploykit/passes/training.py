@@ -91,12 +91,19 @@ def _distill_in_phases(student: ModelBundle, context: PassContext, p: FineTunePa
 def _fit(teacher, student, distillation, student_loss_weight: float, context: PassContext, p: FineTuneParameters,
          steps: int, label: str, has_labels: bool, callbacks: tuple = ()) -> list[float]:
     """One keras Distiller run of `steps` batches; returns the per-step losses."""
-    import keras
-    import tensorflow as tf
     from keras.distillation import Distiller
 
-    distiller = Distiller(teacher=teacher, student=student, distillation_losses=distillation,
-                          student_loss_weight=student_loss_weight)
+    with _trainable_kept(teacher):  # Distiller freezes the teacher: the original's layers, shared with later passes
+        distiller = Distiller(teacher=teacher, student=student, distillation_losses=distillation,
+                              student_loss_weight=student_loss_weight)
+        return _fit_distiller(distiller, context, p, steps, label, has_labels, callbacks)
+
+
+def _fit_distiller(distiller, context: PassContext, p: FineTuneParameters, steps: int, label: str, has_labels: bool,
+                   callbacks: tuple) -> list[float]:
+    import keras
+    import tensorflow as tf
+
     # Distiller insists on a student loss; without labels its weight is 0 and it is never computed.
     distiller.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -116,6 +123,17 @@ def _fit(teacher, student, distillation, student_loss_weight: float, context: Pa
             warnings.simplefilter("ignore", UserWarning)
             distiller.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[history, *callbacks])
     return history.losses
+
+
+@contextmanager
+def _trainable_kept(model) -> Iterator[None]:
+    """Each layer's `trainable` flag as it was before the block (outermost first: setting a flag recurses)."""
+    flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True, recursive=True)]
+    try:
+        yield
+    finally:
+        for layer, trainable in flags:
+            layer.trainable = trainable
 
 
 @contextmanager
