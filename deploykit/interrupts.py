@@ -31,9 +31,38 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 128 + number
 
 
+_holding: list[bool] = []  # innermost last: True within held(), False within released()
+_pending: list[Interrupted] = []  # a signal that arrived while held
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Signals arriving within the block are raised at its end, or at the start of a `released()` block inside it:
+    for bookkeeping that must not stop halfway (a study recording a trial's state in its database)."""
+    _holding.append(True)
+    try:
+        yield
+    finally:
+        _holding.pop()
+    if _pending and not (_holding and _holding[-1]):
+        raise _pending.pop()
+
+
+@contextmanager
+def released() -> Iterator[None]:
+    """Within a `held()` block, the work that may be interrupted; a signal held until now is raised on entry."""
+    _holding.append(False)
+    try:
+        if _pending:
+            raise _pending.pop()
+        yield
+    finally:
+        _holding.pop()
+
+
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread."""
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread (see held())."""
 
     received: list[Interrupted] = []
 
@@ -41,6 +70,9 @@ def interruptible() -> Iterator[None]:
         for handled in HANDLED:
             signal.signal(handled, signal.SIG_IGN)
         received.append(Interrupted(number))
+        if _holding and _holding[-1]:
+            _pending.append(received[0])
+            return
         raise received[0]
 
     previous = {number: signal.signal(number, handler) for number in HANDLED}

@@ -86,3 +86,18 @@ def test_a_signal_replaced_by_native_code_still_ends_as_the_signal():
     with pytest.raises(ValueError):  # without a signal, errors pass through unchanged
         with interruptible():
             raise ValueError("bad input")
+
+
+def test_a_signal_while_held_waits_for_the_work_that_may_stop():
+    """A search holds signals while Optuna records a state and releases them inside a trial's own work."""
+    from deploykit.interrupts import Interrupted, held, interruptible, released
+
+    steps = []
+    with pytest.raises(Interrupted):
+        with interruptible(), held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            steps.append("recorded")  # the held block's bookkeeping finishes
+            with released():
+                steps.append("trial started")  # not reached: the held signal is raised on entry
+    assert steps == ["recorded"]

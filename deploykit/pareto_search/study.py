@@ -27,6 +27,7 @@ from deploykit.build.output import BuildResult, write_target
 from deploykit.build.session import BuildSession
 from deploykit.cache import digest
 from deploykit.errors import DeployKitError
+from deploykit.interrupts import held, released
 from deploykit.latency_model import LatencyModel, architecture_of, misses_budget
 from deploykit.planner import Candidate, Gates, Plan, candidate_precisions, plan_candidates, predict_candidate
 from deploykit.profiling.base import ProfileRunner
@@ -78,8 +79,9 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
     built: dict[str, TriedCandidate] = {}
     objective = Objective(session, target, backend, plan, runner, space, latency_model, built)
     if done < settings.trials:
-        study.optimize(objective, n_trials=settings.trials - done, catch=(DeployKitError,),
-                       callbacks=[StopAfter(settings.trials)], gc_after_trial=True)
+        with held():  # Ctrl-C stops a trial's work, never Optuna's recording of a state (see Objective.__call__)
+            study.optimize(objective, n_trials=settings.trials - done, catch=(DeployKitError,),
+                           callbacks=[StopAfter(settings.trials)], gc_after_trial=True)
     rows = trial_rows(study)
     chosen_row, front = choose(rows, settings.prefer)
     if chosen_row is None:
@@ -207,7 +209,12 @@ def requeue_interrupted(study) -> int:
     queued = 0
     for trial in trials:
         if trial.state == TrialState.FAIL and "error" not in trial.user_attrs and trial.number not in retried:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            # A queued trial (build's candidate, a retry) stopped before its first suggestion has only fixed params.
+            params = trial.params or trial.system_attrs.get("fixed_params")
+            if not params:  # stopped before it chose anything: nothing to run again
+                continue
+            carried = {key: trial.user_attrs[key] for key in ("fixed_candidate",) if key in trial.user_attrs}
+            study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number})
             queued += 1
     return queued
 
@@ -222,6 +229,10 @@ class Objective:
         self.architecture = architecture_of(session.bundle.backbone)
 
     def __call__(self, trial) -> tuple[float, float, float]:
+        with released():  # a signal raised here fails this trial, which the next run queues again
+            return self._run(trial)
+
+    def _run(self, trial) -> tuple[float, float, float]:
         session = self.session
         seeded = trial.user_attrs.get("fixed_candidate")
         candidate = self.space.seed(trial, candidate_of({"candidate": seeded})) if seeded else self.space.suggest(trial)
