@@ -477,15 +477,15 @@ def _search_passes(text: str | None) -> tuple[str, ...] | None:
 
 
 def _percentiles(text: str) -> tuple[float, ...]:
-    """--search-length-percentiles: comma-separated numbers in (0, 100], or 'none'."""
+    """--search-length-percentiles: comma-separated numbers, or 'none' (their range is checked with the options)."""
     if text.strip().lower() == "none":
         return ()
     try:
         values = tuple(float(item) for item in text.split(",") if item.strip())
     except ValueError:
         values = ()
-    if not values or not all(0 < value <= 100 for value in values):
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of percentiles in (0, 100] or 'none'",
+    if not values:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of percentiles, e.g. 90,95, or 'none'",
                                  param_hint="--search-length-percentiles")
     return values
 

@@ -341,7 +341,7 @@ def test_a_study_in_postgresql(tiny_classifier, labelled_data, tmp_path):
     (["--set", "prune.heads=1.5"], "prune parameter heads must be >= 0 and < 1"),
     (["--search-passes", "distil"], "--search-passes: unknown pass distil"),
     (["--trials", "0"], "Invalid value for '--trials'"),
-    (["--search-length-percentiles", "95,0"], "percentiles in (0, 100]"),
+    (["--search-length-percentiles", "95,0"], "search length percentile must be in (0, 100], got 0.0"),
     (["--search-length-percentiles", "p90"], "--search-length-percentiles"),
 ])
 def test_bad_search_options_stop_before_any_work(arguments, message, tmp_path):

@@ -65,7 +65,8 @@ class BuildSession:
     models: ModelStore = field(init=False)
     _reference: Reference | None = None
     _baselines: dict = field(default_factory=dict)
-    _fingerprints: dict = field(default_factory=dict)
+    _fingerprints: dict = field(default_factory=dict)  # sequence length -> fingerprint
+    _inputs: str | None = None
     _stores: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -99,6 +100,12 @@ class BuildSession:
         """sha256 of everything every artifact of this build depends on, whatever the target: the model's weights,
         vocabulary and task, the data split, the sequence length, the export settings, and the toolchain versions."""
         if self.sequence_length not in self._fingerprints:
+            self._fingerprints[self.sequence_length] = digest(self._inputs_digest(), self.sequence_length)
+        return self._fingerprints[self.sequence_length]
+
+    def _inputs_digest(self) -> str:
+        """The fingerprint's length-independent part, hashed once per build (the weights are most of the work)."""
+        if self._inputs is None:
             bundle, options = self.bundle, self.options
             if bundle.onnx_source is not None:
                 model = sha256_of(bundle.onnx_source)
@@ -110,11 +117,11 @@ class BuildSession:
                                bundle.details.get("normalize"), bundle.token_map)
             split = {name: [getattr(self.split, name).texts, getattr(self.split, name).labels]
                      for name in ("calibration", "evaluation", "training")}
-            self._fingerprints[self.sequence_length] = digest(
+            self._inputs = digest(
                 model, bundle.tokenizer.get_vocabulary(), bool(getattr(bundle.tokenizer, "lowercase", False)),
-                bundle.task, bundle.class_names, split, self.sequence_length, options.seed, options.masked_logit,
+                bundle.task, bundle.class_names, split, options.seed, options.masked_logit,
                 options.max_residual_scale, options.activation_percentile, toolchain_versions())
-        return self._fingerprints[self.sequence_length]
+        return self._inputs
 
     def _measurement_key(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> str:
         """What a measurement depends on: the artifact's bytes, the evaluation data, the runner and device, settings."""

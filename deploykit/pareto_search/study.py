@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from rich.markup import escape
@@ -95,16 +96,27 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
                           f"Building trial {chosen_row['number']}'s {candidate.label} (from another run)"):
                 chosen = try_candidate(session, backend, target, plan, runner, candidate,
                                        session.workdir / f"{target.name}-chosen")
-        return _write_search_target(session, target, backend, plan, runner, chosen, built, timings_before,
-                                    search_summary(name, storage_url, settings, space, rows, front, chosen_row,
-                                                   plan.sequence_length),
-                                    rows, front, chosen_row, settings)
+        outcome = StudyOutcome(rows, front, chosen_row, search_summary(name, storage_url, settings, space, rows,
+                                                                      front, chosen_row, plan.sequence_length))
+        return _write_search_target(session, target, backend, plan, runner, chosen, built, timings_before, outcome,
+                                    settings.prefer)
+
+
+@dataclass
+class StudyOutcome:
+    """What a finished study gives the target folder: every trial, the Pareto front, the shipped trial."""
+
+    rows: list[dict]
+    front: list[dict]
+    chosen_row: dict
+    summary: dict  # search.json's header and the report's search section
 
 
 def _write_search_target(session: BuildSession, target: Target, backend: Backend, plan: Plan, runner: ProfileRunner,
-                         chosen: TriedCandidate, built: dict, timings_before: dict, summary: dict, rows: list[dict],
-                         front: list[dict], chosen_row: dict, settings: SearchSettings) -> BuildResult:
+                         chosen: TriedCandidate, built: dict, timings_before: dict, outcome: StudyOutcome,
+                         prefer: str) -> BuildResult:
     """The target folder around the chosen trial, at its sequence length, with search.json and the plot beside."""
+    rows, front, chosen_row = outcome.rows, outcome.front, outcome.chosen_row
     log = session.log
     candidate = candidate_of(chosen_row)
     if session.sequence_length != plan.sequence_length:
@@ -113,10 +125,10 @@ def _write_search_target(session: BuildSession, target: Target, backend: Backend
                                      chosen_by=f"the search (trial {chosen_row['number']})")
     plan.step("export").update(precision=candidate.precision, method=backend.describe(candidate.precision))
     log.info(f"  Pareto front of {target.name}: {len(front)} point(s); shipping trial {chosen_row['number']} "
-             f"({escape(candidate.label)}), the best on {settings.prefer}.")
+             f"({escape(candidate.label)}), the best on {prefer}.")
     extra = {}
     search_json = session.workdir / f"{target.name}-search.json"
-    search_json.write_text(json.dumps({**summary, "trials": rows}, indent=2) + "\n")
+    search_json.write_text(json.dumps({**outcome.summary, "trials": rows}, indent=2) + "\n")
     extra["search.json"] = search_json
     plot = session.workdir / f"{target.name}-pareto.png"
     from deploykit.pareto_search.plot import plot_front
@@ -125,7 +137,7 @@ def _write_search_target(session: BuildSession, target: Target, backend: Backend
     extra["pareto.png"] = plot
     tried = [built[key] for key in sorted(built)]
     return write_target(session, target, backend, plan, runner, chosen, tried or [chosen], timings_before, extra,
-                        summary)
+                        outcome.summary)
 
 
 def open_study(url: str, name: str, seed: int, settings: SearchSettings):

@@ -42,6 +42,9 @@ class FineTuneParameters(PassParameters):
     hidden_steps: int = parameter(0, "Steps matching each student layer's hidden states to the teacher layer at the "
                                   "same relative depth before the output distillation (TinyBERT; 0: off).",
                                   ge=0)
+    attention_weight: float = parameter(0.0, "Weight, in the hidden-state phase, of the KL divergence between the "
+                                        "matched layers' attention distributions and value relations (MiniLM; 0: off).",
+                                        ge=0)
 
 
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,
