@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
 from deploykit.graph_ops import GraphOp
 from deploykit.errors import DeployKitError
 from deploykit.registry import Registry
+
+if TYPE_CHECKING:
+    from deploykit.mixed_precision import PrecisionGroup
 
 Inputs = dict[str, np.ndarray]
 
@@ -42,6 +45,7 @@ class ExportedArtifact:
     precision: str
     method: str  # how it was produced, in words, for the plan and the report
     runtime_config: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # what the export chose (e.g. a mixed-precision analysis), reported
 
 
 # Percentile-calibrated activation ranges (TensorRT Q/DQ): TensorRT's own calibrators default to 99.99 too.
@@ -59,6 +63,16 @@ class ExportOptions:
     integer_io: bool = False
     activation_percentile: float = DEFAULT_ACTIVATION_PERCENTILE  # percentile-calibrating backends: values kept in range
     converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter run as a child process
+
+
+class MixedGraph:
+    """A quantized graph a backend can write with any of its groups kept at its higher precision ("mixed")."""
+
+    groups: list["PrecisionGroup"]
+
+    def write(self, kept: frozenset[str], folder: Path) -> ExportedArtifact:
+        """The graph with the named groups at high precision and the rest quantized, as an artifact in `folder`."""
+        raise NotImplementedError
 
 
 class Backend:
@@ -83,6 +97,10 @@ class Backend:
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
         """Convert the source graph (a SavedModel folder, or an .onnx file when `reads_onnx`) into `folder`."""
+        raise NotImplementedError
+
+    def mixed_graph(self, saved_model: Path, options: ExportOptions, scratch: Path) -> MixedGraph:
+        """The quantized graph and its precision groups, for precision "mixed" (backends listing it implement this)."""
         raise NotImplementedError
 
     def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:

@@ -33,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.backends.base import DEFAULT_CONVERTER_TIMEOUT_S, Backend, ExportedArtifact, ExportOptions, Inputs, Runner
+from deploykit.backends.base import (DEFAULT_CONVERTER_TIMEOUT_S, Backend, ExportedArtifact, ExportOptions, Inputs,
+                                     MixedGraph, Runner)
 from deploykit.errors import DeployKitError
+from deploykit.mixed_precision import PrecisionGroup
 from deploykit.onnx_canonical import canonicalize
 from deploykit.subprocesses import run_step
 
@@ -51,8 +53,10 @@ class TensorRTBackend(Backend):
         "fp16": "tf2onnx, then float tensors stored as fp16 (onnxruntime float16 converter), fp32 inputs/outputs",
         "int8": "tf2onnx, then explicit-quantization Q/DQ ONNX (onnxruntime quantize_static, QDQ format, "
         "symmetric, per-channel weights, percentile-calibrated activations)",
+        "mixed": "the int8 Q/DQ graph with its most sensitive MatMuls (measured one group at a time) left without "
+        "Q/DQ and stored as fp16, so TensorRT runs them in fp16",
     }
-    scaled_stream_precisions = frozenset({"int8"})
+    scaled_stream_precisions = frozenset({"int8", "mixed"})
     reads_onnx = True
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
@@ -100,6 +104,16 @@ class TensorRTBackend(Backend):
             return session.run(None, {name: inputs[name] for name in names})[0]
 
         return Runner(run)
+
+    def mixed_graph(self, saved_model: Path, options: ExportOptions, scratch: Path) -> "QdqMixedGraph":
+        scratch.mkdir(parents=True, exist_ok=True)
+        float_path, quantized = scratch / "float.onnx", scratch / "int8.onnx"
+        if saved_model.suffix == ".onnx":
+            shutil.copyfile(saved_model, float_path)
+        else:
+            tf2onnx_file(saved_model, float_path, options.converter_timeout_s)
+        _quantize(float_path, quantized, options, scratch)
+        return QdqMixedGraph(scratch / "prepared.onnx", quantized, self.describe("mixed"))
 
 
 def tf2onnx_file(saved_model: Path, output: Path, timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S) -> None:
@@ -202,3 +216,128 @@ def _quantize(float_path: Path, path: Path, options: ExportOptions, scratch: Pat
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            "CalibPercentile": options.activation_percentile},
         )
+
+
+class QdqMixedGraph(MixedGraph):
+    """The Q/DQ graph, writable with any groups of MatMuls taken out of int8: their inputs read the float tensors
+    again (the activation before its QuantizeLinear, the weight from the graph before quantization) and the MatMul
+    runs in fp16 between two Casts, the types TensorRT's strongly typed build follows."""
+
+    def __init__(self, float_path: Path, quantized_path: Path, method: str):
+        import onnx
+
+        self.float_model, self.quantized = onnx.load(str(float_path)), onnx.load(str(quantized_path))
+        self.method = method
+        self.groups = _qdq_groups(self.quantized)
+
+    def write(self, kept: frozenset[str], folder: Path) -> ExportedArtifact:
+        import onnx
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.quantized)
+        ops = {op for group in self.groups if group.name in kept for op in group.ops}
+        _to_fp16_without_qdq(model, self.float_model, ops)
+        onnx.checker.check_model(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        onnx.save(model, str(path))
+        return ExportedArtifact(path=path, files=[path], format=TensorRTBackend.format, precision="mixed",
+                                method=self.method, runtime_config={"onnx_opset": OPSET})
+
+
+def _qdq_groups(model) -> list[PrecisionGroup]:
+    """One group per quantized activation tensor: the MatMul/Gemm nodes reading its DequantizeLinear."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in [*model.graph.value_info, *model.graph.input]}
+    groups: dict[str, list[str]] = {}
+    attention_blocks, block_of = 0, {}
+    for node in model.graph.node:
+        attention_blocks += node.op_type == "Softmax"
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        source = producers.get(node.input[0])
+        if source is None or source.op_type != "DequantizeLinear":
+            continue
+        quantize = producers.get(source.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            continue
+        groups.setdefault(quantize.input[0], []).append(node.name)
+        block_of.setdefault(quantize.input[0], attention_blocks)
+    return [PrecisionGroup(f"{index:02d} after softmax {block_of[tensor]}: {'+'.join(sorted(ops))}", tuple(sorted(ops)),
+                           int(np.prod(shapes.get(tensor) or [0])))
+            for index, (tensor, ops) in enumerate(groups.items())]
+
+
+def _to_fp16_without_qdq(model, float_model, ops: set[str]) -> None:
+    """Rewire `ops` to float inputs (activations before their Q, weights from `float_model`), run them in fp16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    float_nodes = {node.name: node for node in float_model.graph.node}
+    float_weights = {init.name: init for init in float_model.graph.initializer}
+    added: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        if node.name not in ops:
+            nodes.append(node)
+            continue
+        inputs = []
+        for position, name in enumerate(node.input):
+            source = producers.get(name)
+            if source is not None and source.op_type == "DequantizeLinear":
+                before = producers.get(source.input[0])
+                if before is not None and before.op_type == "QuantizeLinear":
+                    name = before.input[0]  # the float activation
+                else:
+                    name = float_nodes[node.name].input[position]  # the weight as it was before quantization
+            if name in float_weights:
+                if name not in added:
+                    added[name] = f"{name}_fp16"
+                    weight = numpy_helper.to_array(float_weights[name]).astype(np.float16)
+                    graph.initializer.append(numpy_helper.from_array(weight, added[name]))
+                inputs.append(added[name])
+            else:
+                cast = f"{node.name}_input{position}_fp16"
+                nodes.append(helper.make_node("Cast", [name], [cast], name=f"{cast}_cast", to=TensorProto.FLOAT16))
+                inputs.append(cast)
+        output = node.output[0]
+        half = helper.make_node(node.op_type, inputs, [f"{output}_fp16"], name=node.name)
+        half.attribute.extend(node.attribute)
+        nodes.append(half)
+        nodes.append(helper.make_node("Cast", [f"{output}_fp16"], [output], name=f"{node.name}_output_cast",
+                                      to=TensorProto.FLOAT))
+    _skip_output_qdq(nodes, {output for node in graph.node if node.name in ops for output in node.output},
+                     {output.name for output in graph.output})
+    graph.ClearField("node")
+    graph.node.extend(_reachable(nodes, [output.name for output in graph.output]))
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+
+
+def _skip_output_qdq(nodes: list, outputs: set[str], graph_outputs: set[str]) -> None:
+    """Readers of a Q/DQ pair on any of `outputs` read the float tensor itself (the pair is then unused)."""
+    quantized = {node.output[0]: node.input[0] for node in nodes
+                 if node.op_type == "QuantizeLinear" and node.input[0] in outputs}
+    bypass = {node.output[0]: quantized[node.input[0]] for node in nodes
+              if node.op_type == "DequantizeLinear" and node.input[0] in quantized
+              and node.output[0] not in graph_outputs}
+    for node in nodes:
+        for position, name in enumerate(node.input):
+            if name in bypass:
+                node.input[position] = bypass[name]
+
+
+def _reachable(nodes: list, outputs: list[str]) -> list:
+    """The nodes the graph outputs depend on, in their order (Q/DQ pairs nothing reads any more are dropped)."""
+    producers = {output: node for node in nodes for output in node.output}
+    needed, pending = set(), list(outputs)
+    while pending:
+        node = producers.get(pending.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            pending.extend(node.input)
+    return [node for node in nodes if id(node) in needed]

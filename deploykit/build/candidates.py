@@ -11,12 +11,14 @@ from pathlib import Path
 from rich.markup import escape
 
 from deploykit.backends.base import Backend, ExportedArtifact
+from deploykit.build.mixed import export_mixed, selection_goal
 from deploykit.build.session import BuildSession, Measured
 from deploykit.cache import digest
 from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.latency_model import Architecture, architecture_of
+from deploykit.mixed_precision import MIXED
 from deploykit.passes.base import get_pass, pass_class
-from deploykit.planner import Candidate, Plan
+from deploykit.planner import Candidate, Gates, Plan
 from deploykit.profiling.base import ProfileRunner
 from deploykit.targets import Target
 
@@ -118,17 +120,22 @@ class Exported:
     integer_graph: dict | None
 
 
-def export_key(session: BuildSession, backend: Backend, target: Target, candidate: Candidate) -> str:
-    """What a candidate's artifact depends on: the session's inputs, the target, the precision, every pass parameter."""
+def export_key(session: BuildSession, backend: Backend, target: Target, candidate: Candidate, gates: Gates) -> str:
+    """What a candidate's artifact depends on: the session's inputs, the target, the precision, every pass parameter
+    (and for "mixed", how it chooses and the fidelity it aims at)."""
     resolved = [(name, get_pass(name, **dict(items)).describe()) for name, items in candidate.recipe]
-    return digest(session.fingerprint(), "export", backend.name, target.model_dump(), candidate.precision, resolved)
+    mixed = None
+    if candidate.precision == MIXED:
+        mixed = [session.options.mixed.__dict__, selection_goal(session, gates)]
+    return digest(session.fingerprint(), "export", backend.name, target.model_dump(), candidate.precision, resolved,
+                  mixed)
 
 
 def export_candidate(session: BuildSession, backend: Backend, target: Target, plan: Plan, runner: ProfileRunner,
                      candidate: Candidate, folder: Path) -> Exported:
     """The candidate's artifact: from the cache, or by running its passes and the export (then stored)."""
     cache, recipe = session.cache, candidate.recipe
-    key = export_key(session, backend, target, candidate) if cache is not None else None
+    key = export_key(session, backend, target, candidate, plan.gates) if cache is not None else None
     if key is not None and (entry := cache.get("export", key)) is not None:
         meta = entry.meta
         folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +144,7 @@ def export_candidate(session: BuildSession, backend: Backend, target: Target, pl
         tokenizer = [Path(shutil.copy2(entry.path(f"tokenizer/{name}"), folder / "tokenizer" / name))
                      for name in meta["tokenizer"]]
         artifact = ExportedArtifact(folder / meta["path"], files, meta["format"], meta["precision"], meta["method"],
-                                    meta["runtime_config"])
+                                    meta["runtime_config"], meta["details"])
         # Inputs of a model with other token ids come from its own tokenizer: measure it from the cache, or rebuild.
         if not any(pass_class(name).changes_token_ids for name in candidate.passes) or session.measurement_cached(
                 artifact, runner, plan.threads):
@@ -148,8 +155,11 @@ def export_candidate(session: BuildSession, backend: Backend, target: Target, pl
     integer = integer_trace(target, backend, candidate.precision, session)
     saved_model = models.saved_model(session.options.masked_logit if integer else None, recipe,
                                      dynamic_sequence(target, session))
-    with session.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
-        artifact = backend.export(saved_model, candidate.precision, session.export_options(target, recipe), folder)
+    if candidate.precision == MIXED:
+        artifact = export_mixed(session, backend, target, plan.gates, saved_model, recipe, folder)
+    else:
+        with session.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
+            artifact = backend.export(saved_model, candidate.precision, session.export_options(target, recipe), folder)
     tokenizer_folder = folder / "tokenizer"
     tokenizer = models.bundle(recipe).write_tokenizer(tokenizer_folder, session.sequence_length)
     exported = Exported(artifact, models.pass_results(recipe), architecture_of(models.bundle(recipe).backbone),
@@ -160,7 +170,8 @@ def export_candidate(session: BuildSession, backend: Backend, target: Target, pl
         cache.put("export", key, files, {
             "files": [path.name for path in artifact.files], "tokenizer": [path.name for path in tokenizer],
             "path": artifact.path.name, "format": artifact.format, "precision": artifact.precision,
-            "method": artifact.method, "runtime_config": artifact.runtime_config, "passes": exported.passes,
+            "method": artifact.method, "runtime_config": artifact.runtime_config, "details": artifact.details,
+            "passes": exported.passes,
             "architecture": exported.architecture.as_dict() if exported.architecture else None,
             "integer_graph": exported.integer_graph, "candidate": candidate.label})
     return exported

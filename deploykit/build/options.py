@@ -11,6 +11,7 @@ from deploykit.cache import DEFAULT_MAX_GB
 from deploykit.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES, DEFAULT_LENGTH_PERCENTILE
 from deploykit.errors import DeployKitError
 from deploykit.integer_graph import DEFAULT_MASKED_LOGIT
+from deploykit.mixed_precision import MixedSettings
 from deploykit.passes.recipe import read_recipe
 from deploykit.profiling.base import ProfileSettings
 from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
@@ -54,6 +55,7 @@ class BuildOptions:
     cache: Path | None = None  # None: $DEPLOYKIT_CACHE, else $XDG_CACHE_HOME/deploykit
     cache_max_gb: float = DEFAULT_MAX_GB  # least recently used entries go beyond this
     search: SearchSettings | None = None  # None: try the planner's fixed candidates; else an Optuna search
+    mixed: MixedSettings = MixedSettings()  # how precision "mixed" chooses the groups it keeps high
 
 
 def check_options(options: BuildOptions) -> None:
@@ -79,6 +81,9 @@ def check_options(options: BuildOptions) -> None:
         ("profiling timeout", profile.timeout_s, lambda v: v > 0, "above 0 s"),
         ("max size", options.max_size_mb, lambda v: v > 0, "above 0 MB"),
         ("cache size", options.cache_max_gb, lambda v: v > 0, "above 0 GB"),
+        ("mixed reserve", options.mixed.reserve, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("mixed max share", options.mixed.max_share, lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("mixed samples", options.mixed.samples, lambda v: v >= 1, "at least 1"),
     ]
     if options.search is not None:
         rules += [("trials", options.search.trials, lambda v: v >= 1, "at least 1"),

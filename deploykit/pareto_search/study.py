@@ -286,7 +286,7 @@ class Objective:
             session.log.info(f"  [yellow]{escape(reason)}[/]")
             raise optuna.TrialPruned(reason)
         stop = HopelessFineTune(session, gates, self.session.options.search.prune_factor)
-        verdict_key = digest(export_key(session, self.backend, self.target, candidate), stop.factor, stop.allowance)
+        verdict_key = digest(export_key(session, self.backend, self.target, candidate, gates), stop.factor, stop.allowance)
         if session.cache is not None and (verdict := session.cache.get("verdict", verdict_key)) is not None:
             trial.set_user_attr("pruned", verdict.meta["pruned"])
             trial.set_user_attr("checkpoints", verdict.meta["checkpoints"])

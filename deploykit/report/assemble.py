@@ -27,6 +27,7 @@ def _artifact_entry(measured, folder: Path | None) -> dict:
         "sha256": files[0]["sha256"],
         "files": files,
         "runtime_config": artifact.runtime_config,
+        **artifact.details,
     }
 
 

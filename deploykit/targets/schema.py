@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Precision = Literal["fp32", "fp16", "bf16", "int8", "a16w8", "dynamic-int8", "fp8", "int4-weights"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "a16w8", "mixed", "dynamic-int8", "fp8", "int4-weights"]
 INTEGER_PRECISIONS = ("int8", "a16w8")  # full-integer graphs: int8 weights, int8 or int16 activations
 Sparsity = Literal["none", "2:4", "unstructured"]
 

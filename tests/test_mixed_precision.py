@@ -1,0 +1,140 @@
+"""Precision "mixed": the per-group sensitivity analysis, the greedy choice, and the graphs it writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deploykit.backends.base import ExportOptions, get_backend
+from deploykit.build import build
+from deploykit.evaluate import run_examples
+from deploykit.mixed_precision import PrecisionGroup, choose_groups, rank_groups
+from deploykit.models import load_model
+from deploykit.profiling.local import ProfileSettings
+
+FAST = ProfileSettings(runs=5, warmup=1)
+
+
+def _groups(*names):
+    return [PrecisionGroup(name, (f"{name}_op",), 10) for name in names]
+
+
+def _additive_fidelity(costs):
+    """Fidelity = 1 minus the cost of every group left quantized: each group's harm is known exactly."""
+    return lambda kept: 1.0 - sum(cost for name, cost in costs.items() if name not in kept)
+
+
+def test_ranking_puts_the_group_whose_quantization_hurts_most_first():
+    costs = {"a": 0.001, "b": 0.02, "c": 0.005}
+    all_quantized, ranking = rank_groups(_groups("a", "b", "c"), _additive_fidelity(costs))
+    assert all_quantized == pytest.approx(1 - 0.026)
+    assert [row.group.name for row in ranking] == ["b", "c", "a"]
+    assert ranking[0].kept_high == pytest.approx(1 - 0.006) and ranking[0].alone_quantized == pytest.approx(1 - 0.02)
+
+
+def test_choice_stops_at_the_goal():
+    costs = {"a": 0.001, "b": 0.02, "c": 0.005}
+    fidelity_of = _additive_fidelity(costs)
+    all_quantized, ranking = rank_groups(_groups("a", "b", "c"), fidelity_of)
+    choice = choose_groups(all_quantized, ranking, fidelity_of, target=0.993, max_share=1.0, metric="cosine_mean")
+    assert [group.name for group in choice.kept] == ["b"] and choice.reached
+    assert choice.shares(_groups("a", "b", "c"))["ops_kept_high_share"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_choice_keeps_no_more_than_the_share_allowed():
+    costs = {name: 0.01 for name in "abcd"}
+    fidelity_of = _additive_fidelity(costs)
+    all_quantized, ranking = rank_groups(_groups(*"abcd"), fidelity_of)
+    choice = choose_groups(all_quantized, ranking, fidelity_of, target=0.999, max_share=0.5, metric="cosine_mean")
+    assert len(choice.kept) == 2 and not choice.reached
+
+
+@pytest.fixture(scope="module")
+def qdq_graph(tiny_classifier, tmp_path_factory):
+    """The tiny classifier's Q/DQ graph with its precision groups, its inputs and the Keras outputs."""
+    bundle = load_model(tiny_classifier)
+    root = tmp_path_factory.mktemp("mixed")
+    bundle.write_saved_model(root / "saved", 16)
+    texts = ["team goal win", "bread soup", "coach league season player", "garlic dinner salad taste bake"]
+    inputs = bundle.encode(texts * 5, 16)
+    calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(20)]
+    backend = get_backend("tensorrt")
+    graph = backend.mixed_graph(root / "saved", ExportOptions(calibration=calibration), root / "scratch")
+    return backend, graph, inputs, bundle.predict(inputs), root
+
+
+def _consumers_of_dequantized(model) -> set[str]:
+    producers = {output: node for node in model.graph.node for output in node.output}
+    return {node.name for node in model.graph.node if node.op_type in ("MatMul", "Gemm")
+            and any(producers.get(name) is not None and producers[name].op_type == "DequantizeLinear"
+                    for name in node.input)}
+
+
+def test_a_mixed_graph_runs_fp16_exactly_on_the_kept_groups(qdq_graph):
+    import onnx
+
+    backend, graph, inputs, reference, root = qdq_graph
+    assert len(graph.groups) >= 4  # query/key/value, attention output, the two FFN layers
+    kept = graph.groups[1]
+    artifact = graph.write(frozenset({kept.name}), root / "one-kept")
+    model = onnx.load(str(artifact.path))
+    weights = {init.name: init.data_type for init in model.graph.initializer}
+    quantized = _consumers_of_dequantized(model)
+    every_op = {op for group in graph.groups for op in group.ops}
+    assert quantized == every_op - set(kept.ops)
+    for node in model.graph.node:
+        if node.name in kept.ops:
+            producers = {output: n for n in model.graph.node for output in n.output}
+            for name in node.input:
+                assert (producers[name].op_type == "Cast" if name in producers
+                        else weights[name] == onnx.TensorProto.FLOAT16)
+    outputs = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
+    assert np.isfinite(outputs).all() and outputs.shape == reference.shape
+
+
+def test_nothing_kept_is_the_int8_graph_and_everything_kept_has_no_qdq_left(qdq_graph):
+    import onnx
+
+    _, graph, _, _, root = qdq_graph
+    none_kept = onnx.load(str(graph.write(frozenset(), root / "none").path))
+    assert _consumers_of_dequantized(none_kept) == {op for group in graph.groups for op in group.ops}
+    all_kept = onnx.load(str(graph.write(frozenset(g.name for g in graph.groups), root / "all").path))
+    assert not _consumers_of_dequantized(all_kept)
+    kept_ops = {node.name: node for node in all_kept.graph.node if node.op_type in ("MatMul", "Gemm")}
+    quantized = {node.input[0] for node in all_kept.graph.node if node.op_type == "QuantizeLinear"}
+    producers = {output: node for node in all_kept.graph.node for output in node.output}
+    for name in quantized:  # what is still quantized is not a kept op's output, not even through its Cast back
+        source = producers.get(name)
+        assert source is None or (source.name not in kept_ops and not source.name.endswith("_output_cast")), name
+
+
+def test_the_analysis_ranks_a_deliberately_damaged_group_first(qdq_graph):
+    from onnx import numpy_helper
+
+    backend, graph, inputs, reference, root = qdq_graph
+    damaged = graph.groups[2]
+    producers = {output: node for node in graph.quantized.graph.node for output in node.output}
+    consumer = next(node for node in graph.quantized.graph.node if node.name == damaged.ops[0])
+    dequantize = producers[consumer.input[1]]  # the int8 weight's DequantizeLinear
+    scales = {init.name: init for init in graph.quantized.graph.initializer}
+    scale = scales[dequantize.input[1]]
+    # The int8 weights dequantize to three times their value: only this group's quantized form is wrong.
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 3, scale.name))
+
+    def fidelity_of(kept):
+        artifact = graph.write(kept, root / "variant")
+        outputs = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
+        return -float(np.abs(outputs - reference).mean())  # the tiny model's two logits: their error, not cosine
+
+    _, ranking = rank_groups(graph.groups, fidelity_of)
+    assert ranking[0].group == damaged
+
+
+def test_nvidia_gpu_mixed_build_reports_the_analysis(tiny_classifier, labelled_data, tmp_path):
+    result = build(tiny_classifier, "nvidia-gpu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20, min_cosine=-1.0, max_accuracy_drop=100.0, precision="mixed")
+    report = json.loads((result.folder / "report.json").read_text())
+    mixed = report["artifact"]["mixed_precision"]
+    assert report["artifact"]["precision"] == "mixed" and mixed["metric"] == "agreement"
+    assert len(mixed["ranking"]) == mixed["groups"] >= 4
+    assert mixed["groups_kept_high"] == len(mixed["kept_high"])
