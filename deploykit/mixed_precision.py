@@ -46,6 +46,11 @@ class PrecisionGroup:
     activation_elements: int = 0  # elements of the activation tensor the group reads, for the byte shares
 
 
+def group_name(index: int, softmaxes_before: int, ops: list[str]) -> str:
+    """A group's label in reports: its position, how deep in the encoder (attention softmaxes passed), its ops."""
+    return f"{index:02d} after softmax {softmaxes_before}: {'+'.join(sorted(ops))}"
+
+
 @dataclass
 class Sensitivity:
     """One group's measured effect on fidelity (higher is better for both numbers)."""

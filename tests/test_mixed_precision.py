@@ -138,3 +138,27 @@ def test_nvidia_gpu_mixed_build_reports_the_analysis(tiny_classifier, labelled_d
     assert report["artifact"]["precision"] == "mixed" and mixed["metric"] == "agreement"
     assert len(mixed["ranking"]) == mixed["groups"] >= 4
     assert mixed["groups_kept_high"] == len(mixed["kept_high"])
+
+
+def test_openvino_mixed_graph_takes_the_fake_quantize_off_exactly_the_kept_matmuls(tiny_classifier, tmp_path):
+    import openvino as ov
+
+    bundle = load_model(tiny_classifier)
+    bundle.write_saved_model(tmp_path / "saved", 16)
+    inputs = bundle.encode(["team goal win", "bread soup", "coach league season player"] * 4, 16)
+    calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(12)]
+    backend = get_backend("openvino")
+    graph = backend.mixed_graph(tmp_path / "saved", ExportOptions(calibration=calibration), tmp_path / "scratch")
+    assert len(graph.groups) >= 4
+    kept = graph.groups[0]
+    artifact = graph.write(frozenset({kept.name}), tmp_path / "mixed")
+
+    def reads_fake_quantize(node) -> bool:
+        return any(port.get_source_output().get_node().get_type_name() == "FakeQuantize" for port in node.inputs())
+
+    model = ov.Core().read_model(str(artifact.path))
+    matmuls = {node.get_friendly_name(): node for node in model.get_ordered_ops() if node.get_type_name() == "MatMul"}
+    every_op = {op for group in graph.groups for op in group.ops}
+    assert {name for name, node in matmuls.items() if reads_fake_quantize(node)} == every_op - set(kept.ops)
+    outputs = run_examples(backend.load(artifact.path, 1, {}), inputs)
+    assert np.isfinite(outputs).all()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, MixedGraph, Runner
+from deploykit.mixed_precision import PrecisionGroup, group_name
 
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
@@ -27,6 +28,8 @@ class OpenVINOBackend(Backend):
         "fp16": "openvino.convert_model, float16-compressed IR, inference precision f16",
         "bf16": "openvino.convert_model, float16-compressed IR, inference precision bf16",
         "int8": "nncf.quantize(model_type=TRANSFORMER) on the calibration samples, int8 IR",
+        "mixed": "the nncf int8 IR with the FakeQuantize taken off the activations of its most sensitive MatMuls "
+        "(measured one group at a time): those run on float activations with their int8 weights decompressed",
     }
     runtime_hints = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
     reads_onnx = True
@@ -54,6 +57,15 @@ class OpenVINOBackend(Backend):
             method=method,
             runtime_config=runtime_config,
         )
+
+    def mixed_graph(self, saved_model: Path, options: ExportOptions, scratch: Path) -> "FakeQuantizeMixedGraph":
+        import openvino as ov
+
+        model = ov.convert_model(str(saved_model))
+        model.set_rt_info("saved_model", ["conversion_parameters", "input_model"])
+        quantized = _quantize(model, options.calibration)
+        _number_unnamed_nodes(quantized)
+        return FakeQuantizeMixedGraph(quantized, self.describe("mixed"))
 
     def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
         import openvino as ov
@@ -92,3 +104,57 @@ def _number_unnamed_nodes(model) -> None:
             continue
         if re.fullmatch(r"[A-Za-z]+_\d+", op.get_friendly_name()):
             op.set_friendly_name(f"{op.get_type_name()}_n{index}")
+
+
+class FakeQuantizeMixedGraph(MixedGraph):
+    """NNCF's int8 model, writable with any groups of MatMuls reading their activation before its FakeQuantize."""
+
+    def __init__(self, quantized, method: str):
+        self.quantized, self.method = quantized, method
+        self.groups = _fake_quantize_groups(quantized)
+
+    def write(self, kept: frozenset[str], folder: Path) -> ExportedArtifact:
+        import openvino as ov
+
+        model = self.quantized.clone()
+        ops = {op for group in self.groups if group.name in kept for op in group.ops}
+        for node in model.get_ordered_ops():
+            if node.get_friendly_name() in ops:
+                for port in node.inputs():
+                    source = port.get_source_output().get_node()
+                    if source.get_type_name() == "FakeQuantize" and not _is_constant(source.input_value(0).get_node()):
+                        port.replace_source_output(source.input_value(0))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.xml"
+        ov.save_model(model, str(path), compress_to_fp16=False)
+        return ExportedArtifact(path=path, files=[path, path.with_suffix(".bin")], format=OpenVINOBackend.format,
+                                precision="mixed", method=self.method)
+
+
+def _is_constant(node) -> bool:
+    """A weight path (Constant, or its decompression Convert/Multiply chain), not an activation."""
+    while node.get_type_name() in ("Convert", "Multiply", "Subtract") and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
+
+
+def _fake_quantize_groups(model) -> list[PrecisionGroup]:
+    """One group per activation FakeQuantize: the MatMuls reading it."""
+    groups: dict[str, list[str]] = {}
+    depth: dict[str, int] = {}
+    elements: dict[str, int] = {}
+    softmaxes = 0
+    for node in model.get_ordered_ops():
+        softmaxes += node.get_type_name() == "Softmax"
+        if node.get_type_name() != "MatMul":
+            continue
+        for port in node.inputs():
+            source = port.get_source_output().get_node()
+            if source.get_type_name() == "FakeQuantize" and not _is_constant(source.input_value(0).get_node()):
+                name = source.get_friendly_name()
+                groups.setdefault(name, []).append(node.get_friendly_name())
+                depth.setdefault(name, softmaxes)
+                shape = port.get_partial_shape()
+                elements[name] = int(np.prod(shape.to_shape())) if shape.is_static else 0
+    return [PrecisionGroup(group_name(index, depth[name], ops), tuple(sorted(set(ops))), elements[name])
+            for index, (name, ops) in enumerate(groups.items())]

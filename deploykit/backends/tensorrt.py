@@ -36,7 +36,7 @@ import numpy as np
 from deploykit.backends.base import (DEFAULT_CONVERTER_TIMEOUT_S, Backend, ExportedArtifact, ExportOptions, Inputs,
                                      MixedGraph, Runner)
 from deploykit.errors import DeployKitError
-from deploykit.mixed_precision import PrecisionGroup
+from deploykit.mixed_precision import PrecisionGroup, group_name
 from deploykit.onnx_canonical import canonicalize
 from deploykit.subprocesses import run_step
 
@@ -264,7 +264,7 @@ def _qdq_groups(model) -> list[PrecisionGroup]:
             continue
         groups.setdefault(quantize.input[0], []).append(node.name)
         block_of.setdefault(quantize.input[0], attention_blocks)
-    return [PrecisionGroup(f"{index:02d} after softmax {block_of[tensor]}: {'+'.join(sorted(ops))}", tuple(sorted(ops)),
+    return [PrecisionGroup(group_name(index, block_of[tensor], ops), tuple(sorted(ops)),
                            int(np.prod(shapes.get(tensor) or [0])))
             for index, (tensor, ops) in enumerate(groups.items())]
 
