@@ -78,6 +78,17 @@ def _search_options(command):
                      "'none' keeps the build's length; --sequence-length fixes it."),
         click.option("--max-size-mb", type=click.FloatRange(min=0, min_open=True),
                      help="Gate: largest artifact size in MB (1e6 bytes, every file of the model)."),
+        click.option("--mixed-reserve", type=click.FloatRange(0, 1, max_open=True), default=_BUILD.mixed.reserve,
+                     show_default=True, help="Precision mixed: share of the quality gate's allowance kept in reserve "
+                     "when choosing the groups kept at high precision on calibration texts (cosine gate 0.99 and 0.5: "
+                     "keep groups until 0.995)."),
+        click.option("--mixed-max-share", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.mixed.max_share,
+                     show_default=True, help="Precision mixed: most groups kept at high precision, as a share of all."),
+        click.option("--int4-group-size", type=int, default=_BUILD.int4_group_size, show_default=True,
+                     help="Precision int4-weights: input channels sharing one scale (-1: one scale per row)."),
+        click.option("--int4-ratio", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.int4_ratio,
+                     show_default=True, help="Precision int4-weights: share of the eligible weights at int4; below 1, "
+                     "the backend keeps the most sensitive at int8, measured on calibration texts."),
         click.option("--cache", type=click.Path(file_okay=False), help="Cache folder for exports and measurements "
                      "(default: $DEPLOYKIT_CACHE, else $XDG_CACHE_HOME/deploykit)."),
         click.option("--no-cache", "no_cache", is_flag=True, help="Run every stage, neither reading nor writing the "
@@ -211,7 +222,8 @@ def targets_show(name: str) -> None:
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Separate evaluation file (default: held out from --data).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=str(_BUILD.out), show_default=True,
               help="Output folder; each target gets OUT/<target>/.")
-@click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, a16w8, dynamic-int8).")
+@click.option("--precision", help="Override the target's precision (fp32, fp16, bf16, int8, a16w8, dynamic-int8, "
+              "mixed: int8 with the most sensitive layers kept high, int4-weights).")
 @click.option("--activation-percentile", type=click.FloatRange(50, 100), default=_BUILD.activation_percentile, show_default=True,
               help="Percentile-calibrated backends (TensorRT Q/DQ): share of activation values each int8 range keeps; "
               "the rest clip.")
@@ -294,12 +306,14 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
                qat_steps, settings, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
                profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
                save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes,
-               search_length_percentiles, max_size_mb, cache, no_cache, cache_max_gb) -> None:
+               search_length_percentiles, max_size_mb, mixed_reserve, mixed_max_share, int4_group_size, int4_ratio,
+               cache, no_cache, cache_max_gb) -> None:
     """`build` and `search`: one implementation (a search is a build with --search N)."""
     from deploykit.runtime_env import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from deploykit.build import BuildOptions, build_targets, forced_recipe
+    from deploykit.mixed_precision import MixedSettings
     from deploykit.profiling.local import ProfileSettings
     from deploykit.progress import StepLog
 
@@ -320,7 +334,8 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
-        max_size_mb=max_size_mb, cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
+        max_size_mb=max_size_mb, mixed=MixedSettings(mixed_reserve, mixed_max_share), int4_group_size=int4_group_size,
+        int4_ratio=int4_ratio, cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
         search=SearchSettings(trials=search, storage=storage, study=study, prefer=prefer, prune_factor=prune_factor,
                               passes=_search_passes(search_passes),
                               length_percentiles=_percentiles(search_length_percentiles)) if search else None,

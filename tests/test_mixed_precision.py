@@ -162,3 +162,27 @@ def test_openvino_mixed_graph_takes_the_fake_quantize_off_exactly_the_kept_matmu
     assert {name for name, node in matmuls.items() if reads_fake_quantize(node)} == every_op - set(kept.ops)
     outputs = run_examples(backend.load(artifact.path, 1, {}), inputs)
     assert np.isfinite(outputs).all()
+
+
+def test_int4_weights_ir_is_smaller_runs_and_stores_four_bit_weights(tiny_classifier, tmp_path):
+    import openvino as ov
+
+    bundle = load_model(tiny_classifier)
+    bundle.write_saved_model(tmp_path / "saved", 16)
+    inputs = bundle.encode(["team goal win", "bread soup", "coach league season player"] * 4, 16)
+    calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(12)]
+    backend = get_backend("openvino")
+    sizes, outputs = {}, {}
+    for precision in ("fp32", "int4-weights"):
+        artifact = backend.export(tmp_path / "saved", precision, ExportOptions(calibration=calibration),
+                                  tmp_path / precision)
+        sizes[precision] = artifact.path.with_suffix(".bin").stat().st_size  # the weights (the tiny graph's XML
+        # text outweighs them)
+        outputs[precision] = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
+    model = ov.Core().read_model(str(tmp_path / "int4-weights" / "model.xml"))
+    types = {node.get_output_element_type(0).get_type_name() for node in model.get_ordered_ops()
+             if node.get_type_name() == "Constant"}
+    assert types & {"u4", "i4"}  # the 32-wide layers got groups of 32 (128 does not divide them)
+    assert sizes["int4-weights"] < sizes["fp32"]
+    assert np.isfinite(outputs["int4-weights"]).all()
+    assert np.abs(outputs["int4-weights"] - outputs["fp32"]).max() < 0.5 * np.abs(outputs["fp32"]).max()

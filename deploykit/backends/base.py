@@ -50,6 +50,10 @@ class ExportedArtifact:
 
 # Percentile-calibrated activation ranges (TensorRT Q/DQ): TensorRT's own calibrators default to 99.99 too.
 DEFAULT_ACTIVATION_PERCENTILE = 99.99
+# int4 weights: one scale per 128 input channels of a row, the group size NNCF and GPTQ-style kernels default to
+# (smaller groups: more faithful, larger files); every eligible layer at int4 unless a ratio below 1 asks otherwise.
+DEFAULT_INT4_GROUP_SIZE = 128
+DEFAULT_INT4_RATIO = 1.0
 # Converters run as child processes (tf2onnx) stop after this: BERT-large converts in ~5 minutes on 2 cores.
 DEFAULT_CONVERTER_TIMEOUT_S = 1800.0
 
@@ -63,6 +67,8 @@ class ExportOptions:
     integer_io: bool = False
     activation_percentile: float = DEFAULT_ACTIVATION_PERCENTILE  # percentile-calibrating backends: values kept in range
     converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter run as a child process
+    int4_group_size: int = DEFAULT_INT4_GROUP_SIZE  # int4-weights: input channels sharing one scale
+    int4_ratio: float = DEFAULT_INT4_RATIO  # int4-weights: share of the eligible weights at int4, the rest int8
 
 
 class MixedGraph:

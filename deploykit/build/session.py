@@ -120,7 +120,8 @@ class BuildSession:
             self._inputs = digest(
                 model, bundle.tokenizer.get_vocabulary(), bool(getattr(bundle.tokenizer, "lowercase", False)),
                 bundle.task, bundle.class_names, split, options.seed, options.masked_logit,
-                options.max_residual_scale, options.activation_percentile, toolchain_versions())
+                options.max_residual_scale, options.activation_percentile, options.int4_group_size, options.int4_ratio,
+                toolchain_versions())
         return self._inputs
 
     def _measurement_key(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> str:
@@ -205,7 +206,8 @@ class BuildSession:
     def export_options(self, target: Target, recipe: Recipe = ()) -> ExportOptions:
         return ExportOptions(calibration=self.models.calibration(recipe), integer_only=target.integer_only,
                              integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
-                             converter_timeout_s=self.options.converter_timeout_s)
+                             converter_timeout_s=self.options.converter_timeout_s,
+                             int4_group_size=self.options.int4_group_size, int4_ratio=self.options.int4_ratio)
 
     def baseline(self, backend: Backend, target: Target, runner: ProfileRunner, threads: int) -> Measured:
         """The fp32 artifact of the original on the same runtime, runner and threads (once per build)."""
