@@ -1,0 +1,115 @@
+"""Benchmark: uniform int8 against "mixed" (int8 with the most sensitive layers kept high) on the real MiniLM
+embedding model, side by side in one run, per target.
+
+For each target, `deploykit.build` runs twice on the bundled sentences (same data, seed and
+calibration, the target's own gates, which "mixed" aims at): `--precision int8` and
+`--precision mixed` (a build that misses a gate still writes its folder). Then both artifacts run on texts that neither calibration nor the
+mixed choice saw: the build's own held-out evaluation texts (from its report) and
+sentences of a different kind (the GPL-3 licence text, cut into sentences), each
+compared with the original Keras model. Latency: `deploykit.profile` on the two folders
+alternately, in this process, `--rounds` times, median p50 (one thread).
+
+    python tools/bench/mixed_precision.py                       # nvidia-gpu and intel-cpu, ~20 min on 2 cores
+    python tools/bench/mixed_precision.py --targets nvidia-gpu --other-text my_corpus.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OTHER_TEXT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def sentences(path: Path, limit: int) -> list[str]:
+    """Sentences of 6-60 words from a plain-text file, in order."""
+    text = re.sub(r"\s+", " ", path.read_text(errors="replace"))
+    found = [s.strip() for s in re.split(r"(?<=[.;:!?])\s+", text)]
+    return [s for s in found if 6 <= len(s.split()) <= 60][:limit]
+
+
+def fidelity_on(folder: Path, bundle, texts: list[str], length: int) -> dict:
+    """The artifact in `folder` against the original model on `texts` (cosine and nearest-neighbour agreement)."""
+    from deploykit.backends.base import backend_for_file
+    from deploykit.evaluate import embedding_fidelity, run_examples
+    from deploykit.profiling.build_folder import artifact_in
+
+    report = json.loads((folder / "report.json").read_text())
+    path = artifact_in(folder)
+    backend = backend_for_file(path)
+    inputs = bundle.encode(texts, length)
+    runner = backend.load(path, 1, report["artifact"]["runtime_config"])
+    return embedding_fidelity(bundle.predict(inputs), run_examples(runner, inputs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default="nvidia-gpu,intel-cpu")
+    parser.add_argument("--other-text", type=Path, default=OTHER_TEXT, help="plain text cut into sentences")
+    parser.add_argument("--other-count", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/deploykit-bench-mixed"))
+    args = parser.parse_args()
+
+    import deploykit
+    from deploykit.models import load_model
+    from deploykit.profiling.base import ProfileSettings
+
+    bundle = load_model("minilm-l6")
+    other = sentences(args.other_text, args.other_count)
+    results = {"command": " ".join(["python", *sys.argv]), "other_text": f"{args.other_text} ({len(other)} sentences)",
+               "targets": {}}
+    for target in args.targets.split(","):
+        rows = {}
+        for precision in ("int8", "mixed"):
+            out = args.work / precision
+            started = time.perf_counter()
+            result = deploykit.build("minilm-l6", target, out=out, precision=precision, force=True, use_cache=False,
+                                     profile=ProfileSettings(threads=1, runs=args.runs))
+            report = json.loads((result.folder / "report.json").read_text())
+            length = report["plan"][0]["sequence_length"]
+            mixed = report["artifact"].get("mixed_precision") or {}
+            rows[precision] = {
+                "build_s": round(time.perf_counter() - started, 1),
+                "bytes": report["artifact"]["bytes"],
+                "groups_kept_high": mixed.get("kept_high"),
+                "ops_kept_high_share": mixed.get("ops_kept_high_share"),
+                "activation_elements_kept_high_share": mixed.get("activation_elements_kept_high_share"),
+                "evaluation": report["metrics"]["fidelity"],  # the build's held-out evaluation texts
+                "other_text": fidelity_on(result.folder, bundle, other, length),
+                "folder": str(result.folder),
+            }
+        p50 = {precision: [] for precision in rows}
+        for _ in range(args.rounds):
+            for precision, row in rows.items():
+                p50[precision].append(deploykit.profile(row["folder"], threads=1, runs=args.runs)["latency_ms"]["p50"])
+        for precision, row in rows.items():
+            row["p50_ms"] = round(statistics.median(p50[precision]), 3)
+            row["p50_rounds"] = p50[precision]
+        results["targets"][target] = rows
+        print(f"\n{target}")
+        print(f"{'precision':10} {'kept':>5} {'ops high':>8} {'cos eval':>9} {'nn eval':>8} {'cos other':>9} "
+              f"{'nn other':>8} {'p50 ms':>7} {'MB':>6}")
+        for precision, row in rows.items():
+            evaluation, other_fid = row["evaluation"], row["other_text"]
+            print(f"{precision:10} {len(row['groups_kept_high'] or []):5d} {row['ops_kept_high_share'] or 0:8.3f} "
+                  f"{evaluation['cosine_mean']:9.4f} {evaluation['agreement']:8.3f} "
+                  f"{other_fid['cosine_mean']:9.4f} {other_fid['agreement']:8.3f} {row['p50_ms']:7.2f} "
+                  f"{row['bytes'] / 1e6:6.1f}")
+    output = Path(__file__).parent / "results" / "mixed_precision.json"
+    output.parent.mkdir(exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
