@@ -140,13 +140,18 @@ def test_nvidia_gpu_mixed_build_reports_the_analysis(tiny_classifier, labelled_d
     assert mixed["groups_kept_high"] == len(mixed["kept_high"])
 
 
+def _saved_with_samples(model, folder):
+    """The model traced at length 16 into `folder`, 12 encoded texts, and the same as batch-1 calibration samples."""
+    bundle = load_model(model)
+    bundle.write_saved_model(folder, 16)
+    inputs = bundle.encode(["team goal win", "bread soup", "coach league season player"] * 4, 16)
+    return inputs, [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(12)]
+
+
 def test_openvino_mixed_graph_takes_the_fake_quantize_off_exactly_the_kept_matmuls(tiny_classifier, tmp_path):
     import openvino as ov
 
-    bundle = load_model(tiny_classifier)
-    bundle.write_saved_model(tmp_path / "saved", 16)
-    inputs = bundle.encode(["team goal win", "bread soup", "coach league season player"] * 4, 16)
-    calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(12)]
+    inputs, calibration = _saved_with_samples(tiny_classifier, tmp_path / "saved")
     backend = get_backend("openvino")
     graph = backend.mixed_graph(tmp_path / "saved", ExportOptions(calibration=calibration), tmp_path / "scratch")
     assert len(graph.groups) >= 4
@@ -167,10 +172,7 @@ def test_openvino_mixed_graph_takes_the_fake_quantize_off_exactly_the_kept_matmu
 def test_int4_weights_ir_is_smaller_runs_and_stores_four_bit_weights(tiny_classifier, tmp_path):
     import openvino as ov
 
-    bundle = load_model(tiny_classifier)
-    bundle.write_saved_model(tmp_path / "saved", 16)
-    inputs = bundle.encode(["team goal win", "bread soup", "coach league season player"] * 4, 16)
-    calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(12)]
+    inputs, calibration = _saved_with_samples(tiny_classifier, tmp_path / "saved")
     backend = get_backend("openvino")
     sizes, outputs = {}, {}
     for precision in ("fp32", "int4-weights"):
