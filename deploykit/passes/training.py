@@ -4,6 +4,8 @@ Used by every pass that changes the architecture (distill, prune, factorize): th
 original model is the teacher. Embedding models learn the teacher's output
 direction (cosine feature distillation), so unlabelled text is enough; classifiers
 learn the teacher's softened logits, plus the labels when the data has them.
+Optionally the student also learns the teacher's hidden states (TinyBERT) and its
+last layer's self-attention (MiniLM).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle
 from deploykit.passes.base import PassContext
 from deploykit.passes.parameters import PassParameters, parameter
@@ -42,9 +45,16 @@ class FineTuneParameters(PassParameters):
     hidden_steps: int = parameter(0, "Steps matching each student layer's hidden states to the teacher layer at the "
                                   "same relative depth before the output distillation (TinyBERT; 0: off).",
                                   ge=0)
-    attention_weight: float = parameter(0.0, "Weight, in the hidden-state phase, of the KL divergence between the "
-                                        "matched layers' attention distributions and value relations (MiniLM; 0: off).",
-                                        ge=0)
+    # MiniLM's pairing, the last layer of each: it leaves the student's other layers free, and it measured better
+    # than pairing every student layer with the teacher's at the same relative depth (MiniLM 6 -> 3, 200 + 400 steps,
+    # weight 1: held-out cosine +0.0022 against +0.0011; weights 0.3 and 3 gave +0.0015 and +0.0008). Added to the
+    # output distillation: in the hidden-state phase the same term at weight 1 cost 0.002 to 0.005. Off by default: at
+    # the default steps it adds 0.002 (0.9046 -> 0.9067) for 1.2-1.5x the output phase's time (the last layer's input
+    # is computed twice), and 500 more output steps without it gave +0.0015 with better nearest-neighbour agreement
+    # (tools/bench/attention_distill.py).
+    attention_weight: float = parameter(0.0, "Weight of the KL divergence between the last layers' self-attention "
+                                        "distributions and value relations, added to the output distillation "
+                                        "(MiniLM; 0: off). Needs as many heads as the original.", ge=0)
 
 
 def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,
@@ -64,41 +74,63 @@ def fine_tune_from_teacher(student: ModelBundle, context: PassContext, p: FineTu
 
 def _distill_in_phases(student: ModelBundle, context: PassContext, p: FineTuneParameters, label: str,
                        callbacks: list) -> dict:
-    """Hidden-state matching (when asked), then output distillation."""
-    from keras.distillation import FeatureDistillation, LogitsDistillation
+    """Hidden-state matching (when asked), then output distillation (with the attention term when asked)."""
+    from keras.distillation import FeatureDistillation
 
     effect: dict = {}
+    if p.attention_weight > 0 and p.steps > 0:
+        _check_heads(context.teacher, student, label)  # before the hidden-state phase spends its time
     if p.hidden_steps > 0:
         teacher_layers = len(context.teacher.backbone.transformer_layers)
         student_layers = len(student.backbone.transformer_layers)
         matched = [round((j + 1) * teacher_layers / student_layers) - 1 for j in range(student_layers)]
         teacher = hidden_state_model(context.teacher, context.sequence_length, matched)
         pupil = hidden_state_model(student, context.sequence_length, list(range(student_layers)))
-        losses = _fit(teacher, pupil, FeatureDistillation(loss="mse"), 0.0, context, p, p.hidden_steps,
+        losses = _fit(teacher, pupil, [FeatureDistillation(loss="mse")], [1.0], 0.0, context, p, p.hidden_steps,
                       f"{label} hidden states", has_labels=False)
         effect.update(hidden_layers_matched=matched, **_loss_summary(losses, "hidden_loss"))
     if p.steps > 0:
         has_labels = context.label_ids is not None and student.task == "classification"
-        if student.task == "embedding":
-            distillation, student_loss_weight = FeatureDistillation(loss="cosine_similarity"), 0.0
+        student_loss_weight = p.label_weight if has_labels else 0.0
+        output_loss = "cosine_similarity" if student.task == "embedding" else "kl_divergence"
+        if p.attention_weight > 0:
+            teacher = with_attention_relations(context.teacher, context.sequence_length)
+            pupil = with_attention_relations(student, context.sequence_length)
+            distillations = [_output_distillation(student.task, p, (output_loss, None)),
+                             FeatureDistillation(loss=(None, relation_divergence))]
+            weights = [1.0, p.attention_weight]
+            before = _attention_divergence(teacher, pupil, context)
         else:
-            distillation = LogitsDistillation(temperature=p.temperature)
-            student_loss_weight = p.label_weight if has_labels else 0.0
-        teacher = context.teacher.deployment_model(context.sequence_length)
-        losses = _fit(teacher, student.deployment_model(context.sequence_length), distillation, student_loss_weight,
-                      context, p, p.steps, label, has_labels, callbacks)
+            teacher = context.teacher.deployment_model(context.sequence_length)
+            pupil = student.deployment_model(context.sequence_length)
+            distillations, weights = [_output_distillation(student.task, p, output_loss)], [1.0]
+        losses = _fit(teacher, pupil, distillations, weights, student_loss_weight, context, p, p.steps, label,
+                      has_labels, callbacks)
         effect.update(_loss_summary(losses, "loss"))
+        if p.attention_weight > 0:
+            effect.update(attention_divergence_before=before,
+                          attention_divergence_after=_attention_divergence(teacher, pupil, context))
     return effect
 
 
-def _fit(teacher, student, distillation, student_loss_weight: float, context: PassContext, p: FineTuneParameters,
-         steps: int, label: str, has_labels: bool, callbacks: tuple = ()) -> list[float]:
+def _output_distillation(task: str, p: FineTuneParameters, loss):
+    """Cosine feature distillation for embeddings, softened-logit distillation for classifiers."""
+    from keras.distillation import FeatureDistillation, LogitsDistillation
+
+    if task == "embedding":
+        return FeatureDistillation(loss=loss)
+    return LogitsDistillation(temperature=p.temperature, loss=loss)
+
+
+def _fit(teacher, student, distillations: list, weights: list[float], student_loss_weight: float,
+         context: PassContext, p: FineTuneParameters, steps: int, label: str, has_labels: bool,
+         callbacks: tuple = ()) -> list[float]:
     """One keras Distiller run of `steps` batches; returns the per-step losses."""
     from keras.distillation import Distiller
 
     with _trainable_kept(teacher):  # Distiller freezes the teacher: the original's layers, shared with later passes
-        distiller = Distiller(teacher=teacher, student=student, distillation_losses=distillation,
-                              student_loss_weight=student_loss_weight)
+        distiller = Distiller(teacher=teacher, student=student, distillation_losses=distillations,
+                              distillation_loss_weights=weights, student_loss_weight=student_loss_weight)
         return _fit_distiller(distiller, context, p, steps, label, has_labels, callbacks)
 
 
@@ -108,12 +140,14 @@ def _fit_distiller(distiller, context: PassContext, p: FineTuneParameters, steps
     import tensorflow as tf
 
     # Distiller insists on a student loss; without labels its weight is 0 and it is never computed.
-    distiller.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    label_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     count = len(context.teacher_outputs)
-    labels = context.label_ids if has_labels else np.zeros(count, np.int32)
+    labels = (context.label_ids if has_labels else np.zeros(count, np.int32)).astype(np.int32)
+    if isinstance(distiller.student.output, tuple):  # output and attention relations: the labels score the output
+        label_loss, labels = (label_loss, _no_loss), (labels, labels)
+    distiller.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=label_loss)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((dict(context.train_inputs), labels.astype(np.int32)))
+        tf.data.Dataset.from_tensor_slices((dict(context.train_inputs), labels))
         .shuffle(count, seed=context.seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(min(p.batch_size, count), drop_remainder=True)
@@ -171,6 +205,93 @@ def hidden_state_model(bundle: ModelBundle, sequence_length: int, layers: list[i
     keep = keras.ops.expand_dims(keras.ops.cast(padding_mask, "float32"), -1)
     return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask},
                        keras.ops.concatenate(outputs, axis=-1) * keep)
+
+
+def with_attention_relations(bundle: ModelBundle, sequence_length: int):
+    """The deployment model with a second output, its last layer's attention relations: (embedding or logits,
+    [batch, 2 x heads, length, length]). A tuple, because Keras keeps the Distiller's losses as a tuple but turns a
+    dict into its own tracked type, which then no longer matches the outputs' structure."""
+    import keras
+
+    deployment = bundle.deployment_model(sequence_length)
+    relations = attention_relation_model(bundle, sequence_length, len(bundle.backbone.transformer_layers) - 1)
+    return keras.Model(deployment.input, (deployment.output, relations(deployment.input)))
+
+
+def attention_relation_model(bundle: ModelBundle, sequence_length: int, layer: int):
+    """Token ids and mask -> a transformer layer's per-head attention distributions, then its per-head value
+    relations softmax(V Vᵀ / √d) (MiniLM), shape [batch, 2 x heads, length, length]. Each row is a distribution
+    over the real tokens; rows of padded tokens are zero, so they add nothing to a loss."""
+    import keras
+
+    backbone = bundle.backbone
+    block = backbone.transformer_layers[layer]
+    below = backbone.transformer_layers[layer - 1].output if layer > 0 else backbone.embeddings_dropout.output
+    states = keras.Model(backbone.input, below)  # the layer's input, without running the layer itself
+    token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
+    hidden = states({"token_ids": token_ids, "padding_mask": padding_mask,
+                     "segment_ids": keras.ops.zeros_like(token_ids)})
+    relations = _relations_layer_class()(block._self_attention_layer)(hidden, padding_mask)
+    return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, relations)
+
+
+def _relations_layer_class():
+    import keras
+
+    ops = keras.ops
+
+    class AttentionRelations(keras.layers.Layer):
+        """Wraps a layer's MultiHeadAttention (shared weights) to return what it attends to, not what it outputs."""
+
+        def __init__(self, attention, **kwargs):
+            super().__init__(**kwargs)
+            self.attention = attention
+
+        def call(self, hidden, padding_mask):
+            real = ops.cast(padding_mask, "bool")
+            keys = ops.repeat(ops.expand_dims(real, 1), ops.shape(hidden)[1], axis=1)  # [batch, query, key]
+            _, probabilities = self.attention(query=hidden, value=hidden, attention_mask=keys,
+                                              return_attention_scores=True)
+            values = ops.transpose(self.attention._value_dense(hidden), (0, 2, 1, 3))  # [batch, head, token, width]
+            scores = ops.matmul(values, ops.transpose(values, (0, 1, 3, 2))) / float(values.shape[-1]) ** 0.5
+            value_relations = ops.softmax(ops.where(keys[:, None], scores, -1e9), axis=-1)
+            queries = ops.cast(real, probabilities.dtype)[:, None, :, None]
+            return ops.concatenate([probabilities, value_relations], axis=1) * queries
+
+    return AttentionRelations
+
+
+def relation_divergence(teacher, student):
+    """KL(teacher || student) per row of `attention_relation_model`'s output, averaged over the real rows
+    (a row sums to 1 for a real token, 0 for padding; padded keys hold exactly 0 in both)."""
+    import keras
+
+    ops = keras.ops
+    per_row = ops.sum(teacher * (ops.log(teacher + 1e-12) - ops.log(student + 1e-12)), axis=-1)
+    return ops.sum(per_row) / ops.maximum(ops.sum(teacher), 1.0)
+
+
+def _attention_divergence(teacher, student, context: PassContext, count: int = 256) -> float:
+    """relation_divergence on the first `count` training texts, unperturbed: the attention term's progress on its own
+    (the phase's loss mixes it with the output distillation). 256 texts give a stable mean in seconds."""
+    inputs = {name: values[:count] for name, values in context.train_inputs.items()}
+    relations = [model.predict(inputs, batch_size=32, verbose=0)[1] for model in (teacher, student)]
+    return round(float(relation_divergence(*relations)), 6)
+
+
+def _check_heads(teacher: ModelBundle, student: ModelBundle, label: str) -> None:
+    """Attention is compared head by head, so the student needs the original's heads."""
+    heads = [bundle.backbone.transformer_layers[-1]._self_attention_layer._num_heads for bundle in (teacher, student)]
+    if heads[0] != heads[1]:
+        raise DeployKitError(f"{label}: attention distillation compares attention head by head, but the student has "
+                             f"{heads[1]} heads per layer and the original {heads[0]}; set attention_weight=0 for "
+                             "a pass that removes heads.")
+
+
+def _no_loss(labels, relations):
+    """The relations have no labels."""
+    return 0.0
 
 
 def _token_noise(context: PassContext, p: FineTuneParameters):
