@@ -81,6 +81,13 @@ def test_onnx_input_builds_post_training_targets(onnx_classifier, labelled_data,
     assert not any(step["step"] == "qat" for step in report["plan"])
 
 
+def test_onnx_input_builds_mixed_precision_against_the_onnx_graph(onnx_classifier, labelled_data, tmp_path):
+    path, _, _ = onnx_classifier
+    result = build(path, "nvidia-gpu", labelled_data, out=tmp_path, **{**SETTINGS, "precision": "mixed"})
+    report = json.loads((result.folder / "report.json").read_text())
+    assert report["artifact"]["precision"] == "mixed" and report["artifact"]["mixed_precision"]["ranking"]
+
+
 def test_onnx_input_refuses_litert_targets_and_training_passes(onnx_classifier, labelled_data, tmp_path):
     path, _, _ = onnx_classifier
     with pytest.raises(DeployKitError, match="needs a Keras or TensorFlow model; ONNX input builds for targets on"):

@@ -81,7 +81,7 @@ def _fidelity_on_calibration(session: BuildSession, backend: Backend, graph: Mix
     count = min(session.options.mixed.samples, len(session.split.calibration))
     inputs = {name: values[:count] for name, values in session.models.encoded("calibration", recipe).items()}
     original = {name: values[:count] for name, values in session.models.encoded("calibration").items()}
-    reference = session.bundle.predict(original)
+    reference = session.original_outputs(original)
     compare = embedding_fidelity if session.bundle.task == "embedding" else classification_fidelity
     # One thread: the same sums in the same order on every machine, so the same choice.
 

@@ -152,16 +152,18 @@ class BuildSession:
         key = digest(self.fingerprint(), "reference") if self.cache is not None else None
         if key is not None and (entry := self.cache.get("reference", key)) is not None:
             return np.load(entry.path("outputs.npy"), allow_pickle=False)
-        inputs = self.models.encoded("evaluation")
-        if self.bundle.onnx_source is not None:
-            outputs = run_graph(self.models.saved_model(), inputs)
-        else:
-            outputs = self.bundle.predict(inputs)
+        outputs = self.original_outputs(self.models.encoded("evaluation"))
         if key is not None:
             stored = self.workdir / "reference-outputs.npy"
             np.save(stored, outputs, allow_pickle=False)
             self.cache.put("reference", key, {"outputs.npy": stored}, {"shape": list(outputs.shape)})
         return outputs
+
+    def original_outputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """What the original model (Keras, or the ONNX graph as given) outputs on encoded inputs."""
+        if self.bundle.onnx_source is not None:
+            return run_graph(self.models.saved_model(), inputs)
+        return self.bundle.predict(inputs)
 
     def quality(self, outputs: np.ndarray) -> dict:
         """Fidelity against the original and, with labels, accuracy."""
