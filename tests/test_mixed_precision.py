@@ -82,9 +82,9 @@ def test_a_mixed_graph_runs_fp16_exactly_on_the_kept_groups(qdq_graph):
     quantized = _consumers_of_dequantized(model)
     every_op = {op for group in graph.groups for op in group.ops}
     assert quantized == every_op - set(kept.ops)
+    producers = {output: node for node in model.graph.node for output in node.output}
     for node in model.graph.node:
         if node.name in kept.ops:
-            producers = {output: n for n in model.graph.node for output in n.output}
             for name in node.input:
                 assert (producers[name].op_type == "Cast" if name in producers
                         else weights[name] == onnx.TensorProto.FLOAT16)
