@@ -1,9 +1,10 @@
 """The `deploykit` command: thin click commands that call the API and print with rich.
 
-Exit codes: 0 success, 2 bad input or environment (one-line message), 3 a build
-finished but missed a quality gate (its report is still written), 130 / 143
-interrupted by Ctrl-C / SIGTERM (temporary and staging folders removed, earlier
-builds unchanged).
+Exit codes (stable, for CI): 0 success, 2 bad input or environment (one-line
+message), 3 a build finished but missed a quality gate (its report, --junit-xml and
+--summary-json are still written), 4 `verify` found a folder that differs from its
+manifest or an artifact that does not run, 130 / 143 interrupted by Ctrl-C / SIGTERM
+(temporary and staging folders removed, earlier builds unchanged).
 """
 
 from __future__ import annotations
@@ -149,6 +150,13 @@ def main() -> None:
     deploykit passes                       list the compression passes for --recipe
     deploykit build --target intel-cpu     build the built-in default (MiniLM + bundled data)
     deploykit build ./my-bert --data reviews.jsonl --target mobile-npu,arm-cpu
+    deploykit verify dist                  re-check a build's files and run its artifacts
+    deploykit ci init --provider gitlab    write a CI workflow that builds each target
+
+    \b
+    Exit codes: 0 success; 2 bad input or environment (one line on stderr);
+    3 a gate missed (reports still written); 4 verify found a mismatch;
+    130 / 143 interrupted by Ctrl-C / SIGTERM.
     """
 
 
@@ -282,6 +290,11 @@ def targets_show(name: str) -> None:
               help="Seconds a converter child process (tf2onnx, for TensorRT targets) may run.")
 @click.option("--force", is_flag=True, help="Replace OUT/<target> even when it is not a deploykit build (by default "
               "only folders holding a deploykit manifest.json are replaced).")
+@click.option("--junit-xml", type=click.Path(dir_okay=False), help="Also write the gates as JUnit XML (one testsuite "
+              "per target, one testcase per gate), also when a gate is missed or the build stops with an error.")
+@click.option("--summary-json", type=click.Path(dir_okay=False), help="Also write a JSON summary (per target: passed, "
+              "artifact path, precision, bytes and sha256, p50, fidelity, gates, exit code), also on a missed gate "
+              "or an error.")
 @_device_options
 @click.option("--profiles", type=click.Path(file_okay=False), help="Measured device profiles the latency model "
               "predicts candidates from (default: $DEPLOYKIT_PROFILES, else ./profiles); with --max-latency-ms, "
@@ -300,14 +313,43 @@ def build(**arguments) -> None:
     _run_build(**arguments)
 
 
-def _run_build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length,
-               max_accuracy_drop, min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile,
-               calibration_samples, evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat,
-               qat_steps, settings, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
-               profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
-               save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes,
-               search_length_percentiles, max_size_mb, mixed_reserve, mixed_max_share, int4_group_size, int4_ratio,
-               cache, no_cache, cache_max_gb) -> None:
+def _run_build(junit_xml: str | None, summary_json: str | None, **arguments) -> None:
+    """`build` and `search`; --junit-xml and --summary-json record how the run ended, with an error too."""
+    try:
+        results = _build(**arguments)
+    except DeployKitError as error:
+        targets = [name.strip() for name in arguments["target_names"].split(",") if name.strip()]
+        _write_results(junit_xml, summary_json, [], error.exit_code, str(error), targets)
+        raise
+    failed = [r.target for r in results if not r.passed]
+    _write_results(junit_xml, summary_json, results, 3 if failed else 0)
+    if failed:
+        _error(f"quality gate missed for {', '.join(failed)}; see their report.md.")
+        sys.exit(3)
+
+
+def _write_results(junit_xml: str | None, summary_json: str | None, results: list, exit_code: int,
+                   error: str | None = None, targets: list[str] = ()) -> None:
+    from deploykit.report.junit import write_junit
+    from deploykit.report.summary import write_summary
+
+    try:
+        if junit_xml:
+            write_junit(Path(junit_xml), results, error, targets)
+        if summary_json:
+            write_summary(Path(summary_json), results, exit_code, error)
+    except OSError as problem:
+        raise DeployKitError(f"cannot write {problem.filename} ({problem.strerror}).") from None
+
+
+def _build(model, target_names, data, eval_data, out, precision, activation_percentile, sequence_length,
+           max_accuracy_drop, min_cosine, min_agreement, max_latency_ms, task, tokenizer, length_percentile,
+           calibration_samples, evaluation_samples, seed, masked_logit, max_residual_scale, allow_fallback, qat,
+           qat_steps, settings, qat_learning_rate, qat_range_learning_rate, recipe, runs, warmup, threads, runner,
+           profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
+           save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes,
+           search_length_percentiles, max_size_mb, mixed_reserve, mixed_max_share, int4_group_size, int4_ratio,
+           cache, no_cache, cache_max_gb) -> list:
     """`build` and `search`: one implementation (a search is a build with --search N)."""
     from deploykit.runtime_env import import_tensorflow_quietly
 
@@ -347,10 +389,7 @@ def _run_build(model, target_names, data, eval_data, out, precision, activation_
     output.print(_summary_table([r.report for r in results]))
     for result in results:
         output.print(f"{result.target}: {result.folder}/report.md", highlight=False, markup=False)
-    failed = [r.target for r in results if not r.passed]
-    if failed:
-        _error(f"quality gate missed for {', '.join(failed)}; see their report.md.")
-        sys.exit(3)
+    return results
 
 
 def _search_command(**arguments) -> None:
@@ -441,7 +480,9 @@ def _op_table(op_profile: dict, rows: int = 8) -> Table:
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-def report(folder) -> None:
+@click.option("--html", "html", is_flag=True,
+              help="Also write FOLDER/report.html: every target on one self-contained page with its plots.")
+def report(folder, html) -> None:
     """Compare the targets built into FOLDER side by side (reads each FOLDER/<target>/report.json)."""
     from deploykit.user_files import read_json
 
@@ -455,6 +496,90 @@ def report(folder) -> None:
         raise DeployKitError(f"a report.json under {folder} is not as deploykit writes it ({type(error).__name__}: "
                              f"{error}); rebuild that target.") from None
     output.print(table)
+    if html:
+        from jinja2 import UndefinedError
+
+        from deploykit.report.html import write_html
+
+        try:
+            page = write_html(Path(folder) / "report.html", reports)
+        except (KeyError, TypeError, ValueError, AttributeError, UndefinedError) as error:
+            raise DeployKitError(f"a report.json under {folder} lacks what the HTML report needs "
+                                 f"({type(error).__name__}: {error}); rebuild that target.") from None
+        output.print(str(page), highlight=False, markup=False)
+
+
+@main.command()
+@click.argument("dist", type=click.Path(exists=True, file_okay=False))
+def verify(dist) -> None:
+    """Check that the build folders in DIST (a build's --out folder or one target folder) are what the build shipped.
+
+    Every file's size and sha256 are compared with the folder's manifest.json, files the
+    manifest does not list are reported, and the artifact is loaded with its runtime and
+    run once on a full-length input made from the folder's tokenizer files. Exits with 4
+    when any folder differs or its artifact does not run.
+    """
+    from deploykit.verify import build_folders, verify_folder
+
+    failed = []
+    for folder in build_folders(Path(dist)):
+        check = verify_folder(folder)
+        verdict = "[green]ok[/]" if check.passed else "[red]FAILED[/]"
+        output.print(f"{escape(str(folder))}: {verdict} ({check.matched} files match the manifest)", highlight=False)
+        for line in check.lines():
+            output.print(f"  {line}", highlight=False, markup=False)
+        if not check.passed:
+            failed.append(str(folder))
+    if failed:
+        _error(f"{', '.join(failed)} {'does' if len(failed) == 1 else 'do'} not match what the build shipped; "
+               "see above.")
+        sys.exit(4)
+
+
+@main.group()
+def ci() -> None:
+    """Continuous integration: write a workflow that builds, verifies and reports every target."""
+
+
+@ci.command("init")
+@click.option("--provider", default="github", show_default=True,
+              help="CI service: github (.github/workflows/deploykit.yml) or gitlab (.gitlab-ci.yml).")
+@click.option("--targets", default="intel-cpu", show_default=True,
+              help="Targets to build, one job each: comma-separated names, or 'all' (every target with an exporter).")
+@click.option("--model", help="MODEL for `deploykit build`, as a path in the repository (default: the built-in one).")
+@click.option("--data", help="--data for `deploykit build`, as a path in the repository.")
+@click.option("--device", "devices", multiple=True, metavar="[TARGET=]NAME",
+              help="Also build TARGET profiled on the device NAME of the devices file (devices.yaml in the repository "
+              "or $DEPLOYKIT_DEVICES), on a self-hosted runner that reaches it. Repeatable; TARGET= may be left out "
+              "with one target.")
+@click.option("--runner-label", help="Label of the self-hosted runner that runs the --device jobs (default: "
+              "deploykit-devices; GitHub runs-on: [self-hosted, LABEL], GitLab tags: [LABEL]).")
+@click.option("--install", default="pip install deploykit", show_default=True,
+              help="Command that installs deploykit in the job, e.g. 'pip install -e .' in deploykit's own "
+              "repository or 'pip install -r requirements.txt'.")
+@click.option("--build-args", default="", help="More `deploykit build` options, as shell words, e.g. "
+              "'--max-accuracy-drop 1 --precision int8'.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Workflow file to write (default: where the provider "
+              "reads it).")
+@click.option("--force", is_flag=True, help="Replace the file when it exists.")
+def ci_init(provider, targets, model, data, devices, runner_label, install, build_args, out, force) -> None:
+    """Write a CI workflow: per target, install deploykit, restore the deploykit cache, build with --junit-xml and
+    --summary-json, verify, show report.md, save the cache and keep the target folder; a missed gate fails the job.
+    """
+    import shlex
+
+    from deploykit.ci import get_provider, workflow_settings, write_workflow
+
+    chosen = get_provider(provider)
+    given = [("--provider", provider), ("--targets", targets), ("--model", model), ("--data", data),
+             *(("--device", device) for device in devices), ("--runner-label", runner_label),
+             ("--install", install), ("--build-args", build_args or None)]
+    command = " ".join(["deploykit ci init", *(f"{flag} {shlex.quote(value)}" for flag, value in given if value)])
+    settings = workflow_settings(targets, model, data, devices, runner_label, install, build_args, command)
+    path = write_workflow(chosen, settings, _path(out), force)
+    jobs = ", ".join([*settings.targets, *(f"{job.target} on {job.device}" for job in settings.devices)])
+    output.print(f"{path}: {chosen.title} workflow, one job per target ({jobs}).", highlight=False, markup=False,
+                 soft_wrap=True)
 
 
 def _path(value: str | None) -> Path | None:

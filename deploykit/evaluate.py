@@ -30,6 +30,43 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict:
     return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()), "agreement": agreement}
 
 
+def example_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each example's output under both models."""
+    return np.sum(_unit(reference) * _unit(candidate), axis=1)
+
+
+def confusion_matrix(expected: np.ndarray, predicted: np.ndarray, classes: int) -> list[list[int]]:
+    """Counts of examples by expected class (rows) and predicted class (columns)."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(expected), np.asarray(predicted)), 1)
+    return counts.tolist()
+
+
+def per_sample_fidelity(task: str, reference: np.ndarray, candidate: np.ndarray, label_ids: np.ndarray | None,
+                        class_names: list[str]) -> dict:
+    """How fidelity spreads over the evaluation samples, for the report's plots (the means hide a few bad ones):
+    each example's cosine for embeddings (5 digits), confusion matrices for classifiers (the artifact's predictions
+    against the original's and, with labels, against the labels)."""
+    if task == "embedding":
+        return {"cosine": [round(float(value), 5) for value in example_cosines(reference, candidate)]}
+    predicted = candidate.argmax(-1)
+    classes = candidate.shape[-1]
+    return {"confusion": {
+        "classes": class_names,
+        "vs_original": confusion_matrix(reference.argmax(-1), predicted, classes),
+        "vs_labels": confusion_matrix(label_ids, predicted, classes) if label_ids is not None else None,
+    }}
+
+
+def class_names_of(labels: list[str | int] | None, class_names: list[str] | None, classes: int) -> list[str]:
+    """Each output class's name for tables and plots: the model's class names, else the sorted string labels (as
+    `label_ids` maps them), else the index; classes the names do not cover are named by their index."""
+    names = list(class_names or [])
+    if not names and labels is not None and not all(isinstance(label, int) for label in labels):
+        names = sorted({str(label) for label in labels})
+    return (names + [str(index) for index in range(len(names), classes)])[:classes]
+
+
 def classification_fidelity(reference_logits: np.ndarray, candidate_logits: np.ndarray) -> dict:
     """Agreement of predicted classes, and the mean cosine of the logit vectors (how far the scores moved,
     before any prediction flips). `cosine_mean` stays the embedding measure, so it is None here."""

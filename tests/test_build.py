@@ -23,7 +23,8 @@ def classifier_builds(tiny_classifier, labelled_data, tmp_path_factory):
 def test_each_target_gets_its_artifact_and_reports(classifier_builds):
     names = {r.target: sorted(p.name for p in r.folder.iterdir()) for r in classifier_builds}
     assert names["intel-cpu"] == sorted(
-        ["model.xml", "model.bin", "vocab.txt", "tokenizer.json", "report.json", "report.md", "manifest.json"]
+        ["model.xml", "model.bin", "vocab.txt", "tokenizer.json", "report.json", "report.md", "report.html",
+         "manifest.json"]
     )
     assert "model.tflite" in names["arm-cpu"]
 

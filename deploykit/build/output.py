@@ -1,5 +1,5 @@
 """A target's output: try its candidates, then assemble the folder (artifact, tokenizer, device compiler output,
-report.json, report.md, manifest.json) in staging and swap it into place."""
+report.json, report.md, report.html, manifest.json) in staging and swap it into place."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from deploykit.output_folder import new_staging, replace_folder
 from deploykit.planner import Plan
 from deploykit.profiling.base import ProfileRunner
 from deploykit.report.assemble import assemble_report
+from deploykit.report.diff import read_previous, report_diff
+from deploykit.report.html import write_html
 from deploykit.report.manifest import write_manifest
 from deploykit.report.markdown import render_markdown
 from deploykit.targets import Target
@@ -91,6 +93,7 @@ def write_target(session: BuildSession, target: Target, backend: Backend, plan: 
     """
     log = session.log
     out = session.options.out
+    previous = read_previous(out / target.name)  # before the new build takes its place
     staging = new_staging(out, target.name)
     try:
         chosen.copy_to(staging)
@@ -108,8 +111,10 @@ def write_target(session: BuildSession, target: Target, backend: Backend, plan: 
         )
         if search is not None:
             report["search"] = search
+        report["previous"] = report_diff(previous, report) if previous is not None else None
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(render_markdown(report))
+        write_html(staging / "report.html", [report])
         write_manifest(staging)
         final = out / target.name
         replace_folder(staging, final)

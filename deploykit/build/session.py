@@ -17,7 +17,8 @@ from deploykit.build.derived import ModelStore
 from deploykit.cache import ContentCache, default_cache_folder, digest, toolchain_versions
 from deploykit.build.options import BuildOptions
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
-from deploykit.evaluate import accuracy, classification_fidelity, embedding_fidelity, label_ids, run_examples
+from deploykit.evaluate import (accuracy, class_names_of, classification_fidelity, embedding_fidelity, label_ids,
+                                per_sample_fidelity, run_examples)
 from deploykit.models import ModelBundle, load_model
 from deploykit.onnx_model import run_graph
 from deploykit.passes.recipe import Recipe
@@ -38,6 +39,7 @@ class Reference:
     accuracy: float | None
     label_ids: np.ndarray | None  # evaluation labels as output indices (classifiers with labels)
     label_mapping: str | None  # how labels were mapped to indices, for the report
+    class_names: list[str]  # each output's name for the report's confusion matrices (empty for embeddings)
 
 
 @dataclass
@@ -143,7 +145,9 @@ class BuildSession:
                 if self.bundle.task == "classification" and labels is not None:
                     ids, mapping = label_ids(labels, self.bundle.class_names, outputs.shape[-1])
                 original_accuracy = accuracy(outputs, ids) if ids is not None else None
-            self._reference = Reference(outputs, original_accuracy, ids, mapping)
+                names = class_names_of(labels, self.bundle.class_names, outputs.shape[-1]) \
+                    if self.bundle.task == "classification" else []
+            self._reference = Reference(outputs, original_accuracy, ids, mapping, names)
         return self._reference
 
     def _original_outputs(self) -> np.ndarray:
@@ -195,7 +199,10 @@ class BuildSession:
         inputs = self.models.encoded("evaluation", recipe)
         with self.log.step(f"validate_{label}", f"Validating the {label} artifact on {len(self.split.evaluation)} samples"):
             loaded = backend.load(artifact.path, threads, artifact.runtime_config)
-            quality = self.quality(run_examples(loaded, inputs))
+            outputs = run_examples(loaded, inputs)
+            reference = self.reference()
+            quality = {**self.quality(outputs), "per_sample": per_sample_fidelity(
+                self.bundle.task, reference.outputs, outputs, reference.label_ids, reference.class_names)}
             del loaded
         gc.collect()  # release the in-process runtime's worker threads before timing another process
         sample = {name: values[:1] for name, values in inputs.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,36 @@ def profile_path(path: str | Path, threads: int | None = None, settings: Profile
     """
     from deploykit.backends.base import backend_for_file
 
-    path = artifact_in(Path(path))
-    backend = backend_for_file(path)
+    backend = backend_for_file(artifact_in(Path(path)))
+    artifact = folder_artifact(Path(path))
+    runner = runner or get_runner("local")
+    report = artifact.report
+    profile = runner.profile(backend.name, artifact.path, artifact.runtime_config, artifact.sample,
+                             threads or default_threads(runner, report), settings)
+    return {"artifact": str(artifact.path), "backend": backend.name, "sequence_length": artifact.sequence_length,
+            "report": report, **profile}
+
+
+@dataclass
+class FolderArtifact:
+    """An artifact of a build folder, with what running it needs from the files beside it."""
+
+    path: Path
+    sample: dict[str, np.ndarray]  # batch 1, full length, every position unmasked
+    runtime_config: dict
+    report: dict  # the report.json beside it; empty when there is none
+
+    @property
+    def sequence_length(self) -> int:
+        return int(self.sample["token_ids"].shape[1])
+
+
+def folder_artifact(path: Path) -> FolderArtifact:
+    """The artifact a path names (a target folder or the file), with a sample input from its tokenizer.json."""
+    path = artifact_in(path)
     tokenizer_file = path.parent / "tokenizer.json"
     if not tokenizer_file.is_file():
-        raise DeployKitError(f"{path.parent} has no tokenizer.json; profile an artifact from a `deploykit build` folder.")
+        raise DeployKitError(f"{path.parent} has no tokenizer.json; pass an artifact from a `deploykit build` folder.")
     config = read_json(tokenizer_file, dict)
     report = {}
     try:
@@ -63,10 +89,7 @@ def profile_path(path: str | Path, threads: int | None = None, settings: Profile
     token_ids = np.full((1, length), ids[0], dtype=np.int32)
     token_ids[0, 0], token_ids[0, -1] = ids[1], ids[2]
     sample = {"token_ids": token_ids, "padding_mask": np.ones((1, length), dtype=np.int32)}
-    runner = runner or get_runner("local")
-    profile = runner.profile(backend.name, path, runtime_config, sample, threads or default_threads(runner, report),
-                             settings)
-    return {"artifact": str(path), "backend": backend.name, "sequence_length": length, "report": report, **profile}
+    return FolderArtifact(path, sample, runtime_config, report)
 
 
 def default_threads(runner: ProfileRunner, report: dict) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from deploykit.atomic_files import write_atomically
 from deploykit.errors import DeployKitError
 from deploykit.user_files import read_json
 
@@ -69,9 +69,5 @@ def save_profile(folder: Path, target: str, measured_on: dict, runtime: dict, me
     fresh = {key(row) for row in measurements}
     profile["measurements"] = [row for row in profile["measurements"] if key(row) not in fresh] + measurements
     profile["measurements"].sort(key=lambda row: (row["precision"], row["sequence_length"], row["label"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(profile, handle, indent=1)
-        handle.write("\n")
-    os.replace(handle.name, path)
+    write_atomically(path, json.dumps(profile, indent=1) + "\n")
     return path

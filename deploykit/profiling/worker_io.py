@@ -29,6 +29,8 @@ def worker_result(stdout: str, threads: int) -> dict:
         measured = json.loads(stdout.strip().splitlines()[-1])
         profile = {
             "latency_ms": latency_summary(measured["latencies_ms"]),
+            # Every timed run, for the report's latency distribution (a summary hides a bimodal or drifting runtime).
+            "latency_samples_ms": [round(float(value), 4) for value in measured["latencies_ms"]],
             "peak_rss_mb": measured["peak_rss_mb"],
             "rss_before_load_mb": measured["rss_before_load_mb"],
             "threads": threads,

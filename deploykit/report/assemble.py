@@ -89,6 +89,7 @@ def assemble_report(
             "precision": baseline_entry["precision"],
             "bytes": baseline_entry["bytes"],
             "latency_ms": baseline.profile["latency_ms"],
+            "latency_samples_ms": baseline.profile.get("latency_samples_ms"),  # None: the runner gives a summary only
             "peak_rss_mb": baseline.profile["peak_rss_mb"],
             "runtime": baseline.profile["runtime"],
             "op_profile": baseline.profile.get("op_profile"),
@@ -97,12 +98,14 @@ def assemble_report(
         },
         "metrics": {
             "latency_ms": artifact.profile["latency_ms"],
+            "latency_samples_ms": artifact.profile.get("latency_samples_ms"),
             "peak_rss_mb": artifact.profile["peak_rss_mb"],
             "rss_before_load_mb": artifact.profile.get("rss_before_load_mb"),
             "runtime": artifact.profile["runtime"],
             "op_profile": artifact.profile.get("op_profile"),
             "fidelity": artifact.quality["fidelity"],
             "accuracy": artifact.quality["accuracy"],
+            "per_sample": artifact.quality.get("per_sample"),  # each cosine, or confusion matrices
             "original_accuracy": original_accuracy,
             "accuracy_drop": chosen.accuracy_drop,
             "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),

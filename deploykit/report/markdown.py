@@ -3,18 +3,7 @@
 from __future__ import annotations
 
 from deploykit.planner import step_details
-
-
-def _number(value, digits: int = 3, suffix: str = "") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{suffix}"
-    return f"{value}{suffix}"
-
-
-def _megabytes(size: int | None) -> str:
-    return "–" if size is None else f"{size / 1e6:.2f} MB"
+from deploykit.report.formatting import megabytes as _megabytes, number as _number
 
 
 def render_markdown(report: dict) -> str:
@@ -61,6 +50,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- {check['name']}: {_number(check['value'], 4)} (limit {check['limit']}) — {verdict}")
     if not report["gates"]["checks"]:
         lines.append("- no gate applies (no labels and not an embedding model)")
+    lines += _previous_lines(report.get("previous"))
     fallback = report["compatibility"]["fallback_ops"]
     if fallback:
         reasons = report["compatibility"]["fallback_reasons"]
@@ -117,6 +107,28 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _previous_lines(previous: dict | None) -> list[str]:
+    """What changed since the build this one replaced."""
+    if not previous:
+        return []
+    sha = previous["sha256"]
+    verdict = (f"**changed** (sha256 {(sha['before'] or '–')[:12]} → {(sha['after'] or '–')[:12]})"
+               if previous["artifact_changed"] else f"unchanged (same sha256 {(sha['after'] or '–')[:12]})")
+    candidate = previous["candidate"]
+    lines = ["", "## Changes since the previous build", "",
+             f"Artifact {verdict}; candidate {candidate['before'] or '–'} → {candidate['after'] or '–'}.", "",
+             "| | previous | now | change |", "|---|---|---|---|"]
+    formats = {"bytes": ("size (MB)", 3, 1e6), "latency_ms_p50": ("latency p50 (ms)", 3, 1),
+               "cosine_mean": ("cosine mean", 5, 1), "agreement": ("agreement", 4, 1), "accuracy": ("accuracy", 4, 1)}
+    for key, change in previous["changes"].items():
+        name, digits, scale = formats[key]
+        before, after, delta = (None if value is None else value / scale
+                                for value in (change["before"], change["after"], change["change"]))
+        signed = "–" if delta is None else f"{delta:+.{digits}f}"
+        lines.append(f"| {name} | {_number(before, digits)} | {_number(after, digits)} | {signed} |")
+    return lines
 
 
 def _search_lines(search: dict) -> list[str]:

@@ -1,0 +1,67 @@
+"""GitHub Actions: `.github/workflows/deploykit.yml`, one matrix job per target (and per named device)."""
+
+from __future__ import annotations
+
+from deploykit.ci.base import CACHE_FOLDER, OUT, PYTHON_VERSION, CIProvider, WorkflowSettings
+
+# Steps after a failed build still run under this condition: the report, the cache and the folder are kept for
+# a missed gate too, and only a cancelled run skips them.
+NOT_CANCELLED = "${{ !cancelled() }}"
+
+
+class GitHubActions(CIProvider):
+    name = "github"
+    title = "GitHub Actions"
+    default_path = ".github/workflows/deploykit.yml"
+
+    def document(self, settings: WorkflowSettings) -> dict:
+        jobs = {"build": self._job(settings, {"target": list(settings.targets)}, "ubuntu-latest", device=False)}
+        if settings.devices:
+            include = [{"target": job.target, "device": job.device} for job in settings.devices]
+            jobs["device"] = self._job(settings, {"include": include}, ["self-hosted", settings.runner_label],
+                                       device=True)
+        return {
+            "name": "deploykit",
+            "on": {"push": {"branches": ["main"]}, "pull_request": {}, "workflow_dispatch": {}},
+            "permissions": {"contents": "read"},
+            "env": {"DEPLOYKIT_CACHE": CACHE_FOLDER},
+            "jobs": jobs,
+        }
+
+    def _job(self, settings: WorkflowSettings, matrix: dict, runs_on: str | list[str], device: bool) -> dict:
+        """One job per matrix entry: $TARGET (and $DEVICE) reach the scripts as environment variables."""
+        suffix = "-${{ matrix.device }}" if device else ""
+        name = f"deploykit-${{{{ matrix.target }}}}{suffix}"
+        cache_key = f"{name}-${{{{ github.run_id }}}}-${{{{ github.run_attempt }}}}"
+        variables = {"TARGET": "${{ matrix.target }}", **({"DEVICE": "${{ matrix.device }}"} if device else {})}
+        return {
+            "name": f"{'device' if device else 'build'} ${{{{ matrix.target }}}}"
+                    + (" on ${{ matrix.device }}" if device else ""),
+            "runs-on": runs_on,
+            "strategy": {"fail-fast": False, "matrix": matrix},
+            "env": variables,
+            "steps": [
+                {"uses": "actions/checkout@v5"},
+                {"uses": "actions/setup-python@v6", "with": {"python-version": PYTHON_VERSION}},
+                {"name": "Install deploykit", "run": settings.install},
+                {"name": "Restore the deploykit cache", "uses": "actions/cache/restore@v5",
+                 "with": {"path": CACHE_FOLDER, "key": cache_key, "restore-keys": f"{name}-"}},
+                # Exit code 3 (a gate missed) or 2 (bad input) fails this step and the job.
+                {"name": "Build", "run": settings.build_command(device)},
+                {"name": "Verify the shipped files", "run": settings.verify_command},
+                {"name": "Summary", "if": NOT_CANCELLED, "run": _SUMMARY},
+                {"name": "Save the deploykit cache", "if": NOT_CANCELLED, "uses": "actions/cache/save@v5",
+                 "with": {"path": CACHE_FOLDER, "key": cache_key}},
+                {"name": "Upload the target folder", "if": NOT_CANCELLED, "uses": "actions/upload-artifact@v6",
+                 "with": {"name": name, "path": f"{OUT}/", "if-no-files-found": "ignore"}},
+            ],
+        }
+
+
+_SUMMARY = f"""\
+if [ -f "{OUT}/$TARGET/report.md" ]; then
+  cat "{OUT}/$TARGET/report.md" >> "$GITHUB_STEP_SUMMARY"
+else
+  echo "deploykit wrote no report for $TARGET; the Build step's log says why." >> "$GITHUB_STEP_SUMMARY"
+fi
+"""

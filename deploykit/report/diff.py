@@ -1,0 +1,67 @@
+"""What changed since the previous build of a target: the report's `previous` section, so a rebuild in CI shows
+at a glance whether the shipped artifact, its size, its speed or its quality moved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deploykit.output_folder import is_deploykit_build
+
+# Compared measures: name -> where report.json keeps it.
+MEASURES = {
+    "bytes": ("artifact", "bytes"),
+    "latency_ms_p50": ("metrics", "latency_ms", "p50"),
+    "cosine_mean": ("metrics", "fidelity", "cosine_mean"),
+    "agreement": ("metrics", "fidelity", "agreement"),
+    "accuracy": ("metrics", "accuracy"),
+}
+
+
+def read_previous(folder: Path) -> dict | None:
+    """The report.json of the deploykit build now in `folder`, or None when there is none or it cannot be read (the
+    build goes on: a missing comparison is no reason to fail)."""
+    if not is_deploykit_build(folder):
+        return None
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def report_diff(previous: dict, current: dict) -> dict:
+    """Each measure before and after with its change, and whether the shipped artifact's bytes changed."""
+    changes = {}
+    for name, keys in MEASURES.items():
+        before, after = _lookup(previous, keys), _lookup(current, keys)
+        if before is None and after is None:
+            continue
+        change = after - before if _number(before) and _number(after) else None
+        changes[name] = {"before": before, "after": after,
+                         "change": round(change, 6) if isinstance(change, float) else change}
+    before_sha, after_sha = _lookup(previous, ("artifact", "sha256")), _lookup(current, ("artifact", "sha256"))
+    return {
+        "deploykit_version": previous.get("deploykit_version"),
+        "candidate": {"before": _lookup(previous, ("artifact", "candidate")),
+                      "after": _lookup(current, ("artifact", "candidate"))},
+        "sha256": {"before": before_sha, "after": after_sha},
+        "artifact_changed": before_sha != after_sha,
+        "gates_passed": {"before": _lookup(previous, ("gates", "passed")),
+                         "after": _lookup(current, ("gates", "passed"))},
+        "changes": changes,
+    }
+
+
+def _lookup(report: dict, keys: tuple[str, ...]):
+    """The value at `keys`, or None where a level is missing (an older report lacks newer fields)."""
+    value = report
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,55 @@
+"""`--summary-json`: one small JSON document per build run, for CI scripts that gate, label or comment on it
+without reading each target's full report.json.
+
+    {"exit_code": 3, "passed": false, "error": null, "targets": [
+        {"target": "arm-cpu", "passed": false, "exit_code": 3, "folder": "dist/arm-cpu",
+         "artifact": {"path": "dist/arm-cpu/model.tflite", "precision": "dynamic-int8", "bytes": ..., "sha256": ...},
+         "latency_ms_p50": 7.6, "fidelity": {...}, "accuracy_drop": null, "gates": [{name, value, limit, passed}]}]}
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploykit.atomic_files import write_atomically
+
+if TYPE_CHECKING:
+    from deploykit.build import BuildResult
+
+GATE_MISSED_EXIT_CODE = 3
+
+
+def target_summary(result: "BuildResult") -> dict:
+    report = result.report
+    artifact, metrics = report["artifact"], report["metrics"]
+    return {
+        "target": result.target,
+        "passed": result.passed,
+        "exit_code": 0 if result.passed else GATE_MISSED_EXIT_CODE,
+        "folder": str(result.folder),
+        "artifact": {"path": str(result.folder / artifact["path"]), "format": artifact["format"],
+                     "precision": artifact["precision"], "bytes": artifact["bytes"], "sha256": artifact["sha256"]},
+        "latency_ms_p50": metrics["latency_ms"]["p50"],
+        "baseline_latency_ms_p50": report["baseline"]["latency_ms"]["p50"],
+        "fidelity": metrics["fidelity"],
+        "accuracy_drop": metrics["accuracy_drop"],
+        "gates": report["gates"]["checks"],
+    }
+
+
+def build_summary(results: list["BuildResult"], exit_code: int, error: str | None = None) -> dict:
+    """The run as a whole: its exit code, whether every target passed, the error that stopped it if any."""
+    return {
+        "deploykit_version": version("deploykit"),
+        "exit_code": exit_code,
+        "passed": exit_code == 0,
+        "error": error,
+        "targets": [target_summary(result) for result in results],
+    }
+
+
+def write_summary(path: Path, results: list["BuildResult"], exit_code: int, error: str | None = None) -> Path:
+    return write_atomically(path, json.dumps(build_summary(results, exit_code, error), indent=2) + "\n")
