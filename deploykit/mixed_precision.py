@@ -56,12 +56,12 @@ class Sensitivity:
     """One group's measured effect on fidelity (higher is better for both numbers)."""
 
     group: PrecisionGroup
-    alone_quantized: float  # fidelity when only this group is at low precision
+    alone_quantized: float | None  # fidelity when only this group is at low precision (None: not measured)
     kept_high: float  # fidelity when every group but this one is at low precision
 
     def as_dict(self, all_quantized: float) -> dict:
         return {"group": self.group.name, "ops": list(self.group.ops),
-                "fidelity_alone_quantized": round(self.alone_quantized, 6),
+                "fidelity_alone_quantized": None if self.alone_quantized is None else round(self.alone_quantized, 6),
                 "fidelity_kept_high": round(self.kept_high, 6),
                 "gain_kept_high": round(self.kept_high - all_quantized, 6)}
 
@@ -100,16 +100,33 @@ class MixedChoice:
                 "ranking": [row.as_dict(self.all_quantized) for row in self.ranking]}
 
 
+def predicted_cost(activations: dict, costs: dict[str, float], uniform: tuple[str, ...]) -> dict | None:
+    """What a mixed artifact's activations cost on the target's hardware, from its cost table (`activation_cost`),
+    against the same elements all at each of the `uniform` types: sum of elements x cost per element type.
+    None when the table lacks a type the artifact or the comparison uses."""
+    elements = {name: row["bytes"] // row["itemsize"] for name, row in activations.items() if name in costs}
+    if not elements or any(name not in costs for name in uniform):
+        return None
+    total = sum(elements.values())
+    mixed = sum(count * costs[name] for name, count in elements.items())
+    return {"relative_cost": round(mixed / total, 4),
+            **{f"vs_all_{name}": round(mixed / (total * costs[name]), 4) for name in uniform}}
+
+
 FidelityOf = Callable[[frozenset[str]], float]  # names of the groups kept high -> fidelity on the selection texts
 
 
-def rank_groups(groups: list[PrecisionGroup], fidelity_of: FidelityOf) -> tuple[float, list[Sensitivity]]:
-    """Fidelity of the fully quantized graph, and every group's sensitivity, most sensitive first."""
+def rank_groups(groups: list[PrecisionGroup], fidelity_of: FidelityOf,
+                complements: bool = True) -> tuple[float, list[Sensitivity]]:
+    """Fidelity of the fully quantized graph, and every group's sensitivity, most sensitive first.
+
+    `complements=False` skips the everything-but-one variants (the ranking follows the other side): for backends
+    whose high precision runs on slow reference kernels on the build host, where they would dominate the build."""
     names = frozenset(group.name for group in groups)
     all_quantized = fidelity_of(frozenset())
-    rows = [Sensitivity(group, alone_quantized=fidelity_of(names - {group.name}),
+    rows = [Sensitivity(group, alone_quantized=fidelity_of(names - {group.name}) if complements else None,
                         kept_high=fidelity_of(frozenset({group.name}))) for group in groups]
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i].kept_high, rows[i].alone_quantized, i))
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i].kept_high, rows[i].alone_quantized or 0.0, i))
     return all_quantized, [rows[i] for i in order]
 
 

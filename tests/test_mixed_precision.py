@@ -188,3 +188,53 @@ def test_int4_weights_ir_is_smaller_runs_and_stores_four_bit_weights(tiny_classi
     assert sizes["int4-weights"] < sizes["fp32"]
     assert np.isfinite(outputs["int4-weights"]).all()
     assert np.abs(outputs["int4-weights"] - outputs["fp32"]).max() < 0.5 * np.abs(outputs["fp32"]).max()
+
+
+def test_litert_mixed_graph_has_int16_exactly_on_the_kept_regions(tiny_backbone_file, tmp_path):
+    """Full-integer LiteRT: the kept region's ops (and the requantizations into them) output int16, every other op
+    int8 or a non-float type, no op outputs float; nothing kept has no int16 at all."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    bundle = load_model(tiny_backbone_file)
+    bundle.write_saved_model(tmp_path / "saved", 16, masked_logit=-100.0)  # the integer-only trace
+    inputs = bundle.encode(["team goal win", "bread soup", "coach league season player"] * 4, 16)
+    calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(12)]
+    backend = get_backend("litert")
+    graph = backend.mixed_graph(tmp_path / "saved", ExportOptions(calibration=calibration, integer_only=True),
+                                tmp_path / "scratch")
+    assert len(graph.groups) >= 4 and not graph.measure_complements
+    kept = next(group for group in graph.groups if "layer_norm" in group.name)
+
+    def output_types(path):
+        interpreter = Interpreter(model_path=str(path))
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        return [(op["op_name"], "".join(f"{tensors[i]['name']};" for i in op["outputs"]),
+                 {np.dtype(tensors[i]["dtype"]).name for i in op["outputs"]}) for op in interpreter._get_ops_details()]
+
+    artifact = graph.write(frozenset({kept.name}), tmp_path / "one")
+    ops = output_types(artifact.path)
+    assert not any("float32" in types for _, _, types in ops)
+    int16 = {scope for name, scope, types in ops if "int16" in types and name != "QUANTIZE"}
+    assert int16 == set(kept.ops) & {scope for _, scope, _ in ops}
+    assert artifact.details["activations"]["int16"]["tensors"] >= len(int16)
+    outputs = run_examples(backend.load(artifact.path, 1, {}), inputs)
+    assert np.isfinite(outputs).all()
+    none_kept = graph.write(frozenset(), tmp_path / "none")
+    assert "int16" not in none_kept.details["activations"]
+
+
+def test_mobile_npu_mixed_build_reports_regions_shares_and_predicted_cost(tiny_backbone_file, labelled_data, tmp_path):
+    result = build(tiny_backbone_file, "mobile-npu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
+                   evaluation_samples=20, min_cosine=0.9999, precision="mixed")
+    report = json.loads((result.folder / "report.json").read_text())
+    mixed = report["artifact"]["mixed_precision"]
+    assert report["artifact"]["precision"] == "mixed" and mixed["metric"] == "cosine_mean"
+    assert all(row["fidelity_alone_quantized"] is None for row in mixed["ranking"])  # kept-high side only
+    assert 0 < mixed["groups_kept_high"] <= mixed["groups"] // 2  # the goal is out of reach: the share cap stops it
+    activations = report["artifact"]["activations"]
+    int16, int8 = activations["int16"]["bytes"] / 2, activations["int8"]["bytes"]
+    share = int16 / (int16 + int8)  # of the int8/int16 activation elements
+    cost = mixed["predicted_cost"]
+    assert cost["vs_all_int8"] == pytest.approx(1 + share, abs=1e-3)  # int16 costs 2x int8 in the target's table
+    assert cost["vs_all_int16"] == pytest.approx((1 + share) / 2, abs=1e-3)
+    assert report["compatibility"]["fallback_ops"] in (None, {})

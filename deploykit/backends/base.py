@@ -75,6 +75,8 @@ class MixedGraph:
     """A quantized graph a backend can write with any of its groups kept at its higher precision ("mixed")."""
 
     groups: list["PrecisionGroup"]
+    # Whether the sensitivity analysis also measures each everything-but-one variant (see rank_groups).
+    measure_complements: ClassVar[bool] = True
 
     def write(self, kept: frozenset[str], folder: Path) -> ExportedArtifact:
         """The graph with the named groups at high precision and the rest quantized, as an artifact in `folder`."""

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from deploykit.graph_ops import GraphOp, GraphTensor
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, Runner
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, MixedGraph, Runner
+from deploykit.mixed_precision import PrecisionGroup
+
+# A region is the ops under one layer path this deep below the model's common root (model / block / sublayer, e.g.
+# bert_backbone/transformer_layer_2/self_attention_layer_norm): int16 pays where a region's own tensors stay
+# 16-bit, so a region is the unit an analysis can keep high; finer (one op) gains nothing, since LiteRT requantizes
+# an int16 op's input from the int8 tensor its producer already rounded.
+REGION_DEPTH = 3
 
 
 class LiteRTBackend(Backend):
@@ -23,6 +31,8 @@ class LiteRTBackend(Backend):
         "int8": "TFLiteConverter full-integer int8 with a representative dataset (calibration samples)",
         "a16w8": "ai-edge-quantizer static_wi8_ai16 on the float model: int8 weights, int16 activations, "
         "min/max calibration on the calibration samples",
+        "mixed": "ai-edge-quantizer on the float model: int8 weights, int8 activations except the most sensitive "
+        "regions' int16 (per-op recipes, requantized at their borders; still no float op)",
     }
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
@@ -58,6 +68,12 @@ class LiteRTBackend(Backend):
         path.write_bytes(model)
         return ExportedArtifact(path=path, files=[path], format=self.format, precision=precision, method=method)
 
+    def mixed_graph(self, saved_model: Path, options: ExportOptions, scratch: Path) -> "Int16MixedGraph":
+        import tensorflow as tf
+
+        float_model = tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+        return Int16MixedGraph(float_model, options.calibration, self.describe("mixed"))
+
     def graph_ops(self, path: Path) -> list[GraphOp]:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -89,6 +105,98 @@ class LiteRTBackend(Backend):
         return Runner(run)
 
 
+class Int16MixedGraph(MixedGraph):
+    """The float model calibrated once, writable as full-integer int8 with any regions at int16 activations."""
+
+    # int16 kernels on the build host's CPU are LiteRT's reference kernels (about 20x int8 on MiniLM): the
+    # everything-but-one variants would be nearly all-int16, minutes each, so only the kept-high side is measured.
+    measure_complements = False
+
+    def __init__(self, float_model: bytes, calibration: list[Inputs], method: str):
+        from ai_edge_quantizer import quantizer
+
+        self.float_model, self.method = float_model, method
+        engine = quantizer.Quantizer(bytearray(float_model))
+        engine.load_quantization_recipe(_static_recipe(8, {}))
+        # Ranges are float min/max per tensor, whatever the bit width: one calibration serves every variant.
+        self.ranges = engine.calibrate({"serving_default": calibration}, num_threads=os.cpu_count() or 1)
+        self.groups = _regions(float_model)
+
+    def write(self, kept: frozenset[str], folder: Path) -> ExportedArtifact:
+        from ai_edge_quantizer import quantizer
+
+        scopes = {group.name: group.ops for group in self.groups if group.name in kept}
+        engine = quantizer.Quantizer(bytearray(self.float_model))
+        engine.load_quantization_recipe(_static_recipe(8, scopes))
+        model = bytes(engine.quantize(self.ranges, enable_progress_report=False).quantized_model)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.tflite"
+        path.write_bytes(model)
+        return ExportedArtifact(path=path, files=[path], format=LiteRTBackend.format, precision="mixed",
+                                method=self.method, details={"activations": activation_precisions(path)})
+
+
+def _static_recipe(bits: int, int16_scopes: dict[str, tuple[str, ...]]):
+    """Static quantization at `bits`-bit activations and int8 weights, with the named ops at int16 activations."""
+    import re
+
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
+    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=bits, weight_num_bits=8)
+    for ops in int16_scopes.values():  # an op's scope is its output tensors' names, each followed by ';'
+        manager.add_static_config(regex="^(?:" + "|".join(re.escape(op) for op in ops) + ")$", operation_name=every,
+                                  activation_num_bits=16, weight_num_bits=8)
+    return manager.get_quantization_recipe()
+
+
+def _regions(float_model: bytes) -> list[PrecisionGroup]:
+    """The float ops grouped by layer path (REGION_DEPTH below the common root), in graph order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=float_model)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = []
+    for op in interpreter._get_ops_details():
+        outputs = [tensors[i] for i in op["outputs"] if i >= 0]
+        if outputs and all(np.dtype(t["dtype"]) == np.float32 for t in outputs):
+            scope = "".join(f"{t['name']};" for t in outputs)
+            ops.append((outputs[0]["name"].split(";")[0].split("/"), scope,
+                        sum(int(np.prod(t["shape"])) for t in outputs)))
+    nested = [path for path, _, _ in ops if len(path) > 1]  # ops named without a layer path do not set the root
+    root = 0
+    while nested and all(len(path) > root + 1 and path[root] == nested[0][root] for path in nested):
+        root += 1
+    regions: dict[str, tuple[list[str], int]] = {}
+    for path, scope, elements in ops:
+        key = "/".join(path[root:-1][:REGION_DEPTH]) or "(top level)"
+        scopes, total = regions.get(key, ([], 0))
+        regions[key] = (scopes + [scope], total + elements)
+    return [PrecisionGroup(f"{index:02d} {key}", tuple(scopes), total)
+            for index, (key, (scopes, total)) in enumerate(regions.items())]
+
+
+def activation_precisions(path: Path) -> dict:
+    """Activation tensors (op outputs) of a quantized .tflite by type: how many, and their bytes, per type."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    counts: dict[str, dict[str, int]] = {}
+    for op in interpreter._get_ops_details():
+        for index in op["outputs"]:
+            tensor = tensors[index]
+            dtype = np.dtype(tensor["dtype"])
+            row = counts.setdefault(dtype.name, {"tensors": 0, "bytes": 0, "itemsize": dtype.itemsize})
+            row["tensors"] += 1
+            row["bytes"] += int(np.prod(tensor["shape"])) * dtype.itemsize
+    total_tensors = sum(row["tensors"] for row in counts.values()) or 1
+    total_bytes = sum(row["bytes"] for row in counts.values()) or 1
+    return {name: {**row, "tensor_share": round(row["tensors"] / total_tensors, 4),
+                   "byte_share": round(row["bytes"] / total_bytes, 4)} for name, row in sorted(counts.items())}
+
+
 def _int16_activations(float_model: bytes, calibration: list[Inputs]) -> bytes:
     """Quantize a float .tflite to int8 weights and int16 activations with ai-edge-quantizer.
 
@@ -96,8 +204,6 @@ def _int16_activations(float_model: bytes, calibration: list[Inputs]) -> bytes:
     (residual stream, LayerNorm, attention scores) resolvable where one int8 scale
     per tensor cannot; NPUs that declare 16-bit activation support run them natively.
     """
-    import os
-
     from ai_edge_quantizer import quantizer, recipe
 
     engine = quantizer.Quantizer(bytearray(float_model))

@@ -16,7 +16,7 @@ import numpy as np
 from deploykit.backends.base import Backend, ExportedArtifact, MixedGraph
 from deploykit.cache import digest
 from deploykit.evaluate import classification_fidelity, embedding_fidelity, run_examples
-from deploykit.mixed_precision import FidelityOf, Sensitivity, choose_groups, rank_groups
+from deploykit.mixed_precision import FidelityOf, Sensitivity, choose_groups, predicted_cost, rank_groups
 from deploykit.passes.recipe import Recipe
 from deploykit.planner import Gates
 from deploykit.targets import Target
@@ -45,9 +45,10 @@ def export_mixed(session: BuildSession, backend: Backend, target: Target, gates:
         ranking = [Sensitivity(groups[row["group"]], row["alone_quantized"], row["kept_high"])
                    for row in cached.meta["ranking"]]
     else:
-        with log.step("sensitivity", f"Sensitivity of {len(graph.groups)} precision groups ({2 * len(graph.groups) + 1} "
+        variants = (2 if graph.measure_complements else 1) * len(graph.groups) + 1
+        with log.step("sensitivity", f"Sensitivity of {len(graph.groups)} precision groups ({variants} "
                                      f"variants on {settings.samples} calibration texts)"):
-            all_quantized, ranking = rank_groups(graph.groups, fidelity_of)
+            all_quantized, ranking = rank_groups(graph.groups, fidelity_of, graph.measure_complements)
         if session.cache is not None:
             session.cache.put("sensitivity", key, {}, {"all_quantized": all_quantized, "ranking": [
                 {"group": row.group.name, "alone_quantized": row.alone_quantized, "kept_high": row.kept_high}
@@ -59,6 +60,10 @@ def export_mixed(session: BuildSession, backend: Backend, target: Target, gates:
              f"{all_quantized:.4f} -> {(choice.trail or [all_quantized])[-1]:.4f} (goal {goal:.4f})")
     artifact = graph.write(kept, folder)
     artifact.details["mixed_precision"] = choice.as_dict(graph.groups)
+    activations = artifact.details.get("activations")
+    if activations and target.activation_cost:
+        artifact.details["mixed_precision"]["predicted_cost"] = predicted_cost(
+            activations, target.activation_cost, tuple(sorted(target.activation_cost)))
     shutil.rmtree(scratch, ignore_errors=True)
     return artifact
 

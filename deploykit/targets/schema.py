@@ -92,6 +92,11 @@ class Target(BaseModel):
         [], description="Compression recipes (as --recipe) tried in order when quantization alone misses "
         "the latency budget; each costs accuracy, so list the gentlest first."
     )
+    activation_cost: dict[str, float] = Field(
+        {}, description="Relative cost of one activation element per tensor type on this hardware (e.g. {int8: 1, "
+        "int16: 2}), with its source in a comment: what a mixed-precision artifact is predicted to cost against the "
+        "uniform precisions, where the device cannot be measured."
+    )
 
     @field_validator("profiling", mode="before")
     @classmethod
@@ -127,10 +132,19 @@ class Target(BaseModel):
                 raise ValueError("sequence_range is a TensorRT optimisation profile: only for runtime tensorrt without static_shapes")
         return self
 
+    @field_validator("activation_cost")
+    @classmethod
+    def _costs_are_positive(cls, costs: dict[str, float]) -> dict[str, float]:
+        for name, cost in costs.items():
+            if not cost > 0:
+                raise ValueError(f"activation_cost of {name} must be positive, got {cost}")
+        return costs
+
     @model_validator(mode="after")
     def _integer_only_needs_integer_precisions(self) -> "Target":
-        if self.integer_only and not set(self.precisions) <= set(INTEGER_PRECISIONS):
-            raise ValueError(f"an integer_only target may list only the precisions {list(INTEGER_PRECISIONS)}")
+        allowed = (*INTEGER_PRECISIONS, "mixed")  # mixed on an integer-only runtime: int8 with int16 regions
+        if self.integer_only and not set(self.precisions) <= set(allowed):
+            raise ValueError(f"an integer_only target may list only the precisions {list(allowed)}")
         return self
 
     @property
