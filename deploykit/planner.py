@@ -265,12 +265,18 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                                        options.profile.threads or runner.threads(target), gates.max_latency_ms,
                                        backend.executes_as)
         candidates = prediction.kept
+    sizes = None
+    if gates.max_size_mb is not None and bundle.details.get("parameters"):
+        sizes = skip_too_large(candidates, bundle.details["parameters"], gates.max_size_mb)
+        candidates = sizes.kept
     plan = make_plan(target, backend, candidates, sequence_length, sequence_length_reason, calibration_samples,
                      evaluation_samples, gates, options.profile, runner, options.masked_logit,
                      options.max_residual_scale)
     if prediction is not None:
         plan.predictions = prediction.predictions
         plan.steps.insert(1, prediction.step)
+    if sizes is not None and sizes.step.get("skipped"):
+        plan.steps.insert(1, sizes.step)
     if target.sequence_range is not None and keras:
         low, high = target.sequence_range
         if not low <= sequence_length <= high or high > bundle.max_sequence_length:
@@ -306,6 +312,44 @@ def predict_candidate(candidate: Candidate, model: LatencyModel, architecture: A
     for name, items in candidate.recipe:
         shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
     return model.predict(candidate.precision, shape, sequence_length, threads, executes_as)
+
+
+# The fewest bytes one weight takes in an artifact of each precision (scales, graph metadata and any layer a backend
+# keeps wider come on top, so a real artifact is never smaller): a candidate whose weights alone at this width
+# exceed --max-size-mb cannot pass it, and is skipped before any export.
+MIN_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "a16w8": 1.0,
+                        "dynamic-int8": 1.0, "mixed": 1.0, "int4-weights": 0.5}
+
+
+@dataclass
+class SizeCheck:
+    """The candidates that can fit the size budget, and the plan step naming those that cannot."""
+
+    kept: list[Candidate]
+    step: dict
+
+
+def skip_too_large(candidates: list[Candidate], parameters: int, max_size_mb: float) -> SizeCheck:
+    """Drop the candidates whose weights alone, at their precision's narrowest width, exceed `max_size_mb`.
+
+    Candidates with passes that change the model's weights (pruning, distillation, factorization, a trimmed
+    vocabulary) are kept: their size is not known before they run. If every candidate would be skipped, the
+    smallest is still built, so the report shows the measured miss.
+    """
+    def lower_bound_mb(candidate: Candidate) -> float | None:
+        if any(pass_class(name).rebuilds_model for name in candidate.passes):
+            return None
+        width = MIN_BYTES_PER_WEIGHT.get(candidate.precision)
+        return None if width is None else parameters * width / 1e6
+
+    bounds = {candidate.label: lower_bound_mb(candidate) for candidate in candidates}
+    skipped = [c for c in candidates if bounds[c.label] is not None and bounds[c.label] > max_size_mb]
+    if skipped and len(skipped) == len(candidates):
+        skipped.remove(min(skipped, key=lambda c: bounds[c.label]))
+    step = {"step": "size_budget", "max_size_mb": max_size_mb, "parameters": parameters,
+            "skipped": [f"{c.label}: its {parameters:,} weights take at least {bounds[c.label]:.1f} MB at "
+                        f"{c.precision}" for c in skipped]}
+    return SizeCheck([c for c in candidates if c not in skipped], step)
 
 
 @dataclass

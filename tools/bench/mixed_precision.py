@@ -11,6 +11,10 @@ alternately, in this process, `--rounds` times, median p50 (one thread).
 
     python tools/bench/mixed_precision.py                       # nvidia-gpu and intel-cpu, ~20 min on 2 cores
     python tools/bench/mixed_precision.py --targets nvidia-gpu --other-text my_corpus.txt
+    python tools/bench/mixed_precision.py --targets mobile-npu --precisions int8,mixed,a16w8 --rounds 1
+
+On integer-only LiteRT targets the table adds the share of activation tensors at int16 and the cost of each
+artifact's activations predicted from the target's `activation_cost` table, relative to all-int8.
 """
 
 from __future__ import annotations
@@ -49,11 +53,35 @@ def fidelity_on(folder: Path, bundle, texts: list[str], length: int) -> dict:
     return embedding_fidelity(bundle.predict(inputs), run_examples(runner, inputs))
 
 
+def activations_of(folder: Path, report: dict) -> dict | None:
+    """Activation tensors by type of a LiteRT artifact (None for other runtimes)."""
+    from deploykit.backends.litert import activation_precisions
+    from deploykit.profiling.build_folder import artifact_in
+
+    path = artifact_in(folder)
+    return activation_precisions(path) if path.suffix == ".tflite" else None
+
+
+def predicted_vs_int8(activations: dict | None, costs: dict) -> float | None:
+    """The artifact's activation cost from the target's table, relative to the same elements all int8."""
+    from deploykit.mixed_precision import predicted_cost
+
+    if not activations or not costs:
+        return None
+    predicted = predicted_cost(activations, costs, ("int8",))
+    return predicted and predicted["vs_all_int8"]
+
+
+def _optional(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default="nvidia-gpu,intel-cpu")
     parser.add_argument("--other-text", type=Path, default=OTHER_TEXT, help="plain text cut into sentences")
     parser.add_argument("--other-count", type=int, default=300)
+    parser.add_argument("--precisions", default="int8,mixed", help="built side by side, in this order")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--work", type=Path, default=Path("/tmp/deploykit-bench-mixed"))
@@ -69,7 +97,7 @@ def main() -> None:
                "targets": {}}
     for target in args.targets.split(","):
         rows = {}
-        for precision in ("int8", "mixed"):
+        for precision in args.precisions.split(","):
             out = args.work / precision
             started = time.perf_counter()
             result = deploykit.build("minilm-l6", target, out=out, precision=precision, force=True, use_cache=False,
@@ -77,12 +105,15 @@ def main() -> None:
             report = json.loads((result.folder / "report.json").read_text())
             length = report["plan"][0]["sequence_length"]
             mixed = report["artifact"].get("mixed_precision") or {}
+            activations = activations_of(result.folder, report)
             rows[precision] = {
                 "build_s": round(time.perf_counter() - started, 1),
                 "bytes": report["artifact"]["bytes"],
                 "groups_kept_high": mixed.get("kept_high"),
                 "ops_kept_high_share": mixed.get("ops_kept_high_share"),
                 "activation_elements_kept_high_share": mixed.get("activation_elements_kept_high_share"),
+                "int16_tensor_share": activations.get("int16", {}).get("tensor_share", 0.0) if activations else None,
+                "predicted_cost_vs_int8": predicted_vs_int8(activations, report["target_profile"]["activation_cost"]),
                 "evaluation": report["metrics"]["fidelity"],  # the build's held-out evaluation texts
                 "other_text": fidelity_on(result.folder, bundle, other, length),
                 "folder": str(result.folder),
@@ -96,11 +127,12 @@ def main() -> None:
             row["p50_rounds"] = p50[precision]
         results["targets"][target] = rows
         print(f"\n{target}")
-        print(f"{'precision':10} {'kept':>5} {'ops high':>8} {'cos eval':>9} {'nn eval':>8} {'cos other':>9} "
-              f"{'nn other':>8} {'p50 ms':>7} {'MB':>6}")
+        print(f"{'precision':10} {'kept':>5} {'ops high':>8} {'int16 t':>7} {'cost':>5} {'cos eval':>9} {'nn eval':>8} "
+              f"{'cos other':>9} {'nn other':>8} {'p50 ms':>7} {'MB':>6}")
         for precision, row in rows.items():
             evaluation, other_fid = row["evaluation"], row["other_text"]
             print(f"{precision:10} {len(row['groups_kept_high'] or []):5d} {row['ops_kept_high_share'] or 0:8.3f} "
+                  f"{_optional(row['int16_tensor_share']):>7} {_optional(row['predicted_cost_vs_int8']):>5} "
                   f"{evaluation['cosine_mean']:9.4f} {evaluation['agreement']:8.3f} "
                   f"{other_fid['cosine_mean']:9.4f} {other_fid['agreement']:8.3f} {row['p50_ms']:7.2f} "
                   f"{row['bytes'] / 1e6:6.1f}")

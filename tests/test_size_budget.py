@@ -1,0 +1,40 @@
+"""--max-size-mb in the plan: candidates that cannot fit are skipped before any export."""
+
+from deploykit.backends.base import get_backend
+from deploykit.build import build
+from deploykit.planner import plan_candidates, skip_too_large
+from deploykit.profiling.local import ProfileSettings
+from deploykit.targets import load_target
+
+
+def _intel_candidates():
+    target = load_target("intel-cpu")
+    return plan_candidates(target, get_backend(target.runtime), None, forced=None)
+
+
+def test_candidates_whose_weights_alone_exceed_the_budget_are_skipped():
+    candidates = _intel_candidates()  # int8, mixed, bf16, fp32, int4-weights
+    checked = skip_too_large(candidates, parameters=22_700_000, max_size_mb=20.0)
+    assert [c.precision for c in checked.kept] == ["int4-weights"]  # 22.7 MB at int8 cannot fit 20 MB
+    assert len(checked.step["skipped"]) == 4 and "at least 22.7 MB at int8" in checked.step["skipped"][0]
+    roomy = skip_too_large(candidates, parameters=22_700_000, max_size_mb=50.0)
+    assert [c.precision for c in roomy.kept] == ["int8", "mixed", "bf16", "int4-weights"]  # fp32 needs 90.8 MB
+
+
+def test_the_smallest_is_still_built_when_nothing_fits_and_structural_passes_are_kept():
+    candidates = _intel_candidates()
+    checked = skip_too_large(candidates, parameters=22_700_000, max_size_mb=1.0)
+    assert [c.precision for c in checked.kept] == ["int4-weights"]
+    target = load_target("intel-cpu")
+    pruned = plan_candidates(target, get_backend(target.runtime), "int8", forced=("prune",))
+    assert skip_too_large(pruned, parameters=22_700_000, max_size_mb=1.0).kept == pruned  # size unknown before it runs
+
+
+def test_the_plan_names_what_the_size_budget_skipped(tiny_classifier, labelled_data, tmp_path):
+    result = build(tiny_classifier, "arm-cpu", labelled_data, out=tmp_path, precision=None, max_size_mb=1e-3,
+                   calibration_samples=10, evaluation_samples=10, profile=ProfileSettings(runs=3, warmup=1))
+    steps = {step["step"]: step for step in result.report["plan"]}
+    tried = [candidate["candidate"] for candidate in result.report["candidates"]]
+    assert len(tried) == 1 and steps["size_budget"]["skipped"]
+    assert not result.passed and any(check["name"] == "size_mb" and not check["passed"]
+                                     for check in result.report["gates"]["checks"])
