@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deploykit.backends.base import INT4_ALGORITHMS, Int4Settings
 from deploykit.build.options import BuildOptions
 from deploykit.errors import DeployKitError
 from deploykit.interrupts import Interrupted, interruptible
@@ -85,11 +86,16 @@ def _search_options(command):
                      "keep groups until 0.995)."),
         click.option("--mixed-max-share", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.mixed.max_share,
                      show_default=True, help="Precision mixed: most groups kept at high precision, as a share of all."),
-        click.option("--int4-group-size", type=int, default=_BUILD.int4_group_size, show_default=True,
+        click.option("--int4-group-size", type=int, default=_BUILD.int4.group_size, show_default=True,
                      help="Precision int4-weights: input channels sharing one scale (-1: one scale per row)."),
-        click.option("--int4-ratio", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.int4_ratio,
+        click.option("--int4-ratio", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.int4.ratio,
                      show_default=True, help="Precision int4-weights: share of the eligible weights at int4; below 1, "
                      "the backend keeps the most sensitive at int8, measured on calibration texts."),
+        click.option("--int4-algorithm", type=click.Choice(INT4_ALGORITHMS), default=_BUILD.int4.algorithm,
+                     show_default=True, help="Precision int4-weights: how the 4-bit levels are chosen: rtn rounds "
+                     "each group to nearest (data-free); awq and gptq fit them on the calibration texts."),
+        click.option("--int4-embeddings/--int8-embeddings", default=_BUILD.int4.embeddings, show_default=True,
+                     help="Precision int4-weights: embedding tables at int4 too (smaller, slightly less faithful)."),
         click.option("--cache", type=click.Path(file_okay=False), help="Cache folder for exports and measurements "
                      "(default: $DEPLOYKIT_CACHE, else $XDG_CACHE_HOME/deploykit)."),
         click.option("--no-cache", "no_cache", is_flag=True, help="Run every stage, neither reading nor writing the "
@@ -349,7 +355,7 @@ def _build(model, target_names, data, eval_data, out, precision, activation_perc
            profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
            save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes,
            search_length_percentiles, max_size_mb, mixed_reserve, mixed_max_share, int4_group_size, int4_ratio,
-           cache, no_cache, cache_max_gb) -> list:
+           int4_algorithm, int4_embeddings, cache, no_cache, cache_max_gb) -> list:
     """`build` and `search`: one implementation (a search is a build with --search N)."""
     from deploykit.runtime_env import import_tensorflow_quietly
 
@@ -376,8 +382,8 @@ def _build(model, target_names, data, eval_data, out, precision, activation_perc
         calibration_samples=calibration_samples, evaluation_samples=evaluation_samples, seed=seed,
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
-        max_size_mb=max_size_mb, mixed=MixedSettings(mixed_reserve, mixed_max_share), int4_group_size=int4_group_size,
-        int4_ratio=int4_ratio, cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
+        max_size_mb=max_size_mb, mixed=MixedSettings(mixed_reserve, mixed_max_share), int4=Int4Settings(
+            int4_group_size, int4_ratio, int4_algorithm, int4_embeddings), cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
         search=SearchSettings(trials=search, storage=storage, study=study, prefer=prefer, prune_factor=prune_factor,
                               passes=_search_passes(search_passes),
                               length_percentiles=_percentiles(search_length_percentiles)) if search else None,

@@ -190,6 +190,38 @@ def test_int4_weights_ir_is_smaller_runs_and_stores_four_bit_weights(tiny_classi
     assert np.abs(outputs["int4-weights"] - outputs["fp32"]).max() < 0.5 * np.abs(outputs["fp32"]).max()
 
 
+def _gathered_table_type(path) -> str:
+    """The element type of the constant the embedding Gather reads (through its decompression chain)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    gather = next(node for node in model.get_ordered_ops() if node.get_type_name() == "Gather"
+                  and node.get_output_partial_shape(0).rank.get_length() == 3)
+    node = gather.input_value(0).get_node()
+    while node.get_type_name() != "Constant":
+        node = node.input_value(0).get_node()
+    return node.get_output_element_type(0).get_type_name()
+
+
+def test_int4_embeddings_and_algorithms(tiny_classifier, tmp_path):
+    """--int4-embeddings puts the embedding table at 4 bits (int8 otherwise); rtn and gptq both run and each gives
+    its own weights."""
+    from deploykit.backends.base import Int4Settings
+
+    inputs, calibration = _saved_with_samples(tiny_classifier, tmp_path / "saved")
+    backend = get_backend("openvino")
+    outputs, tables = {}, {}
+    for name, settings in {"rtn": Int4Settings(algorithm="rtn"), "gptq": Int4Settings(algorithm="gptq"),
+                           "rtn-embeddings": Int4Settings(algorithm="rtn", embeddings=True)}.items():
+        artifact = backend.export(tmp_path / "saved", "int4-weights", ExportOptions(calibration, int4=settings),
+                                  tmp_path / name)
+        outputs[name] = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
+        tables[name] = _gathered_table_type(artifact.path)
+    assert tables["rtn"] in ("u8", "i8") and tables["rtn-embeddings"] in ("u4", "i4")
+    assert all(np.isfinite(values).all() for values in outputs.values())
+    assert not np.array_equal(outputs["rtn"], outputs["gptq"])
+
+
 def test_litert_mixed_graph_has_int16_exactly_on_the_kept_regions(tiny_backbone_file, tmp_path):
     """Full-integer LiteRT: the kept region's ops (and the requantizations into them) output int16, every other op
     int8 or a non-float type, no op outputs float; nothing kept has no int16 at all."""

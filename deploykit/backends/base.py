@@ -54,6 +54,22 @@ DEFAULT_ACTIVATION_PERCENTILE = 99.99
 # (smaller groups: more faithful, larger files); every eligible layer at int4 unless a ratio below 1 asks otherwise.
 DEFAULT_INT4_GROUP_SIZE = 128
 DEFAULT_INT4_RATIO = 1.0
+# How int4 values are chosen. rtn: each group rounded to its nearest level, data-free. awq / gptq: on the calibration
+# samples, activation-aware scaling / column-by-column error compensation, both with scale estimation. GPTQ is the
+# default: on MiniLM (group 128) cosine 0.982 against 0.962 rounded to nearest, for about a minute of CPU per model.
+INT4_ALGORITHMS = ("rtn", "awq", "gptq")
+DEFAULT_INT4_ALGORITHM = "gptq"
+
+
+@dataclass(frozen=True)
+class Int4Settings:
+    """How precision int4-weights compresses: groups, the share at int4, the algorithm, and the embedding tables."""
+
+    group_size: int = DEFAULT_INT4_GROUP_SIZE  # input channels sharing one scale (-1: one per row)
+    ratio: float = DEFAULT_INT4_RATIO  # share of the eligible weights at int4, the rest int8 (data-aware below 1)
+    algorithm: str = DEFAULT_INT4_ALGORITHM  # one of INT4_ALGORITHMS
+    # Embedding tables at int4 too (int8 by default): on MiniLM, 17.9 -> 11.9 MB for 0.004 cosine.
+    embeddings: bool = False
 # Converters run as child processes (tf2onnx) stop after this: BERT-large converts in ~5 minutes on 2 cores.
 DEFAULT_CONVERTER_TIMEOUT_S = 1800.0
 
@@ -67,8 +83,7 @@ class ExportOptions:
     integer_io: bool = False
     activation_percentile: float = DEFAULT_ACTIVATION_PERCENTILE  # percentile-calibrating backends: values kept in range
     converter_timeout_s: float = DEFAULT_CONVERTER_TIMEOUT_S  # limit for a converter run as a child process
-    int4_group_size: int = DEFAULT_INT4_GROUP_SIZE  # int4-weights: input channels sharing one scale
-    int4_ratio: float = DEFAULT_INT4_RATIO  # int4-weights: share of the eligible weights at int4, the rest int8
+    int4: Int4Settings = Int4Settings()  # precision int4-weights
 
 
 class MixedGraph:

@@ -28,8 +28,9 @@ class OpenVINOBackend(Backend):
         "fp16": "openvino.convert_model, float16-compressed IR, inference precision f16",
         "bf16": "openvino.convert_model, float16-compressed IR, inference precision bf16",
         "int8": "nncf.quantize(model_type=TRANSFORMER) on the calibration samples, int8 IR",
-        "int4-weights": "nncf.compress_weights INT4_ASYM (one scale and zero point per group of input channels), "
-        "embeddings and the layers NNCF keeps by default at int8; float activations",
+        "int4-weights": "nncf.compress_weights INT4_ASYM (one scale and zero point per group of input channels, "
+        "GPTQ with scale estimation by default), embeddings and the layers NNCF keeps by default at int8; float "
+        "activations",
         "mixed": "the nncf int8 IR with the FakeQuantize taken off the activations of its most sensitive MatMuls "
         "(measured one group at a time): those run on float activations with their int8 weights decompressed",
     }
@@ -48,7 +49,9 @@ class OpenVINOBackend(Backend):
             model = _quantize(model, options.calibration)
         elif precision == "int4-weights":
             model = _int4_weights(model, options)
-            method += f", group size {options.int4_group_size}, ratio {options.int4_ratio:g}"
+            int4 = options.int4
+            method += (f", group size {int4.group_size}, ratio {int4.ratio:g}, {int4.algorithm}, embeddings "
+                       f"{'int4' if int4.embeddings else 'int8'}")
         _number_unnamed_nodes(model)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
@@ -98,18 +101,23 @@ def _quantize(model, calibration: list[Inputs]):
 
 
 def _int4_weights(model, options: ExportOptions):
-    """int4 weights with float activations; a ratio below 1 lets NNCF keep the weights it finds most sensitive on
-    the calibration samples at int8. Asymmetric: on MiniLM, cosine 0.962 against 0.955 symmetric (group 128).
-    A layer whose width the group size does not divide gets the largest power-of-two group that does (at least
-    32), else int8."""
+    """int4 weights with float activations (asymmetric: on MiniLM, cosine 0.962 against 0.955 symmetric, group 128,
+    rounded to nearest). The algorithm (awq, gptq: with scale estimation, on the calibration samples) chooses the
+    levels; a ratio below 1 keeps the weights NNCF finds most sensitive at int8. A layer whose width the group size
+    does not divide gets the largest power-of-two group that does (at least 32), else int8. Embedding tables stay
+    int8 unless `embeddings` asks for int4 (NNCF's all_layers)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
+    settings = options.int4
     data = {}
-    if options.int4_ratio < 1:
+    if settings.ratio < 1 or settings.algorithm != "rtn":
         data = {"dataset": nncf.Dataset(options.calibration), "subset_size": len(options.calibration)}
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=options.int4_group_size,
-                                 ratio=options.int4_ratio, advanced_parameters=AdvancedCompressionParameters(
+    if settings.algorithm != "rtn":
+        data.update({settings.algorithm: True, "scale_estimation": True})
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=settings.group_size,
+                                 ratio=settings.ratio, all_layers=settings.embeddings or None,
+                                 advanced_parameters=AdvancedCompressionParameters(
                                      group_size_fallback_mode=GroupSizeFallbackMode.ADJUST), **data)
 
 

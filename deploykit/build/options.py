@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploykit.backends.base import (DEFAULT_ACTIVATION_PERCENTILE, DEFAULT_CONVERTER_TIMEOUT_S, DEFAULT_INT4_GROUP_SIZE,
-                                     DEFAULT_INT4_RATIO)
+from deploykit.backends.base import (DEFAULT_ACTIVATION_PERCENTILE, DEFAULT_CONVERTER_TIMEOUT_S, INT4_ALGORITHMS,
+                                     Int4Settings)
 from deploykit.cache import DEFAULT_MAX_GB
 from deploykit.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES, DEFAULT_LENGTH_PERCENTILE
 from deploykit.errors import DeployKitError
@@ -57,8 +57,7 @@ class BuildOptions:
     cache_max_gb: float = DEFAULT_MAX_GB  # least recently used entries go beyond this
     search: SearchSettings | None = None  # None: try the planner's fixed candidates; else an Optuna search
     mixed: MixedSettings = MixedSettings()  # how precision "mixed" chooses the groups it keeps high
-    int4_group_size: int = DEFAULT_INT4_GROUP_SIZE  # int4-weights: input channels sharing one scale
-    int4_ratio: float = DEFAULT_INT4_RATIO  # int4-weights: share of the eligible weights at int4 (the rest int8)
+    int4: Int4Settings = Int4Settings()  # how precision int4-weights compresses
 
 
 def check_options(options: BuildOptions) -> None:
@@ -87,8 +86,8 @@ def check_options(options: BuildOptions) -> None:
         ("mixed reserve", options.mixed.reserve, lambda v: 0 <= v < 1, "in [0, 1)"),
         ("mixed max share", options.mixed.max_share, lambda v: 0 < v <= 1, "in (0, 1]"),
         ("mixed samples", options.mixed.samples, lambda v: v >= 1, "at least 1"),
-        ("int4 group size", options.int4_group_size, lambda v: v >= 1 or v == -1, "at least 1 (or -1: one per row)"),
-        ("int4 ratio", options.int4_ratio, lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("int4 group size", options.int4.group_size, lambda v: v >= 1 or v == -1, "at least 1 (or -1: one per row)"),
+        ("int4 ratio", options.int4.ratio, lambda v: 0 < v <= 1, "in (0, 1]"),
     ]
     if options.search is not None:
         rules += [("trials", options.search.trials, lambda v: v >= 1, "at least 1"),
@@ -103,6 +102,9 @@ def check_options(options: BuildOptions) -> None:
         if unknown:
             raise DeployKitError(f"--search-passes: unknown pass {', '.join(unknown)}; known passes: "
                                  f"{', '.join(PASSES.names())} (or 'none' for precisions only).")
+    if options.int4.algorithm not in INT4_ALGORITHMS:
+        raise DeployKitError(f"int4 algorithm must be one of {', '.join(INT4_ALGORITHMS)}, got "
+                             f"{options.int4.algorithm!r}.")
     for name, value, accepted, expected in rules:
         if value is not None and (not math.isfinite(value) or not accepted(value)):
             raise DeployKitError(f"{name} must be {expected}, got {value}.")

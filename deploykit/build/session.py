@@ -122,7 +122,7 @@ class BuildSession:
             self._inputs = digest(
                 model, bundle.tokenizer.get_vocabulary(), bool(getattr(bundle.tokenizer, "lowercase", False)),
                 bundle.task, bundle.class_names, split, options.seed, options.masked_logit,
-                options.max_residual_scale, options.activation_percentile, options.int4_group_size, options.int4_ratio,
+                options.max_residual_scale, options.activation_percentile, options.int4,
                 toolchain_versions())
         return self._inputs
 
@@ -216,7 +216,7 @@ class BuildSession:
         return ExportOptions(calibration=self.models.calibration(recipe), integer_only=target.integer_only,
                              integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
                              converter_timeout_s=self.options.converter_timeout_s,
-                             int4_group_size=self.options.int4_group_size, int4_ratio=self.options.int4_ratio)
+                             int4=self.options.int4)
 
     def baseline(self, backend: Backend, target: Target, runner: ProfileRunner, threads: int) -> Measured:
         """The fp32 artifact of the original on the same runtime, runner and threads (once per build)."""
