@@ -7,10 +7,12 @@ evaluation texts for every row, speed-ups against LiteRT fp32 of the original:
     python tools/bench/compression.py --model /tmp/minilm-topics/classifier.keras \\
         --data /tmp/minilm-topics/train.jsonl --eval-data /tmp/minilm-topics/test.jsonl
     python tools/bench/compression.py --recipes "distill:layers=2" "prune:heads=0.5,steps=200"
+    python tools/bench/compression.py --model /tmp/minilm-topics/classifier.keras --data ... --eval-data ... \
+        --target intel-cpu --precision int8,int4-weights --recipes trim-vocab     # every recipe at each precision
 
 Each recipe runs through the build session exactly as `deploykit build --recipe`
 does (passes in order, fine-tuned against the original, the original untouched),
-then exports at `--precision` (default dynamic-int8, LiteRT) and is validated on
+then exports at each `--precision` (default dynamic-int8, LiteRT) and is validated on
 the evaluation texts with its own tokenizer.
 """
 
@@ -47,7 +49,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="JSONL/CSV (default: the bundled sentences)")
     parser.add_argument("--eval-data", default=None, help="separate evaluation file (default: held out from --data)")
     parser.add_argument("--target", default="arm-cpu", help="target whose backend and threads are used")
-    parser.add_argument("--precision", default="dynamic-int8")
+    parser.add_argument("--precision", default="dynamic-int8", help="comma-separated: each recipe at each precision")
     parser.add_argument("--sequence-length", type=int, default=None, help="default: chosen from the data, as build does")
     parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES))
     parser.add_argument("--runs", type=int, default=100)
@@ -56,29 +58,33 @@ def main() -> None:
     recipes = [parse_recipe(text) for text in args.recipes]
     target = load_target(args.target)
     backend = get_backend(target.runtime)
-    options = BuildOptions(sequence_length=args.sequence_length, profile=ProfileSettings(runs=args.runs))
+    # No cache: every row is measured in this run, side by side (a cached measurement is another run's machine state).
+    options = BuildOptions(sequence_length=args.sequence_length, profile=ProfileSettings(runs=args.runs),
+                           use_cache=False)
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as workdir:
         work = Path(workdir)
         log = StepLog(Console(stderr=True))  # progress on stderr, the table on stdout
         session = prepare_session(args.model, args.data, args.eval_data, options, log, work)
         runner = get_runner(target.profiling)
         threads = runner.threads(target)
-        original = backend.export(session.models.saved_model(), args.precision, session.export_options(target),
-                                  work / "int8")
-        rows = [
-            ("LiteRT fp32, original", session.baseline(backend, target, runner, threads), None, []),
-            (f"{args.precision}, original", session.measure(backend, original, runner, threads, "original"), None, []),
-        ]
+        precisions = args.precision.split(",")
+        rows = [(f"{backend.name} fp32, original", session.baseline(backend, target, runner, threads), None, [])]
+        for precision in precisions:
+            original = backend.export(session.models.saved_model(), precision, session.export_options(target),
+                                      work / f"original-{precision}")
+            rows.append((f"{precision}, original", session.measure(backend, original, runner, threads, "original"),
+                         None, []))
         for number, (names, values) in enumerate(recipes):
             steps = recipe(names, values)  # passes with parameters: what the session's caches key on
             started = time.perf_counter()
             saved_model = session.models.saved_model(None, steps)
             seconds = time.perf_counter() - started
-            artifact = backend.export(saved_model, args.precision, session.export_options(target, steps),
-                                      work / f"recipe{number}")
-            label = f"{args.recipes[number]} + {args.precision}"
-            rows.append((label, session.measure(backend, artifact, runner, threads, label, steps), seconds,
-                         session.models.pass_results(steps)))
+            for precision in precisions:
+                artifact = backend.export(saved_model, precision, session.export_options(target, steps),
+                                          work / f"recipe{number}-{precision}")
+                label = f"{args.recipes[number]} + {precision}"
+                rows.append((label, session.measure(backend, artifact, runner, threads, label, steps), seconds,
+                             session.models.pass_results(steps)))
         print_table(rows, session, threads)
 
 

@@ -3,8 +3,9 @@ embedding model, side by side in one run, per target.
 
 For each target, `deploykit.build` runs twice on the bundled sentences (same data, seed and
 calibration, the target's own gates, which "mixed" aims at): `--precision int8` and
-`--precision mixed` (a build that misses a gate still writes its folder). Then both artifacts run on texts that neither calibration nor the
-mixed choice saw: the build's own held-out evaluation texts (from its report) and
+`--precision mixed` (a build that misses a gate still writes its folder). Post-training only (no QAT
+candidate after int8 on integer-only targets): the comparison is between precisions, on the same
+weights. Then both artifacts run on texts that neither calibration nor the mixed choice saw: the build's own held-out evaluation texts (from its report) and
 sentences of a different kind (the GPL-3 licence text, cut into sentences), each
 compared with the original Keras model. Latency: `deploykit.profile` on the two folders
 alternately, in this process, `--rounds` times, median p50 (one thread).
@@ -101,6 +102,7 @@ def main() -> None:
             out = args.work / precision
             started = time.perf_counter()
             result = deploykit.build("minilm-l6", target, out=out, precision=precision, force=True, use_cache=False,
+                                     qat=False,
                                      profile=ProfileSettings(threads=1, runs=args.runs))
             report = json.loads((result.folder / "report.json").read_text())
             length = report["plan"][0]["sequence_length"]
