@@ -138,7 +138,7 @@ def main() -> None:
                   f"{evaluation['cosine_mean']:9.4f} {evaluation['agreement']:8.3f} "
                   f"{other_fid['cosine_mean']:9.4f} {other_fid['agreement']:8.3f} {row['p50_ms']:7.2f} "
                   f"{row['bytes'] / 1e6:6.1f}")
-    output = Path(__file__).parent / "results" / "mixed_precision.json"
+    output = Path(__file__).parent / "results" / f"mixed_precision_{args.targets.replace(',', '_')}.json"
     output.parent.mkdir(exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {output}")
