@@ -71,10 +71,10 @@ def test_build_tries_qat_after_post_training_int8_and_restores_the_model(tiny_cl
     result = build(tiny_classifier, "mobile-npu", labelled_data, out=tmp_path, profile=FAST, calibration_samples=20,
                    evaluation_samples=20, pass_parameters={"qat": {"steps": 4, "batch_size": 8, "learning_rate": 1e-2}})
     labels = [c["candidate"] for c in result.report["candidates"]]
-    assert labels == ["int8", "qat + int8", "a16w8"]
+    assert labels == ["int8", "qat + int8", "mixed", "a16w8"]
     qat = result.report["candidates"][1]
     assert qat["passes"][0]["pass"] == "qat" and qat["passes"][0]["parameters"]["steps"] == 4
     assert "qat" in [step["step"] for step in result.report["plan"]]
-    # what was traced after QAT (a16w8, the fp32 baseline) saw the original weights again
-    assert result.report["candidates"][2]["passes"] == []
+    # what was traced after QAT (mixed, a16w8, the fp32 baseline) saw the original weights again
+    assert result.report["candidates"][2]["passes"] == [] and result.report["candidates"][3]["passes"] == []
     assert result.report["baseline"]["fidelity"]["agreement"] == 1.0
