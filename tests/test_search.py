@@ -232,6 +232,20 @@ def _search_command(model: Path, data: Path, out: Path, trials: int, *extra: str
             "0", "--calibration-samples", "10", "--evaluation-samples", "20", *extra]
 
 
+def _schema_ready(path) -> bool:
+    """Whether Optuna has finished creating its tables in the SQLite file (it writes version_info last): opening the
+    storage earlier would create them too, racing the search process that is creating them."""
+    import sqlite3
+
+    if not path.exists():
+        return False
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        try:
+            return connection.execute("SELECT count(*) FROM version_info").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # the table is not there yet
+            return False
+
+
 def _trials(storage: str, name: str = "deploykit.arm-cpu") -> list:
     import optuna
 
@@ -250,7 +264,7 @@ def test_an_interrupted_search_resumes_on_two_workers_without_losing_or_repeatin
     first = subprocess.Popen(command("first"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:  # interrupt during a trial after one completed
-        trials = _trials(storage) if (tmp_path / "study.db").exists() else []
+        trials = _trials(storage) if _schema_ready(tmp_path / "study.db") else []
         if sum(t.state.name == "COMPLETE" for t in trials) >= 1 and trials[-1].state.name == "RUNNING" \
                 and trials[-1].params:  # its objective runs (a signal between trials fails the next at its start)
             break
