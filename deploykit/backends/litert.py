@@ -117,7 +117,7 @@ class Int16MixedGraph(MixedGraph):
 
         self.float_model, self.method = float_model, method
         engine = quantizer.Quantizer(bytearray(float_model))
-        engine.load_quantization_recipe(_static_recipe(8, {}))
+        engine.load_quantization_recipe(_static_recipe({}))
         # Ranges are float min/max per tensor, whatever the bit width: one calibration serves every variant.
         self.ranges = engine.calibrate({"serving_default": calibration}, num_threads=os.cpu_count() or 1)
         self.groups = _regions(float_model)
@@ -127,7 +127,7 @@ class Int16MixedGraph(MixedGraph):
 
         scopes = {group.name: group.ops for group in self.groups if group.name in kept}
         engine = quantizer.Quantizer(bytearray(self.float_model))
-        engine.load_quantization_recipe(_static_recipe(8, scopes))
+        engine.load_quantization_recipe(_static_recipe(scopes))
         model = bytes(engine.quantize(self.ranges, enable_progress_report=False).quantized_model)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.tflite"
@@ -136,15 +136,15 @@ class Int16MixedGraph(MixedGraph):
                                 method=self.method, details={"activations": activation_precisions(path)})
 
 
-def _static_recipe(bits: int, int16_scopes: dict[str, tuple[str, ...]]):
-    """Static quantization at `bits`-bit activations and int8 weights, with the named ops at int16 activations."""
+def _static_recipe(int16_scopes: dict[str, tuple[str, ...]]):
+    """Static quantization: int8 weights and activations, with the named ops at int16 activations."""
     import re
 
     from ai_edge_quantizer import qtyping, recipe_manager
 
     manager = recipe_manager.RecipeManager()
     every = qtyping.TFLOperationName.ALL_SUPPORTED
-    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=bits, weight_num_bits=8)
+    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8)
     for ops in int16_scopes.values():  # an op's scope is its output tensors' names, each followed by ';'
         manager.add_static_config(regex="^(?:" + "|".join(re.escape(op) for op in ops) + ")$", operation_name=every,
                                   activation_num_bits=16, weight_num_bits=8)
