@@ -87,13 +87,14 @@ def _search_options(command):
         click.option("--mixed-max-share", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.mixed.max_share,
                      show_default=True, help="Precision mixed: most groups kept at high precision, as a share of all."),
         click.option("--int4-group-size", type=int, default=_BUILD.int4.group_size, show_default=True,
-                     help="Precision int4-weights: input channels sharing one scale (-1: one scale per row)."),
+                     help="Precision int4-weights: input channels sharing one scale (-1: one scale per row). LiteRT "
+                     "takes 32, 64, 128, 256 or -1; OpenVINO any size, falling back to smaller groups."),
         click.option("--int4-ratio", type=click.FloatRange(0, 1, min_open=True), default=_BUILD.int4.ratio,
                      show_default=True, help="Precision int4-weights: share of the eligible weights at int4; below 1, "
-                     "the backend keeps the most sensitive at int8, measured on calibration texts."),
+                     "the backend keeps the most sensitive at int8, measured on calibration texts (OpenVINO only)."),
         click.option("--int4-algorithm", type=click.Choice(INT4_ALGORITHMS), default=_BUILD.int4.algorithm,
                      show_default=True, help="Precision int4-weights: how the 4-bit levels are chosen: rtn rounds "
-                     "each group to nearest (data-free); awq and gptq fit them on the calibration texts."),
+                     "each group to nearest (data-free); awq (OpenVINO only) and gptq fit them on the calibration texts."),
         click.option("--int4-embeddings/--int8-embeddings", default=_BUILD.int4.embeddings, show_default=True,
                      help="Precision int4-weights: embedding tables at int4 too (smaller, slightly less faithful)."),
         click.option("--cache", type=click.Path(file_okay=False), help="Cache folder for exports and measurements "

@@ -179,7 +179,7 @@ def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_b
                    evaluation_samples=20, min_cosine=-1.0, max_latency_ms=1e-6)  # every candidate misses latency only
     assert not result.passed
     tried = [c["precision"] for c in result.report["candidates"]]
-    assert tried == ["dynamic-int8", "fp16", "fp32"]
+    assert tried == ["dynamic-int8", "fp16", "fp32", "int4-weights"]
     assert result.report["artifact"]["precision"] == "dynamic-int8"  # not the last one tried
 
 

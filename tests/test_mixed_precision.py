@@ -270,3 +270,85 @@ def test_mobile_npu_mixed_build_reports_regions_shares_and_predicted_cost(tiny_b
     assert cost["vs_all_int8"] == pytest.approx(1 + share, abs=1e-3)  # int16 costs 2x int8 in the target's table
     assert cost["vs_all_int16"] == pytest.approx((1 + share) / 2, abs=1e-3)
     assert report["compatibility"]["fallback_ops"] in (None, {})
+
+
+def _tflite_weight_types(path) -> dict[str, set[str]]:
+    """The stored type of each FULLY_CONNECTED and EMBEDDING_LOOKUP op's weight tensor, by op name."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    op_names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    weight_input = {"FULLY_CONNECTED": 1, "EMBEDDING_LOOKUP": 1}
+    found: dict[str, set[str]] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+            if name in weight_input:
+                found.setdefault(name, set()).add(type_names[subgraph.tensors[op.inputs[weight_input[name]]].type])
+    return found
+
+
+def test_table_lookups_rewritten_for_litert_compute_the_same(tiny_backbone_file, tmp_path):
+    """GATHER on the embedding tables becomes EMBEDDING_LOOKUP (ids flattened), with bit-identical float outputs."""
+    import tensorflow as tf
+
+    from deploykit.tflite_lookup import as_embedding_lookups
+
+    inputs, _ = _saved_with_samples(tiny_backbone_file, tmp_path / "saved")
+    float_model = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved")).convert()
+    rewritten, count = as_embedding_lookups(float_model)
+    assert count >= 1
+    paths = {}
+    for name, model in {"gather": float_model, "lookup": rewritten}.items():
+        paths[name] = tmp_path / f"{name}.tflite"
+        paths[name].write_bytes(model)
+    assert "EMBEDDING_LOOKUP" in _tflite_weight_types(paths["lookup"])
+    assert "EMBEDDING_LOOKUP" not in _tflite_weight_types(paths["gather"])
+    backend = get_backend("litert")
+    outputs = [run_examples(backend.load(path, 1, {}), inputs) for path in paths.values()]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert as_embedding_lookups(rewritten) == (rewritten, 0)  # nothing left to rewrite
+
+
+def test_litert_int4_weights_are_smaller_run_and_store_int4(tiny_backbone_file, tmp_path):
+    """LiteRT int4-weights: every FULLY_CONNECTED weight int4, the embedding tables int8 (int4 with embeddings);
+    smaller than fp32, and it runs close to it."""
+    from deploykit.backends.base import Int4Settings
+
+    inputs, calibration = _saved_with_samples(tiny_backbone_file, tmp_path / "saved")
+    backend = get_backend("litert")
+    sizes, outputs, types = {}, {}, {}
+    for name, precision, settings in [("fp32", "fp32", Int4Settings()),
+                                      ("int4", "int4-weights", Int4Settings(group_size=32)),
+                                      ("int4-embeddings-rtn", "int4-weights",
+                                       Int4Settings(group_size=32, algorithm="rtn", embeddings=True))]:
+        artifact = backend.export(tmp_path / "saved", precision, ExportOptions(calibration, int4=settings),
+                                  tmp_path / name)
+        sizes[name] = artifact.path.stat().st_size
+        outputs[name] = run_examples(backend.load(artifact.path, 1, {}), inputs)
+        types[name] = _tflite_weight_types(artifact.path)
+    assert types["int4"] == {"FULLY_CONNECTED": {"INT4"}, "EMBEDDING_LOOKUP": {"INT8"}}
+    assert types["int4-embeddings-rtn"] == {"FULLY_CONNECTED": {"INT4"}, "EMBEDDING_LOOKUP": {"INT4"}}
+    assert sizes["int4-embeddings-rtn"] < sizes["int4"] < sizes["fp32"]
+    for name in ("int4", "int4-embeddings-rtn"):
+        assert np.isfinite(outputs[name]).all()
+        assert np.abs(outputs[name] - outputs["fp32"]).max() < 0.5 * np.abs(outputs["fp32"]).max()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"algorithm": "awq"}, "--int4-algorithm rtn or gptq"),
+    ({"ratio": 0.8}, "--int4-ratio 0.8 cannot apply"),
+    ({"group_size": 96}, "got --int4-group-size 96"),
+])
+def test_litert_int4_refuses_settings_it_cannot_honour(tiny_backbone_file, tmp_path, settings, message):
+    from deploykit.backends.base import Int4Settings
+    from deploykit.errors import DeployKitError
+
+    _, calibration = _saved_with_samples(tiny_backbone_file, tmp_path / "saved")
+    with pytest.raises(DeployKitError, match=message):
+        get_backend("litert").export(tmp_path / "saved", "int4-weights",
+                                     ExportOptions(calibration, int4=Int4Settings(**settings)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

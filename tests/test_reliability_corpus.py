@@ -196,7 +196,7 @@ CASES = [
                                               f.targets({"lab.yaml": LIST_TARGET + "sequence_range: [8, 64]\n"})),
          "sequence_range"),
     Case("target-no-exportable-precision", lambda f: (f.build("--target", "lab"), f.targets(
-        {"lab.yaml": LIST_TARGET.replace("[dynamic-int8]", "[int4-weights]")})), "none of which"),
+        {"lab.yaml": LIST_TARGET.replace("[dynamic-int8]", "[fp8]")})), "none of which"),
     Case("target-second-of-two-invalid", lambda f: (f.build("--target", "arm-cpu,lab"),
                                                     f.targets({"lab.yaml": LIST_TARGET + "host_match: '['\n"})),
          "not a valid regular expression"),

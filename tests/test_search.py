@@ -153,8 +153,9 @@ def test_a_search_ships_the_preferred_point_of_its_front_and_skips_what_is_predi
     trials = search["trials"]
     assert len(trials) == 5 and {t["state"] for t in trials} <= {"complete", "pruned"}
     # build's own candidates run first (the search starts from them), then the sampler's
-    assert [t["candidate"]["label"] for t in trials if t.get("fixed_candidate")] == ["dynamic-int8", "fp16", "fp32"]
-    assert [t["number"] for t in trials if t.get("fixed_candidate")] == [0, 1, 2]
+    assert [t["candidate"]["label"] for t in trials if t.get("fixed_candidate")] == ["dynamic-int8", "fp16", "fp32",
+                                                                                       "int4-weights"]
+    assert [t["number"] for t in trials if t.get("fixed_candidate")] == [0, 1, 2, 3]
     skipped = [t for t in trials if "skipped" in t]
     assert skipped and all(t["candidate"]["precision"] == "dynamic-int8" and "result" not in t for t in skipped)
     assert all(t["candidate"]["precision"] != "dynamic-int8" for t in trials if "result" in t)

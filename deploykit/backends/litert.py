@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.errors import DeployKitError
 from deploykit.graph_ops import GraphOp, GraphTensor
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, MixedGraph, Runner
 from deploykit.mixed_precision import PrecisionGroup
+from deploykit.tflite_lookup import as_embedding_lookups
 
 # A region is the ops under one layer path this deep below the model's common root (model / block / sublayer, e.g.
 # bert_backbone/transformer_layer_2/self_attention_layer_norm): int16 pays where a region's own tensors stay
@@ -33,6 +35,8 @@ class LiteRTBackend(Backend):
         "min/max calibration on the calibration samples",
         "mixed": "ai-edge-quantizer on the float model: int8 weights, int8 activations except the most sensitive "
         "regions' int16 (per-op recipes, requantized at their borders; still no float op)",
+        "int4-weights": "ai-edge-quantizer dynamic int4: FULLY_CONNECTED weights at int4 (activations quantized at run "
+        "time), the vocabulary table as an int8 or int4 EMBEDDING_LOOKUP",
     }
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
@@ -63,6 +67,11 @@ class LiteRTBackend(Backend):
         model = converter.convert()
         if precision == "a16w8":
             model = _int16_activations(model, options.calibration)
+        elif precision == "int4-weights":
+            model = _int4_weights(model, options)
+            int4 = options.int4
+            groups = "one scale per row" if int4.group_size == -1 else f"groups of up to {int4.group_size}"
+            method += f", {groups}, {int4.algorithm}, embeddings {'int4' if int4.embeddings else 'int8'}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.tflite"
         path.write_bytes(model)
@@ -210,3 +219,79 @@ def _int16_activations(float_model: bytes, calibration: list[Inputs]) -> bytes:
     engine.load_quantization_recipe(recipe.static_wi8_ai16())
     ranges = engine.calibrate({"serving_default": calibration}, num_threads=os.cpu_count() or 1)
     return bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
+
+
+# The int4 algorithms ai-edge-quantizer has, by deploykit's names (awq is NNCF's only).
+_INT4_ALGORITHM_KEYS = {"rtn": "min_max_uniform_quantize", "gptq": "GPTQ"}
+_INT4_GROUP_SIZES = (32, 64, 128, 256)  # ai-edge-quantizer's blockwise granularities
+
+
+def _check_int4_settings(settings) -> None:
+    """Refuse, in one line, the int4 settings only OpenVINO honours."""
+    if settings.algorithm not in _INT4_ALGORITHM_KEYS:
+        raise DeployKitError(f"LiteRT int4 weights take --int4-algorithm {' or '.join(_INT4_ALGORITHM_KEYS)}, got "
+                             f"{settings.algorithm!r} (an OpenVINO algorithm); pass one of those.")
+    if settings.ratio < 1:
+        raise DeployKitError(f"LiteRT int4 weights quantize every FULLY_CONNECTED layer, so --int4-ratio "
+                             f"{settings.ratio:g} cannot apply; drop it (NNCF's data-aware ratio is OpenVINO's).")
+    if settings.group_size != -1 and settings.group_size not in _INT4_GROUP_SIZES:
+        raise DeployKitError(f"LiteRT int4 groups are {', '.join(map(str, _INT4_GROUP_SIZES))} input channels or -1 "
+                             f"(one scale per row), got --int4-group-size {settings.group_size}; pass one of those.")
+
+
+def _int4_granularity(group_size: int, width: int) -> tuple[int, str] | None:
+    """(bits, granularity) for a weight `width` input channels wide: one scale per row (-1), else the largest block
+    of at most `group_size` that divides the width (as NNCF's ADJUST does); None where no block divides it."""
+    if group_size == -1:
+        return 4, "CHANNELWISE"
+    fitting = [size for size in _INT4_GROUP_SIZES if size <= group_size and width % size == 0]
+    return (4, f"BLOCKWISE_{max(fitting)}") if fitting else None
+
+
+def _int4_weights(float_model: bytes, options: ExportOptions) -> bytes:
+    """int4 FULLY_CONNECTED weights (dynamic: LiteRT quantizes their input activations at run time, so the products
+    are integer) and the embedding tables at int8, or int4 with `embeddings`, behind EMBEDDING_LOOKUP. GPTQ (the
+    default) compensates each column's rounding error on the calibration samples' activations. A weight no allowed
+    group divides stays int8 (one scale per row)."""
+    import re
+
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    settings = options.int4
+    _check_int4_settings(settings)
+    model, _ = as_embedding_lookups(float_model)
+    configs: dict[tuple[str, int, str], list[str]] = {}  # (op, bits, granularity) -> op scopes
+    for op_name, scope, width in _weighted_ops(model):
+        quantize = op_name == "FULLY_CONNECTED" or settings.embeddings
+        chosen = (_int4_granularity(settings.group_size, width) if quantize else None) or (8, "CHANNELWISE")
+        configs.setdefault((op_name, *chosen), []).append(scope)
+    manager = recipe_manager.RecipeManager()
+    for (op_name, bits, granularity), scopes in configs.items():
+        manager.add_dynamic_config(
+            regex="^(?:" + "|".join(re.escape(scope) for scope in scopes) + ")$",
+            operation_name=getattr(qtyping.TFLOperationName, op_name), num_bits=bits,
+            granularity=getattr(qtyping.QuantGranularity, granularity),
+            algorithm_key=_INT4_ALGORITHM_KEYS[settings.algorithm] if op_name == "FULLY_CONNECTED" and bits == 4
+            else _INT4_ALGORITHM_KEYS["rtn"])
+    engine = quantizer.Quantizer(bytearray(model))
+    engine.load_quantization_recipe(manager.get_quantization_recipe())
+    ranges = None
+    if settings.algorithm == "gptq":
+        ranges = engine.calibrate({"serving_default": options.calibration}, num_threads=os.cpu_count() or 1)
+    return bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
+
+
+def _weighted_ops(model: bytes) -> list[tuple[str, str, int]]:
+    """(op name, scope, weight width) of each FULLY_CONNECTED and EMBEDDING_LOOKUP with a constant weight: the
+    width is what a group of one scale spans (a FULLY_CONNECTED's input channels, a table's columns)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("FULLY_CONNECTED", "EMBEDDING_LOOKUP") and len(op["inputs"]) > 1:
+            weight = tensors[op["inputs"][1]]
+            scope = "".join(f"{tensors[i]['name']};" for i in op["outputs"] if i >= 0)
+            found.append((op["op_name"], scope, int(weight["shape"][-1])))
+    return found
