@@ -352,3 +352,13 @@ def test_litert_int4_refuses_settings_it_cannot_honour(tiny_backbone_file, tmp_p
         get_backend("litert").export(tmp_path / "saved", "int4-weights",
                                      ExportOptions(calibration, int4=Int4Settings(**settings)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_build_refuses_litert_int4_settings_before_any_work(tiny_backbone_file, tmp_path):
+    from deploykit.backends.base import Int4Settings
+    from deploykit.errors import DeployKitError
+
+    with pytest.raises(DeployKitError, match="--int4-algorithm rtn or gptq"):
+        build(tiny_backbone_file, "arm-cpu", out=tmp_path / "out", precision="int4-weights",
+              int4=Int4Settings(algorithm="awq"))
+    assert not (tmp_path / "out").exists()

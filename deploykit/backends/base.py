@@ -138,6 +138,9 @@ class Backend:
         """The artifact's ops with their tensors' types and shapes; None when this backend cannot list them."""
         return None
 
+    def check_int4(self, settings: Int4Settings) -> None:
+        """Refuse, before any work, int4 settings this backend's int4-weights cannot honour (by default: none)."""
+
     def describe(self, precision: str) -> str:
         if precision not in self.precisions:
             raise DeployKitError(

@@ -9,7 +9,8 @@ import numpy as np
 
 from deploykit.errors import DeployKitError
 from deploykit.graph_ops import GraphOp, GraphTensor
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, MixedGraph, Runner
+from deploykit.backends.base import (Backend, ExportedArtifact, ExportOptions, Inputs, Int4Settings, MixedGraph,
+                                     Runner)
 from deploykit.mixed_precision import PrecisionGroup
 from deploykit.tflite_lookup import as_embedding_lookups
 
@@ -76,6 +77,9 @@ class LiteRTBackend(Backend):
         path = folder / "model.tflite"
         path.write_bytes(model)
         return ExportedArtifact(path=path, files=[path], format=self.format, precision=precision, method=method)
+
+    def check_int4(self, settings: Int4Settings) -> None:
+        _check_int4_settings(settings)
 
     def mixed_graph(self, saved_model: Path, options: ExportOptions, scratch: Path) -> "Int16MixedGraph":
         import tensorflow as tf
@@ -226,7 +230,7 @@ _INT4_ALGORITHM_KEYS = {"rtn": "min_max_uniform_quantize", "gptq": "GPTQ"}
 _INT4_GROUP_SIZES = (32, 64, 128, 256)  # ai-edge-quantizer's blockwise granularities
 
 
-def _check_int4_settings(settings) -> None:
+def _check_int4_settings(settings: Int4Settings) -> None:
     """Refuse, in one line, the int4 settings only OpenVINO honours."""
     if settings.algorithm not in _INT4_ALGORITHM_KEYS:
         raise DeployKitError(f"LiteRT int4 weights take --int4-algorithm {' or '.join(_INT4_ALGORITHM_KEYS)}, got "

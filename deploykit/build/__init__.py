@@ -59,7 +59,8 @@ def build_targets(
             runner = runner_for(target, options)
             if onnx_input:
                 check_reads_onnx(target, backend)
-            candidate_precisions(target, backend, options.precision)
+            if "int4-weights" in candidate_precisions(target, backend, options.precision):
+                backend.check_int4(options.int4)
         except DeployKitError as error:
             if targets.strip() != "all":
                 raise
