@@ -52,8 +52,11 @@ def test_choice_keeps_no_more_than_the_share_allowed():
 @pytest.fixture(scope="module")
 def qdq_graph(tiny_classifier, tmp_path_factory):
     """The tiny classifier's Q/DQ graph with its precision groups, its inputs and the Keras outputs."""
-    bundle = load_model(tiny_classifier)
-    root = tmp_path_factory.mktemp("mixed")
+    return _qdq_graph_of(tiny_classifier, tmp_path_factory.mktemp("mixed"))
+
+
+def _qdq_graph_of(model, root):
+    bundle = load_model(model)
     bundle.write_saved_model(root / "saved", 16)
     texts = ["team goal win", "bread soup", "coach league season player", "garlic dinner salad taste bake"]
     inputs = bundle.encode(texts * 5, 16)
@@ -108,10 +111,12 @@ def test_nothing_kept_is_the_int8_graph_and_everything_kept_has_no_qdq_left(qdq_
         assert source is None or (source.name not in kept_ops and not source.name.endswith("_output_cast")), name
 
 
-def test_the_analysis_ranks_a_deliberately_damaged_group_first(qdq_graph):
+def test_the_analysis_ranks_a_deliberately_damaged_group_first(tiny_backbone_file, tmp_path):
+    """On the embedding model, whose output is the encoder's own: a briefly trained classifier's two logits can
+    depend so little on its encoder that the head's int8 rounding outweighs any damage inside (seen in CI)."""
     from onnx import numpy_helper
 
-    backend, graph, inputs, reference, root = qdq_graph
+    backend, graph, inputs, reference, root = _qdq_graph_of(tiny_backbone_file, tmp_path)
     damaged = graph.groups[2]
     producers = {output: node for node in graph.quantized.graph.node for output in node.output}
     consumer = next(node for node in graph.quantized.graph.node if node.name == damaged.ops[0])
@@ -124,7 +129,7 @@ def test_the_analysis_ranks_a_deliberately_damaged_group_first(qdq_graph):
     def fidelity_of(kept):
         artifact = graph.write(kept, root / "variant")
         outputs = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
-        return -float(np.abs(outputs - reference).mean())  # the tiny model's two logits: their error, not cosine
+        return -float(np.abs(outputs - reference).mean())
 
     _, ranking = rank_groups(graph.groups, fidelity_of)
     assert ranking[0].group == damaged
