@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from mixed_precision import OTHER_TEXT, fidelity_on, sentences  # same folder
+from mixed_precision import OTHER_TEXT, fidelity_on, median_p50, sentences  # same folder
 
 DEFAULT_VARIANTS = ("fp32", "dynamic-int8", "int4-weights", "int4-weights:embeddings=int4",
                     "int4-weights:group_size=32,embeddings=int4")
@@ -78,13 +77,7 @@ def main() -> None:
             "other_text": fidelity_on(result.folder, bundle, other, report["plan"][0]["sequence_length"]),
             "folder": str(result.folder),
         }
-    p50 = {variant: [] for variant in rows}
-    for _ in range(args.rounds):
-        for variant, row in rows.items():
-            p50[variant].append(deploykit.profile(row["folder"], threads=1, runs=args.runs)["latency_ms"]["p50"])
-    for variant, row in rows.items():
-        row["p50_ms"] = round(statistics.median(p50[variant]), 3)
-        row["p50_rounds"] = p50[variant]
+    median_p50(rows, args.rounds, args.runs)
     results_folder = Path(__file__).parent / "results"
     results_folder.mkdir(exist_ok=True)
     (results_folder / f"int4_weights_{args.target}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -73,6 +73,20 @@ def predicted_vs_int8(activations: dict | None, costs: dict) -> float | None:
     return predicted and predicted["vs_all_int8"]
 
 
+def median_p50(rows: dict[str, dict], rounds: int, runs: int) -> None:
+    """Profile every row's folder in turn, `rounds` times (one thread), and store each row's median p50 and the
+    rounds' values: alternating keeps the host's drift out of the ratios."""
+    import deploykit
+
+    p50 = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, row in rows.items():
+            p50[name].append(deploykit.profile(row["folder"], threads=1, runs=runs)["latency_ms"]["p50"])
+    for name, row in rows.items():
+        row["p50_ms"] = round(statistics.median(p50[name]), 3)
+        row["p50_rounds"] = p50[name]
+
+
 def _optional(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -120,13 +134,7 @@ def main() -> None:
                 "other_text": fidelity_on(result.folder, bundle, other, length),
                 "folder": str(result.folder),
             }
-        p50 = {precision: [] for precision in rows}
-        for _ in range(args.rounds):
-            for precision, row in rows.items():
-                p50[precision].append(deploykit.profile(row["folder"], threads=1, runs=args.runs)["latency_ms"]["p50"])
-        for precision, row in rows.items():
-            row["p50_ms"] = round(statistics.median(p50[precision]), 3)
-            row["p50_rounds"] = p50[precision]
+        median_p50(rows, args.rounds, args.runs)
         results["targets"][target] = rows
         print(f"\n{target}")
         print(f"{'precision':10} {'kept':>5} {'ops high':>8} {'int16 t':>7} {'cost':>5} {'cos eval':>9} {'nn eval':>8} "
