@@ -27,11 +27,17 @@ system-packages:
 demo: setup
 	$(VENV)/bin/deploykit build --target intel-cpu,arm-cpu --out dist/demo
 
+# Two pytest workers by default (TEST_WORKERS=1 runs in this process): one per core of a 2-core CI machine. Each
+# worker takes whole files (--dist loadfile: a module's fixtures are built once); conftest.py lists the slow MiniLM
+# file, the longest, first so that it starts at once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -ra $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup system-packages
-	$(PY) -m pytest -q -ra --durations=30
+	$(PYTEST) --durations=30
 
 test-fast: setup system-packages
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	$(PY) tools/bench/ptq_vs_vendor.py

@@ -36,6 +36,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The slow MiniLM modules first: with two workers taking whole files (make test), the longest file then starts
+    at once instead of last. The order within each group stays as collected."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _session_env(name: str, value: str):
     """Set an environment variable for the whole test session, then put back what was there."""
     previous = os.environ.get(name)

@@ -21,12 +21,12 @@ QUICK = ProfileSettings(runs=20, warmup=3)
 @pytest.fixture(scope="module")
 def minilm_builds(tmp_path_factory):
     out = tmp_path_factory.mktemp("minilm")
-    # 300 QAT steps (the default is 600): 226 s instead of about 450 on 2 cores, and already 0.974 against
-    # post-training's 0.951 (measured with these 100/100 samples).
+    # 150 QAT steps (the default is 600): about 165 s of training instead of 620 on 2 cores, and already 0.971
+    # against post-training's 0.951 (0.974 with 300 steps; measured with these 100/100 samples).
     # mobile-npu also tries "mixed" after QAT: 32 texts and a quarter of the regions at most keep its analysis and
     # greedy choice near 50 s instead of about 255 (it reaches the cap, so the cap sets how many steps run).
     options = BuildOptions(out=out, profile=QUICK, calibration_samples=100, evaluation_samples=100,
-                           pass_parameters={"qat": {"steps": 300}}, mixed=MixedSettings(samples=32, max_share=0.25))
+                           pass_parameters={"qat": {"steps": 150}}, mixed=MixedSettings(samples=32, max_share=0.25))
     targets = "intel-cpu,arm-cpu,mobile-npu,edge-tpu,nvidia-gpu"  # edge-tpu reuses mobile-npu's QAT model
     return {r.target: r for r in build_targets("minilm-l6", targets, options=options)}
 
@@ -110,8 +110,10 @@ def test_minilm_as_onnx_builds_for_intel_cpu_and_nvidia_gpu(tmp_path):
     source = get_backend("tensorrt").export(tmp_path / "saved", "fp32", ExportOptions(calibration=[]), tmp_path / "onnx")
     vocabulary = bundle.tokenizer.get_vocabulary()
     (source.path.parent / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    # nvidia-gpu's int8 misses its gate on the graph as given and tries "mixed": a short analysis (32 texts, a
+    # quarter of the groups at most) keeps it near 55 s instead of about 130
     options = BuildOptions(out=tmp_path / "out", profile=QUICK, calibration_samples=100, evaluation_samples=100,
-                           sequence_length=48)
+                           sequence_length=48, mixed=MixedSettings(samples=32, max_share=0.25))
     results = {r.target: r.report for r in build_targets(source.path, "intel-cpu,nvidia-gpu", options=options)}
     assert results["intel-cpu"]["model"]["format"] == "onnx"
     assert results["intel-cpu"]["artifact"]["precision"] == "int8"
@@ -158,4 +160,5 @@ def test_every_structural_pass_on_minilm_gives_a_smaller_faithful_artifact(tmp_p
         assert passes[name]["effect"]["loss_last"] < passes[name]["effect"]["loss_first"]
     metrics = result.report["metrics"]
     assert metrics["size_ratio_vs_baseline"] < 0.15  # int8 of a model with under half the parameters
-    assert metrics["fidelity"]["cosine_mean"] > 0.5  # measured on the exported artifact, with the trimmed tokenizer
+    # measured on the exported artifact, with the trimmed tokenizer
+    assert metrics["fidelity"]["cosine_mean"] > 0.5, metrics["fidelity"]
