@@ -532,9 +532,11 @@ def verify(dist) -> None:
     for folder in build_folders(Path(dist)):
         check = verify_folder(folder)
         verdict = "[green]ok[/]" if check.passed else "[red]FAILED[/]"
-        output.print(f"{escape(str(folder))}: {verdict} ({check.matched} files match the manifest)", highlight=False)
+        # soft_wrap: a path is never broken across lines (it stays whole to copy); the terminal wraps it if it must
+        output.print(f"{escape(str(folder))}: {verdict} ({check.matched} files match the manifest)", highlight=False,
+                     soft_wrap=True)
         for line in check.lines():
-            output.print(f"  {line}", highlight=False, markup=False)
+            output.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
         if not check.passed:
             failed.append(str(folder))
     if failed:
