@@ -269,7 +269,8 @@ def targets_show(name: str) -> None:
               "op set or shape limits) without failing the build on them.")
 @click.option("--qat/--no-qat", default=True, show_default=True,
               help="On integer-only targets, try quantization-aware training (a short fine-tune against the "
-              "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate.")
+              "original model's outputs, plus labels when the data has them) when post-training int8 misses a gate; "
+              "on OpenVINO, likewise int4-aware training (int4-qat) when int4-weights misses one.")
 @click.option("--qat-steps", type=click.IntRange(min=1), help="Optimizer steps of quantization-aware training "
               "(default: the qat pass's; `deploykit passes qat` lists them).")
 @click.option("--set", "settings", multiple=True, metavar="PASS.PARAMETER=VALUE",

@@ -126,7 +126,8 @@ def plan_candidates(target: Target, backend: Backend, requested: str | None, qat
     precisions fastest first and a miss falls back to the next, more faithful one. On
     integer-only targets, post-training int8 is followed by quantization-aware
     training at int8: slower to build, as fast to run, and it recovers what rounding
-    every activation to 8 bits costs. With a latency budget, the target's own
+    every activation to 8 bits costs; likewise int4-weights is followed by training onto
+    the backend's int4 grid where a pass simulates it. With a latency budget, the target's own
     compression recipes (`recipes` in its YAML) follow at its first precision: they
     cost accuracy, so they are tried only when quantization alone is not fast enough.
     A forced recipe (`--recipe`) runs before every precision instead.
@@ -134,18 +135,40 @@ def plan_candidates(target: Target, backend: Backend, requested: str | None, qat
     precisions = candidate_precisions(target, backend, requested)
     if forced is not None:
         check_order(forced)
-        return [Candidate(precision, recipe(forced, parameters)) for precision in precisions]
+        return [Candidate(precision, recipe(forced, parameters))
+                for precision in _paying(forced, precisions, target, backend)]
     candidates = []
     for precision in precisions:
         candidates.append(Candidate(precision))
         if qat and target.integer_only and precision == "int8":
             candidates.append(Candidate(precision, recipe(("qat",), parameters)))
+        if qat and precision == "int4-weights" and backend.int4_training_pass is not None:
+            candidates.append(Candidate(precision, recipe((backend.int4_training_pass,), parameters)))
     if latency_budget:
         for text in target.recipes:
             names, own = parse_recipe(text)
             merged = {name: {**(parameters or {}).get(name, {}), **own[name]} for name in names}
             candidates.append(Candidate(precisions[0], recipe(names, merged)))
     return candidates
+
+
+def _paying(passes: tuple[str, ...], precisions: list[str], target: Target, backend: Backend) -> list[str]:
+    """The precisions a recipe can pay at: a last pass training for an export's rounding (qat, int4-qat) pays
+    only at the precisions it simulates, on the backends whose rounding it is."""
+    last = pass_class(passes[-1]) if passes else None
+    if last is not None and last.for_backends and backend.name not in last.for_backends:
+        raise DeployKitError(
+            f"--recipe ends with {last.name}, which trains for the {' or '.join(last.for_backends)} backend's "
+            f"rounding, but target {target.name!r} exports through {backend.name}; choose another target or drop "
+            f"{last.name}.")
+    simulated = last.simulates if last is not None else ()
+    paying = [precision for precision in precisions if not simulated or precision in simulated]
+    if not paying:
+        raise DeployKitError(
+            f"--recipe ends with {passes[-1]}, which trains for the rounding of {', '.join(simulated)}, but target "
+            f"{target.name!r} is built at {', '.join(precisions)}; pass --precision {simulated[0]} or drop "
+            f"{passes[-1]}.")
+    return paying
 
 
 def candidate_precisions(target: Target, backend: Backend, requested: str | None) -> list[str]:

@@ -13,12 +13,12 @@ def _intel_candidates():
 
 
 def test_candidates_whose_weights_alone_exceed_the_budget_are_skipped():
-    candidates = _intel_candidates()  # int8, mixed, bf16, fp32, int4-weights
+    candidates = _intel_candidates()  # int8, mixed, bf16, fp32, int4-weights, int4-qat + int4-weights
     checked = skip_too_large(candidates, parameters=22_700_000, max_size_mb=20.0)
-    assert [c.precision for c in checked.kept] == ["int4-weights"]  # 22.7 MB at int8 cannot fit 20 MB
+    assert [c.label for c in checked.kept] == ["int4-weights", "int4-qat + int4-weights"]  # 22.7 MB at int8 > 20
     assert len(checked.step["skipped"]) == 4 and "at least 22.7 MB at int8" in checked.step["skipped"][0]
     roomy = skip_too_large(candidates, parameters=22_700_000, max_size_mb=50.0)
-    assert [c.precision for c in roomy.kept] == ["int8", "mixed", "bf16", "int4-weights"]  # fp32 needs 90.8 MB
+    assert [c.precision for c in roomy.kept] == ["int8", "mixed", "bf16", "int4-weights", "int4-weights"]  # fp32: 91 MB
 
 
 def test_the_smallest_is_still_built_when_nothing_fits_and_structural_passes_are_kept():

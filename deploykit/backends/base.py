@@ -113,6 +113,9 @@ class Backend:
     # Precisions whose kernels are another's on the CPU this backend profiles on (the latency model predicts
     # them from that precision's measurements when they have none of their own).
     executes_as: ClassVar[dict[str, str]] = {}
+    # The pass that trains weights onto this backend's int4-weights grid, tried after int4-weights (None: none
+    # simulates it exactly, and training towards another grid would not pay).
+    int4_training_pass: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -37,6 +37,7 @@ class OpenVINOBackend(Backend):
     runtime_hints = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
     reads_onnx = True
     companion_suffixes = (".bin",)
+    int4_training_pass = "int4-qat"  # simulates nncf.compress_weights INT4_ASYM rounded to nearest exactly
 
     def export(self, saved_model: Path, precision: str, options: ExportOptions, folder: Path) -> ExportedArtifact:
         import openvino as ov

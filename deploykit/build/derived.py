@@ -218,5 +218,5 @@ class ModelStore:
             bundle=self.bundle(recipe), sequence_length=session.sequence_length,
             train_texts=session.split.training.texts, train_inputs=self.encoded("training", recipe),
             teacher_outputs=teacher, teacher=session.bundle, label_ids=ids, calibration=self.calibration(recipe),
-            log=session.log, seed=session.options.seed, callbacks=self.fine_tune_callbacks,
+            log=session.log, seed=session.options.seed, callbacks=self.fine_tune_callbacks, int4=session.options.int4,
         )

@@ -21,6 +21,7 @@ from deploykit.evaluate import (accuracy, class_names_of, classification_fidelit
                                 per_sample_fidelity, run_examples)
 from deploykit.models import ModelBundle, load_model
 from deploykit.onnx_model import run_graph
+from deploykit.passes.base import get_pass
 from deploykit.passes.recipe import Recipe
 from deploykit.planner import BASELINE_PRECISION
 from deploykit.profiling.base import ProfileRunner
@@ -213,10 +214,16 @@ class BuildSession:
         return Measured(artifact, quality, profile)
 
     def export_options(self, target: Target, recipe: Recipe = ()) -> ExportOptions:
-        return ExportOptions(calibration=self.models.calibration(recipe), integer_only=target.integer_only,
-                             integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
-                             converter_timeout_s=self.options.converter_timeout_s,
-                             int4=self.options.int4)
+        """What the export of the recipe's model needs; a last pass that trained towards an export (int4-qat)
+        fixes how it runs."""
+        options = ExportOptions(calibration=self.models.calibration(recipe), integer_only=target.integer_only,
+                                integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
+                                converter_timeout_s=self.options.converter_timeout_s,
+                                int4=self.options.int4)
+        if recipe:
+            name, parameters = recipe[-1]
+            options = get_pass(name, **dict(parameters)).export_options(options)
+        return options
 
     def baseline(self, backend: Backend, target: Target, runner: ProfileRunner, threads: int) -> Measured:
         """The fp32 artifact of the original on the same runtime, runner and threads (once per build)."""

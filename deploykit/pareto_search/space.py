@@ -19,7 +19,7 @@ from deploykit.latency_model import Architecture
 from deploykit.passes.base import PASSES, pass_class
 from deploykit.passes.recipe import check_order, parse_recipe, recipe
 from deploykit.planner import Candidate
-from deploykit.targets import INTEGER_PRECISIONS, Target
+from deploykit.targets import Target
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,12 @@ class SearchSpace:
         return trial.suggest_categorical("sequence_length", list(self.lengths))
 
     def suggest(self, trial) -> Candidate:
-        """The trial's candidate; qat is offered only at an integer precision (it simulates int8 rounding)."""
+        """The trial's candidate; a pass simulating an export's rounding (qat, int4-qat) is offered only at the
+        precisions it simulates."""
         precision = trial.suggest_categorical("precision", list(self.precisions))
         names, parameters = [], {}
         for space in self.passes:
-            if pass_class(space.name).must_be_last and precision not in INTEGER_PRECISIONS:
+            if not _pays_at(space.name, precision):
                 continue
             if space.optional and not trial.suggest_categorical(f"{space.name}", [False, True]):
                 continue
@@ -68,8 +69,7 @@ class SearchSpace:
         trial.suggest_categorical("precision", list(self.precisions))
         used = set(candidate.passes)
         for space in self.passes:
-            if space.optional and not (pass_class(space.name).must_be_last
-                                       and candidate.precision not in INTEGER_PRECISIONS):
+            if space.optional and _pays_at(space.name, candidate.precision):
                 trial.suggest_categorical(space.name, [False, True])
         return Candidate(candidate.precision, tuple((name, items) for name, items in candidate.recipe if name in used))
 
@@ -82,8 +82,7 @@ class SearchSpace:
         if len(self.lengths) > 1:
             params["sequence_length"] = self.lengths[0]  # build's candidates at build's length
         for space in self.passes:
-            if space.name in optional and not (pass_class(space.name).must_be_last
-                                               and candidate.precision not in INTEGER_PRECISIONS):
+            if space.name in optional and _pays_at(space.name, candidate.precision):
                 params[space.name] = space.name in candidate.passes
         return params
 
@@ -91,6 +90,12 @@ class SearchSpace:
         return {"precisions": list(self.precisions), "sequence_lengths": list(self.lengths),
                 "passes": {space.name: {"optional": space.optional, **{k: list(v) for k, v in space.ranges.items()}}
                            for space in self.passes}}
+
+
+def _pays_at(name: str, precision: str) -> bool:
+    """Whether the pass can pay at the precision: a pass training for an export's rounding pays only there."""
+    simulated = pass_class(name).simulates
+    return not simulated or precision in simulated
 
 
 def _suggest(trial, name: str, low, high):
@@ -108,9 +113,10 @@ def _suggest(trial, name: str, low, high):
 
 def search_space(target: Target, precisions: list[str], architecture: Architecture | None, keras: bool,
                  passes: tuple[str, ...] | None, forced: tuple[str, ...] | None, fixed: dict,
-                 lengths: tuple[int, ...] = ()) -> SearchSpace:
+                 lengths: tuple[int, ...] = (), backend_passes: tuple[str, ...] = ()) -> SearchSpace:
     """The space of one target. `forced` (--recipe) makes those passes always run; `passes` replaces the
-    target's own list; an ONNX input (no Keras graph) searches precisions only; `lengths` (the build's own
+    target's own list, which `backend_passes` (training for the backend's own rounding, e.g. int4-qat) join where
+    they pay at one of the precisions; an ONNX input (no Keras graph) searches precisions only; `lengths` (the build's own
     first) are the sequence lengths to try, except on targets taking any length in a `sequence_range`."""
     lengths = () if target.sequence_range else tuple(dict.fromkeys(lengths))
     if not keras:
@@ -119,6 +125,8 @@ def search_space(target: Target, precisions: list[str], architecture: Architectu
         names, optional = list(forced), False
     else:
         names, optional = list(passes) if passes is not None else _target_passes(target), True
+        if passes is None:
+            names += [name for name in backend_passes if any(_pays_at(name, p) for p in precisions)]
     for name in names:
         if name not in PASSES.names():
             raise DeployKitError(f"--search-passes: unknown pass {name!r}; known passes: {', '.join(PASSES.names())}.")

@@ -57,7 +57,8 @@ def search_target(session: BuildSession, target: Target, backend: Backend, plan:
         lengths += tuple(sorted(session.length_at(percentile) for percentile in settings.length_percentiles))
     space = search_space(target, candidate_precisions(target, backend, options.precision),
                          architecture_of(session.bundle.backbone), keras, settings.passes, options.recipe,
-                         options.pass_parameters, lengths)
+                         options.pass_parameters, lengths,
+                         tuple(filter(None, [backend.int4_training_pass])) if options.qat else ())
     if settings.storage is None:
         options.out.mkdir(parents=True, exist_ok=True)
     storage_url = settings.storage or f"sqlite:///{(options.out / 'search.db').resolve()}"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from deploykit.backends.base import ExportOptions, Int4Settings
 from deploykit.models import ModelBundle
 from deploykit.passes.parameters import PassParameters
 from deploykit.progress import StepLog
@@ -38,6 +39,7 @@ class PassContext:
     log: StepLog
     seed: int = 0
     callbacks: tuple = ()  # Keras callbacks every fine-tune runs too (a search's early stop of hopeless trials)
+    int4: Int4Settings = Int4Settings()  # how an int4-weights export will group and store the weights
 
 
 class Pass:
@@ -53,6 +55,8 @@ class Pass:
     Parameters: ClassVar[type[PassParameters]]
     learns_from_original: ClassVar[bool] = False  # trains against the original model on the same token ids
     must_be_last: ClassVar[bool] = False  # simulates the exported graph, so nothing may change the model after it
+    simulates: ClassVar[tuple[str, ...]] = ()  # the precisions whose rounding it trains for (only those pay)
+    for_backends: ClassVar[tuple[str, ...]] = ()  # the backends whose rounding that is (empty: any)
     changes_token_ids: ClassVar[bool] = False  # the model reads other token ids than the original afterwards
     rebuilds_model: ClassVar[bool] = False  # returns a new keras-hub BERT cut out of the input (needs one)
 
@@ -72,6 +76,10 @@ class Pass:
     def export_context(self):
         """A context manager the export is traced in (None: the plain graph)."""
         return None
+
+    def export_options(self, options: ExportOptions) -> ExportOptions:
+        """How the export must run for what this pass trained towards (by default: as the build asks)."""
+        return options
 
     def architecture_after(self, architecture: Architecture) -> Architecture | None:
         """The encoder's shape after this pass, for the latency model; None when only running the pass tells."""

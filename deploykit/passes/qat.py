@@ -27,6 +27,7 @@ import numpy as np
 from deploykit.integer_graph import simulated_rounding
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.parameters import PassParameters, parameter
+from deploykit.targets.schema import INTEGER_PRECISIONS
 
 
 class QatParameters(PassParameters):
@@ -113,7 +114,7 @@ def _rounded_kernel(kernel, reduced_axes: tuple[int, ...], exporting: bool):
     return kernel + ops.stop_gradient(rounded - kernel)
 
 
-def _einsum_input_axes(equation: str) -> tuple[int, ...]:
+def einsum_input_axes(equation: str) -> tuple[int, ...]:
     """Axes of an EinsumDense kernel that are summed over (the rest are output channels)."""
     inputs, output = equation.split("->")
     kernel_spec = inputs.split(",")[1]
@@ -139,7 +140,7 @@ def fake_quantized(ranges: ActivationRanges) -> Iterator[None]:
         return _dense(self, ops.matmul(inputs, kernel), round_at)
 
     def einsum_dense_call(self, inputs, training=None):
-        kernel = _rounded_kernel(self.kernel, _einsum_input_axes(self.equation), ranges.frozen is not None)
+        kernel = _rounded_kernel(self.kernel, einsum_input_axes(self.equation), ranges.frozen is not None)
         return _dense(self, ops.einsum(self.equation, inputs, kernel), round_at)
 
     norm_call = layers.LayerNormalization.call  # integer_layer_norm's, when it is active
@@ -204,6 +205,7 @@ class QuantizationAwareTraining(Pass):
     description = "fine-tune with int8 rounding simulated (kernels per output channel, activation ranges learned)"
     Parameters = QatParameters
     must_be_last = True
+    simulates = INTEGER_PRECISIONS
 
     def apply(self, context: PassContext) -> PassResult:
         """Train the bundle's weights in place; `result.effect` says how far outputs moved back."""
@@ -224,7 +226,7 @@ class QuantizationAwareTraining(Pass):
             weights = list(model.trainable_variables)
             variables = weights + range_variables
             optimizers = (keras.optimizers.Adam(p.learning_rate), keras.optimizers.Adam(p.range_learning_rate))
-            loss_of = _loss_function(context.bundle.task, p, context.label_ids is not None)
+            loss_of = distillation_loss(context.bundle.task, p, context.label_ids is not None)
 
             @tf.function(reduce_retracing=True)
             def train_step(inputs, teacher, labels):
@@ -237,25 +239,11 @@ class QuantizationAwareTraining(Pass):
                 optimizers[1].apply_gradients(range_pairs)
                 return loss
 
-            rng = np.random.default_rng(context.seed)
-            count = len(context.teacher_outputs)
-            labels = context.label_ids if context.label_ids is not None else np.zeros(count, np.int32)
-            losses = []
-            with context.log.step("qat_train", f"QAT: {p.steps} steps of {p.batch_size} on {count} texts"):
-                for step in range(p.steps):
-                    chosen = rng.choice(count, size=min(p.batch_size, count), replace=False)
-                    inputs = {k: tf.constant(v[chosen]) for k, v in context.train_inputs.items()}
-                    losses.append(float(train_step(inputs, tf.constant(context.teacher_outputs[chosen]),
-                                                   tf.constant(labels[chosen].astype(np.int32)))))
-                    if context.log.console is not None and (step + 1) % 50 == 0:
-                        context.log.info(f"  QAT step {step + 1}/{p.steps}: loss {np.mean(losses[-50:]):.5f}")
+            losses = run_training_steps(context, train_step, p.steps, p.batch_size, "qat_train", "QAT")
         ranges.freeze()
         self.ranges = ranges
-        window = max(1, min(20, len(losses) // 5))
         return PassResult(self.name, self.describe(), {
-            "fake_quant_ranges": len(ranges.frozen),
-            "loss_first": round(float(np.mean(losses[:window])), 6),
-            "loss_last": round(float(np.mean(losses[-window:])), 6),
+            "fake_quant_ranges": len(ranges.frozen), **loss_summary(losses),
             "seconds": round(time.perf_counter() - started, 1),
         })
 
@@ -264,7 +252,36 @@ class QuantizationAwareTraining(Pass):
         return fake_quantized(self.ranges)
 
 
-def _loss_function(task: str, p: QatParameters, has_labels: bool):
+def run_training_steps(context: PassContext, train_step, steps: int, batch_size: int, step_name: str,
+                       label: str) -> list[float]:
+    """`steps` calls of `train_step(inputs, teacher outputs, label ids)` on seeded random batches of the training
+    texts; the losses, logged every 50 steps."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(context.seed)
+    count = len(context.teacher_outputs)
+    labels = context.label_ids if context.label_ids is not None else np.zeros(count, np.int32)
+    losses = []
+    with context.log.step(step_name, f"{label}: {steps} steps of {batch_size} on {count} texts"):
+        for step in range(steps):
+            chosen = rng.choice(count, size=min(batch_size, count), replace=False)
+            inputs = {k: tf.constant(v[chosen]) for k, v in context.train_inputs.items()}
+            losses.append(float(train_step(inputs, tf.constant(context.teacher_outputs[chosen]),
+                                           tf.constant(labels[chosen].astype(np.int32)))))
+            if context.log.console is not None and (step + 1) % 50 == 0:
+                context.log.info(f"  {label} step {step + 1}/{steps}: loss {np.mean(losses[-50:]):.5f}")
+    return losses
+
+
+def loss_summary(losses: list[float]) -> dict:
+    """The mean loss over the first and the last steps (a window of up to 20)."""
+    window = max(1, min(20, len(losses) // 5))
+    return {"loss_first": round(float(np.mean(losses[:window])), 6),
+            "loss_last": round(float(np.mean(losses[-window:])), 6)}
+
+
+def distillation_loss(task: str, p: QatParameters, has_labels: bool):
+    """Against the original's outputs: 1 - cosine for embeddings; softened-logit KL (plus the labels) otherwise."""
     import keras
     from keras import ops
 

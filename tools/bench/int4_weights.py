@@ -2,16 +2,18 @@
 side in one run.
 
 Each variant is one `deploykit.build` on the bundled sentences (same data, seed and calibration; no cache), pinned to a
-precision and, for int4-weights, to int4 settings. Every artifact then runs on texts neither calibration nor GPTQ saw:
+precision and, for int4-weights, to int4 settings (and trained only where its recipe says so). Every artifact then runs on texts neither calibration nor GPTQ saw:
 the build's own held-out evaluation texts and sentences of a different kind (the GPL-3 licence text), compared with
 the original Keras model. Latency: `deploykit.profile` on every folder in turn, `--rounds` times, median p50 (1 thread).
 
     python tools/bench/int4_weights.py                                   # arm-cpu (LiteRT), ~20 min on 2 cores
     python tools/bench/int4_weights.py --target intel-cpu --variants int8 "int4-weights:embeddings=int4"
     python tools/bench/int4_weights.py --variants "int4-weights:group_size=32,embeddings=int4,algorithm=rtn"
+    python tools/bench/int4_weights.py --target intel-cpu --variants fp32 "int4-weights:embeddings=int4" \
+        "int4-weights:embeddings=int4,recipe=int4-qat"                # int4-aware training against post-training
 
 A variant is PRECISION or int4-weights:KEY=VALUE,... with the keys of Int4Settings (group_size, ratio, algorithm,
-embeddings=int4|int8).
+embeddings=int4|int8), and recipe=PASS (one pass, e.g. int4-qat; its parameters are the pass's defaults).
 """
 
 from __future__ import annotations
@@ -30,17 +32,20 @@ DEFAULT_VARIANTS = ("fp32", "dynamic-int8", "int4-weights", "int4-weights:embedd
 
 
 def parse_variant(text: str):
-    """(precision, Int4Settings) from PRECISION or int4-weights:KEY=VALUE,..."""
+    """(precision, Int4Settings, recipe or None) from PRECISION or int4-weights:KEY=VALUE,..."""
     from deploykit.backends.base import Int4Settings
 
     precision, _, settings = text.partition(":")
-    int4 = Int4Settings()
+    int4, recipe = Int4Settings(), None
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
+        if key == "recipe":
+            recipe = value
+            continue
         converted = {"group_size": int, "ratio": float, "algorithm": str,
                      "embeddings": lambda v: v == "int4"}[key](value)
         int4 = replace(int4, **{key: converted})
-    return precision, int4
+    return precision, int4, recipe
 
 
 def main() -> None:
@@ -64,10 +69,11 @@ def main() -> None:
                "target": args.target, "variants": {}}
     rows = results["variants"]
     for number, variant in enumerate(args.variants):
-        precision, int4 = parse_variant(variant)
+        precision, int4, recipe = parse_variant(variant)
         started = time.perf_counter()
         result = deploykit.build("minilm-l6", args.target, out=args.work / f"variant{number}", precision=precision,
-                                 int4=int4, force=True, use_cache=False, profile=ProfileSettings(threads=1, runs=10))
+                                 int4=int4, recipe=recipe, qat=False, force=True, use_cache=False,
+                                 profile=ProfileSettings(threads=1, runs=10))
         report = json.loads((result.folder / "report.json").read_text())
         rows[variant] = {
             "build_s": round(time.perf_counter() - started, 1),
