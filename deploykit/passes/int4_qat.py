@@ -23,13 +23,13 @@ import numpy as np
 
 from deploykit.backends.base import ExportOptions
 from deploykit.passes.base import Pass, PassContext, PassResult
-from deploykit.passes.parameters import PassParameters, parameter
+from deploykit.passes.parameters import TeacherLossParameters, parameter
 from deploykit.passes.qat import distillation_loss, einsum_input_axes, loss_summary, run_training_steps
 
 INT4_LEVELS = 15  # unsigned 4-bit: levels 0..15
 
 
-class Int4QatParameters(PassParameters):
+class Int4QatParameters(TeacherLossParameters):
     # MiniLM (1,300 texts, int4 table): held-out cosine 0.984 after 100 steps, 0.988 after 600, 0.990 after 1500
     # and still 0.990 after 3000, while the training loss kept falling (the texts were being memorised).
     steps: int = parameter(1500, "Optimizer steps (MiniLM at 48 tokens, batch 16: about 9 minutes on 2 cores).",
@@ -38,9 +38,6 @@ class Int4QatParameters(PassParameters):
     # The grid moves a weight by up to half a step (about 1/30 of its group's range), so a BERT fine-tuning rate
     # suffices.
     learning_rate: float = parameter(3e-5, "Initial learning rate of the weights (cosine decay to zero).", gt=0)
-    temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
-    label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
-                                    "distillation.", ge=0, le=1)
 
 
 def group_width(width: int, group_size: int) -> int:

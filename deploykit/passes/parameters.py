@@ -79,3 +79,11 @@ def _bounds(info: FieldInfo) -> str:
     found = [(symbol, getattr(meta, key)) for meta in info.metadata for key, symbol in _BOUNDS
              if getattr(meta, key, None) is not None]
     return " and ".join(f"{symbol} {limit:g}" for symbol, limit in found)
+
+
+class TeacherLossParameters(PassParameters):
+    """How a fine-tune learns from the original model's outputs, for every pass that has one."""
+
+    temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
+    label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
+                                    "distillation.", ge=0, le=1)

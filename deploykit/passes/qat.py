@@ -26,11 +26,11 @@ import numpy as np
 
 from deploykit.integer_graph import simulated_rounding
 from deploykit.passes.base import Pass, PassContext, PassResult
-from deploykit.passes.parameters import PassParameters, parameter
+from deploykit.passes.parameters import TeacherLossParameters, parameter
 from deploykit.targets.schema import INTEGER_PRECISIONS
 
 
-class QatParameters(PassParameters):
+class QatParameters(TeacherLossParameters):
     steps: int = parameter(600, "Optimizer steps (MiniLM at 48 tokens, batch 16: about 5 minutes on 2 cores).", gt=0,
                            search=(100, 1000))
     batch_size: int = parameter(16, "Texts per step.", gt=0)
@@ -39,9 +39,6 @@ class QatParameters(PassParameters):
     range_learning_rate: float = parameter(1e-3, "Learning rate of the activation ranges, in the activations' "
                                            "own units.", gt=0)
     calibration_samples: int = parameter(64, "Samples that initialise the activation ranges.", gt=0)
-    temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
-    label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
-                                    "distillation.", ge=0, le=1)
 
 
 class ActivationRanges:
@@ -280,7 +277,7 @@ def loss_summary(losses: list[float]) -> dict:
             "loss_last": round(float(np.mean(losses[-window:])), 6)}
 
 
-def distillation_loss(task: str, p: QatParameters, has_labels: bool):
+def distillation_loss(task: str, p: TeacherLossParameters, has_labels: bool):
     """Against the original's outputs: 1 - cosine for embeddings; softened-logit KL (plus the labels) otherwise."""
     import keras
     from keras import ops

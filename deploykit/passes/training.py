@@ -20,19 +20,16 @@ import numpy as np
 from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle
 from deploykit.passes.base import PassContext
-from deploykit.passes.parameters import PassParameters, parameter
+from deploykit.passes.parameters import TeacherLossParameters, parameter
 
 
-class FineTuneParameters(PassParameters):
+class FineTuneParameters(TeacherLossParameters):
     """The knobs every architecture-changing pass shares; each pass sets its own defaults."""
 
     steps: int = parameter(800, "Fine-tune steps against the original (0: none, to see the damage alone).",
                            ge=0, search=(200, 2000))
     batch_size: int = parameter(16, "Texts per fine-tune step.", gt=0)
     learning_rate: float = parameter(1e-4, "Fine-tune learning rate.", gt=0)
-    temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
-    label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
-                                    "distillation.", ge=0, le=1)
     # The teacher labels perturbed copies on the fly, so a few thousand texts teach the student the
     # teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
     augment: float = parameter(0.5, "Share of each batch perturbed by token noise (the teacher labels the copies).",
