@@ -183,7 +183,8 @@ def passes(name: str | None) -> None:
         for pass_name in PASSES.names():
             kind = pass_class(pass_name)
             defaults = kind.Parameters().model_dump()
-            table.add_row(pass_name, escape(kind.description), escape(", ".join(f"{k}={v}" for k, v in defaults.items())))
+            table.add_row(pass_name, escape(kind.description),
+                          escape(", ".join(f"{k}={defaults[k]}" for k in kind.Parameters.listed())))
         output.print(table)
         return
     kind = pass_class(name)
@@ -192,7 +193,7 @@ def passes(name: str | None) -> None:
     for column in ("parameter", "default", "accepts", "search range", "meaning"):
         table.add_column(column)
     space = parameters.search_space()
-    for field_name, info in parameters.model_fields.items():
+    for field_name, info in parameters.listed().items():
         searched = "–" if field_name not in space else " .. ".join(map(str, space[field_name]))
         table.add_row(field_name, escape(str(info.default)), escape(parameters.accepted(field_name)), searched,
                       escape(info.description or ""))

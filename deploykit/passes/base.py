@@ -68,7 +68,8 @@ class Pass:
         self.parameters = self.Parameters.parse(self.name, parameters)
 
     def describe(self) -> dict:
-        return self.parameters.model_dump()
+        values = self.parameters.model_dump()
+        return {name: values[name] for name in self.Parameters.listed()}
 
     def apply(self, context: PassContext) -> "PassResult":
         raise NotImplementedError

@@ -69,6 +69,13 @@ class PassParameters(BaseModel):
         return (bounds and _bounds(info)) or _TYPE_NAMES.get(info.annotation, str(info.annotation))
 
     @classmethod
+    def listed(cls) -> dict[str, FieldInfo]:
+        """The parameters in the order a user reads them: the pass's own first, those shared through a base after."""
+        def depth(name: str) -> int:
+            return next(i for i, kind in enumerate(cls.__mro__) if name in kind.__dict__.get("__annotations__", {}))
+        return dict(sorted(cls.model_fields.items(), key=lambda item: depth(item[0])))
+
+    @classmethod
     def search_space(cls) -> dict[str, tuple]:
         """Parameters a search may vary, with their ranges."""
         return {name: tuple(info.json_schema_extra["search"]) for name, info in cls.model_fields.items()
