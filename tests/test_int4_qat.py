@@ -55,6 +55,22 @@ def test_simulated_rounding_is_what_the_openvino_int4_export_computes(tiny_backb
     assert np.abs(float_outputs - exported).max() > 100 * np.abs(simulated - exported).max()
 
 
+def test_rounding_one_model_leaves_a_copy_beside_it_float(tiny_backbone_file):
+    """The live teacher of the augmentation is a clone of the original: rounding the model being trained must not
+    round the clone, though both run inside the same context."""
+    import keras
+
+    bundle = load_model(tiny_backbone_file)
+    inputs = bundle.encode(TEXTS, 16)
+    model = bundle.deployment_model(16)
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    float_outputs = bundle.predict(inputs, model=bundle.deployment_model(16))  # models trace once: fresh ones here
+    with int4_rounding(-1, model):
+        rounded, beside = bundle.predict(inputs, model=model), bundle.predict(inputs, model=copy)
+    assert np.allclose(beside, float_outputs, atol=1e-6) and not np.allclose(rounded, float_outputs, atol=1e-4)
+
+
 def _cosine(a, b):
     a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
     return float(np.mean(np.sum(a * b, axis=1)))
@@ -87,7 +103,7 @@ def test_int4_qat_recovers_most_of_what_rounding_costs_on_texts_it_did_not_see(t
                           calibration=[], log=StepLog(), int4=int4)
     result = get_pass("int4-qat", steps=150, batch_size=8, learning_rate=3e-4).apply(context)
     after = rounded_outputs()
-    assert result.effect["loss_last"] < result.effect["loss_first"]
+    assert result.effect["loss_last"] < result.effect["loss_first"] and result.effect["augmented"]
     assert 1 - _cosine(after, reference) < 0.5 * (1 - _cosine(before, reference)), (
         _cosine(before, reference), _cosine(after, reference))
 

@@ -8,7 +8,10 @@ Dense/EinsumDense kernel, with a straight-through gradient, and, when the export
 vocabulary table at int4 too (--int4-embeddings), rounds it once to the same grid and keeps
 it fixed (the rows of tokens the texts never use must not drift). The group size is the
 export's (--int4-group-size), and the export then rounds to nearest, as trained. The student
-matches the original model's outputs, so no labels are needed.
+matches the original model's outputs, so no labels are needed; a float copy of the original
+labels token-noise perturbed copies of the texts on the fly (on MiniLM, 1500 steps: held-out
+cosine 0.9906 against 0.9899 without: the texts alone are memorised long before the grid is
+learned).
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import numpy as np
 
 from deploykit.backends.base import ExportOptions
 from deploykit.passes.base import Pass, PassContext, PassResult
-from deploykit.passes.parameters import TeacherLossParameters, parameter
+from deploykit.passes.parameters import AugmentationParameters, TeacherLossParameters, parameter
 from deploykit.passes.qat import distillation_loss, einsum_input_axes, loss_summary, run_training_steps
+from deploykit.passes.training import token_noise
 
 INT4_LEVELS = 15  # unsigned 4-bit: levels 0..15
 
 
-class Int4QatParameters(TeacherLossParameters):
+class Int4QatParameters(TeacherLossParameters, AugmentationParameters):
     # MiniLM (1,300 texts, int4 table): held-out cosine 0.984 after 100 steps, 0.988 after 600, 0.990 after 1500
     # and still 0.990 after 3000, while the training loss kept falling (the texts were being memorised).
     steps: int = parameter(1500, "Optimizer steps (MiniLM at 48 tokens, batch 16: about 9 minutes on 2 cores).",
@@ -84,14 +88,21 @@ def _straight_through(kernel, reduced_axes: tuple[int, ...], group_size: int):
 
 
 @contextmanager
-def int4_rounding(group_size: int) -> Iterator[None]:
-    """Models called inside round every Dense/EinsumDense kernel to the int4 grid (straight-through gradient)."""
+def int4_rounding(group_size: int, model=None) -> Iterator[None]:
+    """Models called inside round every Dense/EinsumDense kernel (of `model` only, when given: a teacher beside
+    it stays float) to the int4 grid, with a straight-through gradient."""
     from keras import layers, ops
 
+    rounded = None if model is None else {id(layer) for layer in model._flatten_layers()}
+
     def dense_call(self, inputs, training=None):
+        if rounded is not None and id(self) not in rounded:
+            return originals[(layers.Dense, "call")](self, inputs, training)
         return _dense_output(self, ops.matmul(inputs, _straight_through(self.kernel, (0,), group_size)))
 
     def einsum_dense_call(self, inputs, training=None):
+        if rounded is not None and id(self) not in rounded:
+            return originals[(layers.EinsumDense, "call")](self, inputs, training)
         kernel = _straight_through(self.kernel, einsum_input_axes(self.equation), group_size)
         return _dense_output(self, ops.einsum(self.equation, inputs, kernel))
 
@@ -123,21 +134,27 @@ class Int4WeightTraining(Pass):
         p = self.parameters
         started = time.perf_counter()
         model = context.bundle.deployment_model(context.sequence_length)
+        teacher = _live_teacher(context) if p.augment > 0 else None
         grid = context.int4
         # The vocabulary table, the one the runtime gathers from (segment and position tables fold into constants).
         table = context.bundle.backbone.token_embedding.embeddings
         if grid.embeddings:  # exported at int4 too: rounded once, so the layers learn to live with it
             table.assign(int4_rounded(table, (1,), grid.group_size))
-        with int4_rounding(grid.group_size):
+        with int4_rounding(grid.group_size, model):
             variables = [v for v in model.trainable_variables if v is not table]
             # Decayed to zero: the last steps settle the weights between grid points rather than hop across them.
             optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(p.learning_rate, p.steps))
             loss_of = distillation_loss(context.bundle.task, p, context.label_ids is not None)
 
+            perturb = token_noise(context, p) if teacher is not None else None
+
             @tf.function(reduce_retracing=True)
-            def train_step(inputs, teacher, labels):
+            def train_step(inputs, outputs, labels):
+                if perturb is not None:  # the original labels the perturbed copies
+                    inputs, _ = perturb(inputs, labels)
+                    outputs = tf.stop_gradient(teacher(inputs, training=False))
                 with tf.GradientTape() as tape:
-                    loss = loss_of(model(inputs, training=False), teacher, labels)
+                    loss = loss_of(model(inputs, training=False), outputs, labels)
                 gradients = tape.gradient(loss, variables)
                 optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables) if g is not None])
                 return loss
@@ -145,7 +162,7 @@ class Int4WeightTraining(Pass):
             losses = run_training_steps(context, train_step, p.steps, p.batch_size, "int4_qat_train", "int4 QAT")
         return PassResult(self.name, self.describe(), {
             "group_size": grid.group_size,
-            "embeddings_rounded": grid.embeddings, **loss_summary(losses),
+            "embeddings_rounded": grid.embeddings, "augmented": teacher is not None, **loss_summary(losses),
             "seconds": round(time.perf_counter() - started, 1),
         })
 
@@ -153,6 +170,19 @@ class Int4WeightTraining(Pass):
         """Rounded to nearest, the grid the weights were trained on (GPTQ or AWQ would move them off it: on MiniLM
         GPTQ after this fine-tune gave cosine 0.967 against 0.984 rounded to nearest)."""
         return replace(options, int4=replace(options.int4, algorithm="rtn"))
+
+
+def _live_teacher(context: PassContext):
+    """A float copy of the original model, to label perturbed texts while the model itself is being rounded and
+    trained (None when the model reads other token ids than the original: a trimmed tokenizer)."""
+    import keras
+
+    if context.bundle.tokenizer.get_vocabulary() != context.teacher.tokenizer.get_vocabulary():
+        return None
+    original = context.teacher.deployment_model(context.sequence_length)
+    copy = keras.models.clone_model(original)
+    copy.set_weights(original.get_weights())
+    return copy
 
 
 def _dense_output(layer, outputs):

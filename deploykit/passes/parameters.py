@@ -94,3 +94,13 @@ class TeacherLossParameters(PassParameters):
     temperature: float = parameter(2.0, "Softening of the teacher's logits (classifiers).", gt=0)
     label_weight: float = parameter(0.5, "Share of the label loss when the data has labels; the rest is "
                                     "distillation.", ge=0, le=1)
+
+
+class AugmentationParameters(PassParameters):
+    """Token-noise augmentation: the original model labels perturbed copies of the texts on the fly, so a few
+    thousand texts teach its behaviour around them, not just at them (TinyBERT's lesson for small data)."""
+
+    augment: float = parameter(0.5, "Share of each batch perturbed by token noise (the teacher labels the copies).",
+                               ge=0, le=1)
+    token_noise: float = parameter(0.15, "In a perturbed text, share of tokens replaced, half from the corpus and "
+                                   "half from the whole vocabulary.", ge=0, le=1)

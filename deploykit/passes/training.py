@@ -20,22 +20,16 @@ import numpy as np
 from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle
 from deploykit.passes.base import PassContext
-from deploykit.passes.parameters import TeacherLossParameters, parameter
+from deploykit.passes.parameters import AugmentationParameters, TeacherLossParameters, parameter
 
 
-class FineTuneParameters(TeacherLossParameters):
+class FineTuneParameters(TeacherLossParameters, AugmentationParameters):
     """The knobs every architecture-changing pass shares; each pass sets its own defaults."""
 
     steps: int = parameter(800, "Fine-tune steps against the original (0: none, to see the damage alone).",
                            ge=0, search=(200, 2000))
     batch_size: int = parameter(16, "Texts per fine-tune step.", gt=0)
     learning_rate: float = parameter(1e-4, "Fine-tune learning rate.", gt=0)
-    # The teacher labels perturbed copies on the fly, so a few thousand texts teach the student the
-    # teacher's behaviour around them, not just at them (TinyBERT's lesson for small data).
-    augment: float = parameter(0.5, "Share of each batch perturbed by token noise (the teacher labels the copies).",
-                               ge=0, le=1)
-    token_noise: float = parameter(0.15, "In a perturbed text, share of tokens replaced, half from the corpus and "
-                                   "half from the whole vocabulary.", ge=0, le=1)
     # Frozen by default: updating only the rows the texts use would move them away from the rows of unseen
     # tokens, which the deployed model still meets.
     train_embeddings: bool = parameter(False, "Also train the token embeddings.")
@@ -150,7 +144,7 @@ def _fit_distiller(distiller, context: PassContext, p: FineTuneParameters, steps
         .batch(min(p.batch_size, count), drop_remainder=True)
     )
     if p.augment > 0 and p.token_noise > 0:
-        dataset = dataset.map(_token_noise(context, p))
+        dataset = dataset.map(token_noise(context, p))
     history = _loss_history_class()(context, label, steps)
     with context.log.step(f"{label}_train", f"{label}: {steps} distillation steps of {p.batch_size} on {count} texts"):
         with warnings.catch_warnings():  # Keras warns about the frozen teacher and the unused pooler; both expected
@@ -291,7 +285,7 @@ def _no_loss(labels, relations):
     return 0.0
 
 
-def _token_noise(context: PassContext, p: FineTuneParameters):
+def token_noise(context: PassContext, p: AugmentationParameters):
     """A tf.data map replacing, in a share of the batch, a share of the real tokens by tokens drawn from the
     corpus (by frequency) or the vocabulary. [CLS], [SEP] and padding stay; the teacher sees the same text."""
     import tensorflow as tf
