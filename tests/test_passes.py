@@ -111,13 +111,13 @@ def test_distill_keeps_evenly_spaced_layers_and_trains(bundle):
     assert np.isfinite(result.effect["hidden_loss_last"])
 
 
-def test_token_noise_perturbs_only_real_tokens_of_the_chosen_share(bundle):
+def testtoken_noise_perturbs_only_real_tokens_of_the_chosen_share(bundle):
     import tensorflow as tf
 
-    from deploykit.passes.training import FineTuneParameters, _token_noise
+    from deploykit.passes.training import FineTuneParameters, token_noise
 
     context = _context(bundle)
-    perturb = _token_noise(context, FineTuneParameters(augment=1.0, token_noise=0.5))
+    perturb = token_noise(context, FineTuneParameters(augment=1.0, token_noise=0.5))
     inputs = {k: tf.constant(v) for k, v in context.train_inputs.items()}
     noisy, _ = perturb(inputs, tf.zeros(len(TEXTS), tf.int32))
     before, after = context.train_inputs["token_ids"], noisy["token_ids"].numpy()
