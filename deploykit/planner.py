@@ -161,13 +161,12 @@ def _paying(passes: tuple[str, ...], precisions: list[str], target: Target, back
             f"--recipe ends with {last.name}, which trains for the {' or '.join(last.for_backends)} backend's "
             f"rounding, but target {target.name!r} exports through {backend.name}; choose another target or drop "
             f"{last.name}.")
-    simulated = last.simulates if last is not None else ()
-    paying = [precision for precision in precisions if not simulated or precision in simulated]
+    paying = [precision for precision in precisions if last is None or last.pays_at(precision)]
     if not paying:
         raise DeployKitError(
-            f"--recipe ends with {passes[-1]}, which trains for the rounding of {', '.join(simulated)}, but target "
-            f"{target.name!r} is built at {', '.join(precisions)}; pass --precision {simulated[0]} or drop "
-            f"{passes[-1]}.")
+            f"--recipe ends with {last.name}, which trains for the rounding of {', '.join(last.simulates)}, but "
+            f"target {target.name!r} is built at {', '.join(precisions)}; pass --precision {last.simulates[0]} or "
+            f"drop {last.name}.")
     return paying
 
 

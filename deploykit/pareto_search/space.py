@@ -52,7 +52,7 @@ class SearchSpace:
         precision = trial.suggest_categorical("precision", list(self.precisions))
         names, parameters = [], {}
         for space in self.passes:
-            if not _pays_at(space.name, precision):
+            if not pass_class(space.name).pays_at(precision):
                 continue
             if space.optional and not trial.suggest_categorical(f"{space.name}", [False, True]):
                 continue
@@ -69,7 +69,7 @@ class SearchSpace:
         trial.suggest_categorical("precision", list(self.precisions))
         used = set(candidate.passes)
         for space in self.passes:
-            if space.optional and _pays_at(space.name, candidate.precision):
+            if space.optional and pass_class(space.name).pays_at(candidate.precision):
                 trial.suggest_categorical(space.name, [False, True])
         return Candidate(candidate.precision, tuple((name, items) for name, items in candidate.recipe if name in used))
 
@@ -82,7 +82,7 @@ class SearchSpace:
         if len(self.lengths) > 1:
             params["sequence_length"] = self.lengths[0]  # build's candidates at build's length
         for space in self.passes:
-            if space.name in optional and _pays_at(space.name, candidate.precision):
+            if space.name in optional and pass_class(space.name).pays_at(candidate.precision):
                 params[space.name] = space.name in candidate.passes
         return params
 
@@ -90,12 +90,6 @@ class SearchSpace:
         return {"precisions": list(self.precisions), "sequence_lengths": list(self.lengths),
                 "passes": {space.name: {"optional": space.optional, **{k: list(v) for k, v in space.ranges.items()}}
                            for space in self.passes}}
-
-
-def _pays_at(name: str, precision: str) -> bool:
-    """Whether the pass can pay at the precision: a pass training for an export's rounding pays only there."""
-    simulated = pass_class(name).simulates
-    return not simulated or precision in simulated
 
 
 def _suggest(trial, name: str, low, high):
@@ -126,7 +120,7 @@ def search_space(target: Target, precisions: list[str], architecture: Architectu
     else:
         names, optional = list(passes) if passes is not None else _target_passes(target), True
         if passes is None:
-            names += [name for name in backend_passes if any(_pays_at(name, p) for p in precisions)]
+            names += [name for name in backend_passes if any(pass_class(name).pays_at(p) for p in precisions)]
     for name in names:
         if name not in PASSES.names():
             raise DeployKitError(f"--search-passes: unknown pass {name!r}; known passes: {', '.join(PASSES.names())}.")

@@ -78,6 +78,11 @@ class Pass:
         """A context manager the export is traced in (None: the plain graph)."""
         return None
 
+    @classmethod
+    def pays_at(cls, precision: str) -> bool:
+        """Whether it can pay at the precision: a pass training for an export's rounding pays only there."""
+        return not cls.simulates or precision in cls.simulates
+
     def export_options(self, options: ExportOptions) -> ExportOptions:
         """How the export must run for what this pass trained towards (by default: as the build asks)."""
         return options
