@@ -11,10 +11,16 @@ library's callback (TensorFlow's graph import calls back into Python): pybind11 
 replaces it with a RuntimeError ("MISMATCH of original and normalized active
 exception types"). Whatever leaves the block after a signal arrived is therefore
 turned back into `Interrupted`, so the exit code still names the signal.
+
+A process forked inside the block (a library's `multiprocessing.Process`, such as
+OpenVINO's telemetry sender, which it terminates after a timeout) inherits the
+handler; there the signal does what it would have done without deploykit, so the
+child ends quietly instead of printing an `Interrupted` traceback.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
 from typing import Iterator
@@ -65,8 +71,13 @@ def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread (see held())."""
 
     received: list[Interrupted] = []
+    owner = os.getpid()
 
     def handler(number, frame):
+        if os.getpid() != owner:  # a forked child: the default action (SIGTERM ends it, SIGINT raises)
+            signal.signal(number, signal.SIG_DFL if number != signal.SIGINT else signal.default_int_handler)
+            os.kill(os.getpid(), number)
+            return
         for handled in HANDLED:
             signal.signal(handled, signal.SIG_IGN)
         received.append(Interrupted(number))

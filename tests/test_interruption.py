@@ -101,3 +101,25 @@ def test_a_signal_while_held_waits_for_the_work_that_may_stop():
             with released():
                 steps.append("trial started")  # not reached: the held signal is raised on entry
     assert steps == ["recorded"]
+
+
+_FORKED_CHILD = """
+import multiprocessing, time
+from deploykit.interrupts import interruptible
+
+with interruptible():
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    child.start()
+    time.sleep(0.5)
+    child.terminate()  # as OpenVINO's telemetry sender does after its timeout
+    child.join(10)
+    print("exitcode", child.exitcode)
+"""
+
+
+def test_a_forked_child_terminated_by_a_library_ends_quietly():
+    """The handler a forked child inherits must not raise `Interrupted` there (it printed a traceback mid-build)."""
+    run = subprocess.run([sys.executable, "-c", _FORKED_CHILD], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"exitcode {-signal.SIGTERM}" in run.stdout
+    assert "Traceback" not in run.stderr and "Interrupted" not in run.stderr, run.stderr[-2000:]
