@@ -9,7 +9,8 @@ from deploykit.errors import DeployKitError
 from deploykit.evaluate import run_examples
 from deploykit.models import load_model
 from deploykit.passes.base import PassContext, get_pass
-from deploykit.passes.int4_qat import group_width, int4_rounded, int4_rounding
+from deploykit.passes.int4_qat import (_apply_clipping, clipping_variables, group_width, int4_rounded,
+                                      int4_rounding)
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
 
@@ -53,6 +54,34 @@ def test_simulated_rounding_is_what_the_openvino_int4_export_computes(tiny_backb
         simulated = bundle.predict(inputs, model=bundle.deployment_model(16))
     assert np.abs(simulated - exported).max() < 1e-4 * np.abs(exported).max()
     assert np.abs(float_outputs - exported).max() > 100 * np.abs(simulated - exported).max()
+
+
+def test_learned_clipping_once_applied_is_what_the_openvino_int4_export_computes(tiny_backbone_file, tmp_path):
+    """Kernels clipped to their learned ranges, exported with rounding to nearest, give the outputs the training
+    simulated with those ranges: the export's min/max finds the clipped grid."""
+    bundle = load_model(tiny_backbone_file)
+    inputs = bundle.encode(TEXTS, 16)
+    settings = Int4Settings(algorithm="rtn", group_size=-1, embeddings=True)
+    table = bundle.backbone.token_embedding.embeddings
+    table.assign(int4_rounded(table, (1,), settings.group_size))
+    model = bundle.deployment_model(16)
+    clipping = clipping_variables(model, settings.group_size, 4.0)
+    rng = np.random.default_rng(0)
+    for _, pair in clipping.values():  # as if learned: ranges kept between 50% and 98%
+        for logits in pair:
+            logits.assign(rng.uniform(0.0, 4.0, size=logits.shape).astype("float32"))
+    with int4_rounding(settings.group_size, model, clipping):
+        simulated = bundle.predict(inputs, model=bundle.deployment_model(16))
+    with int4_rounding(settings.group_size):
+        unclipped = bundle.predict(inputs, model=bundle.deployment_model(16))
+    kept = _apply_clipping(clipping, settings.group_size)
+    bundle.write_saved_model(tmp_path / "saved", 16)
+    backend = get_backend("openvino")
+    artifact = backend.export(tmp_path / "saved", "int4-weights", ExportOptions([], int4=settings), tmp_path / "int4")
+    exported = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
+    assert 0.5 < kept["clipping_kept"] < 0.98
+    assert np.abs(simulated - exported).max() < 1e-4 * np.abs(exported).max()
+    assert np.abs(unclipped - exported).max() > 100 * np.abs(simulated - exported).max()
 
 
 def test_rounding_one_model_leaves_a_copy_beside_it_float(tiny_backbone_file):

@@ -12,6 +12,11 @@ matches the original model's outputs, so no labels are needed; a float copy of t
 labels token-noise perturbed copies of the texts on the fly (on MiniLM, 1500 steps: held-out
 cosine 0.9906 against 0.9899 without: the texts alone are memorised long before the grid is
 learned).
+
+Each group's range is learned too (OmniQuant's learnable weight clipping): the low and high
+bound each keep a trained fraction of the group's min and max, and the kernels are clipped to
+those ranges before the export, whose min/max then finds exactly the trained grid. Clipping
+trades a larger error on a group's few extreme weights for finer steps on all the others.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class Int4QatParameters(TeacherLossParameters, AugmentationParameters):
     # The grid moves a weight by up to half a step (about 1/30 of its group's range), so a BERT fine-tuning rate
     # suffices.
     learning_rate: float = parameter(3e-5, "Initial learning rate of the weights (cosine decay to zero).", gt=0)
+    learn_clipping: bool = parameter(True, "Also learn how far to shrink each group's range (OmniQuant's learnable "
+                                     "weight clipping); the weights are clipped to it before export, so the "
+                                     "export's rounding to nearest finds the same grid.")
+    # OmniQuant's initialisation: sigmoid(4) keeps 98% of each bound, with gradient enough to move either way.
+    clipping_logit: float = parameter(4.0, "Initial logit of the kept fraction of each bound.")
+    clipping_learning_rate: float = parameter(5e-3, "Learning rate of the clipping logits (cosine decay).", gt=0)
 
 
 def group_width(width: int, group_size: int) -> int:
@@ -58,9 +69,8 @@ def group_width(width: int, group_size: int) -> int:
     return width
 
 
-def int4_rounded(weights, reduced_axes: tuple[int, ...], group_size: int):
-    """`weights` rounded to the asymmetric int4 grid of groups of `group_size` input channels (along
-    `reduced_axes`), dequantized: what NNCF's rounding to nearest gives, with its float16 scales."""
+def _groups(weights, reduced_axes: tuple[int, ...], group_size: int):
+    """`weights` as (groups, group, output channels) rows, and the function that puts such rows back."""
     from keras import ops
 
     shape = tuple(weights.shape)
@@ -69,42 +79,115 @@ def int4_rounded(weights, reduced_axes: tuple[int, ...], group_size: int):
     group = group_width(width, group_size)
     order = reduced_axes + kept
     rows = ops.reshape(ops.transpose(weights, order), (width // group, group, -1))
-    low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
-    high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
-    scale = (high - low) / INT4_LEVELS
-    scale = ops.where(scale < 1e-9, ops.ones_like(scale), scale)  # an all-zero group stays zero
-    zero_point = ops.clip(-ops.round(low / scale), 0, INT4_LEVELS)
-    levels = ops.clip(ops.round(rows / scale) + zero_point, 0, INT4_LEVELS)
-    stored_scale = ops.cast(ops.cast(scale, "float16"), "float32")
-    rounded = (levels - zero_point) * stored_scale
-    restored = ops.reshape(rounded, tuple(shape[axis] for axis in order))
-    return ops.transpose(restored, tuple(int(i) for i in np.argsort(order)))
+
+    def restore(grouped):
+        restored = ops.reshape(grouped, tuple(shape[axis] for axis in order))
+        return ops.transpose(restored, tuple(int(i) for i in np.argsort(order)))
+
+    return rows, restore
 
 
-def _straight_through(kernel, reduced_axes: tuple[int, ...], group_size: int):
+def _bounds(rows, clipping=None):
+    """Each group's [low, high] (including zero, as NNCF's asymmetric grid does), shrunk by `clipping`
+    (sigmoid logits of the kept fraction of each bound) when given."""
     from keras import ops
 
-    return kernel + ops.stop_gradient(int4_rounded(kernel, reduced_axes, group_size) - kernel)
+    low = ops.minimum(ops.min(rows, axis=1, keepdims=True), 0.0)
+    high = ops.maximum(ops.max(rows, axis=1, keepdims=True), 0.0)
+    if clipping is not None:
+        low, high = low * ops.sigmoid(clipping[0]), high * ops.sigmoid(clipping[1])
+    return low, high
+
+
+def int4_rounded(weights, reduced_axes: tuple[int, ...], group_size: int, clipping=None,
+                 straight_through: bool = False):
+    """`weights` rounded to the asymmetric int4 grid of groups of `group_size` input channels (along
+    `reduced_axes`), dequantized: what NNCF's rounding to nearest gives, with its float16 scales. With
+    `clipping`, each group's range is first shrunk as learned (see `clipped`); `straight_through` rounds
+    with an identity gradient, so the weights and the clipping both learn through the grid."""
+    from keras import ops
+
+    def rounded(values):
+        return values + ops.stop_gradient(ops.round(values) - values) if straight_through else ops.round(values)
+
+    rows, restore = _groups(weights, reduced_axes, group_size)
+    low, high = _bounds(rows, clipping)
+    rows = ops.clip(rows, low, high) if clipping is not None else rows
+    scale = (high - low) / INT4_LEVELS
+    scale = ops.where(scale < 1e-9, ops.ones_like(scale), scale)  # an all-zero group stays zero
+    zero_point = ops.clip(rounded(-low / scale), 0, INT4_LEVELS)
+    levels = ops.clip(rounded(rows / scale) + zero_point, 0, INT4_LEVELS)
+    stored_scale = scale + ops.stop_gradient(ops.cast(ops.cast(scale, "float16"), "float32") - scale)
+    return restore((levels - zero_point) * stored_scale)
+
+
+def clipped(weights, reduced_axes: tuple[int, ...], group_size: int, clipping):
+    """`weights` with every group clipped to its learned range: the export's own min/max then find exactly
+    that range (its extremes sit on the bounds), so learned clipping needs nothing from the exporter."""
+    from keras import ops
+
+    rows, restore = _groups(weights, reduced_axes, group_size)
+    low, high = _bounds(rows, clipping)
+    return restore(ops.clip(rows, low, high))
+
+
+def _trained_rounding(kernel, reduced_axes: tuple[int, ...], group_size: int, clipping=None):
+    """The kernel as the export will round it, for training: without clipping, the gradient passes as if
+    unrounded; with it, through the grid (its scale and bounds), so the clipping learns too."""
+    from keras import ops
+
+    if clipping is None:
+        return kernel + ops.stop_gradient(int4_rounded(kernel, reduced_axes, group_size) - kernel)
+    return int4_rounded(kernel, reduced_axes, group_size, clipping, straight_through=True)
+
+
+def kernel_input_axes(layer) -> tuple[int, ...] | None:
+    """The axes a Dense/EinsumDense kernel sums over (None for other layers)."""
+    from keras import layers
+
+    if isinstance(layer, layers.EinsumDense):
+        return einsum_input_axes(layer.equation)
+    return (0,) if isinstance(layer, layers.Dense) else None
+
+
+def clipping_variables(model, group_size: int, initial_logit: float) -> dict[int, tuple]:
+    """For every Dense/EinsumDense of `model`, by layer id: (layer, (low, high)) logits of the kept fraction of
+    each group's low and high bound, per output channel."""
+    import keras
+
+    found = {}
+    for layer in model._flatten_layers():
+        axes = kernel_input_axes(layer)
+        if axes is not None:
+            rows, _ = _groups(layer.kernel, axes, group_size)
+            shape = (rows.shape[0], 1, rows.shape[2])
+            found[id(layer)] = (layer, tuple(keras.Variable(np.full(shape, initial_logit, "float32"), name=name)
+                                             for name in ("int4_clip_low", "int4_clip_high")))
+    return found
 
 
 @contextmanager
-def int4_rounding(group_size: int, model=None) -> Iterator[None]:
+def int4_rounding(group_size: int, model=None, clipping: dict[int, tuple] | None = None) -> Iterator[None]:
     """Models called inside round every Dense/EinsumDense kernel (of `model` only, when given: a teacher beside
-    it stays float) to the int4 grid, with a straight-through gradient."""
+    it stays float) to the int4 grid, with a straight-through gradient; `clipping` (from `clipping_variables`)
+    shrinks the groups' ranges as learned."""
     from keras import layers, ops
 
     rounded = None if model is None else {id(layer) for layer in model._flatten_layers()}
 
+    def kernel_of(layer):
+        learned = clipping.get(id(layer)) if clipping else None
+        return _trained_rounding(layer.kernel, kernel_input_axes(layer), group_size, learned and learned[1])
+
     def dense_call(self, inputs, training=None):
         if rounded is not None and id(self) not in rounded:
             return originals[(layers.Dense, "call")](self, inputs, training)
-        return _dense_output(self, ops.matmul(inputs, _straight_through(self.kernel, (0,), group_size)))
+        return _dense_output(self, ops.matmul(inputs, kernel_of(self)))
 
     def einsum_dense_call(self, inputs, training=None):
         if rounded is not None and id(self) not in rounded:
             return originals[(layers.EinsumDense, "call")](self, inputs, training)
-        kernel = _straight_through(self.kernel, einsum_input_axes(self.equation), group_size)
-        return _dense_output(self, ops.einsum(self.equation, inputs, kernel))
+        return _dense_output(self, ops.einsum(self.equation, inputs, kernel_of(self)))
 
     replaced = {(layers.Dense, "call"): dense_call, (layers.EinsumDense, "call"): einsum_dense_call}
     originals = {key: getattr(*key) for key in replaced}
@@ -140,10 +223,14 @@ class Int4WeightTraining(Pass):
         table = context.bundle.backbone.token_embedding.embeddings
         if grid.embeddings:  # exported at int4 too: rounded once, so the layers learn to live with it
             table.assign(int4_rounded(table, (1,), grid.group_size))
-        with int4_rounding(grid.group_size, model):
-            variables = [v for v in model.trainable_variables if v is not table]
+        clipping = clipping_variables(model, grid.group_size, p.clipping_logit) if p.learn_clipping else {}
+        with int4_rounding(grid.group_size, model, clipping):
+            weights = [v for v in model.trainable_variables if v is not table]
+            logits = [v for _, pair in clipping.values() for v in pair]
+            variables = weights + logits
             # Decayed to zero: the last steps settle the weights between grid points rather than hop across them.
-            optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(p.learning_rate, p.steps))
+            optimizers = [keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(rate, p.steps))
+                          for rate in (p.learning_rate, p.clipping_learning_rate)]
             loss_of = distillation_loss(context.bundle.task, p, context.label_ids is not None)
 
             perturb = token_noise(context, p) if teacher is not None else None
@@ -156,12 +243,16 @@ class Int4WeightTraining(Pass):
                 with tf.GradientTape() as tape:
                     loss = loss_of(model(inputs, training=False), outputs, labels)
                 gradients = tape.gradient(loss, variables)
-                optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables) if g is not None])
+                for optimizer, part, group in ((optimizers[0], gradients[:len(weights)], weights),
+                                               (optimizers[1], gradients[len(weights):], logits)):
+                    if group:
+                        optimizer.apply_gradients([(g, v) for g, v in zip(part, group) if g is not None])
                 return loss
 
             losses = run_training_steps(context, train_step, p.steps, p.batch_size, "int4_qat_train", "int4 QAT")
+        kept = _apply_clipping(clipping, grid.group_size)
         return PassResult(self.name, self.describe(), {
-            "group_size": grid.group_size,
+            "group_size": grid.group_size, **kept,
             "embeddings_rounded": grid.embeddings, "augmented": teacher is not None, **loss_summary(losses),
             "seconds": round(time.perf_counter() - started, 1),
         })
@@ -170,6 +261,20 @@ class Int4WeightTraining(Pass):
         """Rounded to nearest, the grid the weights were trained on (GPTQ or AWQ would move them off it: on MiniLM
         GPTQ after this fine-tune gave cosine 0.967 against 0.984 rounded to nearest)."""
         return replace(options, int4=replace(options.int4, algorithm="rtn"))
+
+
+def _apply_clipping(clipping: dict[int, tuple], group_size: int) -> dict:
+    """Clip every kernel to its learned ranges (what the export's min/max will then find); the mean kept
+    fraction of the bounds, for the report."""
+    from keras import ops
+
+    if not clipping:
+        return {}
+    fractions = []
+    for layer, (low, high) in clipping.values():
+        layer.kernel.assign(clipped(layer.kernel, kernel_input_axes(layer), group_size, (low, high)))
+        fractions += [float(ops.mean(ops.sigmoid(low))), float(ops.mean(ops.sigmoid(high)))]
+    return {"clipping_kept": round(float(np.mean(fractions)), 4)}
 
 
 def _live_teacher(context: PassContext):
