@@ -10,13 +10,14 @@ it fixed (the rows of tokens the texts never use must not drift). The group size
 export's (--int4-group-size), and the export then rounds to nearest, as trained. The student
 matches the original model's outputs, so no labels are needed; a float copy of the original
 labels token-noise perturbed copies of the texts on the fly (on MiniLM, 1500 steps: held-out
-cosine 0.9906 against 0.9899 without: the texts alone are memorised long before the grid is
+cosine 0.9907 against 0.9899 without: the texts alone are memorised long before the grid is
 learned).
 
 Each group's range is learned too (OmniQuant's learnable weight clipping): the low and high
 bound each keep a trained fraction of the group's min and max, and the kernels are clipped to
 those ranges before the export, whose min/max then finds exactly the trained grid. Clipping
-trades a larger error on a group's few extreme weights for finer steps on all the others.
+trades a larger error on a group's few extreme weights for finer steps on all the others
+(MiniLM, 1500 steps: 0.9915 against 0.9907; after 600 steps 0.9897 against 0.9875).
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ the original Keras model. Latency: `deploykit.profile` on every folder in turn, 
     python tools/bench/int4_weights.py --target intel-cpu --variants int8 "int4-weights:embeddings=int4"
     python tools/bench/int4_weights.py --variants "int4-weights:group_size=32,embeddings=int4,algorithm=rtn"
     python tools/bench/int4_weights.py --target intel-cpu --variants fp32 "int4-weights:embeddings=int4" \
-        "int4-weights:embeddings=int4,recipe=int4-qat"                # int4-aware training against post-training
+        "int4-weights:embeddings=int4,recipe=int4-qat:learn_clipping=false"  # int4-aware training, pass parameters after the name
 
 A variant is PRECISION or int4-weights:KEY=VALUE,... with the keys of Int4Settings (group_size, ratio, algorithm,
-embeddings=int4|int8), and recipe=PASS (one pass, e.g. int4-qat; its parameters are the pass's defaults).
+embeddings=int4|int8), and recipe=PASS (one pass, e.g. int4-qat, with at most one parameter after a colon:
+recipe=int4-qat:learn_clipping=false; the rest are the pass's defaults).
 """
 
 from __future__ import annotations
