@@ -203,8 +203,8 @@ def int4_rounding(group_size: int, model=None, clipping: dict[int, tuple] | None
 
 class Int4WeightTraining(Pass):
     name = "int4-qat"
-    description = ("fine-tune with the int4-weights rounding simulated (groups of input channels, asymmetric), "
-                   "for an int4-weights export rounded to nearest")
+    description = ("fine-tune with the int4-weights rounding simulated (groups of input channels, asymmetric, "
+                   "each group's range clipped as learned), for an int4-weights export rounded to nearest")
     Parameters = Int4QatParameters
     must_be_last = True
     simulates = ("int4-weights",)
