@@ -97,6 +97,9 @@ def _search_options(command):
                      "each group to nearest (data-free); awq (OpenVINO only) and gptq fit them on the calibration texts."),
         click.option("--int4-embeddings/--int8-embeddings", default=_BUILD.int4.embeddings, show_default=True,
                      help="Precision int4-weights: embedding tables at int4 too (smaller, slightly less faithful)."),
+        click.option("--int4-embedding-group-size", type=int, default=None,
+                     help="Precision int4-weights with --int4-embeddings: columns of the vocabulary table sharing one "
+                     "scale (-1: one per row, the smallest) [default: --int4-group-size]."),
         click.option("--cache", type=click.Path(file_okay=False), help="Cache folder for exports and measurements "
                      "(default: $DEPLOYKIT_CACHE, else $XDG_CACHE_HOME/deploykit)."),
         click.option("--no-cache", "no_cache", is_flag=True, help="Run every stage, neither reading nor writing the "
@@ -358,7 +361,7 @@ def _build(model, target_names, data, eval_data, out, precision, activation_perc
            profile_timeout, converter_timeout, force, device, devices_file, trust_new_host, benchmark_binary,
            save_profile, profiles, search, storage, study, prefer, prune_factor, search_passes,
            search_length_percentiles, max_size_mb, mixed_reserve, mixed_max_share, int4_group_size, int4_ratio,
-           int4_algorithm, int4_embeddings, cache, no_cache, cache_max_gb) -> list:
+           int4_algorithm, int4_embeddings, int4_embedding_group_size, cache, no_cache, cache_max_gb) -> list:
     """`build` and `search`: one implementation (a search is a build with --search N)."""
     from deploykit.runtime_env import import_tensorflow_quietly
 
@@ -386,7 +389,7 @@ def _build(model, target_names, data, eval_data, out, precision, activation_perc
         masked_logit=masked_logit, max_residual_scale=max_residual_scale, allow_fallback=allow_fallback, qat=qat,
         profile=ProfileSettings(runs=runs, warmup=warmup, threads=threads, timeout_s=profile_timeout),
         max_size_mb=max_size_mb, mixed=MixedSettings(mixed_reserve, mixed_max_share), int4=Int4Settings(
-            int4_group_size, int4_ratio, int4_algorithm, int4_embeddings), cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
+            int4_group_size, int4_ratio, int4_algorithm, int4_embeddings, int4_embedding_group_size), cache=_path(cache), use_cache=not no_cache, cache_max_gb=cache_max_gb,
         search=SearchSettings(trials=search, storage=storage, study=study, prefer=prefer, prune_factor=prune_factor,
                               passes=_search_passes(search_passes),
                               length_percentiles=_percentiles(search_length_percentiles)) if search else None,

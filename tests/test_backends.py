@@ -29,6 +29,23 @@ def test_fp32_export_matches_keras(saved_classifier, tmp_path, runtime):
     np.testing.assert_allclose(run_examples(runner, inputs), expected, atol=1e-4)
 
 
+def test_openvino_stores_a_constant_of_one_repeated_value_once(tiny_backbone_file, tmp_path):
+    """Mean pooling's zeros_like, folded by OpenVINO into a full tensor of zeros, is written as one element, and the
+    outputs stay the Keras model's."""
+    import openvino as ov
+
+    bundle = load_model(tiny_backbone_file)
+    bundle.write_saved_model(tmp_path / "saved", 16)
+    inputs = bundle.encode(["team goal win", "bread soup"], 16)
+    backend = get_backend("openvino")
+    artifact = backend.export(tmp_path / "saved", "fp32", ExportOptions(calibration=[]), tmp_path / "ir")
+    zeros = [op.get_data().size for op in ov.Core().read_model(str(artifact.path)).get_ops()
+             if op.get_type_name() == "Constant" and "zeros_like" in op.get_friendly_name()]
+    assert zeros and set(zeros) == {1}
+    runner = backend.load(artifact.path, 1, artifact.runtime_config)
+    np.testing.assert_allclose(run_examples(runner, inputs), bundle.predict(inputs), atol=1e-5)
+
+
 def test_unknown_runtime_is_a_clear_error():
     with pytest.raises(DeployKitError, match="no exporter for the 'coreml' runtime"):
         get_backend("coreml")

@@ -1,5 +1,7 @@
 """int4-qat: the simulated rounding is the int4-weights export's, and a build tries it after int4-weights."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -35,25 +37,37 @@ def test_rounding_uses_sixteen_levels_per_group_and_keeps_zero():
     assert 0 < np.abs(rounded - weights).max() < (weights.max() - weights.min()) / 15
 
 
-def test_simulated_rounding_is_what_the_openvino_int4_export_computes(tiny_backbone_file, tmp_path):
-    """The Keras model with int4_rounding (and the vocabulary table rounded) gives the int4 IR's outputs, to float
-    precision; both are far from the float model's."""
+@pytest.mark.parametrize("table_groups", [None, -1])
+def test_simulated_rounding_is_what_the_openvino_int4_export_computes(tiny_backbone_file, tmp_path, table_groups):
+    """The Keras model with int4_rounding (and the vocabulary table rounded, in the layers' groups or one per row)
+    gives the int4 IR's outputs, to float precision; both are far from the float model's."""
     bundle = load_model(tiny_backbone_file)
     inputs = bundle.encode(TEXTS, 16)
     calibration = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(8)]
     float_outputs = bundle.predict(inputs)
     bundle.write_saved_model(tmp_path / "saved", 16)
     backend = get_backend("openvino")
-    settings = Int4Settings(algorithm="rtn", embeddings=True)
+    settings = Int4Settings(group_size=16, algorithm="rtn", embeddings=True, embedding_group_size=table_groups)
     artifact = backend.export(tmp_path / "saved", "int4-weights", ExportOptions(calibration, int4=settings),
                               tmp_path / "int4")
     exported = run_examples(backend.load(artifact.path, 1, artifact.runtime_config), inputs)
     table = bundle.backbone.token_embedding.embeddings
-    table.assign(int4_rounded(table, (1,), settings.group_size))
+    groups = table.shape[1] // settings.group_size
+    assert groups > 1 and _zero_point_columns(artifact.path, table.shape[0]) == (1 if table_groups == -1 else groups)
+    table.assign(int4_rounded(table, (1,), settings.table_group_size))
     with int4_rounding(settings.group_size):
         simulated = bundle.predict(inputs, model=bundle.deployment_model(16))
     assert np.abs(simulated - exported).max() < 1e-4 * np.abs(exported).max()
     assert np.abs(float_outputs - exported).max() > 100 * np.abs(simulated - exported).max()
+
+
+def _zero_point_columns(path, rows: int) -> int:
+    """Groups per row of the int4 table with `rows` rows in an OpenVINO IR (from its zero points' shape)."""
+    import openvino as ov
+
+    shapes = [list(op.get_output_shape(0)) for op in ov.Core().read_model(str(path)).get_ops()
+              if op.get_type_name() == "Constant" and op.get_friendly_name().endswith("zero_point")]
+    return next(int(np.prod(shape[1:])) for shape in shapes if shape[0] == rows)
 
 
 def test_learned_clipping_once_applied_is_what_the_openvino_int4_export_computes(tiny_backbone_file, tmp_path):
@@ -135,6 +149,27 @@ def test_int4_qat_recovers_most_of_what_rounding_costs_on_texts_it_did_not_see(t
     assert result.effect["loss_last"] < result.effect["loss_first"] and result.effect["augmented"]
     assert 1 - _cosine(after, reference) < 0.5 * (1 - _cosine(before, reference)), (
         _cosine(before, reference), _cosine(after, reference))
+
+
+def test_the_live_teacher_reads_a_trimmed_tokenizer_s_ids_as_its_own_tokens(tiny_backbone_file):
+    """After trim-vocab renumbers the tokens, the original still labels the student's (perturbed) inputs: a text
+    encoded with the trimmed tokenizer gets the original's output on that text."""
+    import tensorflow as tf
+
+    from deploykit.passes.int4_qat import _live_teacher
+
+    bundle = load_model(tiny_backbone_file)
+    inputs = bundle.encode(TEXTS, 16)
+    context = PassContext(bundle=bundle, sequence_length=16, train_texts=TEXTS, train_inputs=inputs,
+                          teacher_outputs=bundle.predict(inputs), teacher=bundle, label_ids=None, calibration=[],
+                          log=StepLog())
+    trimmed = get_pass("trim-vocab", unseen="unk").apply(context).bundle
+    student_inputs = trimmed.encode(TEXTS, 16)
+    assert len(trimmed.tokenizer.get_vocabulary()) < len(bundle.tokenizer.get_vocabulary())
+    assert not np.array_equal(student_inputs["token_ids"], inputs["token_ids"])
+    teacher = _live_teacher(replace(context, bundle=trimmed, train_inputs=student_inputs))
+    labelled = np.asarray(teacher({k: tf.constant(v) for k, v in student_inputs.items()}, training=False))
+    np.testing.assert_allclose(labelled, bundle.predict(inputs), atol=1e-5)
 
 
 def test_build_tries_int4_qat_after_int4_weights(tiny_backbone_file, labelled_data, tmp_path, monkeypatch):

@@ -347,6 +347,7 @@ def test_litert_int4_weights_are_smaller_run_and_store_int4(tiny_backbone_file, 
     ({"algorithm": "awq"}, "--int4-algorithm rtn or gptq"),
     ({"ratio": 0.8}, "--int4-ratio 0.8 cannot apply"),
     ({"group_size": 96}, "got --int4-group-size 96"),
+    ({"embeddings": True, "embedding_group_size": 96}, "got --int4-embedding-group-size 96"),
 ])
 def test_litert_int4_refuses_settings_it_cannot_honour(tiny_backbone_file, tmp_path, settings, message):
     from deploykit.backends.base import Int4Settings

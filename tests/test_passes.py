@@ -166,6 +166,55 @@ def test_trim_vocab_keeps_characters_and_reserve_on_request(bundle):
     assert "match" in vocabulary and "zebra" not in vocabulary  # the reserve of 1: the lowest unused id
 
 
+def test_trim_vocab_reachable_drops_only_tokens_the_tokenizer_never_emits(tmp_path):
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    never = ["[unused0]", "Goal", "ß", "##ς"]  # punctuation inside, lowercased, case-folded to "ss" and "σ"
+    vocabulary = [*VOCABULARY, *never, "...", "##!"]
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=16, max_sequence_length=32)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    bundle = ModelBundle(forward=embedding_forward(backbone, "mean", True), tokenizer=tokenizer, task="embedding",
+                         max_sequence_length=32, source="tiny", backbone=backbone,
+                         details={"pooling": "mean", "normalize": True})
+    result = get_pass("trim-vocab", keep="reachable").apply(replace(_context(bundle), train_texts=[]))
+    trimmed = result.bundle.tokenizer.get_vocabulary()
+    # "..." stays: case folding turns the one character "…" into it. "##!" stays: the check is conservative.
+    assert [token for token in vocabulary if token not in trimmed] == never
+    texts = ["Goal… team!", "GOAL scored [unused0] ßoup", "zebras qς", "Soup, BREAD; bake..."]
+    np.testing.assert_allclose(result.bundle.predict(result.bundle.encode(texts, LENGTH)),
+                               bundle.predict(bundle.encode(texts, LENGTH)), atol=1e-6)
+
+
+def test_trim_vocab_reachable_tokenizes_any_text_as_minilm_did():
+    """On MiniLM's real vocabulary (30,522 WordPiece tokens), texts made of every kind of token piece (accents,
+    capitals, punctuation, CJK, sub-/superscripts) tokenize to the same pieces with the trimmed vocabulary."""
+    import keras_hub
+
+    from deploykit.models.loaders import alias_path
+    from deploykit.passes.trim_vocab import reachable_token_ids, with_vocabulary
+
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(str(alias_path("minilm-l6")))
+    vocabulary = list(tokenizer.get_vocabulary())
+    kept = reachable_token_ids(tokenizer, vocabulary)
+    assert 0 < len(vocabulary) - len(kept) < 0.05 * len(vocabulary)
+    trimmed = with_vocabulary(tokenizer, [vocabulary[i] for i in kept])
+    rng = np.random.default_rng(0)
+    surfaces = [token.removeprefix("##") for token in vocabulary]
+    texts = []
+    for _ in range(3000):
+        pieces = [surfaces[i] for i in rng.integers(0, len(vocabulary), rng.integers(1, 6))]
+        text = "".join(piece + (" " if rng.random() < 0.5 else "") for piece in pieces)
+        texts.append(text.upper() if rng.random() < 0.2 else text)
+    texts += [f"{surfaces[i]} a{surfaces[i]}b" for i in sorted(set(range(len(vocabulary))) - set(kept))]
+    position = {token_id: index for index, token_id in enumerate(kept)}
+    for before, after in zip(tokenizer(texts), trimmed(texts)):
+        before, after = np.asarray(before).tolist(), np.asarray(after).tolist()
+        assert all(i in position for i in before) and [position[i] for i in before] == after
+
+
 def test_recipe_parsing_order_and_errors():
     names, parameters = parse_recipe("distill:layers=3,prune:heads=0.25,neurons=0.5,trim-vocab,qat")
     assert names == ("distill", "prune", "trim-vocab", "qat")

@@ -72,7 +72,7 @@ class LiteRTBackend(Backend):
             model = _int4_weights(model, options)
             int4 = options.int4
             groups = "one scale per row" if int4.group_size == -1 else f"groups of up to {int4.group_size}"
-            method += f", {groups}, {int4.algorithm}, embeddings {'int4' if int4.embeddings else 'int8'}"
+            method += f", {groups}, {int4.algorithm}, {int4.describe()}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.tflite"
         path.write_bytes(model)
@@ -238,9 +238,11 @@ def _check_int4_settings(settings: Int4Settings) -> None:
     if settings.ratio < 1:
         raise DeployKitError(f"LiteRT int4 weights quantize every FULLY_CONNECTED layer, so --int4-ratio "
                              f"{settings.ratio:g} cannot apply; drop it (NNCF's data-aware ratio is OpenVINO's).")
-    if settings.group_size != -1 and settings.group_size not in _INT4_GROUP_SIZES:
-        raise DeployKitError(f"LiteRT int4 groups are {', '.join(map(str, _INT4_GROUP_SIZES))} input channels or -1 "
-                             f"(one scale per row), got --int4-group-size {settings.group_size}; pass one of those.")
+    for option, size in (("--int4-group-size", settings.group_size),
+                         ("--int4-embedding-group-size", settings.table_group_size)):
+        if size != -1 and size not in _INT4_GROUP_SIZES:
+            raise DeployKitError(f"LiteRT int4 groups are {', '.join(map(str, _INT4_GROUP_SIZES))} input channels or "
+                                 f"-1 (one scale per row), got {option} {size}; pass one of those.")
 
 
 def _int4_granularity(group_size: int, width: int) -> tuple[int, str] | None:
@@ -267,7 +269,8 @@ def _int4_weights(float_model: bytes, options: ExportOptions) -> bytes:
     configs: dict[tuple[str, int, str], list[str]] = {}  # (op, bits, granularity) -> op scopes
     for op_name, scope, width in _weighted_ops(model):
         quantize = op_name == "FULLY_CONNECTED" or settings.embeddings
-        chosen = (_int4_granularity(settings.group_size, width) if quantize else None) or (8, "CHANNELWISE")
+        group_size = settings.group_size if op_name == "FULLY_CONNECTED" else settings.table_group_size
+        chosen = (_int4_granularity(group_size, width) if quantize else None) or (8, "CHANNELWISE")
         configs.setdefault((op_name, *chosen), []).append(scope)
     manager = recipe_manager.RecipeManager()
     for (op_name, bits, granularity), scopes in configs.items():

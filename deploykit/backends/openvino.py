@@ -51,8 +51,8 @@ class OpenVINOBackend(Backend):
         elif precision == "int4-weights":
             model = _int4_weights(model, options)
             int4 = options.int4
-            method += (f", group size {int4.group_size}, ratio {int4.ratio:g}, {int4.algorithm}, embeddings "
-                       f"{'int4' if int4.embeddings else 'int8'}")
+            method += f", group size {int4.group_size}, ratio {int4.ratio:g}, {int4.algorithm}, {int4.describe()}"
+        _shrink_uniform_constants(model)
         _number_unnamed_nodes(model)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
@@ -73,6 +73,7 @@ class OpenVINOBackend(Backend):
         model = ov.convert_model(str(saved_model))
         model.set_rt_info("saved_model", ["conversion_parameters", "input_model"])
         quantized = _quantize(model, options.calibration)
+        _shrink_uniform_constants(quantized)
         _number_unnamed_nodes(quantized)
         return FakeQuantizeMixedGraph(quantized, self.describe("mixed"))
 
@@ -106,11 +107,19 @@ def _int4_weights(model, options: ExportOptions):
     rounded to nearest). The algorithm (awq, gptq: with scale estimation, on the calibration samples) chooses the
     levels; a ratio below 1 keeps the weights NNCF finds most sensitive at int8. A layer whose width the group size
     does not divide gets the largest power-of-two group that does (at least 32), else int8. Embedding tables stay
-    int8 unless `embeddings` asks for int4 (NNCF's all_layers)."""
+    int8 unless `embeddings` asks for int4 (NNCF's all_layers); tables grouped otherwise than the layers are
+    compressed first, on their own (rounded to nearest: GPTQ and AWQ only fit MatMuls), and the second call leaves
+    them as they are."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     settings = options.int4
+    fallback = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
+    if settings.embeddings and settings.table_group_size != settings.group_size:
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM,
+                                      group_size=settings.table_group_size, ratio=1.0, all_layers=True,
+                                      ignored_scope=nncf.IgnoredScope(types=["MatMul", "Convolution"], validate=False),
+                                      advanced_parameters=fallback)
     data = {}
     if settings.ratio < 1 or settings.algorithm != "rtn":
         data = {"dataset": nncf.Dataset(options.calibration), "subset_size": len(options.calibration)}
@@ -118,8 +127,44 @@ def _int4_weights(model, options: ExportOptions):
         data.update({settings.algorithm: True, "scale_estimation": True})
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=settings.group_size,
                                  ratio=settings.ratio, all_layers=settings.embeddings or None,
-                                 advanced_parameters=AdvancedCompressionParameters(
-                                     group_size_fallback_mode=GroupSizeFallbackMode.ADJUST), **data)
+                                 advanced_parameters=fallback, **data)
+
+
+# Elementwise ops that broadcast their inputs numpy-style: a one-element input gives the same output as a full one.
+_BROADCASTING_OPS = {"Add", "Subtract", "Multiply", "Divide", "Maximum", "Minimum", "Select"}
+
+
+def _shrink_uniform_constants(model) -> None:
+    """Store a constant that repeats one value, and only feeds broadcasting elementwise ops whose output shape the
+    other inputs already give, as one element. Constant folding writes out `zeros_like` in full: MiniLM's mean
+    pooling carried 74 KB of zeros. The outputs are unchanged."""
+    from openvino import opset13
+
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Constant" or int(np.prod(node.get_output_shape(0))) < 2:
+            continue
+        readers = list(node.output(0).get_target_inputs())
+        if not readers or not all(_broadcast_without(reader) for reader in readers):
+            continue
+        values = node.get_data()
+        if not (values == values.flat[0]).all():
+            continue
+        single = opset13.constant(values.reshape(-1)[:1].reshape([1] * values.ndim))
+        single.set_friendly_name(node.get_friendly_name())
+        for reader in readers:
+            reader.replace_source_output(single.output(0))
+
+
+def _broadcast_without(port) -> bool:
+    """Whether the op reading `port` keeps its output shape when that input becomes a single element."""
+    op = port.get_node()
+    if op.get_type_name() not in _BROADCASTING_OPS or op.get_attributes().get("auto_broadcast") != "numpy":
+        return False
+    others = [op.input(i).get_partial_shape() for i in range(op.get_input_size()) if i != port.get_index()]
+    output = op.get_output_partial_shape(0)
+    if not output.is_static or not all(shape.is_static for shape in others):
+        return False
+    return tuple(np.broadcast_shapes(*(tuple(shape.to_shape()) for shape in others))) == tuple(output.to_shape())
 
 
 def _number_unnamed_nodes(model) -> None:

@@ -88,6 +88,8 @@ def check_options(options: BuildOptions) -> None:
         ("mixed samples", options.mixed.samples, lambda v: v >= 1, "at least 1"),
         ("int4 group size", options.int4.group_size, lambda v: v >= 1 or v == -1, "at least 1 (or -1: one per row)"),
         ("int4 ratio", options.int4.ratio, lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("int4 embedding group size", options.int4.embedding_group_size, lambda v: v >= 1 or v == -1,
+         "at least 1 (or -1: one per row)"),
     ]
     if options.search is not None:
         rules += [("trials", options.search.trials, lambda v: v >= 1, "at least 1"),

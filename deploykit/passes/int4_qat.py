@@ -223,7 +223,7 @@ class Int4WeightTraining(Pass):
         # The vocabulary table, the one the runtime gathers from (segment and position tables fold into constants).
         table = context.bundle.backbone.token_embedding.embeddings
         if grid.embeddings:  # exported at int4 too: rounded once, so the layers learn to live with it
-            table.assign(int4_rounded(table, (1,), grid.group_size))
+            table.assign(int4_rounded(table, (1,), grid.table_group_size))
         clipping = clipping_variables(model, grid.group_size, p.clipping_logit) if p.learn_clipping else {}
         with int4_rounding(grid.group_size, model, clipping):
             weights = [v for v in model.trainable_variables if v is not table]
@@ -280,15 +280,23 @@ def _apply_clipping(clipping: dict[int, tuple], group_size: int) -> dict:
 
 def _live_teacher(context: PassContext):
     """A float copy of the original model, to label perturbed texts while the model itself is being rounded and
-    trained (None when the model reads other token ids than the original: a trimmed tokenizer)."""
+    trained. After a trimmed tokenizer it reads the student's token ids through a map to its own ids of the same
+    tokens (None where a student token is not in the original's vocabulary)."""
     import keras
+    import tensorflow as tf
 
-    if context.bundle.tokenizer.get_vocabulary() != context.teacher.tokenizer.get_vocabulary():
-        return None
     original = context.teacher.deployment_model(context.sequence_length)
     copy = keras.models.clone_model(original)
     copy.set_weights(original.get_weights())
-    return copy
+    vocabulary = context.bundle.tokenizer.get_vocabulary()
+    own = {token: i for i, token in enumerate(context.teacher.tokenizer.get_vocabulary())}
+    if vocabulary == list(own):
+        return copy
+    if any(token not in own for token in vocabulary):
+        return None
+    ids = tf.constant([own[token] for token in vocabulary], tf.int32)
+    return lambda inputs, training=False: copy({**inputs, "token_ids": tf.gather(ids, inputs["token_ids"])},
+                                               training=training)
 
 
 def _dense_output(layer, outputs):

@@ -17,11 +17,17 @@ frequent words first). What a dropped token becomes (`unseen`):
   greedy longest-match, so a text whose tokens were all kept tokenizes to the same
   pieces either way and gives identical outputs.
 
+`keep=reachable` needs no texts and loses nothing: it drops only the tokens the tokenizer
+can never produce (BERT's [unused*] slots, and tokens that its lowercasing, accent
+stripping or punctuation split always rewrite: MiniLM 1,215 of 30,522 rows), so every
+text tokenizes to the same pieces and gives identical outputs.
+
 No training: nothing else changes.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import replace
 from typing import Literal
 
@@ -36,6 +42,9 @@ from deploykit.passes.parameters import PassParameters, parameter
 
 
 class TrimVocabParameters(PassParameters):
+    keep: Literal["corpus", "reachable"] = parameter(
+        "corpus", "Which rows stay: the tokens of the texts (with the options below), or every token the tokenizer "
+        "can produce on any text (lossless, no texts needed; the tokenizer's vocabulary is trimmed).")
     reserve: int = parameter(0, "Extra tokens kept beyond the corpus's, lowest ids first (BERT lists frequent "
                              "words first).", ge=0, search=(0, 30000))
     characters: Literal["auto", "none", "ascii", "all"] = parameter(
@@ -70,18 +79,20 @@ class TrimVocabulary(Pass):
         full = keep_all(bundle.backbone)  # fails clearly on models surgery cannot rebuild
         tokenizer = bundle.tokenizer
         vocabulary = list(tokenizer.get_vocabulary())
-        kept = kept_token_ids(tokenizer, vocabulary, context.train_texts, self.parameters)
+        if self.parameters.keep == "reachable":
+            kept = reachable_token_ids(tokenizer, vocabulary)
+        else:
+            kept = kept_token_ids(tokenizer, vocabulary, context.train_texts, self.parameters)
         table = bundle.backbone.token_embedding.embeddings.numpy()
         backbone = reshaped_backbone(bundle.backbone, replace(full, tokens=tuple(kept)))
-        if self.parameters.unseen == "nearest":
+        maps_ids = self.parameters.unseen == "nearest" and self.parameters.keep == "corpus"
+        if maps_ids:
             trimmed = replace(bundle.with_backbone(backbone), token_map=nearest_rows(table, kept))
         else:
-            config = {**tokenizer.get_config(), "vocabulary": [vocabulary[i] for i in kept]}
-            config.pop("config_file", None)
-            trimmed = bundle.with_backbone(backbone, tokenizer=type(tokenizer).from_config(config))
+            trimmed = bundle.with_backbone(backbone, tokenizer=with_vocabulary(tokenizer, [vocabulary[i] for i in kept]))
         return PassResult(self.name, self.describe(), {
             "embedding_rows_before": len(vocabulary), "embedding_rows_after": len(kept),
-            "tokenizer": "unchanged (id map in the model)" if self.parameters.unseen == "nearest" else "trimmed",
+            "tokenizer": "unchanged (id map in the model)" if maps_ids else "trimmed",
             "corpus_texts": len(context.train_texts),
             "parameters_before": parameter_count(bundle.backbone), "parameters_after": parameter_count(backbone),
         }, bundle=trimmed)
@@ -94,16 +105,75 @@ def kept_token_ids(tokenizer, vocabulary: list[str], texts: list[str], p: TrimVo
     pieces = tokenizer(texts)
     ids = np.concatenate([np.asarray(row).ravel() for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces)])
     counts = np.bincount(ids.astype(np.int64), minlength=len(vocabulary))
-    kept = set(np.flatnonzero(counts >= p.min_count).tolist())
-    specials = [getattr(tokenizer, name, None) for name in ("pad_token", "cls_token", "sep_token", "mask_token")]
-    specials.append(tokenizer.get_config().get("oov_token", "[UNK]"))
-    index = {token: i for i, token in enumerate(vocabulary)}
-    kept |= {index[token] for token in specials if token in index}
+    kept = set(np.flatnonzero(counts >= p.min_count).tolist()) | _special_token_ids(tokenizer, vocabulary)
     kept |= {i for i, token in enumerate(vocabulary) if _is_kept_character(token, p.characters)}
     ordinary = (i for i, token in enumerate(vocabulary) if i not in kept and not token.startswith("[unused"))
     for _, i in zip(range(p.reserve), ordinary):
         kept.add(i)
     return sorted(kept)
+
+
+def with_vocabulary(tokenizer, vocabulary: list[str]):
+    """The same tokenizer (case, accents, splitting) over another vocabulary."""
+    config = {**tokenizer.get_config(), "vocabulary": vocabulary}
+    config.pop("config_file", None)
+    return type(tokenizer).from_config(config)
+
+
+def reachable_token_ids(tokenizer, vocabulary: list[str]) -> list[int]:
+    """Sorted ids of the tokens a WordPiece tokenizer can emit on some text, and its special tokens.
+
+    The tokenizer splits text into words (whitespace, punctuation, CJK) and then normalizes each word (NFKC case
+    folding when it lowercases). A token can only be emitted if its text is unchanged by that normalization, and if
+    every split character in it can sit inside a word: either normalization of some other character produces it
+    there (NFKC turns the one character `…` into `...`), or the token is part of a split character's normalized form.
+    Both are necessary conditions, so nothing the tokenizer emits is ever dropped, and greedy longest-match never
+    picks a dropped token: every text keeps its pieces."""
+    suffix = getattr(tokenizer, "suffix_indicator", None)
+    if suffix is None:
+        raise DeployKitError(f"trim-vocab keep=reachable needs a WordPiece tokenizer (BERT family), not "
+                             f"{type(tokenizer).__name__}; use keep=corpus with --data.")
+    words = _WordRules(tokenizer.lowercase, tokenizer.strip_accents, tokenizer.split, tokenizer.split_on_cjk)
+    kept = {i for i, token in enumerate(vocabulary) if words.can_contain(token.removeprefix(suffix))}
+    return sorted(kept | _special_token_ids(tokenizer, vocabulary))
+
+
+class _WordRules:
+    """What can appear inside one normalized word, for one tokenizer's settings (scans Unicode's assigned characters
+    once, a few seconds)."""
+
+    def __init__(self, lowercase: bool, strip_accents: bool, split: bool, split_on_cjk: bool):
+        from keras_hub.src.tokenizers.word_piece_tokenizer import pretokenize_python
+
+        self._normalize = lambda text: "".join(pretokenize_python(
+            text, lowercase=lowercase, strip_accents=strip_accents, split=False))
+        self._splits = lambda c: split and pretokenize_python(
+            f"a{c}a", lowercase=False, strip_accents=False, split=True, split_on_cjk=split_on_cjk) != [f"a{c}a"]
+        self.inside_words: set[str] = set()  # split characters that normalization puts inside a word
+        self.split_pieces: set[str] = set()  # every piece of a split character's normalized form (its own word)
+        for code in range(0x110000):
+            character = chr(code)
+            if unicodedata.category(character) in ("Cn", "Co", "Cs"):
+                continue
+            normalized = self._normalize(character)
+            if self._splits(character):
+                self.split_pieces.update(normalized[i:j] for i in range(len(normalized))
+                                         for j in range(i + 1, len(normalized) + 1))
+            elif normalized != character:
+                self.inside_words.update(c for c in normalized if self._splits(c))
+
+    def can_contain(self, text: str) -> bool:
+        if not text or self._normalize(text) != text:
+            return False
+        return (all(c in self.inside_words or not self._splits(c) for c in text)
+                or text in self.split_pieces)
+
+
+def _special_token_ids(tokenizer, vocabulary: list[str]) -> set[int]:
+    specials = [getattr(tokenizer, name, None) for name in ("pad_token", "cls_token", "sep_token", "mask_token")]
+    specials.append(tokenizer.get_config().get("oov_token", "[UNK]"))
+    index = {token: i for i, token in enumerate(vocabulary)}
+    return {index[token] for token in specials if token in index}
 
 
 def nearest_rows(table: np.ndarray, kept: list[int]) -> np.ndarray:

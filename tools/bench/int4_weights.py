@@ -13,8 +13,9 @@ the original Keras model. Latency: `deploykit.profile` on every folder in turn, 
         "int4-weights:embeddings=int4,recipe=int4-qat:learn_clipping=false"  # int4-aware training, pass parameters after the name
 
 A variant is PRECISION or int4-weights:KEY=VALUE,... with the keys of Int4Settings (group_size, ratio, algorithm,
-embeddings=int4|int8), and recipe=PASS (one pass, e.g. int4-qat, with at most one parameter after a colon:
-recipe=int4-qat:learn_clipping=false; the rest are the pass's defaults).
+embeddings=int4|int8, embedding_group_size), and recipe=PASS (e.g. int4-qat, with at most one parameter after a colon:
+recipe=int4-qat:learn_clipping=false; the rest are the pass's defaults; passes joined by +:
+recipe=trim-vocab:keep=reachable+int4-qat).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def parse_variant(text: str):
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
         if key == "recipe":
-            recipe = value
+            recipe = value.replace("+", ",")
             continue
-        converted = {"group_size": int, "ratio": float, "algorithm": str,
+        converted = {"group_size": int, "ratio": float, "algorithm": str, "embedding_group_size": int,
                      "embeddings": lambda v: v == "int4"}[key](value)
         int4 = replace(int4, **{key: converted})
     return precision, int4, recipe

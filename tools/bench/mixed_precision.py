@@ -51,7 +51,20 @@ def fidelity_on(folder: Path, bundle, texts: list[str], length: int) -> dict:
     backend = backend_for_file(path)
     inputs = bundle.encode(texts, length)
     runner = backend.load(path, 1, report["artifact"]["runtime_config"])
-    return embedding_fidelity(bundle.predict(inputs), run_examples(runner, inputs))
+    return embedding_fidelity(bundle.predict(inputs), run_examples(runner, _artifact_encoder(folder, bundle).encode(
+        texts, length)))
+
+
+def _artifact_encoder(folder: Path, bundle):
+    """The bundle, with the vocabulary the artifact ships where a pass trimmed it (ids renumbered)."""
+    from dataclasses import replace
+
+    from deploykit.passes.trim_vocab import with_vocabulary
+
+    vocabulary = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if vocabulary == list(bundle.tokenizer.get_vocabulary()):
+        return bundle
+    return replace(bundle, tokenizer=with_vocabulary(bundle.tokenizer, vocabulary))
 
 
 def activations_of(folder: Path, report: dict) -> dict | None:
