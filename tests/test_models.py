@@ -1,5 +1,8 @@
 """Loading models: keras-hub tasks and backbones from .keras files, with clear errors for bad input."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -44,6 +47,25 @@ def test_tokenizer_files_travel(tiny_classifier, tmp_path):
     written = bundle.write_tokenizer(tmp_path, 16)
     assert {p.name for p in written} == {"vocab.txt", "tokenizer.json"}
     assert (tmp_path / "vocab.txt").read_text().splitlines()[:2] == ["[PAD]", "[UNK]"]
+    config = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert (config["lowercase"], config["strip_accents"], config["split_on_cjk"]) == (True, False, True)
+
+
+@pytest.mark.parametrize("config, stripped", [
+    (None, True),  # Hugging Face's defaults: an uncased vocabulary strips accents
+    ({"do_lower_case": True, "strip_accents": None}, True),
+    ({"do_lower_case": True, "strip_accents": False}, False),
+    ({"do_lower_case": False}, False),
+])
+def test_a_vocabulary_is_normalized_as_its_tokenizer_config_says(tiny_backbone_file, tmp_path, config, stripped):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_backbone_file.parent, folder)
+    if config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    bundle = load_model(folder / tiny_backbone_file.name)
+    plain, accented = bundle.encode(["team goal", "téam gôal"], 8)["token_ids"]
+    assert (plain == accented).all() == stripped
+    assert bundle.tokenizer.strip_accents == stripped
 
 
 def test_missing_path_is_a_clear_error(tmp_path):

@@ -165,7 +165,7 @@ class ModelBundle:
         config = {
             "type": "bert-wordpiece",
             "vocabulary": "vocab.txt",
-            "lowercase": bool(getattr(self.tokenizer, "lowercase", False)),
+            **tokenizer_normalization(self.tokenizer),
             "sequence_length": sequence_length,
             "special_tokens": {
                 "cls": self.tokenizer.cls_token,
@@ -182,3 +182,10 @@ class ModelBundle:
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return [vocab_path, config_path]
 
+
+def tokenizer_normalization(tokenizer) -> dict:
+    """How a WordPiece tokenizer normalizes text before the vocabulary lookup, as a device app must repeat it:
+    lowercasing is Unicode NFKC case folding, accents are stripped after NFD, CJK characters are split apart."""
+    return {"lowercase": bool(getattr(tokenizer, "lowercase", False)),
+            "strip_accents": bool(getattr(tokenizer, "strip_accents", False)),
+            "split_on_cjk": bool(getattr(tokenizer, "split_on_cjk", False))}

@@ -95,7 +95,9 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
         )
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
-        tokenizer = keras_hub.models.BertTokenizer.from_preset(str(folder))
+        tokenizer = _tokenizer_in(folder)
+    except DeployKitError:
+        raise
     except Exception as error:  # keras-hub raises many types for broken folders
         raise DeployKitError(f"could not load {folder} as a BERT checkpoint ({_first_line(error)}).") from error
     pooling, normalize = _sentence_transformers_head(folder)
@@ -235,7 +237,9 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
     candidate = Path(tokenizer_source) if tokenizer_source else model_path.parent / "vocab.txt"
     if candidate.is_dir():
         try:
-            return keras_hub.models.BertTokenizer.from_preset(str(candidate))
+            return _tokenizer_in(candidate)
+        except DeployKitError:
+            raise
         except Exception as error:
             raise DeployKitError(f"could not load a tokenizer from {candidate} ({_first_line(error)}).") from error
     if not candidate.is_file():
@@ -243,14 +247,38 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
             f"{model_path} carries no tokenizer; put its vocab.txt beside it or pass --tokenizer PATH."
         )
     vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
-    config_file = candidate.parent / "tokenizer_config.json"
-    lowercase = True
-    if config_file.is_file():
-        lowercase = bool(read_json(config_file, dict).get("do_lower_case", True))
     try:
-        return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase)
+        return keras_hub.models.BertTokenizer(vocabulary=vocabulary, **_hugging_face_options(candidate.parent))
     except Exception as error:
         raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).") from error
+
+
+def _tokenizer_in(folder: Path):
+    """The WordPiece tokenizer of a Hugging Face folder (vocab.txt + tokenizer_config.json) or a keras-hub preset."""
+    import keras_hub
+
+    if not (folder / HF_TOKENIZER_CONFIG).is_file():
+        return keras_hub.models.BertTokenizer.from_preset(str(folder))
+    return keras_hub.models.BertTokenizer(vocabulary=str(folder / "vocab.txt"), **_hugging_face_options(folder))
+
+
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def _hugging_face_options(folder: Path) -> dict:
+    """keras-hub's WordPiece options for the Hugging Face BERT tokenizer a folder's tokenizer_config.json declares
+    (Hugging Face's defaults without one: lowercased, accents stripped, CJK split).
+
+    keras-hub's own conversion reads only `do_lower_case` and never strips accents, so an uncased checkpoint would
+    see "café" as [UNK] where the tokenizer it was trained with gives "cafe": Hugging Face strips accents whenever
+    it lowercases, unless `strip_accents` says otherwise.
+    """
+    config_file = folder / HF_TOKENIZER_CONFIG
+    config = read_json(config_file, dict) if config_file.is_file() else {}
+    lowercase = bool(config.get("do_lower_case", True))
+    strip_accents = config.get("strip_accents")
+    return {"lowercase": lowercase, "strip_accents": lowercase if strip_accents is None else bool(strip_accents),
+            "split_on_cjk": bool(config.get("tokenize_chinese_chars", True))}
 
 
 def _class_names_beside(path: Path) -> list[str] | None:
