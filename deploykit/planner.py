@@ -281,6 +281,9 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                                  options.pass_parameters, latency_budget=gates.max_latency_ms is not None and keras)
     if any(pass_class(name).rebuilds_model for candidate in candidates for name in candidate.passes):
         bundle.check_rebuildable()  # before the first export, not an hour into training
+    lossless = None
+    if gates.max_size_mb is not None and keras and options.recipe is None:
+        candidates, lossless = with_reachable_vocabulary(candidates, bundle)
     prediction = None
     if latency_model is not None:
         prediction = predict_latencies(candidates, latency_model, architecture_of(bundle.backbone), sequence_length,
@@ -289,15 +292,18 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
         candidates = prediction.kept
     sizes = None
     if gates.max_size_mb is not None and bundle.details.get("parameters"):
-        sizes = skip_too_large(candidates, bundle.details["parameters"], gates.max_size_mb)
+        sizes = skip_too_large(candidates, bundle.details["parameters"] - (lossless or {}).get("parameters", 0),
+                               gates.max_size_mb)
         candidates = sizes.kept
+        if lossless:
+            sizes.step["lossless"] = lossless["text"]
     plan = make_plan(target, backend, candidates, sequence_length, sequence_length_reason, calibration_samples,
                      evaluation_samples, gates, options.profile, runner, options.masked_logit,
                      options.max_residual_scale)
     if prediction is not None:
         plan.predictions = prediction.predictions
         plan.steps.insert(1, prediction.step)
-    if sizes is not None and sizes.step.get("skipped"):
+    if sizes is not None and (sizes.step.get("skipped") or sizes.step.get("lossless")):
         plan.steps.insert(1, sizes.step)
     if target.sequence_range is not None and keras:
         low, high = target.sequence_range
@@ -351,15 +357,37 @@ class SizeCheck:
     step: dict
 
 
+# Under a size budget every candidate the planner chooses starts with this: it drops only the vocabulary rows the
+# tokenizer can never produce, so it changes no output and costs seconds, and its saving is known before it runs.
+REACHABLE_VOCABULARY = recipe(("trim-vocab",), {"trim-vocab": {"keep": "reachable"}})[0]
+
+
+def with_reachable_vocabulary(candidates: list[Candidate], bundle: "ModelBundle") -> tuple[list[Candidate], dict | None]:
+    """The candidates with the lossless vocabulary trim first (those without a trim-vocab of their own), and what
+    it saves; unchanged, and None, when the model has no row to drop or cannot be rebuilt."""
+    from deploykit.passes.trim_vocab import unreachable_rows
+
+    rows, parameters = unreachable_rows(bundle)
+    if not rows:
+        return candidates, None
+    text = (f"trim-vocab:keep=reachable first: drops the {rows:,} vocabulary rows ({parameters:,} weights) the "
+            "tokenizer can never produce, changing no output")
+    return [candidate if "trim-vocab" in candidate.passes else Candidate(candidate.precision,
+                                                                         (REACHABLE_VOCABULARY, *candidate.recipe))
+            for candidate in candidates], {"parameters": parameters, "text": text}
+
+
 def skip_too_large(candidates: list[Candidate], parameters: int, max_size_mb: float) -> SizeCheck:
     """Drop the candidates whose weights alone, at their precision's narrowest width, exceed `max_size_mb`.
 
     Candidates with passes that change the model's weights (pruning, distillation, factorization, a trimmed
-    vocabulary) are kept: their size is not known before they run. If every candidate would be skipped, the
-    smallest is still built, so the report shows the measured miss.
+    vocabulary) are kept: their size is not known before they run. The lossless vocabulary trim is the exception:
+    `parameters` already leaves out what it drops. If every candidate would be skipped, the smallest is still
+    built, so the report shows the measured miss.
     """
     def lower_bound_mb(candidate: Candidate) -> float | None:
-        if any(pass_class(name).rebuilds_model for name in candidate.passes):
+        if any(pass_class(name).rebuilds_model for name, items in candidate.recipe
+               if (name, items) != REACHABLE_VOCABULARY):
             return None
         width = MIN_BYTES_PER_WEIGHT.get(candidate.precision)
         return None if width is None else parameters * width / 1e6

@@ -1,5 +1,7 @@
 """--max-size-mb in the plan: candidates that cannot fit are skipped before any export."""
 
+import pytest
+
 from deploykit.backends.base import get_backend
 from deploykit.build import build
 from deploykit.planner import plan_candidates, skip_too_large
@@ -38,3 +40,39 @@ def test_the_plan_names_what_the_size_budget_skipped(tiny_classifier, labelled_d
     assert len(tried) == 1 and steps["size_budget"]["skipped"]
     assert not result.passed and any(check["name"] == "size_mb" and not check["passed"]
                                      for check in result.report["gates"]["checks"])
+
+
+UNREACHABLE = ["[unused0]", "Goal", "ß"]  # never produced: a free slot, lowercased, case-folded to "ss"
+
+
+@pytest.fixture(scope="module")
+def encoder_with_unreachable_tokens(tmp_path_factory, vocabulary):
+    """A tiny BertBackbone .keras whose vocab.txt also lists tokens its tokenizer can never produce."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    tokens = [*vocabulary, *UNREACHABLE]
+    folder = tmp_path_factory.mktemp("unreachable")
+    keras_hub.models.BertBackbone(vocabulary_size=len(tokens), num_layers=1, num_heads=2, hidden_dim=32,
+                                  intermediate_dim=64, max_sequence_length=32).save(folder / "encoder.keras")
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    return folder / "encoder.keras"
+
+
+@pytest.mark.parametrize("max_size_mb", [None, 100.0])
+def test_a_size_budget_drops_the_vocabulary_rows_no_text_can_reach(encoder_with_unreachable_tokens, labelled_data,
+                                                                   tmp_path, max_size_mb):
+    result = build(encoder_with_unreachable_tokens, "arm-cpu", labelled_data, out=tmp_path, precision="fp32",
+                   max_size_mb=max_size_mb, calibration_samples=10, evaluation_samples=20,
+                   profile=ProfileSettings(runs=3, warmup=1))
+    shipped = (result.folder / "vocab.txt").read_text().split("\n")
+    steps = {step["step"]: step for step in result.report["plan"]}
+    if max_size_mb is None:  # without a budget the vocabulary, and the ids a device app sends, stay as they were
+        assert "size_budget" not in steps and set(UNREACHABLE) <= set(shipped)
+        return
+    assert "3 vocabulary rows (96 weights)" in steps["size_budget"]["lossless"]
+    assert not set(UNREACHABLE) & set(shipped) and len(shipped) > len(UNREACHABLE)
+    assert result.report["candidates"][0]["candidate"] == "trim-vocab + fp32"
+    assert result.report["metrics"]["fidelity"]["cosine_min"] > 0.99999  # changes no output
+

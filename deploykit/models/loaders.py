@@ -95,7 +95,7 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
         )
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
-        tokenizer = _tokenizer_in(folder)
+        tokenizer = folder_tokenizer(folder)
     except DeployKitError:
         raise
     except Exception as error:  # keras-hub raises many types for broken folders
@@ -237,7 +237,7 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
     candidate = Path(tokenizer_source) if tokenizer_source else model_path.parent / "vocab.txt"
     if candidate.is_dir():
         try:
-            return _tokenizer_in(candidate)
+            return folder_tokenizer(candidate)
         except DeployKitError:
             raise
         except Exception as error:
@@ -253,7 +253,7 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
         raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).") from error
 
 
-def _tokenizer_in(folder: Path):
+def folder_tokenizer(folder: Path):
     """The WordPiece tokenizer of a Hugging Face folder (vocab.txt + tokenizer_config.json) or a keras-hub preset."""
     import keras_hub
 

@@ -27,6 +27,7 @@ No training: nothing else changes.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import replace
 from typing import Literal
@@ -133,9 +134,28 @@ def reachable_token_ids(tokenizer, vocabulary: list[str]) -> list[int]:
     if suffix is None:
         raise DeployKitError(f"trim-vocab keep=reachable needs a WordPiece tokenizer (BERT family), not "
                              f"{type(tokenizer).__name__}; use keep=corpus with --data.")
-    words = _WordRules(tokenizer.lowercase, tokenizer.strip_accents, tokenizer.split, tokenizer.split_on_cjk)
+    settings = ("lowercase", "strip_accents", "split", "split_on_cjk")
+    words = _word_rules(*(bool(getattr(tokenizer, name)) for name in settings))
     kept = {i for i, token in enumerate(vocabulary) if words.can_contain(token.removeprefix(suffix))}
     return sorted(kept | _special_token_ids(tokenizer, vocabulary))
+
+
+def unreachable_rows(bundle) -> tuple[int, int]:
+    """The embedding rows `keep=reachable` would drop from `bundle`'s model, and their parameters: (0, 0) when it
+    cannot apply (a model structural passes cannot rebuild, or a tokenizer that is not WordPiece)."""
+    try:
+        bundle.check_rebuildable()
+        vocabulary = list(bundle.tokenizer.get_vocabulary())
+        rows = len(vocabulary) - len(reachable_token_ids(bundle.tokenizer, vocabulary))
+    except DeployKitError:
+        return 0, 0
+    return rows, rows * int(bundle.backbone.token_embedding.embeddings.shape[1])
+
+
+@functools.lru_cache(maxsize=4)
+def _word_rules(lowercase: bool, strip_accents: bool, split: bool, split_on_cjk: bool) -> "_WordRules":
+    """One scan of Unicode per tokenizer setting per process (planning and the pass both ask)."""
+    return _WordRules(lowercase, strip_accents, split, split_on_cjk)
 
 
 class _WordRules:
