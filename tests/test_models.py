@@ -51,6 +51,12 @@ def test_tokenizer_files_travel(tiny_classifier, tmp_path):
     assert (config["lowercase"], config["strip_accents"], config["split_on_cjk"]) == (True, False, True)
 
 
+def test_control_and_format_characters_are_deleted_not_word_breaks(tiny_backbone_file):
+    bundle = load_model(tiny_backbone_file)
+    cleaned, plain = bundle.encode(["sco\u00adre tea\u200bm\x00 goal\tbread", "score team goal bread"], 12)["token_ids"]
+    assert (cleaned == plain).all()
+
+
 @pytest.mark.parametrize("config, stripped", [
     (None, True),  # Hugging Face's defaults: an uncased vocabulary strips accents
     ({"do_lower_case": True, "strip_accents": None}, True),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
+import regex
 
 from deploykit import runtime_env  # noqa: F401  (sets the Keras backend before keras is imported)
 from deploykit.errors import DeployKitError
@@ -108,7 +109,7 @@ class ModelBundle:
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Token count of each text including [CLS] and [SEP], before truncation."""
-        tokens = self.tokenizer(texts)
+        tokens = self.tokenizer(clean_texts(texts))
         if hasattr(tokens, "row_lengths"):
             return np.asarray(tokens.row_lengths()) + 2
         return np.asarray([len(t) for t in tokens]) + 2
@@ -120,7 +121,7 @@ class ModelBundle:
         preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
             self.tokenizer, sequence_length=sequence_length
         )
-        encoded = preprocessor(texts)
+        encoded = preprocessor(clean_texts(texts))
         return {name: np.asarray(encoded[name]).astype(np.int32) for name in INPUT_NAMES}
 
     def predict(self, inputs: dict[str, np.ndarray], model=None, batch_size: int = 32) -> np.ndarray:
@@ -185,7 +186,20 @@ class ModelBundle:
 
 def tokenizer_normalization(tokenizer) -> dict:
     """How a WordPiece tokenizer normalizes text before the vocabulary lookup, as a device app must repeat it:
-    lowercasing is Unicode NFKC case folding, accents are stripped after NFD, CJK characters are split apart."""
+    `clean_text` deletes control and format characters (`clean_texts`), lowercasing is Unicode NFKC case folding,
+    accents are stripped after NFD, CJK characters are split apart."""
     return {"lowercase": bool(getattr(tokenizer, "lowercase", False)),
             "strip_accents": bool(getattr(tokenizer, "strip_accents", False)),
-            "split_on_cjk": bool(getattr(tokenizer, "split_on_cjk", False))}
+            "split_on_cjk": bool(getattr(tokenizer, "split_on_cjk", False)),
+            "clean_text": True}
+
+
+_UNCLEAN = regex.compile(r"[[\p{Cc}\p{Cf}\uFFFD]--[\t\n\r]]", regex.V1)
+
+
+def clean_texts(texts: list[str]) -> list[str]:
+    """Texts as BERT's tokenizer cleans them before splitting: control and format characters (Unicode Cc and Cf:
+    NUL, zero-width spaces, soft hyphens) and U+FFFD are deleted, tab, newline and carriage return kept. keras-hub
+    splits words there instead, so a soft-hyphenated word would reach the model as two words where the tokenizer
+    it was trained with gives one."""
+    return [_UNCLEAN.sub("", text) for text in texts]

@@ -37,6 +37,7 @@ from pydantic import model_validator
 
 from deploykit.bert_surgery import keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
+from deploykit.models.bundle import clean_texts
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.parameters import PassParameters, parameter
 
@@ -103,7 +104,7 @@ def kept_token_ids(tokenizer, vocabulary: list[str], texts: list[str], p: TrimVo
     """Sorted ids of the tokens to keep (sorted, so [PAD] keeps id 0 and the order stays the original's)."""
     if not texts:
         raise DeployKitError("trim-vocab needs texts to see which tokens are used; pass --data with your corpus.")
-    pieces = tokenizer(texts)
+    pieces = tokenizer(clean_texts(texts))
     ids = np.concatenate([np.asarray(row).ravel() for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces)])
     counts = np.bincount(ids.astype(np.int64), minlength=len(vocabulary))
     kept = set(np.flatnonzero(counts >= p.min_count).tolist()) | _special_token_ids(tokenizer, vocabulary)
