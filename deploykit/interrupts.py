@@ -12,6 +12,11 @@ replaces it with a RuntimeError ("MISMATCH of original and normalized active
 exception types"). Whatever leaves the block after a signal arrived is therefore
 turned back into `Interrupted`, so the exit code still names the signal.
 
+Python drops an exception raised inside a finalizer (`__del__`, e.g. TensorFlow's as the
+garbage collector frees a traced function) after printing "Exception ignored". A signal
+landing there is delivered again a moment later, outside it; and a block that still ends
+normally after a signal raises it on exit.
+
 A process forked inside the block (a library's `multiprocessing.Process`, such as
 OpenVINO's telemetry sender, which it terminates after a timeout) inherits the
 handler; there the signal does what it would have done without deploykit, so the
@@ -22,10 +27,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
+# A signal that lands inside a finalizer is sent again after this long: finalizers free memory and return.
+REDELIVERY_DELAY_S = 0.05
 
 
 class Interrupted(KeyboardInterrupt):
@@ -72,11 +80,17 @@ def interruptible() -> Iterator[None]:
 
     received: list[Interrupted] = []
     owner = os.getpid()
+    active = True
 
     def handler(number, frame):
         if os.getpid() != owner:  # a forked child: the default action (SIGTERM ends it, SIGINT raises)
             signal.signal(number, signal.SIG_DFL if number != signal.SIGINT else signal.default_int_handler)
             os.kill(os.getpid(), number)
+            return
+        if _in_finalizer(frame):  # Python would print the exception and drop it
+            if not received:
+                received.append(Interrupted(number))  # raised on exit if the block ends before the redelivery
+            threading.Timer(REDELIVERY_DELAY_S, lambda: active and os.kill(owner, number)).start()
             return
         for handled in HANDLED:
             signal.signal(handled, signal.SIG_IGN)
@@ -89,10 +103,22 @@ def interruptible() -> Iterator[None]:
     previous = {number: signal.signal(number, handler) for number in HANDLED}
     try:
         yield
+        if received:  # raised where Python drops exceptions and carried on: the exit code still names the signal
+            raise received[0]
     except Exception as error:  # the signal's exception, replaced on its way through native code
         if received:
             raise received[0] from error
         raise
     finally:
+        active = False
         for number, action in previous.items():
             signal.signal(number, action)
+
+
+def _in_finalizer(frame) -> bool:
+    """Whether the interrupted code runs inside a `__del__`, where a raised exception is dropped."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False

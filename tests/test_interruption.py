@@ -88,6 +88,26 @@ def test_a_signal_replaced_by_native_code_still_ends_as_the_signal():
             raise ValueError("bad input")
 
 
+def test_a_signal_arriving_inside_a_finalizer_is_not_lost():
+    """Python drops an exception raised in __del__ (a CI run once finished a whole search after a Ctrl-C that landed
+    in TensorFlow's): the signal is delivered again outside it and stops the work."""
+    from deploykit.interrupts import Interrupted, interruptible
+
+    class SignalledWhileFreed:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(100_000))  # the handler runs here, inside __del__
+
+    steps = []
+    with pytest.raises(Interrupted) as caught:
+        with interruptible():
+            SignalledWhileFreed()  # freed at once
+            steps.append("freed")
+            time.sleep(5)
+            steps.append("finished")  # not reached: the signal is delivered again during the sleep
+    assert steps == ["freed"] and caught.value.exit_code == 130
+
+
 def test_a_signal_while_held_waits_for_the_work_that_may_stop():
     """A search holds signals while Optuna records a state and releases them inside a trial's own work."""
     from deploykit.interrupts import Interrupted, held, interruptible, released
