@@ -22,7 +22,7 @@ from deploykit.evaluate import label_ids
 from deploykit.integer_graph import integer_graph
 from deploykit.models import ModelBundle
 from deploykit.onnx_model import write_static_graph
-from deploykit.passes.base import PassContext, PassResult, get_pass, pass_class
+from deploykit.passes.base import Pass, PassContext, PassResult, get_pass, pass_class
 from deploykit.passes.recipe import Recipe
 from deploykit.residual_scaling import find_scales, scaled_residual_stream
 
@@ -174,7 +174,7 @@ class ModelStore:
                 if structural != recipe:
                     name, parameters = recipe[-1]
                     chosen = get_pass(name, **dict(parameters))
-                    results = results + [self._measured(chosen.apply(self._pass_context(structural)), structural)]
+                    results = results + [self._measured(chosen.apply(self._pass_context(structural, chosen)), structural)]
                     tracing = chosen.export_context()
                 names = " + ".join(name for name, _ in recipe)
                 with self.session.log.step("saved_model", f"Tracing the model after {names} to a SavedModel"):
@@ -190,7 +190,8 @@ class ModelStore:
         if recipe not in self._models:
             results = self._structural_passes(recipe[:-1])
             name, parameters = recipe[-1]
-            result = get_pass(name, **dict(parameters)).apply(self._pass_context(recipe[:-1]))
+            chosen = get_pass(name, **dict(parameters))
+            result = chosen.apply(self._pass_context(recipe[:-1], chosen))
             self._models[recipe] = result.bundle or self.bundle(recipe[:-1])
             self._records[recipe] = results + [self._measured(result, recipe)]
         return self._records[recipe]
@@ -204,15 +205,19 @@ class ModelStore:
             record["quality_after"] = self.session.quality(model.predict(self.encoded("evaluation", recipe)))
         return record
 
-    def _pass_context(self, recipe: Recipe) -> PassContext:
-        """The training texts (encoded for the recipe's model), what the original outputs on them, labels if any."""
+    def _pass_context(self, recipe: Recipe, chosen: Pass) -> PassContext:
+        """The training texts (encoded for the recipe's model), what the original outputs on them, labels if any.
+
+        The original runs on the training texts only for a pass that learns from it
+        (21 s on MiniLM's 1,000 bundled texts), once per build.
+        """
         session = self.session
-        if self._teacher_outputs is None:
+        if self._teacher_outputs is None and chosen.reads_teacher_outputs:
             with session.log.step("teacher", f"Running the original model on {len(session.split.training)} training texts"):
                 self._teacher_outputs = session.bundle.predict(self.encoded("training"))
-        teacher = self._teacher_outputs
+        teacher = self._teacher_outputs if chosen.reads_teacher_outputs else None
         ids = None
-        if session.bundle.task == "classification" and session.split.training.labels is not None:
+        if teacher is not None and session.bundle.task == "classification" and session.split.training.labels is not None:
             ids, _ = label_ids(session.split.training.labels, session.bundle.class_names, teacher.shape[-1])
         return PassContext(
             bundle=self.bundle(recipe), sequence_length=session.sequence_length,

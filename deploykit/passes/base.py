@@ -32,7 +32,7 @@ class PassContext:
     sequence_length: int
     train_texts: list[str]  # texts the pass may learn from (never the evaluation split)
     train_inputs: dict[str, np.ndarray]  # train_texts encoded with the current bundle's tokenizer
-    teacher_outputs: np.ndarray  # what the original model outputs on train_texts
+    teacher_outputs: np.ndarray | None  # what the original model outputs on train_texts (None: the pass never reads it)
     teacher: ModelBundle  # the original model (original token ids): what distillation learns from
     label_ids: np.ndarray | None  # output indices of train_inputs' labels (classifiers with labels)
     calibration: list[dict[str, np.ndarray]]  # batch-1 samples for activation ranges
@@ -59,6 +59,7 @@ class Pass:
     for_backends: ClassVar[tuple[str, ...]] = ()  # the backends whose rounding that is (empty: any)
     changes_token_ids: ClassVar[bool] = False  # the model reads other token ids than the original afterwards
     rebuilds_model: ClassVar[bool] = False  # returns a new keras-hub BERT cut out of the input (needs one)
+    reads_teacher_outputs: ClassVar[bool] = True  # False: the build skips running the original on the training texts
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -72,6 +72,7 @@ class TrimVocabulary(Pass):
     Parameters = TrimVocabParameters
     rebuilds_model = True
     changes_token_ids = True
+    reads_teacher_outputs = False
 
     def architecture_after(self, architecture):
         return architecture  # a smaller embedding table: gathers cost the same
