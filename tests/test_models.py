@@ -74,6 +74,35 @@ def test_a_vocabulary_is_normalized_as_its_tokenizer_config_says(tiny_backbone_f
     assert bundle.tokenizer.strip_accents == stripped
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_a_hugging_face_tokenizer_json_alone_is_read_as_that_tokenizer(tiny_backbone_file, vocabulary, tmp_path,
+                                                                       lowercase):
+    """Folders that ship only the fast tokenizer: its WordPiece vocabulary and BertNormalizer settings are used,
+    and the ids match Hugging Face's `tokenizers` on the same file."""
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_backbone_file, folder)
+    shuffled = [vocabulary[0], *reversed(vocabulary[1:])]  # ids in the file's order, not the fixture's
+    BertWordPieceTokenizer({token: i for i, token in enumerate(shuffled)}, lowercase=lowercase).save(
+        str(folder / "tokenizer.json"))
+    reference = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    texts = ["team goal bread", "Team GOAL bread", "téam gôal"]
+    encoded = load_model(folder / tiny_backbone_file.name).encode(texts, 12)
+    for text, ids, mask in zip(texts, encoded["token_ids"], encoded["padding_mask"]):
+        assert ids[mask == 1].tolist() == reference.encode(text).ids
+    assert (encoded["token_ids"][0] == encoded["token_ids"][1]).all() == lowercase
+
+
+def test_a_tokenizer_json_of_another_kind_is_a_clear_error(tiny_backbone_file, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}}))
+    with pytest.raises(DeployKitError, match="holds a BPE tokenizer; deploykit reads BERT's WordPiece"):
+        load_model(tiny_backbone_file, tokenizer=path)
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(DeployKitError, match="does not exist"):
         load_model(tmp_path / "missing")

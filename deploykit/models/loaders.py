@@ -231,10 +231,14 @@ def _static_length(model) -> int | None:
 
 
 def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
-    """A BERT WordPiece tokenizer from --tokenizer or a vocab.txt beside the model."""
+    """A BERT WordPiece tokenizer from --tokenizer, or the vocab.txt (else Hugging Face tokenizer.json) beside the model."""
     import keras_hub
 
-    candidate = Path(tokenizer_source) if tokenizer_source else model_path.parent / "vocab.txt"
+    if tokenizer_source:
+        candidate = Path(tokenizer_source)
+    else:
+        beside = [model_path.parent / name for name in ("vocab.txt", HF_TOKENIZER_FILE)]
+        candidate = next((path for path in beside if path.is_file()), beside[0])
     if candidate.is_dir():
         try:
             return folder_tokenizer(candidate)
@@ -246,39 +250,88 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
         raise DeployKitError(
             f"{model_path} carries no tokenizer; put its vocab.txt beside it or pass --tokenizer PATH."
         )
-    vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
+    if candidate.suffix == ".json":
+        hugging_face = _hugging_face_tokenizer(candidate)
+        if hugging_face is None:
+            raise DeployKitError(f"{candidate} is not a Hugging Face tokenizer.json (no WordPiece model); pass "
+                                 "the model's vocab.txt or its Hugging Face folder.")
+        vocabulary = _hugging_face_vocabulary(candidate.parent, hugging_face, candidate)
+    else:
+        hugging_face = None
+        vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
     try:
-        return keras_hub.models.BertTokenizer(vocabulary=vocabulary, **_hugging_face_options(candidate.parent))
+        return keras_hub.models.BertTokenizer(vocabulary=vocabulary,
+                                              **_hugging_face_options(candidate.parent, hugging_face))
     except Exception as error:
         raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).") from error
 
 
 def folder_tokenizer(folder: Path):
-    """The WordPiece tokenizer of a Hugging Face folder (vocab.txt + tokenizer_config.json) or a keras-hub preset."""
+    """The WordPiece tokenizer of a Hugging Face folder or a keras-hub preset.
+
+    A Hugging Face folder gives its vocabulary as vocab.txt or, when it ships only the fast tokenizer, as
+    tokenizer.json's WordPiece vocabulary; its normalization comes from tokenizer_config.json and tokenizer.json.
+    """
     import keras_hub
 
-    if not (folder / HF_TOKENIZER_CONFIG).is_file():
+    hugging_face = _hugging_face_tokenizer(folder / HF_TOKENIZER_FILE)
+    if hugging_face is None and not (folder / HF_TOKENIZER_CONFIG).is_file():
         return keras_hub.models.BertTokenizer.from_preset(str(folder))
-    return keras_hub.models.BertTokenizer(vocabulary=str(folder / "vocab.txt"), **_hugging_face_options(folder))
+    return keras_hub.models.BertTokenizer(vocabulary=_hugging_face_vocabulary(folder, hugging_face),
+                                          **_hugging_face_options(folder, hugging_face))
 
 
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_TOKENIZER_FILE = "tokenizer.json"  # the `tokenizers` library's file; a keras-hub preset's has another layout
 
 
-def _hugging_face_options(folder: Path) -> dict:
-    """keras-hub's WordPiece options for the Hugging Face BERT tokenizer a folder's tokenizer_config.json declares
-    (Hugging Face's defaults without one: lowercased, accents stripped, CJK split).
+def _hugging_face_tokenizer(path: Path) -> dict | None:
+    """A Hugging Face tokenizer.json, checked to be BERT's WordPiece; None when there is none at `path`."""
+    if not path.is_file():
+        return None
+    content = read_json(path, dict)
+    model = content.get("model")
+    if not isinstance(model, dict):
+        return None  # keras-hub's own tokenizer.json (class_name, config)
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise DeployKitError(f"{path} holds a {model.get('type')} tokenizer; deploykit reads BERT's WordPiece "
+                             "tokenizers (model.type WordPiece with a vocab).")
+    return content
 
+
+def _hugging_face_vocabulary(folder: Path, tokenizer: dict | None, path: Path | None = None) -> str | list[str]:
+    """The folder's vocab.txt, else the vocabulary of its tokenizer.json (or `path`) in id order."""
+    if path is None and (folder / "vocab.txt").is_file():
+        return str(folder / "vocab.txt")
+    path = path or folder / HF_TOKENIZER_FILE
+    if tokenizer is None:
+        raise DeployKitError(f"{folder} has neither vocab.txt nor a Hugging Face tokenizer.json; add the model's "
+                             "vocab.txt.")
+    ids = tokenizer["model"]["vocab"]
+    if sorted(ids.values()) != list(range(len(ids))):
+        raise DeployKitError(f"{path}: the WordPiece vocab's ids are not 0..{len(ids) - 1}, one per token; fix the "
+                             "file or add the model's vocab.txt.")
+    return sorted(ids, key=ids.__getitem__)
+
+
+def _hugging_face_options(folder: Path, tokenizer: dict | None = None) -> dict:
+    """keras-hub's WordPiece options for the Hugging Face BERT tokenizer a folder declares.
+
+    tokenizer_config.json wins, as in transformers; a key it lacks comes from tokenizer.json's BertNormalizer,
+    then from Hugging Face's defaults (lowercased, accents stripped, CJK split).
     keras-hub's own conversion reads only `do_lower_case` and never strips accents, so an uncased checkpoint would
     see "café" as [UNK] where the tokenizer it was trained with gives "cafe": Hugging Face strips accents whenever
     it lowercases, unless `strip_accents` says otherwise.
     """
     config_file = folder / HF_TOKENIZER_CONFIG
     config = read_json(config_file, dict) if config_file.is_file() else {}
-    lowercase = bool(config.get("do_lower_case", True))
-    strip_accents = config.get("strip_accents")
+    normalizer = (tokenizer or {}).get("normalizer") or {}
+    if normalizer.get("type") != "BertNormalizer":
+        normalizer = {}
+    lowercase = bool(config.get("do_lower_case", normalizer.get("lowercase", True)))
+    strip_accents = config.get("strip_accents", normalizer.get("strip_accents"))
     return {"lowercase": lowercase, "strip_accents": lowercase if strip_accents is None else bool(strip_accents),
-            "split_on_cjk": bool(config.get("tokenize_chinese_chars", True))}
+            "split_on_cjk": bool(config.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars", True)))}
 
 
 def _class_names_beside(path: Path) -> list[str] | None:
