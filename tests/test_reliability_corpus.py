@@ -46,7 +46,12 @@ class Fixtures:
             self.file(f"{folder}/{name}", content)
         return {"DEPLOYKIT_TARGETS": str(self.tmp / folder)}
 
-    def hf_folder(self, config: str, name: str = "hf") -> str:
+    def hf_folder(self, config: str, name: str = "hf", modules: str | None = None, pooling: str | None = None) -> str:
+        """A Hugging Face folder with `config` (and a sentence-transformers modules.json, Pooling config)."""
+        if modules is not None:
+            self.file(f"{name}/modules.json", modules)
+        if pooling is not None:
+            self.file(f"{name}/1_Pooling/config.json", pooling)
         return str(Path(self.file(f"{name}/config.json", config)).parent)
 
     def build(self, *args: str, model: str | None = None, data: str | None = None) -> list[str]:
@@ -122,6 +127,16 @@ CASES = [
          "classification heads are not loaded yet"),
     Case("model-architectures-not-a-list", lambda f: f.build(model=f.hf_folder('{"architectures": 5}')),
          "'architectures' must be a list"),
+    Case("model-sentence-transformers-dense",
+         lambda f: f.build(model=f.hf_folder('{"model_type": "bert"}', modules='[{"type": "sentence_transformers.models.Transformer"}, {"type": "sentence_transformers.models.Dense", "path": "2_Dense"}]')),
+         "the module 'sentence_transformers.models.Dense' is not supported"),
+    Case("model-sentence-transformers-max-pooling",
+         lambda f: f.build(model=f.hf_folder('{"model_type": "bert"}', modules='[{"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"}]',
+                                             pooling='{"pooling_mode_max_tokens": true, "pooling_mode_mean_tokens": false}')),
+         "pooling pooling_mode_max_tokens is not supported"),
+    Case("model-tokenizer-json-bpe",
+         lambda f: f.build("--tokenizer", f.file("t/tokenizer.json", '{"model": {"type": "BPE", "vocab": {"a": 0}}}'),
+                           model=str(f.backbone)), "holds a BPE tokenizer"),
     Case("model-hf-without-weights", lambda f: f.build(model=f.hf_folder('{"model_type": "bert"}')),
          "could not load"),
     Case("model-no-vocabulary", lambda f: f.build(model=_copy(f.backbone, f.tmp / "alone" / "encoder.keras")),

@@ -58,8 +58,16 @@ def alias_path(alias: str) -> Path:
 
 
 
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")  # what the embedding head reproduces
+POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
+
+
 def _sentence_transformers_head(folder: Path) -> tuple[str, bool]:
-    """Pooling mode and normalisation declared by a sentence-transformers folder (mean, no norm otherwise)."""
+    """Pooling mode and normalisation declared by a sentence-transformers folder (mean, no norm otherwise).
+
+    A module or pooling mode the head cannot reproduce is an error, not skipped: the artifact would embed
+    differently from the model the user tested.
+    """
     pooling, normalize = "mean", False
     modules_file = folder / "modules.json"
     if modules_file.exists():
@@ -67,13 +75,27 @@ def _sentence_transformers_head(folder: Path) -> tuple[str, bool]:
         if not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) for m in modules):
             raise DeployKitError(f"{modules_file} must list objects with a 'type' string, as sentence-transformers "
                                  "writes it; fix or remove the file.")
-        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
         for module in modules:
-            if module.get("type", "").endswith("Pooling"):
-                config_file = folder / str(module.get("path", "")) / "config.json"
-                if config_file.is_file() and read_json(config_file, dict).get("pooling_mode_cls_token"):
-                    pooling = "cls"
+            kind = module.get("type", "").rsplit(".", 1)[-1]
+            if kind not in SENTENCE_TRANSFORMERS_MODULES:
+                raise DeployKitError(
+                    f"{modules_file}: the module {module.get('type')!r} is not supported; deploykit deploys "
+                    f"sentence-transformers models made of {', '.join(SENTENCE_TRANSFORMERS_MODULES)} modules.")
+            normalize = normalize or kind == "Normalize"
+            config_file = folder / str(module.get("path", "")) / "config.json"
+            if kind == "Pooling" and config_file.is_file():
+                pooling = _pooling_mode(config_file)
     return pooling, normalize
+
+
+def _pooling_mode(config_file: Path) -> str:
+    """The one pooling mode a sentence-transformers Pooling config turns on (cls or mean)."""
+    config = read_json(config_file, dict)
+    chosen = [key for key, value in config.items() if key.startswith("pooling_mode_") and value is True]
+    if len(chosen) != 1 or chosen[0] not in POOLING_MODES:
+        raise DeployKitError(f"{config_file}: pooling {' + '.join(chosen) or 'none'} is not supported; deploykit "
+                             f"pools with exactly one of {', '.join(POOLING_MODES)}.")
+    return POOLING_MODES[chosen[0]]
 
 
 def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
@@ -93,6 +115,7 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
             f"{folder}: model_type {config.get('model_type')!r} is not BERT-family; deploykit loads "
             "model_type 'bert' Hugging Face folders."
         )
+    pooling, normalize = _sentence_transformers_head(folder)  # before the weights: a refusal should be quick
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
         tokenizer = folder_tokenizer(folder)
@@ -100,7 +123,6 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
         raise
     except Exception as error:  # keras-hub raises many types for broken folders
         raise DeployKitError(f"could not load {folder} as a BERT checkpoint ({_first_line(error)}).") from error
-    pooling, normalize = _sentence_transformers_head(folder)
     return ModelBundle(
         forward=embedding_forward(backbone, pooling, normalize),
         tokenizer=tokenizer,
