@@ -71,7 +71,7 @@ def test_a_vocabulary_is_normalized_as_its_tokenizer_config_says(tiny_backbone_f
     bundle = load_model(folder / tiny_backbone_file.name)
     plain, accented = bundle.encode(["team goal", "téam gôal"], 8)["token_ids"]
     assert (plain == accented).all() == stripped
-    assert bundle.tokenizer.strip_accents == stripped
+    assert bundle.text_normalizer.strip_accents == stripped
 
 
 @pytest.mark.parametrize("lowercase", [True, False])

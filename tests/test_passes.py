@@ -194,9 +194,9 @@ def test_trim_vocab_reachable_tokenizes_any_text_as_minilm_did():
     from deploykit.models.loaders import alias_path, folder_tokenizer
     from deploykit.passes.trim_vocab import reachable_token_ids, with_vocabulary
 
-    tokenizer = folder_tokenizer(alias_path("minilm-l6"))  # lowercased, accents stripped, as it was trained
+    tokenizer, normalizer = folder_tokenizer(alias_path("minilm-l6"))  # Hugging Face's BertNormalizer, uncased
     vocabulary = list(tokenizer.get_vocabulary())
-    kept = reachable_token_ids(tokenizer, vocabulary)
+    kept = reachable_token_ids(tokenizer, vocabulary, normalizer)
     assert 0 < len(vocabulary) - len(kept) < 0.05 * len(vocabulary)
     trimmed = with_vocabulary(tokenizer, [vocabulary[i] for i in kept])
     rng = np.random.default_rng(0)
@@ -208,6 +208,7 @@ def test_trim_vocab_reachable_tokenizes_any_text_as_minilm_did():
         texts.append(text.upper() if rng.random() < 0.2 else text)
     texts += [f"{surfaces[i]} a{surfaces[i]}b" for i in sorted(set(range(len(vocabulary))) - set(kept))]
     position = {token_id: index for index, token_id in enumerate(kept)}
+    texts = normalizer(texts)
     for before, after in zip(tokenizer(texts), trimmed(texts)):
         before, after = np.asarray(before).tolist(), np.asarray(after).tolist()
         assert all(i in position for i in before) and [position[i] for i in before] == after

@@ -20,7 +20,6 @@ from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence
 from deploykit.evaluate import (accuracy, class_names_of, classification_fidelity, embedding_fidelity, label_ids,
                                 per_sample_fidelity, run_examples)
 from deploykit.models import ModelBundle, load_model
-from deploykit.models.bundle import tokenizer_normalization
 from deploykit.onnx_model import run_graph
 from deploykit.passes.base import get_pass
 from deploykit.passes.recipe import Recipe
@@ -122,7 +121,7 @@ class BuildSession:
             split = {name: [getattr(self.split, name).texts, getattr(self.split, name).labels]
                      for name in ("calibration", "evaluation", "training")}
             self._inputs = digest(
-                model, bundle.tokenizer.get_vocabulary(), tokenizer_normalization(bundle.tokenizer),
+                model, bundle.tokenizer.get_vocabulary(), bundle.tokenizer_settings(),
                 bundle.task, bundle.class_names, split, options.seed, options.masked_logit,
                 options.max_residual_scale, options.activation_percentile, options.int4,
                 toolchain_versions())

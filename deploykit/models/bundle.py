@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
-import regex
 
 from deploykit import runtime_env  # noqa: F401  (sets the Keras backend before keras is imported)
 from deploykit.errors import DeployKitError
 from deploykit.integer_graph import integer_graph
 from deploykit.models.heads import classifier_forward, classifier_on, embedding_forward, token_map_layer
+from deploykit.models.text_normalization import KerasHubNormalizer, TextNormalizer
 
 Task = Literal["embedding", "classification"]
 TASKS: tuple[str, ...] = ("embedding", "classification")
@@ -45,6 +45,8 @@ class ModelBundle:
     task_model: object | None = None  # the Keras model around the backbone (a keras-hub classifier: passes rebuild it)
     token_map: np.ndarray | None = None  # tokenizer id -> embedding row, when the table was trimmed under it
     onnx_source: Path | None = None  # an ONNX model given as input: exported as is, no Keras graph to train
+    # what text goes through before the tokenizer splits it, as in the tokenizer the model was trained with
+    text_normalizer: TextNormalizer = field(default_factory=KerasHubNormalizer)
 
     def check_keras(self, what: str) -> None:
         """Fail clearly when work that needs the Keras graph meets a model loaded from ONNX."""
@@ -109,7 +111,7 @@ class ModelBundle:
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Token count of each text including [CLS] and [SEP], before truncation."""
-        tokens = self.tokenizer(clean_texts(texts))
+        tokens = self.tokenizer(self.text_normalizer(texts))
         if hasattr(tokens, "row_lengths"):
             return np.asarray(tokens.row_lengths()) + 2
         return np.asarray([len(t) for t in tokens]) + 2
@@ -121,7 +123,7 @@ class ModelBundle:
         preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
             self.tokenizer, sequence_length=sequence_length
         )
-        encoded = preprocessor(clean_texts(texts))
+        encoded = preprocessor(self.text_normalizer(texts))
         return {name: np.asarray(encoded[name]).astype(np.int32) for name in INPUT_NAMES}
 
     def predict(self, inputs: dict[str, np.ndarray], model=None, batch_size: int = 32) -> np.ndarray:
@@ -157,6 +159,12 @@ class ModelBundle:
         archive.add_endpoint("serving_default", serve, input_signature=specs)
         archive.write_out(str(folder), verbose=False)
 
+    def tokenizer_settings(self) -> dict:
+        """How text is normalized before the vocabulary lookup, as a device app must repeat it (`normalizer`:
+        `huggingface-bert` is Hugging Face's BertNormalizer before the split, `keras-hub` NFKC case folding of each
+        word after it; both delete control and format characters first)."""
+        return self.text_normalizer.settings(self.tokenizer)
+
     def write_tokenizer(self, folder: Path, sequence_length: int) -> list[Path]:
         """vocab.txt and tokenizer.json: everything a device app needs to build the inputs."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,7 +174,7 @@ class ModelBundle:
         config = {
             "type": "bert-wordpiece",
             "vocabulary": "vocab.txt",
-            **tokenizer_normalization(self.tokenizer),
+            **self.tokenizer_settings(),
             "sequence_length": sequence_length,
             "special_tokens": {
                 "cls": self.tokenizer.cls_token,
@@ -182,24 +190,3 @@ class ModelBundle:
         config_path = folder / "tokenizer.json"
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return [vocab_path, config_path]
-
-
-def tokenizer_normalization(tokenizer) -> dict:
-    """How a WordPiece tokenizer normalizes text before the vocabulary lookup, as a device app must repeat it:
-    `clean_text` deletes control and format characters (`clean_texts`), lowercasing is Unicode NFKC case folding,
-    accents are stripped after NFD, CJK characters are split apart."""
-    return {"lowercase": bool(getattr(tokenizer, "lowercase", False)),
-            "strip_accents": bool(getattr(tokenizer, "strip_accents", False)),
-            "split_on_cjk": bool(getattr(tokenizer, "split_on_cjk", False)),
-            "clean_text": True}
-
-
-_UNCLEAN = regex.compile(r"[[\p{Cc}\p{Cf}\uFFFD]--[\t\n\r]]", regex.V1)
-
-
-def clean_texts(texts: list[str]) -> list[str]:
-    """Texts as BERT's tokenizer cleans them before splitting: control and format characters (Unicode Cc and Cf:
-    NUL, zero-width spaces, soft hyphens) and U+FFFD are deleted, tab, newline and carriage return kept. keras-hub
-    splits words there instead, so a soft-hyphenated word would reach the model as two words where the tokenizer
-    it was trained with gives one."""
-    return [_UNCLEAN.sub("", text) for text in texts]

@@ -13,6 +13,8 @@ from pathlib import Path
 from deploykit.errors import DeployKitError
 from deploykit.models.bundle import ALIASES, SOURCE_HELP, TASKS, ModelBundle, Task
 from deploykit.models.heads import classifier_forward, embedding_forward, input_names
+from deploykit.models.text_normalization import (KERAS_HUB_OPTIONS, HuggingFaceBertNormalizer, KerasHubNormalizer,
+                                                 TextNormalizer)
 from deploykit.user_files import read_json, read_text
 
 
@@ -118,7 +120,7 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
     pooling, normalize = _sentence_transformers_head(folder)  # before the weights: a refusal should be quick
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
-        tokenizer = folder_tokenizer(folder)
+        tokenizer, normalizer = folder_tokenizer(folder)
     except DeployKitError:
         raise
     except Exception as error:  # keras-hub raises many types for broken folders
@@ -126,6 +128,7 @@ def _load_hugging_face_folder(folder: Path, task: Task | None) -> ModelBundle:
     return ModelBundle(
         forward=embedding_forward(backbone, pooling, normalize),
         tokenizer=tokenizer,
+        text_normalizer=normalizer,
         task="embedding",
         backbone=backbone,
         max_sequence_length=int(backbone.max_sequence_length),
@@ -199,7 +202,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
             f"{path}: the model's inputs are {sorted(names)}; deploykit needs an input named 'token_ids' "
             "(and optionally 'padding_mask', 'segment_ids')."
         )
-    tokenizer = _tokenizer_for(path, tokenizer_source)
+    tokenizer, normalizer = _tokenizer_for(path, tokenizer_source)
     is_backbone = isinstance(model, keras_hub.models.Backbone)
     output_rank = len(model.output["sequence_output"].shape) if is_backbone else len(model.output.shape)
     detected: Task = "embedding" if is_backbone or output_rank == 3 else "classification"
@@ -215,6 +218,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
     return ModelBundle(
         forward=forward,
         tokenizer=tokenizer,
+        text_normalizer=normalizer,
         task=chosen,
         backbone=model if is_backbone else None,
         task_model=None if is_backbone else model,
@@ -233,9 +237,11 @@ def _load_onnx(path: Path, task: Task | None, tokenizer_source: str | Path | Non
     facts = describe(path)
     class_names = _class_names_beside(path)
     chosen: Task = task or ("classification" if class_names else "embedding")
+    tokenizer, normalizer = _tokenizer_for(path, tokenizer_source)
     return ModelBundle(
         forward=None,
-        tokenizer=_tokenizer_for(path, tokenizer_source),
+        tokenizer=tokenizer,
+        text_normalizer=normalizer,
         task=chosen,
         max_sequence_length=facts["max_sequence_length"],
         source=str(path),
@@ -252,10 +258,9 @@ def _static_length(model) -> int | None:
     return first.shape[1]
 
 
-def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
-    """A BERT WordPiece tokenizer from --tokenizer, or the vocab.txt (else Hugging Face tokenizer.json) beside the model."""
-    import keras_hub
-
+def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None) -> tuple[object, TextNormalizer]:
+    """A BERT WordPiece tokenizer and its normalizer from --tokenizer, or the vocab.txt (else Hugging Face
+    tokenizer.json) beside the model."""
     if tokenizer_source:
         candidate = Path(tokenizer_source)
     else:
@@ -282,14 +287,13 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None):
         hugging_face = None
         vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
     try:
-        return keras_hub.models.BertTokenizer(vocabulary=vocabulary,
-                                              **_hugging_face_options(candidate.parent, hugging_face))
+        return _hugging_face_tokenization(vocabulary, _hugging_face_options(candidate.parent, hugging_face))
     except Exception as error:
         raise DeployKitError(f"{candidate} is not a usable WordPiece vocabulary ({_first_line(error)}).") from error
 
 
-def folder_tokenizer(folder: Path):
-    """The WordPiece tokenizer of a Hugging Face folder or a keras-hub preset.
+def folder_tokenizer(folder: Path) -> tuple[object, TextNormalizer]:
+    """The WordPiece tokenizer and text normalizer of a Hugging Face folder or a keras-hub preset.
 
     A Hugging Face folder gives its vocabulary as vocab.txt or, when it ships only the fast tokenizer, as
     tokenizer.json's WordPiece vocabulary; its normalization comes from tokenizer_config.json and tokenizer.json.
@@ -298,9 +302,17 @@ def folder_tokenizer(folder: Path):
 
     hugging_face = _hugging_face_tokenizer(folder / HF_TOKENIZER_FILE)
     if hugging_face is None and not (folder / HF_TOKENIZER_CONFIG).is_file():
-        return keras_hub.models.BertTokenizer.from_preset(str(folder))
-    return keras_hub.models.BertTokenizer(vocabulary=_hugging_face_vocabulary(folder, hugging_face),
-                                          **_hugging_face_options(folder, hugging_face))
+        return keras_hub.models.BertTokenizer.from_preset(str(folder)), KerasHubNormalizer()
+    return _hugging_face_tokenization(_hugging_face_vocabulary(folder, hugging_face),
+                                      _hugging_face_options(folder, hugging_face))
+
+
+def _hugging_face_tokenization(vocabulary: str | list[str], options: dict) -> tuple[object, TextNormalizer]:
+    """keras-hub's WordPiece over a vocabulary, after Hugging Face's BertNormalizer (which does all normalization)."""
+    import keras_hub
+
+    return (keras_hub.models.BertTokenizer(vocabulary=vocabulary, **KERAS_HUB_OPTIONS),
+            HuggingFaceBertNormalizer(**options))
 
 
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -337,7 +349,7 @@ def _hugging_face_vocabulary(folder: Path, tokenizer: dict | None, path: Path | 
 
 
 def _hugging_face_options(folder: Path, tokenizer: dict | None = None) -> dict:
-    """keras-hub's WordPiece options for the Hugging Face BERT tokenizer a folder declares.
+    """The BertNormalizer options of the Hugging Face tokenizer a folder declares.
 
     tokenizer_config.json wins, as in transformers; a key it lacks comes from tokenizer.json's BertNormalizer,
     then from Hugging Face's defaults (lowercased, accents stripped, CJK split).
@@ -353,7 +365,8 @@ def _hugging_face_options(folder: Path, tokenizer: dict | None = None) -> dict:
     lowercase = bool(config.get("do_lower_case", normalizer.get("lowercase", True)))
     strip_accents = config.get("strip_accents", normalizer.get("strip_accents"))
     return {"lowercase": lowercase, "strip_accents": lowercase if strip_accents is None else bool(strip_accents),
-            "split_on_cjk": bool(config.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars", True)))}
+            "chinese_characters": bool(config.get("tokenize_chinese_chars",
+                                                  normalizer.get("handle_chinese_chars", True)))}
 
 
 def _class_names_beside(path: Path) -> list[str] | None:

@@ -19,7 +19,7 @@ frequent words first). What a dropped token becomes (`unseen`):
 
 `keep=reachable` needs no texts and loses nothing: it drops only the tokens the tokenizer
 can never produce (BERT's [unused*] slots, and tokens that its lowercasing, accent
-stripping or punctuation split always rewrite: MiniLM 1,215 of 30,522 rows), so every
+stripping or punctuation split always rewrite: MiniLM 995 of 30,522 rows), so every
 text tokenizes to the same pieces and gives identical outputs.
 
 No training: nothing else changes.
@@ -37,7 +37,7 @@ from pydantic import model_validator
 
 from deploykit.bert_surgery import keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
-from deploykit.models.bundle import clean_texts
+from deploykit.models.text_normalization import TextNormalizer
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.parameters import PassParameters, parameter
 
@@ -83,9 +83,9 @@ class TrimVocabulary(Pass):
         tokenizer = bundle.tokenizer
         vocabulary = list(tokenizer.get_vocabulary())
         if self.parameters.keep == "reachable":
-            kept = reachable_token_ids(tokenizer, vocabulary)
+            kept = reachable_token_ids(tokenizer, vocabulary, bundle.text_normalizer)
         else:
-            kept = kept_token_ids(tokenizer, vocabulary, context.train_texts, self.parameters)
+            kept = kept_token_ids(bundle, context.train_texts, self.parameters)
         table = bundle.backbone.token_embedding.embeddings.numpy()
         backbone = reshaped_backbone(bundle.backbone, replace(full, tokens=tuple(kept)))
         maps_ids = self.parameters.unseen == "nearest" and self.parameters.keep == "corpus"
@@ -101,11 +101,13 @@ class TrimVocabulary(Pass):
         }, bundle=trimmed)
 
 
-def kept_token_ids(tokenizer, vocabulary: list[str], texts: list[str], p: TrimVocabParameters) -> list[int]:
+def kept_token_ids(bundle, texts: list[str], p: TrimVocabParameters) -> list[int]:
     """Sorted ids of the tokens to keep (sorted, so [PAD] keeps id 0 and the order stays the original's)."""
     if not texts:
         raise DeployKitError("trim-vocab needs texts to see which tokens are used; pass --data with your corpus.")
-    pieces = tokenizer(clean_texts(texts))
+    tokenizer = bundle.tokenizer
+    vocabulary = list(tokenizer.get_vocabulary())
+    pieces = tokenizer(bundle.text_normalizer(texts))
     ids = np.concatenate([np.asarray(row).ravel() for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces)])
     counts = np.bincount(ids.astype(np.int64), minlength=len(vocabulary))
     kept = set(np.flatnonzero(counts >= p.min_count).tolist()) | _special_token_ids(tokenizer, vocabulary)
@@ -123,22 +125,24 @@ def with_vocabulary(tokenizer, vocabulary: list[str]):
     return type(tokenizer).from_config(config)
 
 
-def reachable_token_ids(tokenizer, vocabulary: list[str]) -> list[int]:
+def reachable_token_ids(tokenizer, vocabulary: list[str], normalizer: TextNormalizer) -> list[int]:
     """Sorted ids of the tokens a WordPiece tokenizer can emit on some text, and its special tokens.
 
-    The tokenizer splits text into words (whitespace, punctuation, CJK) and then normalizes each word (NFKC case
-    folding when it lowercases). A token can only be emitted if its text is unchanged by that normalization, and if
-    every split character in it can sit inside a word: either normalization of some other character produces it
-    there (NFKC turns the one character `…` into `...`), or the token is part of a split character's normalized form.
-    Both are necessary conditions, so nothing the tokenizer emits is ever dropped, and greedy longest-match never
-    picks a dropped token: every text keeps its pieces."""
+    keras-hub's tokenizer splits text into words (whitespace, punctuation, CJK) and then normalizes each word (NFKC
+    case folding when it lowercases). A token can only be emitted if its text is unchanged by that normalization,
+    and if every split character in it can sit inside a word: either normalization of some other character produces
+    it there (NFKC turns the one character `…` into `...`), or the token is part of a split character's normalized
+    form. A Hugging Face normalizer runs before all that (`normalizer.can_emit`: the token must be unchanged by it,
+    and a CJK ideograph is a word of its own). All are necessary conditions, so nothing the tokenizer emits is ever
+    dropped, and greedy longest-match never picks a dropped token: every text keeps its pieces."""
     suffix = getattr(tokenizer, "suffix_indicator", None)
     if suffix is None:
         raise DeployKitError(f"trim-vocab keep=reachable needs a WordPiece tokenizer (BERT family), not "
                              f"{type(tokenizer).__name__}; use keep=corpus with --data.")
     settings = ("lowercase", "strip_accents", "split", "split_on_cjk")
     words = _word_rules(*(bool(getattr(tokenizer, name)) for name in settings))
-    kept = {i for i, token in enumerate(vocabulary) if words.can_contain(token.removeprefix(suffix))}
+    kept = {i for i, token in enumerate(vocabulary)
+            if words.can_contain(token.removeprefix(suffix)) and normalizer.can_emit(token.removeprefix(suffix))}
     return sorted(kept | _special_token_ids(tokenizer, vocabulary))
 
 
@@ -148,7 +152,7 @@ def unreachable_rows(bundle) -> tuple[int, int]:
     try:
         bundle.check_rebuildable()
         vocabulary = list(bundle.tokenizer.get_vocabulary())
-        rows = len(vocabulary) - len(reachable_token_ids(bundle.tokenizer, vocabulary))
+        rows = len(vocabulary) - len(reachable_token_ids(bundle.tokenizer, vocabulary, bundle.text_normalizer))
     except DeployKitError:
         return 0, 0
     return rows, rows * int(bundle.backbone.token_embedding.embeddings.shape[1])
