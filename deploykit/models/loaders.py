@@ -282,7 +282,7 @@ def _tokenizer_for(model_path: Path, tokenizer_source: str | Path | None) -> tup
         if hugging_face is None:
             raise DeployKitError(f"{candidate} is not a Hugging Face tokenizer.json (no WordPiece model); pass "
                                  "the model's vocab.txt or its Hugging Face folder.")
-        vocabulary = _hugging_face_vocabulary(candidate.parent, hugging_face, candidate)
+        vocabulary = _wordpiece_vocabulary(hugging_face, candidate)
     else:
         hugging_face = None
         vocabulary = [line for line in read_text(candidate).splitlines() if line.strip()]
@@ -303,8 +303,14 @@ def folder_tokenizer(folder: Path) -> tuple[object, TextNormalizer]:
     hugging_face = _hugging_face_tokenizer(folder / HF_TOKENIZER_FILE)
     if hugging_face is None and not (folder / HF_TOKENIZER_CONFIG).is_file():
         return keras_hub.models.BertTokenizer.from_preset(str(folder)), KerasHubNormalizer()
-    return _hugging_face_tokenization(_hugging_face_vocabulary(folder, hugging_face),
-                                      _hugging_face_options(folder, hugging_face))
+    if (folder / "vocab.txt").is_file():
+        vocabulary = str(folder / "vocab.txt")
+    elif hugging_face is not None:
+        vocabulary = _wordpiece_vocabulary(hugging_face, folder / HF_TOKENIZER_FILE)
+    else:
+        raise DeployKitError(f"{folder} has neither vocab.txt nor a Hugging Face tokenizer.json; add the model's "
+                             "vocab.txt.")
+    return _hugging_face_tokenization(vocabulary, _hugging_face_options(folder, hugging_face))
 
 
 def _hugging_face_tokenization(vocabulary: str | list[str], options: dict) -> tuple[object, TextNormalizer]:
@@ -333,14 +339,8 @@ def _hugging_face_tokenizer(path: Path) -> dict | None:
     return content
 
 
-def _hugging_face_vocabulary(folder: Path, tokenizer: dict | None, path: Path | None = None) -> str | list[str]:
-    """The folder's vocab.txt, else the vocabulary of its tokenizer.json (or `path`) in id order."""
-    if path is None and (folder / "vocab.txt").is_file():
-        return str(folder / "vocab.txt")
-    path = path or folder / HF_TOKENIZER_FILE
-    if tokenizer is None:
-        raise DeployKitError(f"{folder} has neither vocab.txt nor a Hugging Face tokenizer.json; add the model's "
-                             "vocab.txt.")
+def _wordpiece_vocabulary(tokenizer: dict, path: Path) -> list[str]:
+    """The vocabulary of a Hugging Face tokenizer.json (read from `path`) in id order."""
     ids = tokenizer["model"]["vocab"]
     if sorted(ids.values()) != list(range(len(ids))):
         raise DeployKitError(f"{path}: the WordPiece vocab's ids are not 0..{len(ids) - 1}, one per token; fix the "

@@ -23,17 +23,16 @@ import functools
 import unicodedata
 from dataclasses import dataclass
 
-import regex
-
 # Characters with Unicode's White_Space property (Rust's `char::is_whitespace`, what Hugging Face tests).
 WHITE_SPACE = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
                          0x202F, 0x205F, 0x3000])
 # The CJK ideograph blocks Hugging Face's BertNormalizer pads with spaces.
 CJK_IDEOGRAPHS = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
                   (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
-DELETED_CATEGORIES = ("Cc", "Cf", "Co", "Cs")  # Hugging Face keeps unassigned code points (Cn)
-
-_UNCLEAN = regex.compile(r"[[\p{Cc}\p{Cf}\uFFFD]--[\t\n\r]]", regex.V1)
+# Deleted besides U+FFFD (tab, newline and carriage return always stay): Hugging Face also deletes private-use and
+# surrogate code points, and keeps unassigned ones (Cn).
+HUGGING_FACE_DELETED = ("Cc", "Cf", "Co", "Cs")
+CONTROL_AND_FORMAT = ("Cc", "Cf")
 
 
 def clean_texts(texts: list[str]) -> list[str]:
@@ -41,7 +40,8 @@ def clean_texts(texts: list[str]) -> list[str]:
     NUL, zero-width spaces, soft hyphens) and U+FFFD are deleted, tab, newline and carriage return kept. keras-hub
     splits words there instead, so a soft-hyphenated word would reach the model as two words where the tokenizer
     it was trained with gives one."""
-    return [_UNCLEAN.sub("", text) for text in texts]
+    table = _deletion_table(CONTROL_AND_FORMAT)
+    return [text.translate(table) for text in texts]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class HuggingFaceBertNormalizer:
     def can_emit(self, piece: str) -> bool:
         """Whether normalized text can hold `piece` inside a word: normalization leaves it as it is, and a CJK
         ideograph, padded into a word of its own, is the whole piece."""
-        if self.normalize_word(piece) != piece or any(ord(c) in _deleted() for c in piece):
+        if self.normalize_word(piece) != piece or any(ord(c) in _deleted(HUGGING_FACE_DELETED) for c in piece):
             return False
         return not self.chinese_characters or len(piece) == 1 or not any(_is_cjk_ideograph(ord(c)) for c in piece)
 
@@ -109,18 +109,22 @@ def _is_cjk_ideograph(code: int) -> bool:
 
 
 @functools.cache
-def _deleted() -> frozenset[int]:
+def _deleted(categories: tuple[str, ...]) -> frozenset[int]:
+    """U+FFFD and the code points of `categories` except tab, newline and carriage return: one scan of Unicode."""
     return frozenset(code for code in range(0x110000)
-                     if chr(code) not in "\t\n\r" and (code in (0, 0xFFFD)
-                                                       or unicodedata.category(chr(code)) in DELETED_CATEGORIES))
+                     if chr(code) not in "\t\n\r" and (code == 0xFFFD or unicodedata.category(chr(code)) in categories))
+
+
+@functools.cache
+def _deletion_table(categories: tuple[str, ...]) -> dict[int, None]:
+    return dict.fromkeys(_deleted(categories))
 
 
 @functools.cache
 def _character_table(chinese_characters: bool) -> dict[int, str | None]:
-    """str.translate table of clean_text (delete, then white space to a space) and CJK padding: one scan of Unicode."""
-    table: dict[int, str | None] = {code: None for code in _deleted()}
-    table.update({code: " " for code in WHITE_SPACE if code not in table})
-    table.update({ord(c): " " for c in "\t\n\r"})
+    """str.translate table of clean_text (delete, then white space to a space) and CJK padding."""
+    table: dict[int, str | None] = dict(_deletion_table(HUGGING_FACE_DELETED))
+    table.update({code: " " for code in WHITE_SPACE if code not in table})  # \v, \f and U+0085 are Cc: deleted
     if chinese_characters:
         table.update({code: f" {chr(code)} " for low, high in CJK_IDEOGRAPHS for code in range(low, high + 1)})
     return table

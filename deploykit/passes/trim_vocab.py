@@ -85,7 +85,7 @@ class TrimVocabulary(Pass):
         if self.parameters.keep == "reachable":
             kept = reachable_token_ids(tokenizer, vocabulary, bundle.text_normalizer)
         else:
-            kept = kept_token_ids(bundle, context.train_texts, self.parameters)
+            kept = kept_token_ids(tokenizer, vocabulary, bundle.text_normalizer(context.train_texts), self.parameters)
         table = bundle.backbone.token_embedding.embeddings.numpy()
         backbone = reshaped_backbone(bundle.backbone, replace(full, tokens=tuple(kept)))
         maps_ids = self.parameters.unseen == "nearest" and self.parameters.keep == "corpus"
@@ -101,13 +101,12 @@ class TrimVocabulary(Pass):
         }, bundle=trimmed)
 
 
-def kept_token_ids(bundle, texts: list[str], p: TrimVocabParameters) -> list[int]:
-    """Sorted ids of the tokens to keep (sorted, so [PAD] keeps id 0 and the order stays the original's)."""
+def kept_token_ids(tokenizer, vocabulary: list[str], texts: list[str], p: TrimVocabParameters) -> list[int]:
+    """Sorted ids of the tokens to keep (sorted, so [PAD] keeps id 0 and the order stays the original's), from
+    texts already normalized as the tokenizer's model reads them."""
     if not texts:
         raise DeployKitError("trim-vocab needs texts to see which tokens are used; pass --data with your corpus.")
-    tokenizer = bundle.tokenizer
-    vocabulary = list(tokenizer.get_vocabulary())
-    pieces = tokenizer(bundle.text_normalizer(texts))
+    pieces = tokenizer(texts)
     ids = np.concatenate([np.asarray(row).ravel() for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces)])
     counts = np.bincount(ids.astype(np.int64), minlength=len(vocabulary))
     kept = set(np.flatnonzero(counts >= p.min_count).tolist()) | _special_token_ids(tokenizer, vocabulary)
