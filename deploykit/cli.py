@@ -9,6 +9,7 @@ manifest or an artifact that does not run, 130 / 143 interrupted by Ctrl-C / SIG
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from deploykit.backends.base import INT4_ALGORITHMS, Int4Settings
 from deploykit.build.options import BuildOptions
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, quoted
 from deploykit.interrupts import Interrupted, interruptible
 from deploykit.pareto_search.settings import PREFERENCES, SearchSettings
 from deploykit.targets import list_targets, load_target
@@ -145,8 +146,15 @@ class _Group(click.Group):
             sys.exit(interruption.exit_code)
 
 
+# A message longer than this quotes too much of some user value (a path, a recipe): its middle is cut.
+MAX_ERROR_CHARACTERS = 600
+
+
 def _error(message: str) -> None:
     """One line on stderr; the message is plain text (it may quote user paths), never rich markup."""
+    if len(message) > MAX_ERROR_CHARACTERS:
+        half = MAX_ERROR_CHARACTERS // 2
+        message = f"{message[:half]} […] {message[-half:]}"
     console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
@@ -326,7 +334,9 @@ def build(**arguments) -> None:
 
 
 def _run_build(junit_xml: str | None, summary_json: str | None, **arguments) -> None:
-    """`build` and `search`; --junit-xml and --summary-json record how the run ended, with an error too."""
+    """`build` and `search`; --junit-xml and --summary-json record how the run ended, with an error too (once they
+    are known not to overwrite an input)."""
+    _check_build_paths(junit_xml, summary_json, arguments)
     try:
         results = _build(**arguments)
     except DeployKitError as error:
@@ -338,6 +348,46 @@ def _run_build(junit_xml: str | None, summary_json: str | None, **arguments) -> 
     if failed:
         _error(f"quality gate missed for {', '.join(failed)}; see their report.md.")
         sys.exit(3)
+
+
+def _check_build_paths(junit_xml: str | None, summary_json: str | None, arguments: dict) -> None:
+    """Every path `build` writes, against every file it reads, before any work."""
+    from deploykit.output_paths import Output, check_outputs
+    from deploykit.profiling.devices import devices_file_path
+    from deploykit.profiling.profiles import profiles_folder
+    from deploykit.targets.registry import TARGETS_ENV, target_dirs
+
+    out = Path(arguments["out"])
+    outputs = [Output("--out", out, "folder"),
+               *(Output("--out", out / name, "replaced") for name in _target_folder_names(arguments["target_names"])),
+               *(Output(option, Path(value), kind) for option, value, kind in (
+                   ("--summary-json", summary_json, "file"), ("--junit-xml", junit_xml, "file"),
+                   ("--save-profile", arguments["save_profile"], "folder"), ("--cache", arguments["cache"], "folder"))
+                 if value is not None)]
+    inputs = {option: _path(arguments[name]) for option, name in (
+        ("MODEL", "model"), ("--data", "data"), ("--eval-data", "eval_data"), ("--tokenizer", "tokenizer"),
+        ("--recipe", "recipe"), ("--benchmark-binary", "benchmark_binary"))}
+    inputs["--devices"] = devices_file_path(arguments["devices_file"])
+    inputs["--profiles"] = profiles_folder(_path(arguments["profiles"]))
+    try:
+        inputs.update({f"${TARGETS_ENV} folder": folder for folder in target_dirs()[1:]})
+    except DeployKitError:
+        pass  # a missing targets folder is reported, in one line, where the targets load
+    check_outputs(outputs, inputs)
+
+
+def _target_folder_names(text: str) -> list[str]:
+    """The OUT/<target> folders a --target value names (all the registry's for 'all'; none it cannot list)."""
+    from deploykit.targets import list_targets
+    from deploykit.targets.schema import TARGET_NAME
+
+    names = [name.strip() for name in text.split(",")]
+    if "all" in names:
+        try:
+            names += [target.name for target in list_targets()]
+        except DeployKitError:
+            pass  # reported where the targets load
+    return [name for name in dict.fromkeys(names) if TARGET_NAME.fullmatch(name)]
 
 
 def _write_results(junit_xml: str | None, summary_json: str | None, results: list, exit_code: int,
@@ -452,6 +502,10 @@ def profile(artifact, threads, runs, warmup, timeout, op_profile, device, device
     from deploykit.profiling.devices import device_runner
     from deploykit.profiling.profiles import save_profile as save
 
+    if save_profile:
+        from deploykit.output_paths import Output, check_outputs
+
+        check_outputs([Output("--save-profile", Path(save_profile), "folder")], {"ARTIFACT": Path(artifact)})
     target = build_target_of(artifact) if device or save_profile else None
     runner = device_runner(device, target, devices_file, trust_new_host, benchmark_binary) if device \
         else get_runner("local")
@@ -498,15 +552,18 @@ def report(folder, html) -> None:
     """Compare the targets built into FOLDER side by side (reads each FOLDER/<target>/report.json)."""
     from deploykit.user_files import read_json
 
-    files = sorted(p for p in Path(folder).glob("*/report.json") if not p.parent.name.startswith("."))
-    reports = [read_json(path, dict) for path in files]  # hidden folders are staging or leftovers, never targets
+    # Hidden folders are staging or leftovers, never targets; a link is never followed out of FOLDER, and each
+    # report.json is read bounded (the folder may come from elsewhere).
+    files = sorted(path / "report.json" for path in Path(folder).iterdir() if not path.name.startswith(".")
+                   and path.is_dir() and not path.is_symlink() and os.path.lexists(path / "report.json"))
+    reports = [read_json(path, dict, untrusted=True) for path in files]
     if not reports:
         raise DeployKitError(f"{folder} holds no <target>/report.json; pass the --out folder of a build.")
     try:
         table = _summary_table(reports)
     except (KeyError, TypeError, ValueError) as error:
         raise DeployKitError(f"a report.json under {folder} is not as deploykit writes it ({type(error).__name__}: "
-                             f"{error}); rebuild that target.") from None
+                             f"{quoted(str(error))}); rebuild that target.") from None
     output.print(table)
     if html:
         from jinja2 import UndefinedError
@@ -517,7 +574,9 @@ def report(folder, html) -> None:
             page = write_html(Path(folder) / "report.html", reports)
         except (KeyError, TypeError, ValueError, AttributeError, UndefinedError) as error:
             raise DeployKitError(f"a report.json under {folder} lacks what the HTML report needs "
-                                 f"({type(error).__name__}: {error}); rebuild that target.") from None
+                                 f"({type(error).__name__}: {quoted(str(error))}); rebuild that target.") from None
+        except OSError as error:
+            raise DeployKitError(f"cannot write {Path(folder) / 'report.html'} ({error.strerror}).") from None
         output.print(str(page), highlight=False, markup=False)
 
 
@@ -572,7 +631,8 @@ def ci() -> None:
               help="Command that installs deploykit in the job, e.g. 'pip install -e .' in deploykit's own "
               "repository or 'pip install -r requirements.txt'.")
 @click.option("--build-args", default="", help="More `deploykit build` options, as shell words, e.g. "
-              "'--max-accuracy-drop 1 --precision int8'.")
+              "'--max-accuracy-drop 1 --precision int8'; each word of letters, digits and _ . , : = / + @ % - "
+              "(a complex recipe goes in a recipe file: --recipe FILE).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Workflow file to write (default: where the provider "
               "reads it).")
 @click.option("--force", is_flag=True, help="Replace the file when it exists.")

@@ -18,3 +18,10 @@ class GateFailure(DeployKitError):
     """The artifact was built and measured, but missed a quality gate."""
 
     exit_code = 3
+
+
+def quoted(value: object, limit: int = 80, plain: bool = False) -> str:
+    """A user value as an error message quotes it: its repr (or the text itself, `plain`), at most `limit`
+    characters, so a hostile or careless value cannot flood the one-line message."""
+    text = str(value) if plain else repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"

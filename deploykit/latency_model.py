@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.errors import DeployKitError, quoted
 from deploykit.user_files import read_json
 
 # Below this many measurements of a precision there is nothing to check a fit against: no prediction.
@@ -166,9 +167,13 @@ def model_from_profile(profile: dict, source: str) -> LatencyModel:
 def load_latency_model(profiles: Path, target: str, device: str) -> LatencyModel | None:
     """The model of `profiles/<target>/<device>.json`, when that file exists."""
     path = profiles / target / f"{device}.json"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return None
-    return model_from_profile(read_json(path, dict), str(path))
+    try:  # a profile may come from elsewhere (a colleague's, a CI artifact): read bounded, any shape refused
+        return model_from_profile(read_json(path, dict, untrusted=True), str(path))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+        raise DeployKitError(f"{path} is not a profile as deploykit writes it ({type(error).__name__}: "
+                             f"{quoted(str(error))}); move it away or measure again with --save-profile.") from None
 
 
 def misses_budget(predicted: tuple[float, float] | None, budget_ms: float | None) -> bool:

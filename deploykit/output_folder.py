@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from deploykit.errors import DeployKitError
 from deploykit.report.manifest import MANIFEST
+from deploykit.user_files import read_json
 
 STAGING_MARK = ".partial-"
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -28,13 +28,13 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 def is_deploykit_build(folder: Path) -> bool:
     """Whether `folder` holds a manifest.json as deploykit writes it (a JSON object with a `files` list)."""
     manifest = folder / MANIFEST
-    if folder.is_symlink() or not folder.is_dir() or not manifest.is_file():
+    if folder.is_symlink() or not folder.is_dir():
         return False
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    try:  # bounded, regular files only: a FIFO or a link named manifest.json is no build (and never hangs)
+        data = read_json(manifest, dict, untrusted=True)
+    except DeployKitError:
         return False
-    return isinstance(data, dict) and isinstance(data.get("files"), list)
+    return isinstance(data.get("files"), list)
 
 
 def check_output(out: Path, names: list[str], force: bool) -> None:

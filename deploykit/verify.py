@@ -9,13 +9,21 @@ store, can be checked this way before it is deployed.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from deploykit.errors import DeployKitError
-from deploykit.report.manifest import MANIFEST, sha256_of
+from deploykit.errors import DeployKitError, quoted
+from deploykit.report.manifest import MANIFEST
+from deploykit.user_files import file_kind, read_json
+
+MAX_FILES = 10_000  # a build folder holds about ten; more is not a build folder
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -50,68 +58,116 @@ def build_folders(dist: Path) -> list[Path]:
     """The target folders of DIST: DIST itself when it holds a manifest, else its subfolders that do."""
     if not dist.is_dir():
         raise DeployKitError(f"{dist} is not a folder; pass the --out folder of a build or one of its target folders.")
-    if (dist / MANIFEST).is_file():
+    if os.path.lexists(dist / MANIFEST):
         return [dist]
-    folders = sorted(path.parent for path in dist.glob(f"*/{MANIFEST}") if not path.parent.name.startswith("."))
-    if not folders:  # hidden folders are staging or leftovers, never targets
+    # Hidden folders are staging or leftovers, never targets; a linked folder is never followed out of DIST.
+    folders = sorted(path.parent for path in dist.glob(f"*/{MANIFEST}")
+                     if not path.parent.name.startswith(".") and not path.parent.is_symlink())
+    if not folders:
         raise DeployKitError(f"{dist} holds no {MANIFEST} nor <target>/{MANIFEST}; pass the --out folder of a "
                              "build or one of its target folders.")
     return folders
 
 
 def verify_folder(folder: Path) -> FolderCheck:
-    """Check every file against the manifest; run the artifact when they all match."""
+    """Check every file against the manifest; run the artifact when they all match.
+
+    The folder is untrusted (docs/security.md): links are never followed, only regular
+    files are opened, a file whose size differs from the manifest's is not hashed, and
+    nothing outside the folder is read or run.
+    """
     check = FolderCheck(folder)
     try:
         expected = _manifest(folder)
-    except (ValueError, KeyError, TypeError) as error:
+    except DeployKitError as error:
         check.problem = f"{MANIFEST} is not as deploykit writes it ({error}); the folder cannot be verified."
         return check
-    present = {path.relative_to(folder).as_posix() for path in folder.rglob("*")
-               if (path.is_file() or path.is_symlink()) and path.name != MANIFEST}
+    present = _entries(folder)
     for name, (size, sha256) in expected.items():
-        path = folder / name
-        if name not in present:
+        info = present.get(name)
+        if info is None:
             check.missing.append(name)
-        elif path.is_symlink():
-            check.changed.append(f"{name}: a symbolic link where the build wrote a file")
-        elif (path.stat().st_size, sha256_of(path)) == (size, sha256):
+        elif not stat.S_ISREG(info.st_mode):
+            check.changed.append(f"{name}: {file_kind(info.st_mode)} where the build wrote a file")
+        elif info.st_size != size:
+            check.changed.append(f"{name}: {info.st_size} bytes; the manifest says {size} bytes")
+        elif (found := _sha256(folder / name, size)) == sha256:
             check.matched += 1
         else:
-            check.changed.append(f"{name}: {path.stat().st_size} bytes, sha256 {sha256_of(path)[:16]}…; the manifest "
-                                 f"says {size} bytes, sha256 {sha256[:16]}…")
-    check.extra = sorted(present - set(expected))
+            check.changed.append(f"{name}: sha256 {found[:16]}…; the manifest says {sha256[:16]}…")
+    check.extra = sorted(set(present) - set(expected))
     if check.changed or check.missing:
         check.problem = "the artifact was not run: its folder differs from the manifest."
     else:
-        _run_artifact(check)
+        _run_artifact(check, set(expected))
     return check
+
+
+def _entries(folder: Path) -> dict[str, os.stat_result]:
+    """Everything under `folder` but folders and the manifest, by relative path, from lstat: a link (to a file or a
+    folder) is an entry of its own and never followed."""
+    found = {}
+    for root, folders, files in os.walk(folder, followlinks=False):
+        for name in [*files, *(name for name in folders if os.path.islink(os.path.join(root, name)))]:
+            path = Path(root, name)
+            relative = path.relative_to(folder).as_posix()
+            if relative != MANIFEST:
+                found[relative] = os.lstat(path)
+            if len(found) > MAX_FILES:
+                return found
+    return found
+
+
+def _sha256(path: Path, size: int) -> str:
+    """sha256 of a regular file the manifest gives `size` bytes, opened without following a link."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(os.open(path, flags), "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                return "not a regular file"
+            left = size + 1  # a file that grew past its listed size cannot match: stop reading there
+            while left and (chunk := stream.read(min(1 << 20, left))):
+                left -= len(chunk)
+                digest.update(chunk)
+    except OSError as error:
+        return f"unreadable ({error.strerror})"
+    return digest.hexdigest()
 
 
 def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
     """path -> (bytes, sha256) of every file the build listed; paths must stay inside the folder."""
-    from deploykit.user_files import read_json
-
-    try:
-        document = read_json(folder / MANIFEST, dict)
-    except DeployKitError as error:
-        raise ValueError(str(error)) from None
+    document = read_json(folder / MANIFEST, dict, untrusted=True)
+    entries = document.get("files")
+    if not isinstance(entries, list) or len(entries) > MAX_FILES:
+        raise DeployKitError(f"'files' must be a list of at most {MAX_FILES} entries")
     files = {}
-    for entry in document["files"]:
-        name = PurePosixPath(entry["path"])
-        if name.is_absolute() or ".." in name.parts or not name.parts:
-            raise ValueError(f"path {entry['path']!r} leaves the folder")
-        files[name.as_posix()] = (int(entry["bytes"]), str(entry["sha256"]))
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise DeployKitError(f"a file entry is {type(entry).__name__}, not an object")
+        name, size, sha256 = entry.get("path"), entry.get("bytes"), entry.get("sha256")
+        relative = PurePosixPath(name) if isinstance(name, str) and name and "\0" not in name else None
+        if relative is None or relative.is_absolute() or ".." in relative.parts:
+            raise DeployKitError(f"path {quoted(name)} leaves the folder")
+        if type(size) is not int or not 0 <= size < 1 << 50:
+            raise DeployKitError(f"{quoted(name)} has the size {quoted(size)}, not a byte count")
+        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+            raise DeployKitError(f"{quoted(name)} has the sha256 {quoted(sha256)}, not 64 hex digits")
+        files[relative.as_posix()] = (size, sha256)
     return files
 
 
-def _run_artifact(check: FolderCheck) -> None:
-    """Load the artifact with its backend's runtime and run it once; a failure of any kind is a finding."""
+def _run_artifact(check: FolderCheck, listed: set[str]) -> None:
+    """Load the artifact with its backend's runtime and run it once; a failure of any kind is a finding. Only a
+    file the manifest lists (and that matched it) is ever run."""
     from deploykit.backends.base import backend_for_file
     from deploykit.profiling.build_folder import artifact_in, folder_artifact
 
     try:
-        backend = backend_for_file(artifact_in(check.folder))
+        path = artifact_in(check.folder)
+        if path.relative_to(check.folder).as_posix() not in listed:
+            raise DeployKitError(f"report.json names {path.name} as the artifact, which {MANIFEST} does not list")
+        backend = backend_for_file(path)
         artifact = folder_artifact(check.folder)
         output = np.asarray(backend.load(artifact.path, 1, artifact.runtime_config)(artifact.sample))
     except DeployKitError as error:

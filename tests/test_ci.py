@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,11 +46,14 @@ def written_workflow(folder: Path, provider: str, *args: str) -> Path:
 def test_workflow_matches_the_providers_published_schema(tmp_path, provider, devices):
     path = written_workflow(tmp_path, provider, "--targets", "intel-cpu,arm-cpu", "--model", "models/my bert",
                             "--data", "data/texts.jsonl", *devices)
+    assert schema_errors(provider, yaml.safe_load(path.read_text())) == []
+
+
+def schema_errors(provider: str, workflow: dict) -> list[str]:
+    """Where the workflow breaks its provider's published schema."""
     schema = json.loads((SCHEMAS / PROVIDER_SCHEMAS[provider]).read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-              for error in validator.iter_errors(yaml.safe_load(path.read_text()))]
-    assert errors == []
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(workflow)]
 
 
 def actionlint() -> str | None:
@@ -63,14 +67,7 @@ def test_github_workflow_passes_actionlint(tmp_path):
     path = written_workflow(tmp_path, "github", "--targets", "intel-cpu,arm-cpu", "--model", "models/my bert",
                             "--device", "arm-cpu=lab-pi5", "--runner-label", DEVICE_LABEL,
                             "--build-args", "--max-accuracy-drop 1 --precision 'dynamic-int8'")
-    config = tmp_path / "actionlint.yaml"  # a self-hosted runner's own label is declared, as in a real repository
-    config.write_text(yaml.safe_dump({"self-hosted-runner": {"labels": [DEVICE_LABEL]}}))
-    # shellcheck checks the run: scripts when it is installed (tools/setup/system_packages.sh installs it);
-    # without it actionlint is told so explicitly rather than depending on what PATH holds.
-    shellcheck = [] if shutil.which("shellcheck") else ["-shellcheck="]
-    linted = subprocess.run([actionlint(), "-no-color", *shellcheck, "-config-file", str(config), str(path)],
-                            capture_output=True, text=True, timeout=60)
-    assert linted.returncode == 0, linted.stdout + linted.stderr
+    lint_github(path)
 
 
 def test_ci_init_refuses_to_replace_a_file_without_force(tmp_path):
@@ -91,14 +88,175 @@ def test_ci_init_refuses_to_replace_a_file_without_force(tmp_path):
     (("--device", "ssh://pi@10.0.0.5"), "name a device of the devices file"),
     (("--runner-label", "lab"), "give --device too"),
     (("--build-args", "--out elsewhere"), "--build-args sets --out"),
+    (("--build-args", "-oelsewhere"), "--build-args sets -o"),
+    (("--build-args", "--recipe 'distill:layers=3, qat'"), "put a complex recipe in a recipe file"),
+    (("--model", "-oelsewhere"), "would read it as an option"),
+    (("--device", "lab-pi5", "--runner-label", "lab runner"), "is not a runner label"),
+    (("--model", "m" * 1000 + "\n"), "holds the control character '\\n'"),
     (("--targets", "arm-cpux"), "unknown target 'arm-cpux'"),
     (("--provider", "jenkins"), "unknown CI provider 'jenkins'"),
 ])
 def test_ci_init_rejects_bad_input_before_writing(tmp_path, args, message):
     result = ci_init(tmp_path, *args)
-    assert result.exit_code == 2
-    assert result.stderr.count("error:") == 1 and message in result.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert_refused(result, tmp_path)
+    assert message in result.stderr
+
+
+def assert_refused(result, folder: Path) -> None:
+    """Exit code 2, one short `error:` line (a value is quoted cut short), and nothing written."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("error:") == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert len(result.stderr) < 400, result.stderr
+    assert list(folder.iterdir()) == []
+
+
+# What a pull request's author, or a pasted value, may try to bring into the workflow's scripts or structure.
+PAYLOADS = {
+    "expression": "${{ github.event.pull_request.title }}",
+    "single quote": "it's",
+    "double quote": 'say "hi"',
+    "command substitution": "$(id)",
+    "backticks": "`id`",
+    "newline": "\n",
+    "new YAML key": "x\non: {push: {}}",
+    "carriage return": "x\ry",
+    "line separator": "x\u2028y: 1",
+}
+# Each option with the payload in a value that is otherwise valid.
+PLACES = {
+    "--model": lambda payload: ("--model", f"models/{payload}.keras"),
+    "--data": lambda payload: ("--data", f"data/{payload}.jsonl"),
+    "--build-args": lambda payload: ("--build-args", f"--runs 3 --recipe {payload}"),
+    "--runner-label": lambda payload: ("--device", "lab-pi5", "--runner-label", f"lab-{payload}"),
+    "--targets": lambda payload: ("--targets", f"intel-cpu,{payload}"),
+    "--install": lambda payload: ("--install", f"pip install deploykit{payload}"),
+}
+VARIABLES = {"--model": "DEPLOYKIT_MODEL", "--data": "DEPLOYKIT_DATA", "--build-args": "DEPLOYKIT_BUILD_ARGS"}
+# What is written, not refused: a file name may hold any of these; balanced quotes in --build-args are shell quoting
+# that leaves safe words.
+ACCEPTED = {(place, PAYLOADS[name]) for place in ("--model", "--data")
+            for name in ("single quote", "double quote", "command substitution", "backticks")}
+ACCEPTED.add(("--build-args", PAYLOADS["double quote"]))
+
+
+def strings(node) -> list[str]:
+    """Every key and string value of a YAML document."""
+    if isinstance(node, dict):
+        return [text for key, value in node.items() for text in (*strings(key), *strings(value))]
+    if isinstance(node, list):
+        return [text for item in node for text in strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def lint_github(path: Path, label: str = DEVICE_LABEL) -> None:
+    """actionlint (and shellcheck, when installed) passes the workflow; a self-hosted runner's label is declared."""
+    config = path.parent / "actionlint.yaml"  # as a repository declares its runners' labels
+    config.write_text(yaml.safe_dump({"self-hosted-runner": {"labels": [label]}}))
+    # shellcheck checks the run: scripts when it is installed (tools/setup/system_packages.sh installs it);
+    # without it actionlint is told so explicitly rather than depending on what PATH holds.
+    shellcheck = [] if shutil.which("shellcheck") else ["-shellcheck="]
+    linted = subprocess.run([actionlint(), "-no-color", *shellcheck, "-config-file", str(config), str(path)],
+                            capture_output=True, text=True, timeout=60)
+    config.unlink()
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_SCHEMAS))
+@pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())
+@pytest.mark.parametrize("place", [place for place in PLACES if place != "--install"])
+def test_a_value_reaches_the_workflow_only_as_an_environment_variable(tmp_path, provider, payload, place):
+    """A value is refused in one line, or it stands only in the workflow's env (GitHub) or variables (GitLab, not
+    expanded), which the build step reads as "$DEPLOYKIT_MODEL": no script holds it, and the workflow still matches
+    its provider's schema (and passes actionlint)."""
+    args = PLACES[place](payload)
+    result = ci_init(tmp_path, "--provider", provider, *args)
+    if (place, payload) not in ACCEPTED:
+        assert_refused(result, tmp_path)
+        return
+    assert result.exit_code == 0, result.output
+    given = args[-1]
+    value = " ".join(shlex.split(given)) if place == "--build-args" else given  # the words, each plain
+    if provider == "github":
+        path = tmp_path / ".github" / "workflows" / "deploykit.yml"
+        workflow = yaml.safe_load(path.read_text())
+        assert workflow["env"][VARIABLES[place]] == value
+        elsewhere = {**workflow, "env": {}}
+        if actionlint() is not None:
+            lint_github(path)
+    else:
+        workflow = yaml.safe_load((tmp_path / ".gitlab-ci.yml").read_text())
+        assert workflow["variables"][VARIABLES[place]] == {"value": value, "expand": False}
+        elsewhere = {**workflow, "variables": {}}
+    assert [text for text in strings(elsewhere) if value in text or given in text] == []
+    assert schema_errors(provider, workflow) == []
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_SCHEMAS))
+@pytest.mark.parametrize("payload", [PAYLOADS[name] for name in ("expression", "newline", "carriage return")])
+def test_install_command_is_refused_with_an_expression_or_a_control_character(tmp_path, provider, payload):
+    """--install is the user's own command, written as the install script itself; it may still not bring in GitHub
+    expressions or line breaks."""
+    assert_refused(ci_init(tmp_path, "--provider", provider, *PLACES["--install"](payload)), tmp_path)
+
+
+def build_script(workflow: dict, provider: str) -> tuple[str, dict[str, str]]:
+    """The build job's `deploykit build` script, and the environment the workflow gives it."""
+    if provider == "github":
+        steps = {step.get("name"): step for step in workflow["jobs"]["build"]["steps"]}
+        return steps["Build"]["run"], workflow["env"]
+    variables = {name: value["value"] if isinstance(value, dict) else value
+                 for name, value in workflow["variables"].items()}
+    return workflow["deploykit-build"]["script"][0], variables
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_SCHEMAS))
+def test_values_reach_the_build_exactly(tmp_path, provider):
+    """A model path with spaces, parentheses, quotes, `$` and a glob reaches `deploykit build` as one argument,
+    unchanged, through an environment variable; the build options arrive word by word."""
+    model, data = "models/my model (v2).keras", "data/it's $HOME `id` *.jsonl"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "it's $HOME `id` x.jsonl").write_text("")  # what the glob would match, unquoted
+    path = written_workflow(tmp_path, provider, "--targets", "arm-cpu", "--model", model, "--data", data,
+                            "--build-args", "--runs 3 --recipe 'distill:layers=3,qat'")
+    script, variables = build_script(yaml.safe_load(path.read_text()), provider)
+    assert model not in script and data not in script
+    stub = 'deploykit() { printf "%s\\0" "$@"; }\n'  # prints the arguments the build would get
+    completed = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", stub + script],
+                               cwd=tmp_path, env={**os.environ, **variables, "TARGET": "arm-cpu"},
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split("\0")[:-1] == [
+        "build", model, "--data", data, "--target", "arm-cpu", "--out", "dist", "--junit-xml", "dist/junit.xml",
+        "--summary-json", "dist/summary.json", "--runs", "3", "--recipe", "distill:layers=3,qat"]
+
+
+@pytest.mark.skipif(actionlint() is None, reason="no actionlint binary")
+def test_github_workflow_that_actionlint_refuses_is_not_written(tmp_path, monkeypatch):
+    """A workflow actionlint finds broken (here a step condition with an unclosed call) is never written."""
+    from deploykit.ci import github
+
+    monkeypatch.setattr(github, "NOT_CANCELLED", "${{ !cancelled( }}")
+    result = ci_init(tmp_path)
+    assert_refused(result, tmp_path)
+    assert "actionlint finds a problem" in result.stderr
+
+
+def test_an_install_command_shellcheck_would_flag_is_the_users_to_write(tmp_path):
+    """--install is the user's own command: shellcheck's style advice (the glob in `.[test]`) does not block it."""
+    result = ci_init(tmp_path, "--install", "pip install -e .[test]")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_SCHEMAS))
+def test_workflow_that_does_not_read_back_is_not_written(tmp_path, monkeypatch, provider):
+    """The rendered text is parsed back before it is written: one whose YAML is not the document is refused."""
+    from deploykit.ci import base
+
+    dump_yaml = base.dump_yaml
+    monkeypatch.setattr(base, "dump_yaml", lambda document: dump_yaml(document) + "injected: true\n")
+    result = ci_init(tmp_path, "--provider", provider)
+    assert_refused(result, tmp_path)
+    assert "does not read back" in result.stderr
 
 
 def test_gitlab_jobs_report_the_junit_file_the_build_writes(tmp_path):

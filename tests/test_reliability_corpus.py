@@ -193,7 +193,7 @@ CASES = [
     Case("device-name-not-in-file", lambda f: (f.build("--target", "arm-cpu", "--device", "lab-pi5", "--devices", f.file(
         "devices.yaml", "devices:\n  other: {address: 'ssh://pi@10.0.0.5'}\n")), {}), "names no device 'lab-pi5'"),
     Case("devices-file-not-yaml", lambda f: (f.build("--target", "arm-cpu", "--device", "lab", "--devices", f.file(
-        "devices.yaml", "devices: [unclosed\n")), {}), "is not valid YAML"),
+        "devices.yaml", "devices: [unclosed\n")), {}), "is not readable YAML"),
     Case("device-for-another-target", lambda f: (f.build("--target", "intel-cpu", "--device", "pi", "--devices", f.file(
         "devices.yaml", "devices:\n  pi: {address: 'ssh://pi@10.0.0.5', target: arm-cpu}\n")), {}),
          "device 'pi' belongs to target arm-cpu, not intel-cpu"),
@@ -262,6 +262,56 @@ CASES = [
          "not a deploykit build"),
     Case("out-second-target-foreign", lambda f: (_user_folder(f.out / "intel-cpu"), f.build("--target", "arm-cpu,intel-cpu"))[1],
          "out/intel-cpu exists and is not a deploykit build"),
+    # --- outputs that would overwrite an input, or fail late ------------------------------------------
+    Case("output-summary-is-the-data", lambda f: f.build("--target", "no-such-target", "--summary-json", str(f.data)),
+         "would overwrite --data"),
+    Case("output-junit-is-the-model", lambda f: f.build("--junit-xml", str(f.classifier), model=str(f.classifier)),
+         "would overwrite MODEL"),
+    Case("output-summary-links-to-the-data", lambda f: f.build("--summary-json", _link(f.tmp / "s.json", f.data)),
+         "would overwrite --data"),
+    Case("output-out-replaces-the-data", lambda f: f.build(data=_copy(f.data, f.out / "intel-cpu" / "d.jsonl")),
+         "would overwrite --data"),
+    Case("output-summary-in-replaced-folder", lambda f: f.build("--summary-json", str(f.out / "arm-cpu" / "s.json"),
+                                                                "--target", "arm-cpu"), "which the build replaces"),
+    Case("output-junit-and-summary-one-file", lambda f: f.build("--summary-json", str(f.tmp / "r"), "--junit-xml",
+                                                                str(f.tmp / "r")), "both name"),
+    Case("output-summary-under-a-file", lambda f: f.build("--summary-json", str(f.out / "notes.txt" / "s.json")),
+         "lies under the file"),
+    Case("output-save-profile-under-a-file", lambda f: f.build("--save-profile", str(f.out / "notes.txt" / "p")),
+         "lies under the file"),
+    Case("output-search-cache-under-a-file", lambda f: ["search", *f.build("--cache", str(f.out / "notes.txt" / "c"))[1:]],
+         "lies under the file"),
+    Case("output-summary-is-the-recipe", lambda f: f.build("--recipe", f.file("r.yaml", "passes: []\n"),
+                                                           "--summary-json", str(f.tmp / "r.yaml")),
+         "would overwrite --recipe"),
+    Case("output-summary-is-a-target-file", lambda f: (f.build("--target", "lab", "--summary-json",
+                                                               str(f.tmp / "targets" / "lab.yaml")),
+                                                       f.targets({"lab.yaml": LIST_TARGET})), "would overwrite"),
+    # --- bounded parsing --------------------------------------------------------------------------------
+    Case("recipe-yaml-alias-bomb", lambda f: f.build("--recipe", f.file("bomb.yaml", ALIAS_BOMB)), "aliases"),
+    Case("recipe-5000-digits", lambda f: f.build("--recipe", f.file("r.yaml", "passes: [{pass: distill, layers: "
+                                                                     + "9" * 5000 + "}]\n")), "5000 digits"),
+    Case("recipe-json-5000-digits", lambda f: f.build("--recipe", f.file("r.json", '{"passes": [{"pass": "distill", '
+                                                                          '"layers": ' + "9" * 5000 + "}]}")),
+         "5000 digits"),
+    Case("recipe-deep-yaml", lambda f: f.build("--recipe", f.file("r.yaml", "[" * 20_000 + "]" * 20_000)),
+         "too deeply"),
+    Case("devices-5000-digits", lambda f: (f.build("--target", "arm-cpu", "--device", "pi", "--devices", f.file(
+        "devices.yaml", "devices:\n  pi: {address: 'ssh://pi@lab', threads: " + "9" * 5000 + "}\n")), {}),
+         "5000 digits"),
+    Case("devices-deep", lambda f: (f.build("--target", "arm-cpu", "--device", "pi", "--devices", f.file(
+        "devices.yaml", "devices: " + "[" * 20_000 + "]" * 20_000 + "\n")), {}), "too deeply"),
+    Case("devices-alias-bomb", lambda f: (f.build("--target", "arm-cpu", "--device", "pi", "--devices", f.file(
+        "devices.yaml", ALIAS_BOMB)), {}), "aliases"),
+    Case("target-alias-bomb", lambda f: (f.build("--target", "lab"), f.targets({"lab.yaml": ALIAS_BOMB})), "aliases"),
+    Case("target-backtracking-host-match", lambda f: (f.build("--target", "lab"), f.targets(
+        {"lab.yaml": LIST_TARGET + "host_match: '(a+)+$'\n"})), "exponential time"),
+    Case("device-ssh-unclosed-ipv6", lambda f: (f.build("--target", "arm-cpu", "--device", "ssh://pi@[::1:22"), {}),
+         "is not a device address"),
+    Case("device-ssh-port-zero", lambda f: (f.build("--target", "arm-cpu", "--device", "ssh://pi@lab:0"), {}),
+         "port 1 to 65535"),
+    Case("device-ssh-huge-query", lambda f: (f.build("--target", "arm-cpu", "--device",
+                                                     "ssh://pi@lab?threads=" + "9" * 5000), {}), "threads"),
     # --- reading build folders ------------------------------------------------------------------------
     Case("report-broken-json", lambda f: ["report", str(Path(f.file("dist/arm-cpu/report.json", "{")).parent.parent)],
          "report.json is not valid JSON"),
@@ -275,6 +325,16 @@ CASES = [
          "not as deploykit writes it"),
     Case("profile-zero-runs", lambda f: ["profile", _artifact(f, "{}"), "--runs", "0"], "--runs"),
 ]
+
+
+# 278 bytes that expand to nine levels of nine-fold lists (387,420,489 strings) in a YAML reader that takes aliases.
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{chr(98 + level)}: &{chr(98 + level)} [" + ",".join([f"*{chr(97 + level)}"] * 9) + "]\n" for level in range(8))
+
+
+def _link(link: Path, target: Path) -> str:
+    link.symlink_to(target)
+    return str(link)
 
 
 def _copy(source: Path, destination: Path, labels: bytes | None = None) -> str:
@@ -329,3 +389,11 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, fixtures: Fixture
     assert case.message in errors[0], errors[0]
     assert "Traceback" not in result.output
     assert snapshot(fixtures.out) == before
+    assert len(errors[0]) < 800  # a hostile value is quoted short, never whole
+
+
+def test_an_input_named_as_an_output_is_left_as_it_was(fixtures: Fixtures):
+    """The defect this guards: a failed build wrote its --summary-json over the --data file it was given."""
+    data = fixtures.data.read_bytes()
+    result = CliRunner().invoke(main, fixtures.build("--target", "no-such-target", "--summary-json", str(fixtures.data)))
+    assert result.exit_code == 2 and fixtures.data.read_bytes() == data

@@ -5,16 +5,20 @@ deploykit cache, build one target per job with `--junit-xml` and `--summary-json
 verify the folder, show the report, keep the cache and the target folder, and fail the
 job with the build's exit code (3: a gate missed). A provider module only says how its
 CI spells that, as a document of plain dicts that is dumped to YAML.
+
+The user's values (model, data, build options) reach the scripts only as environment
+variables set in the workflow's env/variables, never as script text: neither the shell
+nor the CI (GitHub's `${{ }}` expressions) reads them as code.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import ClassVar
 
 import yaml
 
+from deploykit.errors import DeployKitError
 from deploykit.registry import Registry
 
 DEFAULT_INSTALL = "pip install deploykit"
@@ -26,6 +30,13 @@ SUMMARY_JSON = f"{OUT}/summary.json"
 DEFAULT_RUNNER_LABEL = "deploykit-devices"
 # Options the workflow sets on `deploykit build` itself; --build-args may not repeat them.
 WORKFLOW_OPTIONS = ("--target", "-t", "--out", "-o", "--junit-xml", "--summary-json", "--device")
+# The environment variables that carry the user's values to the build step.
+MODEL_VARIABLE = "DEPLOYKIT_MODEL"
+DATA_VARIABLE = "DEPLOYKIT_DATA"
+BUILD_ARGS_VARIABLE = "DEPLOYKIT_BUILD_ARGS"
+# $DEPLOYKIT_BUILD_ARGS is expanded unquoted, to its words: `deploykit ci init` allows only words that word
+# splitting keeps whole and that no glob changes. The script says so to shellcheck (and its reader).
+_SPLIT_BUILD_ARGS = f"# shellcheck disable=SC2086 # ${BUILD_ARGS_VARIABLE} splits into the build's options\n"
 
 
 @dataclass(frozen=True)
@@ -46,22 +57,29 @@ class WorkflowSettings:
     devices: tuple[DeviceJob, ...] = ()
     runner_label: str = DEFAULT_RUNNER_LABEL
     install: str = DEFAULT_INSTALL
-    build_args: str = ""
+    build_args: str = ""  # checked words, joined by single spaces
     command: str = "deploykit ci init"  # the command line that wrote the file, quoted in its header
 
+    @property
+    def variables(self) -> dict[str, str]:
+        """The user's values by the environment variable the build step reads each from (those given only)."""
+        values = {MODEL_VARIABLE: self.model, DATA_VARIABLE: self.data, BUILD_ARGS_VARIABLE: self.build_args}
+        return {name: value for name, value in values.items() if value}
+
     def build_command(self, device: bool) -> str:
-        """The job's `deploykit build` line; the target (and device) come from the $TARGET (and $DEVICE) variables."""
+        """The job's `deploykit build` script: every value comes from an environment variable ($TARGET, $DEVICE
+        and the user's `variables`), so the script's text is the same whatever the user passed."""
         words = ["deploykit", "build"]
         if self.model:
-            words.append(shlex.quote(self.model))
+            words.append(f'"${MODEL_VARIABLE}"')
         if self.data:
-            words += ["--data", shlex.quote(self.data)]
+            words += ["--data", f'"${DATA_VARIABLE}"']
         words += ['--target "$TARGET"', "--out", OUT, "--junit-xml", JUNIT_XML, "--summary-json", SUMMARY_JSON]
         if device:
             words.append('--device "$DEVICE"')
-        if self.build_args.strip():
-            words.append(self.build_args.strip())
-        return " ".join(words)
+        if not self.build_args:
+            return " ".join(words)
+        return _SPLIT_BUILD_ARGS + " ".join([*words, f"${BUILD_ARGS_VARIABLE}"])
 
     @property
     def verify_command(self) -> str:
@@ -84,10 +102,26 @@ class CIProvider:
         raise NotImplementedError
 
     def render(self, settings: WorkflowSettings) -> str:
-        """The workflow file's text: a header saying how it was written, then the YAML."""
-        header = (f"# {self.title} workflow written by `{settings.command}`.\n"
+        """The workflow file's text: a header saying how it was written, then the YAML.
+
+        The text is read back before it is returned: one that does not parse to the very document rendered (a value
+        that broke out of the header comment or changed the YAML's structure) is refused, never written.
+        """
+        document = self.document(settings)
+        header = (f"# {self.title} workflow written by `{printable(settings.command)}`.\n"
                   "# Edit it freely, or run that command again with --force to rewrite it.\n")
-        return header + dump_yaml(self.document(settings))
+        text = header + dump_yaml(document)
+        try:
+            read_back = yaml.safe_load(text)
+        except yaml.YAMLError:
+            read_back = None
+        if read_back != document:
+            raise DeployKitError(f"the {self.title} workflow does not read back as the document deploykit rendered, "
+                                 "so nothing was written; please report this with the command line.")
+        return text
+
+    def lint(self, text: str, settings: WorkflowSettings) -> None:
+        """Refuse `text` when the provider's own linter, where one is installed, finds a problem; by default none."""
 
 
 PROVIDERS: Registry[CIProvider] = Registry("CI provider", "deploykit.ci", "deploykit.ci_providers")
@@ -112,6 +146,11 @@ def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _string)
+
+
+def printable(text: str) -> str:
+    """`text` with each non-printable character escaped (\\n, \\u2028): it stays on one line of a YAML comment."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def dump_yaml(document: dict) -> str:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from deploykit.ci.base import CACHE_FOLDER, OUT, PYTHON_VERSION, CIProvider, WorkflowSettings
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from deploykit.ci.base import CACHE_FOLDER, OUT, PYTHON_VERSION, CIProvider, WorkflowSettings, dump_yaml
+from deploykit.errors import DeployKitError
 
 # Steps after a failed build still run under this condition: the report, the cache and the folder are kept for
 # a missed gate too, and only a cancelled run skips them.
@@ -24,9 +32,33 @@ class GitHubActions(CIProvider):
             "name": "deploykit",
             "on": {"push": {"branches": ["main"]}, "pull_request": {}, "workflow_dispatch": {}},
             "permissions": {"contents": "read"},
-            "env": {"DEPLOYKIT_CACHE": CACHE_FOLDER},
+            # GitHub evaluates ${{ }} in env values too: `deploykit ci init` refuses values that hold one.
+            "env": {"DEPLOYKIT_CACHE": CACHE_FOLDER, **settings.variables},
             "jobs": jobs,
         }
+
+    def lint(self, text: str, settings: WorkflowSettings) -> None:
+        """actionlint reads the text before it is written, where it is installed; the self-hosted runner's label is
+        declared to it, as the repository's own config would. Its shellcheck pass is off: --install is the user's
+        own command, and shellcheck's style advice on it is no reason to refuse the workflow."""
+        binary = actionlint()
+        if binary is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="deploykit-ci-") as folder:
+            workflow, config = Path(folder) / "deploykit.yml", Path(folder) / "actionlint.yaml"
+            workflow.write_text(text, encoding="utf-8")
+            config.write_text(dump_yaml({"self-hosted-runner": {"labels": [settings.runner_label]}}), encoding="utf-8")
+            command = [binary, "-no-color", "-oneline", "-shellcheck=", "-config-file", config.name, workflow.name]
+            try:
+                linted = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                raise DeployKitError(f"{binary} could not check the workflow ({error}); nothing was written.") from None
+        if linted.returncode != 0:
+            findings = (linted.stdout or linted.stderr).strip().splitlines() or [f"exit code {linted.returncode}"]
+            more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+            finding = findings[0].replace(f"{workflow.name}:", "line ", 1)
+            raise DeployKitError(f"actionlint finds a problem in the workflow, so nothing was written: "
+                                 f"{finding[:200]}{more}; change the option it points at.")
 
     def _job(self, settings: WorkflowSettings, matrix: dict, runs_on: str | list[str], device: bool) -> dict:
         """One job per matrix entry: $TARGET (and $DEVICE) reach the scripts as environment variables."""
@@ -56,6 +88,12 @@ class GitHubActions(CIProvider):
                  "with": {"name": name, "path": f"{OUT}/", "if-no-files-found": "ignore"}},
             ],
         }
+
+
+def actionlint() -> str | None:
+    """The actionlint binary: beside this Python (the test extra installs it there), else on PATH."""
+    return shutil.which("actionlint", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                            os.environ.get("PATH", "")]))
 
 
 _SUMMARY = f"""\

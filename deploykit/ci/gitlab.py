@@ -13,7 +13,9 @@ class GitLabCI(CIProvider):
     def document(self, settings: WorkflowSettings) -> dict:
         document = {
             "stages": ["build"],
-            "variables": {"DEPLOYKIT_CACHE": f"$CI_PROJECT_DIR/{CACHE_FOLDER}"},
+            # expand: false, or GitLab would expand a `$` in the user's values before the job sees them.
+            "variables": {"DEPLOYKIT_CACHE": f"$CI_PROJECT_DIR/{CACHE_FOLDER}",
+                          **{name: {"value": value, "expand": False} for name, value in settings.variables.items()}},
             "deploykit-build": self._job(settings, [{"TARGET": list(settings.targets)}], device=False),
         }
         if settings.devices:

@@ -102,17 +102,12 @@ def recipe_document(passes: list[dict], precision: str) -> dict:
 
 
 def _recipe_file(path: Path) -> RecipeSpec:
-    from deploykit.user_files import read_json, read_text
+    from deploykit.user_files import parse_yaml, read_json, read_text
 
-    if path.suffix.lower() == ".json":
-        document = read_json(path, dict)
+    if path.suffix.lower() == ".json":  # a build's report.json too, which may come from elsewhere: read bounded
+        document = read_json(path, dict, untrusted=True)
     else:
-        import yaml
-
-        try:
-            document = yaml.safe_load(read_text(path))
-        except (yaml.YAMLError, RecursionError) as error:
-            raise DeployKitError(f"recipe file {path} is not readable YAML ({str(error).splitlines()[0]}).") from None
+        document = parse_yaml(read_text(path), f"recipe file {path}")
     if isinstance(document, dict) and isinstance(document.get("recipe"), dict):
         document = document["recipe"]  # a build's report.json
     if not isinstance(document, dict) or not isinstance(document.get("passes"), list):

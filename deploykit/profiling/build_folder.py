@@ -7,23 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, quoted
 from deploykit.profiling.base import ProfileRunner, ProfileSettings, get_runner
-from deploykit.user_files import read_json, read_text
+from deploykit.user_files import inside, read_json, read_untrusted_bytes
 
 
 def artifact_in(path: Path) -> Path:
-    """The artifact a path names: the file itself, or the one a target folder's report.json ships."""
+    """The artifact a path names: the file itself, or the one a target folder's report.json ships (a plain file
+    of that folder: report.json may come from elsewhere and must not point outside it)."""
     if path.is_dir():
         report_file = path / "report.json"
-        if not report_file.is_file():
+        if not (report_file.exists() or report_file.is_symlink()):
             raise DeployKitError(f"{path} has no report.json; pass a target folder written by `deploykit build` "
                                  "or its model.xml/model.tflite/model.onnx.")
-        try:
-            return path / read_json(report_file, dict)["artifact"]["path"]
-        except (KeyError, TypeError) as error:
-            raise DeployKitError(f"{report_file} is not as deploykit writes it (no artifact path: {error}); "
-                                 "rebuild the folder with `deploykit build`.") from None
+        artifact = read_json(report_file, dict, untrusted=True).get("artifact")
+        if not isinstance(artifact, dict) or "path" not in artifact:
+            raise DeployKitError(f"{report_file} is not as deploykit writes it (no artifact path); rebuild the folder "
+                                 "with `deploykit build`.")
+        return inside(path, artifact["path"], f"{report_file}'s artifact path")
     if not path.is_file():
         raise DeployKitError(f"artifact {str(path)!r} does not exist; pass a model.xml or model.tflite from a build "
                              "folder, or the folder itself.")
@@ -67,22 +68,26 @@ class FolderArtifact:
 def folder_artifact(path: Path) -> FolderArtifact:
     """The artifact a path names (a target folder or the file), with a sample input from its tokenizer.json."""
     path = artifact_in(path)
-    tokenizer_file = path.parent / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise DeployKitError(f"{path.parent} has no tokenizer.json; pass an artifact from a `deploykit build` folder.")
-    config = read_json(tokenizer_file, dict)
+    folder = path.parent
+    tokenizer_file = folder / "tokenizer.json"
+    if not (tokenizer_file.exists() or tokenizer_file.is_symlink()):
+        raise DeployKitError(f"{folder} has no tokenizer.json; pass an artifact from a `deploykit build` folder.")
+    config = read_json(tokenizer_file, dict, untrusted=True)
     report = {}
     try:
         length = int(config["sequence_length"])
-        vocabulary = read_text(path.parent / Path(config["vocabulary"]).name).splitlines()
+        vocabulary_file = inside(folder, config["vocabulary"], f"{tokenizer_file}'s vocabulary")
+        vocabulary = read_untrusted_bytes(vocabulary_file).decode("utf-8-sig").splitlines()
         special = config["special_tokens"]
         ids = [vocabulary.index(special[name]) for name in ("unk", "cls", "sep")]
-        report_file = path.parent / "report.json"
-        if report_file.is_file():
-            report = read_json(report_file, dict)
+        report_file = folder / "report.json"
+        if report_file.exists() or report_file.is_symlink():
+            report = read_json(report_file, dict, untrusted=True)
         runtime_config = report.get("artifact", {}).get("runtime_config", {})
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise DeployKitError(f"{path.parent}'s tokenizer.json or report.json is not as deploykit writes it "
+        if not isinstance(runtime_config, dict):
+            raise TypeError("runtime_config is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+        raise DeployKitError(f"{folder}'s tokenizer.json or report.json is not as deploykit writes it "
                              f"({type(error).__name__}: {error}); rebuild the folder with `deploykit build`.") from None
     if not 2 <= length <= 1_000_000:
         raise DeployKitError(f"{tokenizer_file} gives sequence_length {length}; rebuild the folder with `deploykit build`.")
@@ -113,23 +118,28 @@ def build_target_of(path: str | Path):
 
     artifact = artifact_in(Path(path))
     report_file = artifact.parent / "report.json"
-    if not report_file.is_file():
+    if not (report_file.exists() or report_file.is_symlink()):
         raise DeployKitError(f"{artifact.parent} has no report.json, which names the target a device is checked "
                              "against; profile a folder written by `deploykit build`.")
     try:
-        return Target.model_validate(read_json(report_file, dict)["target_profile"])
+        return Target.model_validate(read_json(report_file, dict, untrusted=True)["target_profile"])
     except (KeyError, ValueError) as error:
         raise DeployKitError(f"{report_file} holds no valid target_profile ({type(error).__name__}); rebuild the "
                              "folder with this deploykit.") from None
 
 
 def profiled_measurement(measured: dict) -> dict:
-    """One `deploykit profile` run as a profile measurement, described by the build's report.json."""
-    report = measured["report"]
-    shipped = report.get("artifact", {})
-    candidate = next((c for c in report.get("candidates", []) if c["candidate"] == shipped.get("candidate")), {})
+    """One `deploykit profile` run as a profile measurement, described by the build's report.json (which may come
+    from elsewhere: a value of the wrong shape is a one-line error)."""
     from deploykit.profiling.profiles import measurement
 
-    return measurement(candidate.get("candidate", shipped.get("precision", "artifact")), shipped.get("precision"),
-                       candidate.get("recipe", ""), measured["sequence_length"], candidate.get("architecture"),
-                       measured, shipped.get("bytes"))
+    report = measured["report"]
+    try:
+        shipped = report.get("artifact", {})
+        candidate = next((c for c in report.get("candidates", []) if c["candidate"] == shipped.get("candidate")), {})
+        return measurement(str(candidate.get("candidate", shipped.get("precision", "artifact"))),
+                           str(shipped.get("precision")), str(candidate.get("recipe", "")),
+                           measured["sequence_length"], candidate.get("architecture"), measured, shipped.get("bytes"))
+    except (AttributeError, KeyError, TypeError) as error:
+        raise DeployKitError(f"{measured['artifact']}'s report.json is not as deploykit writes it "
+                             f"({type(error).__name__}: {quoted(str(error))}); rebuild the folder.") from None

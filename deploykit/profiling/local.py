@@ -33,7 +33,7 @@ class LocalRunner(ProfileRunner):
 
     def describe(self, target, threads: int) -> dict:
         host = host_description()
-        on_device = bool(target.host_match) and re.search(target.host_match, host) is not None
+        on_device = target.matches_host(host)
         if on_device:
             note = f"Measured on this host ({host}, {threads} threads), which is an instance of the target's device class."
         else:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from deploykit.atomic_files import write_atomically
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, quoted
 from deploykit.user_files import read_json
 
 SCHEMA = 1
+PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a target's or device's name as a path component
 DEFAULT_PROFILES = Path("profiles")
 
 
@@ -54,12 +56,16 @@ def measurement(label: str, precision: str, recipe: str, sequence_length: int, a
 def save_profile(folder: Path, target: str, measured_on: dict, runtime: dict, measurements: list[dict]) -> Path:
     """Add `measurements` to `<folder>/<target>/<device>.json` (written atomically) and return its path."""
     device = measured_on["device"]
+    for kind, name in (("target", target), ("device", device)):  # path components: never a separator or `..`
+        if not isinstance(name, str) or not PATH_NAME.fullmatch(name):
+            raise DeployKitError(f"the {kind} name {quoted(name)} cannot name a profile file (letters, digits, '.', "
+                                 "'_' and '-', starting with a letter or digit); rebuild the folder.")
     path = folder / target / f"{device}.json"
     profile = {"schema": SCHEMA, "target": target, "device": device, "runner": measured_on["runner"],
                "threads": measured_on["threads"], "facts": measured_on.get("facts"),
                "runtime": {key: runtime.get(key) for key in ("name", "version")}, "measurements": []}
-    if path.is_file():
-        earlier = read_json(path, dict)
+    if path.exists() or path.is_symlink():
+        earlier = read_json(path, dict, untrusted=True)
         if earlier.get("threads") != profile["threads"] or earlier.get("runtime") != profile["runtime"]:
             raise DeployKitError(f"{path} was measured with {earlier.get('threads')} threads on {earlier.get('runtime')}, "
                                  f"this run with {profile['threads']} on {profile['runtime']}; a profile holds one "
@@ -67,7 +73,12 @@ def save_profile(folder: Path, target: str, measured_on: dict, runtime: dict, me
         profile["measurements"] = earlier.get("measurements", [])
     key = lambda row: (row["label"], row["recipe"], row["sequence_length"], json.dumps(row["architecture"]))  # noqa: E731
     fresh = {key(row) for row in measurements}
-    profile["measurements"] = [row for row in profile["measurements"] if key(row) not in fresh] + measurements
-    profile["measurements"].sort(key=lambda row: (row["precision"], row["sequence_length"], row["label"]))
+    try:
+        profile["measurements"] = [row for row in profile["measurements"] if key(row) not in fresh] + measurements
+        profile["measurements"].sort(key=lambda row: (str(row["precision"]), str(row["sequence_length"]),
+                                                      str(row["label"])))
+    except (KeyError, TypeError) as error:
+        raise DeployKitError(f"{path} holds a measurement that is not as deploykit writes it ({type(error).__name__}:"
+                             f" {quoted(str(error))}); move the file away.") from None
     write_atomically(path, json.dumps(profile, indent=1) + "\n")
     return path

@@ -9,7 +9,6 @@ JSON line, and removes the folder: also after a failure, a timeout or Ctrl-C.
 
 from __future__ import annotations
 
-import re
 import shlex
 import socket
 import time
@@ -83,7 +82,7 @@ class SshRunner(ProfileRunner):
         cpu = f"{facts.get('arch', '?')} {facts.get('cpu', '?')}"
         runtime = self.runtime or {}
         runtime_text = f"{runtime.get('name', '?')} {runtime.get('version') or ''}".strip()
-        on_device = bool(target.host_match) and re.search(target.host_match, cpu) is not None
+        on_device = target.matches_host(cpu)
         note = (f"Measured on the device {self.device_name} over SSH ({self.address}: {cpu}, {facts.get('cores')} "
                 f"cores, {facts.get('memory_mb')} MB, {facts.get('os', '?')}) with {runtime_text}, {threads} threads.")
         if target.host_match and not on_device:

@@ -3,11 +3,13 @@ at a glance whether the shipped artifact, its size, its speed or its quality mov
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from deploykit.errors import DeployKitError
 from deploykit.output_folder import is_deploykit_build
+from deploykit.user_files import read_json
 
+MAX_TEXT = 200  # characters of a text value (a sha256, a candidate's name) taken from the previous report
 # Compared measures: name -> where report.json keeps it.
 MEASURES = {
     "bytes": ("artifact", "bytes"),
@@ -23,11 +25,10 @@ def read_previous(folder: Path) -> dict | None:
     build goes on: a missing comparison is no reason to fail)."""
     if not is_deploykit_build(folder):
         return None
-    try:
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    try:  # the folder may come from elsewhere (a downloaded CI artifact): read bounded, never a FIFO or a link
+        return read_json(folder / "report.json", dict, untrusted=True)
+    except DeployKitError:
         return None
-    return report if isinstance(report, dict) else None
 
 
 def report_diff(previous: dict, current: dict) -> dict:
@@ -42,7 +43,7 @@ def report_diff(previous: dict, current: dict) -> dict:
                          "change": round(change, 6) if isinstance(change, float) else change}
     before_sha, after_sha = _lookup(previous, ("artifact", "sha256")), _lookup(current, ("artifact", "sha256"))
     return {
-        "deploykit_version": previous.get("deploykit_version"),
+        "deploykit_version": _lookup(previous, ("deploykit_version",)),
         "candidate": {"before": _lookup(previous, ("artifact", "candidate")),
                       "after": _lookup(current, ("artifact", "candidate"))},
         "sha256": {"before": before_sha, "after": after_sha},
@@ -54,13 +55,16 @@ def report_diff(previous: dict, current: dict) -> dict:
 
 
 def _lookup(report: dict, keys: tuple[str, ...]):
-    """The value at `keys`, or None where a level is missing (an older report lacks newer fields)."""
+    """The value at `keys`, or None where a level is missing (an older report lacks newer fields) or holds anything
+    but a number, a short string or a bool (the previous report may come from elsewhere)."""
     value = report
     for key in keys:
         if not isinstance(value, dict):
             return None
         value = value.get(key)
-    return value
+    if isinstance(value, str):
+        return value[:MAX_TEXT]
+    return value if isinstance(value, (int, float, bool)) and not (_number(value) and abs(value) > 1e300) else None
 
 
 def _number(value) -> bool:

@@ -12,7 +12,6 @@ import difflib
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from deploykit.backends.base import BACKENDS
@@ -21,6 +20,7 @@ from deploykit.errors import DeployKitError
 from deploykit.passes.recipe import parse_recipe
 from deploykit.profiling.base import get_runner
 from deploykit.targets.schema import TARGET_NAME, Target
+from deploykit.user_files import parse_yaml, read_text
 
 # Installed from a wheel, the repository's targets/ folder is the package data deploykit/builtin_targets;
 # in a source checkout (and an editable install) it is the folder itself.
@@ -49,13 +49,7 @@ def load_target_file(path: Path) -> Target:
             f"target file {path} has the name {path.stem!r}; target names are lowercase letters, digits and "
             "hyphens, starting with a letter or digit (rename the file)."
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise DeployKitError(f"target file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
-    except (OSError, yaml.YAMLError, RecursionError) as error:
-        first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise DeployKitError(f"target file {path} is not readable YAML ({first}); fix its syntax.") from None
+    raw = parse_yaml(read_text(path), f"target file {path}")
     if not isinstance(raw, dict):
         raise DeployKitError(f"target file {path} must hold a mapping of fields, got {type(raw).__name__}.")
     raw.setdefault("name", path.stem)

@@ -11,12 +11,66 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deploykit.errors import quoted
+
 Precision = Literal["fp32", "fp16", "bf16", "int8", "a16w8", "mixed", "dynamic-int8", "fp8", "int4-weights"]
 INTEGER_PRECISIONS = ("int8", "a16w8")  # full-integer graphs: int8 weights, int8 or int16 activations
 Sparsity = Literal["none", "2:4", "unstructured"]
 
 # A target's name is also its output folder's name and a CLI word: no dots, slashes, spaces or capitals.
 TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+MAX_HOST_DESCRIPTION = 200  # characters of a host's '<arch> <cpu model>' a pattern sees
+MAX_HOST_MATCH = 200  # characters; the built-in targets' patterns are under 20
+# Repetitions in sequence backtrack polynomially (`.*.*.*.*x`: n^4 steps on a host name of n characters); three
+# keep the worst case on a 200-character name near a million steps.
+MAX_HOST_MATCH_REPEATS = 3
+
+
+def check_host_match(pattern: str) -> None:
+    """A `host_match` must compile and run in linear time: Python's `re` has no timeout, and a repetition of
+    something that itself repeats or alternates (`(a+)+`, `(a|a)*`) backtracks exponentially on a host name that
+    almost matches. A report.json from elsewhere carries this field, so the check is the schema's."""
+    if len(pattern) > MAX_HOST_MATCH:
+        raise ValueError(f"host_match is {len(pattern)} characters; at most {MAX_HOST_MATCH}")
+    try:
+        parsed = re._parser.parse(pattern)
+    except (re.error, RecursionError, OverflowError) as error:
+        raise ValueError(f"{quoted(pattern)} is not a valid regular expression ({error})") from None
+    if _repetitions(parsed) > MAX_HOST_MATCH_REPEATS:
+        raise ValueError(f"{quoted(pattern)} has more than {MAX_HOST_MATCH_REPEATS} repetitions (*, +, {{m,n}}), "
+                         "which can take polynomial time; match a shorter, literal part of the host name")
+    if _nested_repetition(parsed, inside_repeat=False):
+        raise ValueError(f"{quoted(pattern)} repeats a group that itself repeats or alternates, which can take "
+                         "exponential time; write it without nesting, e.g. '(?i)cortex-a7[26]'")
+
+
+def _repeats(op, argument) -> bool:
+    from re._constants import MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT
+
+    return op in (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT) and argument[1] > 1
+
+
+def _children(argument) -> list:
+    """The sub-patterns of one parsed item (a group's body, a repetition's, each branch of an alternation)."""
+    items = argument if isinstance(argument, (tuple, list)) else ()
+    return [item for entry in items for item in (entry if isinstance(entry, list) else [entry])
+            if isinstance(item, re._parser.SubPattern)]
+
+
+def _repetitions(pattern) -> int:
+    return sum(_repeats(op, argument) + sum(map(_repetitions, _children(argument))) for op, argument in pattern)
+
+
+def _nested_repetition(pattern, inside_repeat: bool) -> bool:
+    from re._constants import BRANCH
+
+    for op, argument in pattern:
+        repeats = _repeats(op, argument)
+        if inside_repeat and (repeats or op is BRANCH):
+            return True
+        if any(_nested_repetition(child, inside_repeat or repeats) for child in _children(argument)):
+            return True
+    return False
 
 
 class Budgets(BaseModel):
@@ -112,14 +166,20 @@ class Target(BaseModel):
                 raise ValueError(f"{flag!r} is not a benchmark_model flag of the form --name=value")
         return flags
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        """A name becomes a folder (OUT/<name>, profiles/<name>): a report.json from elsewhere must not steer it."""
+        if not TARGET_NAME.fullmatch(value) or len(value) > 64:
+            raise ValueError(f"{quoted(value)} is not a target name (lowercase letters, digits and hyphens, at most "
+                             "64, starting with a letter or digit)")
+        return value
+
     @field_validator("host_match")
     @classmethod
-    def _host_match_is_a_regex(cls, value: str | None) -> str | None:
+    def _host_match_is_a_safe_regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ValueError(f"{value!r} is not a valid regular expression ({error})") from None
+            check_host_match(value)
         return value
 
     @model_validator(mode="after")
@@ -146,6 +206,11 @@ class Target(BaseModel):
         if self.integer_only and not set(self.precisions) <= set(allowed):
             raise ValueError(f"an integer_only target may list only the precisions {list(allowed)}")
         return self
+
+    def matches_host(self, host: str) -> bool:
+        """Whether a host ('<arch> <cpu model>', possibly reported by a device) is of this target's kind; the
+        description is cut to MAX_HOST_DESCRIPTION characters, which bounds the pattern's work."""
+        return bool(self.host_match) and re.search(self.host_match, host[:MAX_HOST_DESCRIPTION]) is not None
 
     @property
     def checks_ops(self) -> bool:
