@@ -3,6 +3,7 @@ DeployKitError (a one-line message), never another exception."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -90,3 +91,84 @@ def test_any_yaml_mapping_gives_a_target_or_a_clear_error(document):
 @given(st.binary(max_size=300) | st.text(max_size=300).map(lambda text: text.encode("utf-8")))
 def test_any_bytes_give_a_target_or_a_clear_error(content):
     assert isinstance(_outcome(lambda: _load_target(content)), (Target, DeployKitError))
+
+
+# ---- readers of files that may come from elsewhere: a build folder, a profile, a devices or recipe file ----------
+
+json_documents = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    st.sampled_from(["files", "path", "bytes", "sha256", "artifact", "target_profile", "name", "host_match",
+                     "candidates", "candidate", "precision", "measurements", "devices", "passes", "pass", "address",
+                     "threads", "sequence_length", "vocabulary", "special_tokens", "runtime_config"]) | st.text(max_size=6),
+    inner, max_size=4), max_leaves=12)
+
+
+def _folder_with(files: dict[str, bytes]) -> Path:
+    folder = Path(tempfile.mkdtemp())
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+@SETTINGS
+@given(json_documents | st.text(max_size=200))
+def test_any_manifest_gives_a_verdict_never_an_exception(document):
+    from deploykit.verify import verify_folder
+
+    content = document.encode() if isinstance(document, str) else json.dumps(document).encode()
+    check = verify_folder(_folder_with({"manifest.json": content, "model.tflite": b"x"}))
+    assert not check.passed and all("\n" not in line for line in check.lines())
+
+
+@SETTINGS
+@given(json_documents, json_documents)
+def test_any_report_or_tokenizer_json_gives_an_artifact_or_a_clear_error(report, tokenizer):
+    from deploykit.profiling.build_folder import build_target_of, folder_artifact
+
+    folder = _folder_with({"report.json": json.dumps(report).encode(), "tokenizer.json": json.dumps(tokenizer).encode(),
+                           "model.tflite": b"x", "vocab.txt": b"[UNK]\n[CLS]\n[SEP]\n"})
+    for read in (folder_artifact, build_target_of):
+        _outcome(lambda: read(folder))
+
+
+@SETTINGS
+@given(json_documents)
+def test_any_previous_report_gives_a_diff_that_renders(previous):
+    from deploykit.report.diff import report_diff
+    from deploykit.report.markdown import _previous_lines
+
+    current = {"artifact": {"sha256": "a" * 64, "candidate": "int8", "bytes": 10}, "metrics": {"accuracy": 0.9}}
+    lines = _previous_lines(report_diff(previous if isinstance(previous, dict) else {}, current))
+    assert all(isinstance(line, str) for line in lines)
+
+
+@SETTINGS
+@given(json_documents | st.text(max_size=200))
+def test_any_devices_file_gives_devices_or_a_clear_error(document):
+    from deploykit.profiling.devices import read_devices
+
+    content = document if isinstance(document, str) else yaml.safe_dump(document, allow_unicode=True)
+    folder = _folder_with({"devices.yaml": content.encode("utf-8", "surrogatepass")})
+    result = _outcome(lambda: read_devices(folder / "devices.yaml"))
+    assert isinstance(result, (dict, DeployKitError))
+
+
+@SETTINGS
+@given(json_documents, st.sampled_from(["recipe.yaml", "recipe.json"]))
+def test_any_recipe_file_gives_a_recipe_or_a_clear_error(document, name):
+    from deploykit.passes.recipe import RecipeSpec, read_recipe
+
+    content = json.dumps(document) if name.endswith(".json") else yaml.safe_dump(document, allow_unicode=True)
+    folder = _folder_with({name: content.encode("utf-8", "surrogatepass")})
+    assert isinstance(_outcome(lambda: read_recipe(str(folder / name))), (RecipeSpec, DeployKitError))
+
+
+@SETTINGS
+@given(json_documents)
+def test_any_profile_gives_a_latency_model_or_a_clear_error(document):
+    from deploykit.latency_model import LatencyModel, load_latency_model
+
+    folder = _folder_with({})
+    (folder / "arm-cpu").mkdir()
+    (folder / "arm-cpu" / "pi.json").write_text(json.dumps(document))
+    assert isinstance(_outcome(lambda: load_latency_model(folder, "arm-cpu", "pi")), (LatencyModel, DeployKitError,
+                                                                                     type(None)))

@@ -32,40 +32,47 @@ def read_previous(folder: Path) -> dict | None:
 
 
 def report_diff(previous: dict, current: dict) -> dict:
-    """Each measure before and after with its change, and whether the shipped artifact's bytes changed."""
+    """Each measure before and after with its change, and whether the shipped artifact's bytes changed. The previous
+    report may come from elsewhere: each value is taken only in the type it must have (else None)."""
     changes = {}
     for name, keys in MEASURES.items():
-        before, after = _lookup(previous, keys), _lookup(current, keys)
+        before, after = _lookup(previous, keys, _number), _lookup(current, keys, _number)
         if before is None and after is None:
             continue
-        change = after - before if _number(before) and _number(after) else None
+        change = after - before if before is not None and after is not None else None
         changes[name] = {"before": before, "after": after,
                          "change": round(change, 6) if isinstance(change, float) else change}
-    before_sha, after_sha = _lookup(previous, ("artifact", "sha256")), _lookup(current, ("artifact", "sha256"))
+    before_sha, after_sha = _lookup(previous, ("artifact", "sha256"), _text), _lookup(current, ("artifact", "sha256"), _text)
     return {
-        "deploykit_version": _lookup(previous, ("deploykit_version",)),
-        "candidate": {"before": _lookup(previous, ("artifact", "candidate")),
-                      "after": _lookup(current, ("artifact", "candidate"))},
+        "deploykit_version": _lookup(previous, ("deploykit_version",), _text),
+        "candidate": {"before": _lookup(previous, ("artifact", "candidate"), _text),
+                      "after": _lookup(current, ("artifact", "candidate"), _text)},
         "sha256": {"before": before_sha, "after": after_sha},
         "artifact_changed": before_sha != after_sha,
-        "gates_passed": {"before": _lookup(previous, ("gates", "passed")),
-                         "after": _lookup(current, ("gates", "passed"))},
+        "gates_passed": {"before": _lookup(previous, ("gates", "passed"), _flag),
+                         "after": _lookup(current, ("gates", "passed"), _flag)},
         "changes": changes,
     }
 
 
-def _lookup(report: dict, keys: tuple[str, ...]):
-    """The value at `keys`, or None where a level is missing (an older report lacks newer fields) or holds anything
-    but a number, a short string or a bool (the previous report may come from elsewhere)."""
+def _lookup(report: dict, keys: tuple[str, ...], kind):
+    """The value at `keys` when `kind` accepts it, else None (an older report lacks newer fields; one from elsewhere
+    may hold anything)."""
     value = report
     for key in keys:
         if not isinstance(value, dict):
             return None
         value = value.get(key)
-    if isinstance(value, str):
-        return value[:MAX_TEXT]
-    return value if isinstance(value, (int, float, bool)) and not (_number(value) and abs(value) > 1e300) else None
+    return value if kind(value) else None
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_TEXT
+
+
+def _flag(value) -> bool:
+    return isinstance(value, bool)
