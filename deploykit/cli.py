@@ -737,13 +737,27 @@ def _summary_table(reports: list[dict]) -> Table:
             escape(f"{artifact['format']} {artifact['precision']}"),
             f"{baseline['bytes'] / 1e6:.1f} → {artifact['bytes'] / 1e6:.1f}",
             f"{baseline['latency_ms']['p50']:.2f} → {metrics['latency_ms']['p50']:.2f}",
-            f"{metrics['speedup_vs_baseline']:.2f}×",
+            _speedup(report),
             _optional(fidelity["cosine_mean"]),
             _optional(fidelity["agreement"]),
             _optional(metrics["accuracy_drop"], 2),
             "[green]pass[/]" if report["gates"]["passed"] else "[red]FAIL[/]",
         )
     return table
+
+
+def _speedup(report: dict) -> str:
+    """The speed-up with its interval; in red, marked, when the artifact is slower than the baseline or than a
+    candidate it displaced (reports from before the flag have no `speed`)."""
+    speed = report.get("speed") or {}
+    interval = speed.get("speedup_interval")
+    text = f"{report['metrics']['speedup_vs_baseline']:.2f}×" + (f" ({interval[0]:.2f}–{interval[1]:.2f})"
+                                                                  if interval else "")
+    if speed.get("slower_than_baseline"):
+        return f"[red]{text} slower[/]"
+    if speed.get("faster_candidates_displaced"):
+        return f"[yellow]{text} (a faster candidate missed a gate)[/]"
+    return text
 
 
 def _optional(value, digits: int = 4) -> str:

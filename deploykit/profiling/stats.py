@@ -18,3 +18,18 @@ def latency_summary(latencies_ms: list[float]) -> dict:
         "runs": int(len(values)),
         "throughput_per_s": round(1000.0 / float(values.mean()), 2),
     }
+
+
+def ratio_interval(numerator_ms: list[float], denominator_ms: list[float], level: float = 0.95,
+                   resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """median(numerator) / median(denominator) with a percentile-bootstrap interval at `level`: how far the ratio
+    of two timed series can move from resampling alone (a speed-up is baseline / artifact). Seeded, so a report
+    states the same interval for the same timings."""
+    first, second = np.asarray(numerator_ms, np.float64), np.asarray(denominator_ms, np.float64)
+    generator = np.random.default_rng(seed)
+    medians = [np.median(values[generator.integers(0, len(values), (resamples, len(values)))], axis=1)
+               for values in (first, second)]
+    ratios = medians[0] / medians[1]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(np.median(first) / np.median(second)), float(low), float(high)

@@ -11,6 +11,7 @@ from deploykit.models import ModelBundle
 from deploykit.passes.recipe import recipe_document
 from deploykit.planner import Plan
 from deploykit.report.manifest import file_entry
+from deploykit.report.speed import speed_findings
 from deploykit.targets import Target
 
 
@@ -111,6 +112,8 @@ def assemble_report(
             "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),
             "size_ratio_vs_baseline": _ratio(artifact_entry["bytes"], baseline_entry["bytes"]),
         },
+        # Slower than the baseline, or than a faster candidate passed over for a missed gate: said, not hidden.
+        "speed": speed_findings(baseline.profile, chosen, tried),
         "compatibility": {
             "integer_only_required": target.integer_only,
             **(chosen.compatibility.as_dict() if chosen.compatibility else {"fallback_ops": None, "fallback_reasons": None}),

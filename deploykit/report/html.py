@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploykit.atomic_files import write_atomically
+from deploykit.report.speed import speed_warnings
 from deploykit.report.formatting import megabytes, number
 from deploykit.report.plots import report_figures
 
@@ -21,7 +22,7 @@ def render_html(reports: list[dict]) -> str:
                               autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     environment.filters.update(number=number, megabytes=megabytes, signed=_signed)
-    targets = [{"report": report, "anchor": f"target-{index}",
+    targets = [{"report": report, "anchor": f"target-{index}", "speed_warnings": speed_warnings(report),
                 "figures": [{"id": figure.id, "title": figure.title, "caption": figure.caption,
                              "svg": Markup(figure.svg)} for figure in report_figures(report, f"target-{index}")]}
                for index, report in enumerate(reports)]

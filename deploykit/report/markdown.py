@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deploykit.planner import step_details
+from deploykit.report.speed import speed_warnings
 from deploykit.report.formatting import megabytes as _megabytes, number as _number
 
 
@@ -50,6 +51,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- {check['name']}: {_number(check['value'], 4)} (limit {check['limit']}) — {verdict}")
     if not report["gates"]["checks"]:
         lines.append("- no gate applies (no labels and not an embedding model)")
+    if warnings := speed_warnings(report):
+        lines += ["", "## Speed warnings", "", *(f"- **{line}**" for line in warnings)]
     lines += _previous_lines(report.get("previous"))
     fallback = report["compatibility"]["fallback_ops"]
     if fallback:

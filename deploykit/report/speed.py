@@ -1,0 +1,62 @@
+"""Whether what ships is slower than what it replaces: the fp32 baseline timed on the same runner in the same run, or
+a faster candidate that the build tried first and passed over because it missed a gate.
+
+A compression that pays in size can cost speed (int4 weights dequantized on a CPU
+without int4 kernels run slower than fp32); the report must say so instead of printing
+a speed-up below one without comment. Ratios carry a bootstrap interval from the timed
+runs, so "slower" is told apart from timing noise.
+"""
+
+from __future__ import annotations
+
+from deploykit.profiling.stats import ratio_interval
+
+# The interval's confidence: 95% is the usual level for "the difference is not noise".
+CONFIDENCE = 0.95
+
+
+def speed_findings(baseline_profile: dict, chosen, tried: list, level: float = CONFIDENCE) -> dict:
+    """The shipped artifact's speed-up over the baseline with its interval, whether it is slower, and the candidates
+    tried before it that were faster but missed a gate."""
+    speedup, interval = _compare(baseline_profile, chosen.measured.profile, level)
+    displaced = []
+    for candidate in tried:
+        if candidate is chosen or candidate.passed:
+            continue
+        ratio, bounds = _compare(chosen.measured.profile, candidate.measured.profile, level)  # > 1: it was faster
+        if ratio is not None and ratio > 1:
+            displaced.append({"candidate": candidate.label, "latency_ms_p50": candidate.measured.profile["latency_ms"]["p50"],
+                              "faster_by": round(ratio, 4), "interval": bounds,
+                              "beyond_noise": bounds is None or bounds[0] > 1,
+                              "missed": [check["name"] for check in candidate.checks if not check["passed"]]})
+    slower = speedup is not None and speedup < 1
+    return {"speedup_interval": interval, "level": level, "slower_than_baseline": slower,
+            "slower_beyond_noise": slower and (interval is None or interval[1] < 1),
+            "faster_candidates_displaced": displaced}
+
+
+def _compare(reference: dict, other: dict, level: float) -> tuple[float | None, list[float] | None]:
+    """reference p50 / other p50 (from the timed runs with an interval when both runners kept them)."""
+    samples = reference.get("latency_samples_ms"), other.get("latency_samples_ms")
+    if all(samples) and min(map(len, samples)) >= 2:
+        ratio, low, high = ratio_interval(*samples, level=level)
+        return round(ratio, 4), [round(low, 4), round(high, 4)]
+    p50s = reference["latency_ms"]["p50"], other["latency_ms"]["p50"]
+    return (round(p50s[0] / p50s[1], 4) if p50s[1] else None), None
+
+
+def speed_warnings(report: dict) -> list[str]:
+    """The findings in words, for report.md, report.html and the CLI (empty when nothing is slower)."""
+    metrics, speed = report["metrics"], report.get("speed") or {}
+    lines = []
+    if speed.get("slower_than_baseline"):
+        interval = speed.get("speedup_interval")
+        spread = f" (interval {interval[0]:.2f}–{interval[1]:.2f}×)" if interval else ""
+        certainty = "" if speed.get("slower_beyond_noise") else ", within timing noise"
+        lines.append(f"The shipped artifact is slower than the fp32 baseline on the same runner: "
+                     f"{metrics['speedup_vs_baseline']:.2f}×{spread}{certainty}.")
+    for row in speed.get("faster_candidates_displaced", []):
+        noise = "" if row["beyond_noise"] else ", within timing noise"
+        lines.append(f"Candidate {row['candidate']} was {row['faster_by']:.2f}× faster ({row['latency_ms_p50']:.2f} ms "
+                     f"p50{noise}) but missed {', '.join(row['missed']) or 'a gate'}.")
+    return lines
