@@ -68,6 +68,12 @@ def session_cache(tmp_path_factory):
     yield from _session_env("DEPLOYKIT_CACHE", str(tmp_path_factory.mktemp("session-cache")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_key(tmp_path_factory):
+    """The cache's key (made on first use) goes to a config folder of the test session's, never the user's."""
+    yield from _session_env("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path_factory, monkeypatch):
     """Each test builds with an empty cache of its own: no test reuses another's exports or measurements."""

@@ -69,7 +69,7 @@ def test_cache_keys_change_with_every_input():
 def test_the_cache_drops_damaged_entries_and_evicts_the_least_recently_used(tmp_path):
     source = tmp_path / "model.bin"
     source.write_bytes(b"x" * 1000)
-    cache = ContentCache(tmp_path / "cache", max_bytes=2600)
+    cache = ContentCache(tmp_path / "cache", max_bytes=2800)  # two entries of about 1.3 kB fit, not three
     for key in ("a" * 64, "b" * 64):
         cache.put("export", key, {"model.bin": source}, {"key": key})
         time.sleep(0.01)

@@ -15,6 +15,7 @@ from deploykit.errors import DeployKitError
 # Steps after a failed build still run under this condition: the report, the cache and the folder are kept for
 # a missed gate too, and only a cancelled run skips them.
 NOT_CANCELLED = "${{ !cancelled() }}"
+CACHE_KEY_SECRET = "${{ secrets.DEPLOYKIT_CACHE_KEY }}"
 
 
 class GitHubActions(CIProvider):
@@ -32,8 +33,10 @@ class GitHubActions(CIProvider):
             "name": "deploykit",
             "on": {"push": {"branches": ["main"]}, "pull_request": {}, "workflow_dispatch": {}},
             "permissions": {"contents": "read"},
-            # GitHub evaluates ${{ }} in env values too: `deploykit ci init` refuses values that hold one.
-            "env": {"DEPLOYKIT_CACHE": CACHE_FOLDER, **settings.variables},
+            # GitHub evaluates ${{ }} in env values too: `deploykit ci init` refuses values that hold one. The cache's
+            # entries are authenticated with DEPLOYKIT_CACHE_KEY: a repository secret, so the runs of this repository
+            # trust each other's entries; without it each run makes its own key and rebuilds the restored cache.
+            "env": {"DEPLOYKIT_CACHE": CACHE_FOLDER, "DEPLOYKIT_CACHE_KEY": CACHE_KEY_SECRET, **settings.variables},
             "jobs": jobs,
         }
 
