@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from deploykit.backends.base import Backend, available_runtimes, get_backend
+from deploykit.candidate import Candidate
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import get_pass, pass_class
 from deploykit.passes.recipe import Recipe, check_order, parse_recipe, recipe
 from deploykit.latency_model import Architecture, LatencyModel, architecture_of, misses_budget
 from deploykit.profiling.base import ProfileRunner, ProfileSettings
 from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
+from deploykit.size_budget import ParameterCounts, size_ladder, skip_too_large, with_reachable_vocabulary
 from deploykit.targets import INTEGER_PRECISIONS, Target
 
 if TYPE_CHECKING:
@@ -66,28 +68,6 @@ class Gates:
 
 
 QUALITY_CHECKS = ("accuracy_drop", "cosine_mean", "agreement")  # at least one of them decides every build
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to build a target: training-time passes (in order, with their parameters), then export."""
-
-    precision: str
-    recipe: Recipe = ()
-
-    @property
-    def passes(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.recipe)
-
-    @property
-    def label(self) -> str:
-        return " + ".join([*self.passes, self.precision])
-
-    @property
-    def recipe_text(self) -> str:
-        """The recipe as --recipe takes it, parameters included: `distill:layers=3,ffn_width=1.0,qat:steps=600`."""
-        return ",".join(name + (":" + ",".join(f"{k}={v}" for k, v in items) if items else "")
-                        for name, items in self.recipe)
 
 
 @dataclass
@@ -281,9 +261,12 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                                  options.pass_parameters, latency_budget=gates.max_latency_ms is not None and keras)
     if any(pass_class(name).rebuilds_model for candidate in candidates for name in candidate.passes):
         bundle.check_rebuildable()  # before the first export, not an hour into training
-    lossless = None
+    lossless, ladder = None, 0
     if gates.max_size_mb is not None and keras and options.recipe is None:
+        added = size_ladder(candidates, bundle, options.int4.embeddings, options.pass_parameters)
+        candidates, ladder = candidates + added, len(added)
         candidates, lossless = with_reachable_vocabulary(candidates, bundle)
+    added = candidates[len(candidates) - ladder:]
     prediction = None
     if latency_model is not None:
         prediction = predict_latencies(candidates, latency_model, architecture_of(bundle.backbone), sequence_length,
@@ -291,19 +274,21 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                                        backend.executes_as)
         candidates = prediction.kept
     sizes = None
-    if gates.max_size_mb is not None and bundle.details.get("parameters"):
-        sizes = skip_too_large(candidates, bundle.details["parameters"] - (lossless or {}).get("parameters", 0),
-                               gates.max_size_mb)
+    counts = ParameterCounts.of(bundle, (lossless or {}).get("parameters", 0)) if gates.max_size_mb else None
+    if counts is not None:
+        sizes = skip_too_large(candidates, counts, gates.max_size_mb)
         candidates = sizes.kept
         if lossless:
             sizes.step["lossless"] = lossless["text"]
+        if ladder:
+            sizes.step["then_tries"] = [c.label for c in added if c in sizes.kept]
     plan = make_plan(target, backend, candidates, sequence_length, sequence_length_reason, calibration_samples,
                      evaluation_samples, gates, options.profile, runner, options.masked_logit,
                      options.max_residual_scale)
     if prediction is not None:
         plan.predictions = prediction.predictions
         plan.steps.insert(1, prediction.step)
-    if sizes is not None and (sizes.step.get("skipped") or sizes.step.get("lossless")):
+    if sizes is not None and (sizes.step.get("skipped") or sizes.step.get("lossless") or sizes.step.get("then_tries")):
         plan.steps.insert(1, sizes.step)
     if target.sequence_range is not None and keras:
         low, high = target.sequence_range
@@ -340,66 +325,6 @@ def predict_candidate(candidate: Candidate, model: LatencyModel, architecture: A
     for name, items in candidate.recipe:
         shape = get_pass(name, **dict(items)).architecture_after(shape) if shape else None
     return model.predict(candidate.precision, shape, sequence_length, threads, executes_as)
-
-
-# The fewest bytes one weight takes in an artifact of each precision (scales, graph metadata and any layer a backend
-# keeps wider come on top, so a real artifact is never smaller): a candidate whose weights alone at this width
-# exceed --max-size-mb cannot pass it, and is skipped before any export.
-MIN_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "a16w8": 1.0,
-                        "dynamic-int8": 1.0, "mixed": 1.0, "int4-weights": 0.5}
-
-
-@dataclass
-class SizeCheck:
-    """The candidates that can fit the size budget, and the plan step naming those that cannot."""
-
-    kept: list[Candidate]
-    step: dict
-
-
-# Under a size budget every candidate the planner chooses starts with this: it drops only the vocabulary rows the
-# tokenizer can never produce, so it changes no output and costs seconds, and its saving is known before it runs.
-REACHABLE_VOCABULARY = recipe(("trim-vocab",), {"trim-vocab": {"keep": "reachable"}})[0]
-
-
-def with_reachable_vocabulary(candidates: list[Candidate], bundle: "ModelBundle") -> tuple[list[Candidate], dict | None]:
-    """The candidates with the lossless vocabulary trim first (those without a trim-vocab of their own), and what
-    it saves; unchanged, and None, when the model has no row to drop or cannot be rebuilt."""
-    from deploykit.passes.trim_vocab import unreachable_rows
-
-    rows, parameters = unreachable_rows(bundle)
-    if not rows:
-        return candidates, None
-    text = (f"trim-vocab:keep=reachable first: drops the {rows:,} vocabulary rows ({parameters:,} weights) the "
-            "tokenizer can never produce, changing no output")
-    return [candidate if "trim-vocab" in candidate.passes else Candidate(candidate.precision,
-                                                                         (REACHABLE_VOCABULARY, *candidate.recipe))
-            for candidate in candidates], {"parameters": parameters, "text": text}
-
-
-def skip_too_large(candidates: list[Candidate], parameters: int, max_size_mb: float) -> SizeCheck:
-    """Drop the candidates whose weights alone, at their precision's narrowest width, exceed `max_size_mb`.
-
-    Candidates with passes that change the model's weights (pruning, distillation, factorization, a trimmed
-    vocabulary) are kept: their size is not known before they run. The lossless vocabulary trim is the exception:
-    `parameters` already leaves out what it drops. If every candidate would be skipped, the smallest is still
-    built, so the report shows the measured miss.
-    """
-    def lower_bound_mb(candidate: Candidate) -> float | None:
-        if any(pass_class(name).rebuilds_model for name, items in candidate.recipe
-               if (name, items) != REACHABLE_VOCABULARY):
-            return None
-        width = MIN_BYTES_PER_WEIGHT.get(candidate.precision)
-        return None if width is None else parameters * width / 1e6
-
-    bounds = {candidate.label: lower_bound_mb(candidate) for candidate in candidates}
-    skipped = [c for c in candidates if bounds[c.label] is not None and bounds[c.label] > max_size_mb]
-    if skipped and len(skipped) == len(candidates):
-        skipped.remove(min(skipped, key=lambda c: bounds[c.label]))
-    step = {"step": "size_budget", "max_size_mb": max_size_mb, "parameters": parameters,
-            "skipped": [f"{c.label}: its {parameters:,} weights take at least {bounds[c.label]:.1f} MB at "
-                        f"{c.precision}" for c in skipped]}
-    return SizeCheck([c for c in candidates if c not in skipped], step)
 
 
 @dataclass

@@ -128,7 +128,7 @@ def export_key(session: BuildSession, backend: Backend, target: Target, candidat
     if candidate.precision == MIXED:
         mixed = [session.options.mixed.__dict__, selection_goal(session, gates)]
     return digest(session.fingerprint(), "export", backend.name, target.model_dump(), candidate.precision, resolved,
-                  mixed)
+                  mixed, candidate.int4_embeddings)
 
 
 def export_candidate(session: BuildSession, backend: Backend, target: Target, plan: Plan, runner: ProfileRunner,
@@ -159,7 +159,8 @@ def export_candidate(session: BuildSession, backend: Backend, target: Target, pl
         artifact = export_mixed(session, backend, target, plan.gates, saved_model, recipe, folder)
     else:
         with session.log.step("export", f"Exporting {candidate.label} {backend.format} for {target.name}"):
-            artifact = backend.export(saved_model, candidate.precision, session.export_options(target, recipe), folder)
+            artifact = backend.export(saved_model, candidate.precision,
+                                      session.export_options(target, recipe, candidate.int4_embeddings), folder)
     tokenizer_folder = folder / "tokenizer"
     tokenizer = models.bundle(recipe).write_tokenizer(tokenizer_folder, session.sequence_length)
     exported = Exported(artifact, models.pass_results(recipe), architecture_of(models.bundle(recipe).backbone),

@@ -80,16 +80,19 @@ def build_target(session: BuildSession, target: Target, backend: Backend, plan: 
             break
     else:  # every candidate missed: ship the one missing the fewest gates (the fastest of those)
         chosen = min(tried, key=lambda candidate: sum(not check["passed"] for check in candidate.checks))
-    return write_target(session, target, backend, plan, runner, chosen, tried, timings_before)
+    untried = [candidate.label for candidate in plan.candidates[len(tried):]]
+    return write_target(session, target, backend, plan, runner, chosen, tried, timings_before, untried=untried)
 
 
 def write_target(session: BuildSession, target: Target, backend: Backend, plan: Plan, runner: ProfileRunner,
                  chosen: TriedCandidate, tried: list[TriedCandidate], timings_before: dict,
-                 extra: dict[str, Path] | None = None, search: dict | None = None) -> BuildResult:
+                 extra: dict[str, Path] | None = None, search: dict | None = None,
+                 untried: list[str] = ()) -> BuildResult:
     """Assemble OUT/<target> around the chosen candidate (staging, device compile, report, manifest, swap).
 
     `extra` files (name -> path) are shipped beside the report, e.g. a search's Pareto plot;
-    `search` is the search's summary for the report.
+    `search` is the search's summary for the report; `untried`: the planned candidates never built, because an
+    earlier one passed every gate.
     """
     log = session.log
     out = session.options.out
@@ -111,6 +114,7 @@ def write_target(session: BuildSession, target: Target, backend: Backend, plan: 
         )
         if search is not None:
             report["search"] = search
+        report["candidates_not_tried"] = list(untried)
         report["previous"] = report_diff(previous, report) if previous is not None else None
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(render_markdown(report))

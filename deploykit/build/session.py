@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -213,13 +213,13 @@ class BuildSession:
             profile = runner.profile(backend.name, artifact.path, artifact.runtime_config, sample, threads, settings)
         return Measured(artifact, quality, profile)
 
-    def export_options(self, target: Target, recipe: Recipe = ()) -> ExportOptions:
+    def export_options(self, target: Target, recipe: Recipe = (), int4_embeddings: bool = False) -> ExportOptions:
         """What the export of the recipe's model needs; a last pass that trained towards an export (int4-qat)
-        fixes how it runs."""
+        fixes how it runs. `int4_embeddings`: a candidate's own int4 embedding tables (a size budget's)."""
+        int4 = replace(self.options.int4, embeddings=True) if int4_embeddings else self.options.int4
         options = ExportOptions(calibration=self.models.calibration(recipe), integer_only=target.integer_only,
                                 integer_io=target.integer_io, activation_percentile=self.options.activation_percentile,
-                                converter_timeout_s=self.options.converter_timeout_s,
-                                int4=self.options.int4)
+                                converter_timeout_s=self.options.converter_timeout_s, int4=int4)
         if recipe:
             name, parameters = recipe[-1]
             options = get_pass(name, **dict(parameters)).export_options(options)

@@ -51,6 +51,9 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- {check['name']}: {_number(check['value'], 4)} (limit {check['limit']}) — {verdict}")
     if not report["gates"]["checks"]:
         lines.append("- no gate applies (no labels and not an embedding model)")
+    if report.get("candidates_not_tried"):
+        lines += ["", f"Planned but not tried, since an earlier candidate was chosen: "
+                      f"{', '.join(report['candidates_not_tried'])}."]
     if warnings := speed_warnings(report):
         lines += ["", "## Speed warnings", "", *(f"- **{line}**" for line in warnings)]
     lines += _previous_lines(report.get("previous"))
