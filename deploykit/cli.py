@@ -269,7 +269,7 @@ def targets_show(name: str) -> None:
               help="Sentences used to calibrate int8 ranges.")
 @click.option("--evaluation-samples", type=click.IntRange(min=1), default=_BUILD.evaluation_samples, show_default=True,
               help="Held-out sentences the artifact is validated on.")
-@click.option("--seed", type=click.IntRange(min=0), default=_BUILD.seed, show_default=True, help="Seed of the calibration/evaluation split.")
+@click.option("--seed", type=click.IntRange(min=0), default=_BUILD.seed, show_default=True, help="Seed of the calibration/evaluation split and of every training pass.")
 @click.option("--masked-logit", type=click.FloatRange(max=0, max_open=True), default=_BUILD.masked_logit, show_default=True,
               help="Attention logit of padded positions in integer-only graphs (Keras uses -1e9, "
               "which one int8 scale cannot share with the real scores).")

@@ -174,7 +174,7 @@ class ModelStore:
                 if structural != recipe:
                     name, parameters = recipe[-1]
                     chosen = get_pass(name, **dict(parameters))
-                    results = results + [self._measured(chosen.apply(self._pass_context(structural, chosen)), structural)]
+                    results = results + [self._measured(chosen.run(self._pass_context(structural, chosen)), structural)]
                     tracing = chosen.export_context()
                 names = " + ".join(name for name, _ in recipe)
                 with self.session.log.step("saved_model", f"Tracing the model after {names} to a SavedModel"):
@@ -191,7 +191,7 @@ class ModelStore:
             results = self._structural_passes(recipe[:-1])
             name, parameters = recipe[-1]
             chosen = get_pass(name, **dict(parameters))
-            result = chosen.apply(self._pass_context(recipe[:-1], chosen))
+            result = chosen.run(self._pass_context(recipe[:-1], chosen))
             self._models[recipe] = result.bundle or self.bundle(recipe[:-1])
             self._records[recipe] = results + [self._measured(result, recipe)]
         return self._records[recipe]

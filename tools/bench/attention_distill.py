@@ -101,7 +101,7 @@ def _run_arm(session: BuildSession, context: PassContext, text: str, parameters:
     """One distill pass from the original, then the student's fidelity on the evaluation texts."""
     chosen = get_pass("distill", **parameters)
     started = time.perf_counter()
-    result = chosen.apply(context)
+    result = chosen.run(context)
     seconds = time.perf_counter() - started
     fidelity = session.quality(result.bundle.predict(session.models.encoded("evaluation")))["fidelity"]
     effect = result.effect
