@@ -1,8 +1,8 @@
-"""A full-page screenshot of a report.html, as README's tools/screenshots/report.png was taken.
+"""A full-page screenshot of a report.html, as docs/images/report.png (shown in docs/report.md) was taken.
 
     .venv/bin/deploykit build --target intel-cpu,arm-cpu --out /tmp/html-demo
     .venv/bin/deploykit report /tmp/html-demo --html
-    .venv/bin/python tools/screenshot_report.py /tmp/html-demo/report.html tools/screenshots/report.png
+    .venv/bin/python tools/screenshot_report.py /tmp/html-demo/report.html docs/images/report.png
 
 Drives Debian's chromium (tools/setup/system_packages.sh installs it) through Playwright; the PNG is stored with a
 256-colour palette, which keeps a page of flat plots small enough for a repository.
