@@ -8,7 +8,7 @@ export KERAS_BACKEND := tensorflow
 export HF_HUB_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup system-packages demo test test-fast bench clean
+.PHONY: setup system-packages demo test test-fast bench docs clean
 
 setup: $(STAMP)
 
@@ -42,5 +42,9 @@ test-fast: setup system-packages
 bench: setup
 	$(PY) tools/bench/ptq_vs_vendor.py
 
+# The documentation site into site/ (tests/test_docs.py builds it too); `$(VENV)/bin/mkdocs serve` to read it.
+docs: setup
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) dist .pytest_cache
+	rm -rf $(VENV) dist site .pytest_cache
