@@ -40,26 +40,26 @@ def classifier(name: str, work: Path, train_rows: int) -> tuple[Path, dict]:
     return folder, json.loads(facts.read_text())
 
 
-def distil(folder: Path, out: Path, recipe: str, settings: list[str], runs: int) -> dict:
-    """One `deploykit build` with the recipe; its report.json."""
+def distil(folder: Path, out: Path, recipe: str, settings: list[str], runs: int, seed: int) -> dict:
+    """One `deploykit build` with the recipe and seed; its report.json."""
     command = [sys.executable, "-m", "deploykit.cli", "build", str(folder / "classifier.keras"), "--target", "arm-cpu",
                "--recipe", recipe, "--data", str(folder / "train.jsonl"), "--eval-data", str(folder / "test.jsonl"),
-               "--out", str(out), "--no-cache", "--runs", str(runs), *(f"--set={item}" for item in settings)]
+               "--out", str(out), "--no-cache", "--runs", str(runs), "--seed", str(seed), *(f"--set={item}" for item in settings)]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode not in (0, 3):  # 3: a gate missed, still a measurement
         raise SystemExit(f"build failed ({completed.returncode}): {completed.stderr.strip().splitlines()[-1]}")
     return json.loads((out / "arm-cpu" / "report.json").read_text())
 
 
-def row(name: str, facts: dict, report: dict) -> dict:
+def row(name: str, seed: int, facts: dict, report: dict) -> dict:
     distill = next(record for record in report["passes"] if record["pass"] == "distill")
     speed = report["speed"]
-    return {"dataset": name, "classes": len(facts["classes"]), "original_accuracy": facts["test_accuracy"],
+    return {"dataset": name, "seed": seed, "classes": len(facts["classes"]), "original_accuracy": facts["test_accuracy"],
             "shipped": report["artifact"]["candidate"], "accuracy_drop": report["metrics"]["accuracy_drop"],
             "speedup": report["metrics"]["speedup_vs_baseline"], "speedup_interval": speed["speedup_interval"],
             "hidden_loss_last": distill["effect"].get("hidden_loss_last"),
             "loss_first": distill["effect"].get("loss_first"), "loss_last": distill["effect"].get("loss_last"),
-            "passed": report["gates"]["passed"]}
+            "fine_tune_seconds": distill["effect"].get("fine_tune_seconds"), "passed": report["gates"]["passed"]}
 
 
 def main() -> None:
@@ -70,21 +70,25 @@ def main() -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="PASS.PARAMETER=VALUE")
     parser.add_argument("--train-rows", type=int, default=2400)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--seeds", default="0", help="Build seeds, comma-separated: the spread over them is "
+                        "the pass's own variance on the dataset (dropout, batch order, augmentation).")
     args = parser.parse_args()
 
     rows = []
-    for name in args.datasets.split(","):
-        folder, facts = classifier(name, args.work, args.train_rows)
-        tag = "-".join([name, *(item.replace("=", "") for item in args.settings)])
-        rows.append(row(name, facts, distil(folder, args.work / "builds" / tag, args.recipe, args.settings, args.runs)))
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    print(f"| dataset | classes | original accuracy | shipped | drop (points) | speed-up (95% interval) | "
-          f"hidden loss | distillation loss first → last | gates |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    for seed in [int(value) for value in args.seeds.split(",")]:
+        for name in args.datasets.split(","):
+            folder, facts = classifier(name, args.work, args.train_rows)
+            tag = "-".join([name, f"seed{seed}", *(item.replace("=", "") for item in args.settings)])
+            report = distil(folder, args.work / "builds" / tag, args.recipe, args.settings, args.runs, seed)
+            rows.append(row(name, seed, facts, report))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print("| dataset | seed | classes | original accuracy | shipped | drop (points) | speed-up (95% interval) | "
+          "hidden loss | distillation loss first → last | gates |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         interval = r["speedup_interval"]
         spread = f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else ""
-        print(f"| {r['dataset']} | {r['classes']} | {r['original_accuracy']:.4f} | {r['shipped']} | "
+        print(f"| {r['dataset']} | {r['seed']} | {r['classes']} | {r['original_accuracy']:.4f} | {r['shipped']} | "
               f"{r['accuracy_drop']:.2f} | {r['speedup']:.2f}×{spread} | {r['hidden_loss_last']} | "
               f"{r['loss_first']} → {r['loss_last']} | {'pass' if r['passed'] else 'FAIL'} |")
 
