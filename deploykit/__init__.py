@@ -13,7 +13,7 @@ from importlib.metadata import version as _installed_version
 __version__ = _installed_version("deploykit")  # one source: pyproject.toml
 
 from deploykit.errors import DeployKitError, GateFailure  # noqa: E402
-from deploykit.targets import list_targets, load_target  # noqa: E402
+from deploykit.target_loader import list_targets, load_target  # noqa: E402
 
 
 # Imported eagerly (light: no framework loads here) so that `deploykit.build` names the function: a lazy

@@ -24,7 +24,7 @@ from deploykit.build.options import BuildOptions
 from deploykit.errors import DeployKitError, quoted
 from deploykit.interrupts import Interrupted, interruptible
 from deploykit.pareto_search.settings import PREFERENCES, SearchSettings
-from deploykit.targets import list_targets, load_target
+from deploykit.target_loader import list_targets, load_target
 
 # Wide enough for the summary tables when output is piped (rich assumes 80 columns then).
 _WIDTH = shutil.get_terminal_size((150, 24)).columns
@@ -355,7 +355,7 @@ def _check_build_paths(junit_xml: str | None, summary_json: str | None, argument
     from deploykit.output_paths import Output, check_outputs
     from deploykit.profiling.devices import devices_file_path
     from deploykit.profiling.profiles import profiles_folder
-    from deploykit.targets.registry import TARGETS_ENV, target_dirs
+    from deploykit.targets import TARGETS_ENV, target_dirs
 
     out = Path(arguments["out"])
     outputs = [Output("--out", out, "folder"),
@@ -378,7 +378,7 @@ def _check_build_paths(junit_xml: str | None, summary_json: str | None, argument
 
 def _target_folder_names(text: str) -> list[str]:
     """The OUT/<target> folders a --target value names (all the registry's for 'all'; none it cannot list)."""
-    from deploykit.targets import list_targets
+    from deploykit.target_loader import list_targets
     from deploykit.targets.schema import TARGET_NAME
 
     names = [name.strip() for name in text.split(",")]

@@ -8,7 +8,7 @@ from deploykit.compatibility import check_compatibility
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import run_examples
 from deploykit.models import load_model
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 
 
 @pytest.fixture(scope="module")

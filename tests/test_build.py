@@ -149,7 +149,7 @@ def test_timings_belong_to_each_target(classifier_builds):
 
 def test_all_skips_targets_it_cannot_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
     build_module = importlib.import_module("deploykit.build")
-    from deploykit.targets import load_target
+    from deploykit.target_loader import load_target
 
     unbuildable = load_target("nvidia-gpu").model_copy(update={"precisions": ["fp8"]})  # none the backend exports
     monkeypatch.setattr(build_module, "resolve_targets", lambda names: [unbuildable, load_target("arm-cpu")])
@@ -174,7 +174,7 @@ def test_a_missed_gate_falls_back_to_the_next_precision(tiny_backbone_file, labe
 def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_backbone_file, labelled_data, tmp_path,
                                                                          monkeypatch):
     build_module = importlib.import_module("deploykit.build")
-    from deploykit.targets import load_target
+    from deploykit.target_loader import load_target
 
     quantization_only = load_target("arm-cpu").model_copy(update={"recipes": []})
     monkeypatch.setattr(build_module, "resolve_targets", lambda names: [quantization_only])

@@ -7,7 +7,7 @@ from deploykit.build import build
 from deploykit.compatibility import GraphOp, GraphTensor, check_compatibility
 from deploykit.models import load_model
 from deploykit.profiling.local import ProfileSettings
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 
 FAST = ProfileSettings(runs=5, warmup=1)
 

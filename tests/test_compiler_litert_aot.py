@@ -21,7 +21,7 @@ from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.compilers.litert_aot import LiteRTAotCompiler, soc_models
 from deploykit.errors import DeployKitError
 from deploykit.planner import plan_candidates
-from deploykit.targets import load_target, load_target_file
+from deploykit.target_loader import load_target, load_target_file
 
 HEXAGON, MEDIATEK = "mobile-npu-hexagon", "mobile-npu-mediatek"
 # The op names of deploykit's int8 all-MiniLM-L6-v2 export (one of each), as LiteRT's interpreter names them.

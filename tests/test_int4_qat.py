@@ -200,7 +200,7 @@ def test_the_export_after_int4_qat_rounds_to_nearest_on_the_build_grid():
 
 def test_a_search_offers_int4_qat_only_at_int4_weights():
     from deploykit.pareto_search.space import search_space
-    from deploykit.targets import load_target
+    from deploykit.target_loader import load_target
 
     target = load_target("intel-cpu")
     space = search_space(target, list(target.precisions), None, True, None, None, {},

@@ -341,7 +341,7 @@ def test_plan_warns_when_the_target_gains_nothing_from_sparsity():
     from deploykit.backends.base import get_backend
     from deploykit.planner import Gates, make_plan, plan_candidates
     from deploykit.profiling.base import ProfileSettings, get_runner
-    from deploykit.targets import load_target
+    from deploykit.target_loader import load_target
 
     target = load_target("arm-cpu")
     backend = get_backend("litert")

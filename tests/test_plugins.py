@@ -18,7 +18,7 @@ from deploykit.cli import main
 from deploykit.compilers.base import COMPILERS, get_compiler
 from deploykit.passes.base import PASSES, get_pass
 from deploykit.profiling.base import RUNNERS, get_runner
-from deploykit.targets import load_target_file
+from deploykit.target_loader import load_target_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_MODULES = {

@@ -13,7 +13,7 @@ from deploykit.models import load_model
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.profiling.local import ProfileSettings
 from deploykit.progress import StepLog
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 
 FAST = ProfileSettings(runs=5, warmup=1)
 TEXTS = ["team goal win season", "bread soup garlic", "coach league player", "cheese recipe bake dinner"] * 4

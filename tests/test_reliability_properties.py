@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from deploykit.data import TextDataset, load_dataset
 from deploykit.errors import DeployKitError
-from deploykit.targets import Target, load_target_file
+from deploykit.targets import Target
+from deploykit.target_loader import load_target_file
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

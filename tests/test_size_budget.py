@@ -7,7 +7,7 @@ from deploykit.build import build
 from deploykit.planner import plan_candidates
 from deploykit.size_budget import ParameterCounts, skip_too_large
 from deploykit.profiling.local import ProfileSettings
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 
 
 def _intel_candidates():

@@ -3,7 +3,8 @@
 import pytest
 
 from deploykit.errors import DeployKitError
-from deploykit.targets import TARGETS_ENV, list_targets, load_target, resolve_targets
+from deploykit.targets import TARGETS_ENV
+from deploykit.target_loader import list_targets, load_target, resolve_targets
 
 BUILT_IN = {"intel-cpu", "arm-cpu", "mobile-npu", "mobile-npu-hexagon", "mobile-npu-mediatek", "edge-tpu", "nvidia-gpu"}
 

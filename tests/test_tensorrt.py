@@ -188,7 +188,7 @@ def test_two_four_pruning_reaches_the_onnx_weights_and_the_engine_flags(tiny_cla
 def test_sequence_range_gives_a_dynamic_onnx_and_an_optimisation_profile(tiny_classifier, labelled_data, tmp_path,
                                                                           monkeypatch):
     build_module = importlib.import_module("deploykit.build")
-    from deploykit.targets import load_target
+    from deploykit.target_loader import load_target
 
     ranged = load_target("nvidia-gpu").model_copy(update={"sequence_range": (8, 32)})
     monkeypatch.setattr(build_module, "resolve_targets", lambda names: [ranged])
@@ -211,7 +211,8 @@ def test_sequence_range_gives_a_dynamic_onnx_and_an_optimisation_profile(tiny_cl
 def test_sequence_range_is_checked_against_the_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
     build_module = importlib.import_module("deploykit.build")
     from deploykit.errors import DeployKitError
-    from deploykit.targets import Target, load_target
+    from deploykit.targets import Target
+    from deploykit.target_loader import load_target
 
     ranged = load_target("nvidia-gpu").model_copy(update={"sequence_range": (24, 32)})
     monkeypatch.setattr(build_module, "resolve_targets", lambda names: [ranged])

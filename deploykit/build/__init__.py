@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from deploykit.backends.base import get_backend
 from deploykit.build.options import BuildOptions, check_options, forced_recipe
-from deploykit.build.output import BuildResult, View, build_target
+from deploykit.build.output import build_target
 from deploykit.build.session import DEFAULT_MODEL, BuildSession, prepare_session
 from deploykit.errors import DeployKitError
 from deploykit.output_folder import check_output
@@ -31,7 +31,8 @@ from deploykit.profiling.devices import device_runner
 from deploykit.profiling.profiles import build_measurements, profiles_folder, save_profile
 from deploykit.pareto_search.settings import SearchSettings
 from deploykit.progress import StepLog
-from deploykit.targets import resolve_targets
+from deploykit.results import BuildResult, View
+from deploykit.target_loader import resolve_targets
 
 
 def build_targets(

@@ -13,27 +13,39 @@ import itertools
 import shutil
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from deploykit.backends.base import Inputs
+from deploykit.build.options import BuildOptions
+from deploykit.data import DataSplit
 from deploykit.evaluate import label_ids
 from deploykit.integer_graph import integer_graph
 from deploykit.models import ModelBundle
 from deploykit.onnx_model import write_static_graph
 from deploykit.passes.base import Pass, PassContext, PassResult, get_pass, pass_class
 from deploykit.passes.recipe import Recipe
+from deploykit.progress import StepLog
 from deploykit.residual_scaling import find_scales, scaled_residual_stream
 
-if TYPE_CHECKING:
-    from deploykit.build.session import BuildSession
+
+class Session(Protocol):
+    """What the store reads of its build session (the session holds the stores; this module does not import it)."""
+
+    bundle: ModelBundle
+    split: DataSplit
+    sequence_length: int
+    options: BuildOptions
+    log: StepLog
+
+    def quality(self, outputs: np.ndarray) -> dict: ...
 
 
 class ModelStore:
     """Models, traced graphs, encoded inputs and residual scales of one build, by recipe."""
 
-    def __init__(self, session: "BuildSession", folder: Path):
+    def __init__(self, session: Session, folder: Path):
         self.session = session
         self.folder = folder  # traced graphs go here (one store per sequence length in a search)
         self._models: dict[Recipe, ModelBundle] = {(): session.bundle}  # architecture-changing passes -> model

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
@@ -22,45 +21,8 @@ from deploykit.report.diff import read_previous, report_diff
 from deploykit.report.html import write_html
 from deploykit.report.manifest import write_manifest
 from deploykit.report.markdown import render_markdown
+from deploykit.results import BuildResult
 from deploykit.targets import Target
-
-
-class View:
-    """Attribute access over a report's nested dicts: `result.metrics.latency_ms.p50`."""
-
-    def __init__(self, data: dict):
-        self._data = data
-
-    def __getattr__(self, name: str):
-        try:
-            value = self._data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-        return View(value) if isinstance(value, dict) else value
-
-    def __repr__(self) -> str:
-        return f"View({self._data!r})"
-
-
-@dataclass
-class BuildResult:
-    """One target's outcome: where its files are and what report.json says."""
-
-    target: str
-    folder: Path
-    report: dict
-
-    @property
-    def passed(self) -> bool:
-        return self.report["gates"]["passed"]
-
-    @property
-    def artifact(self) -> View:
-        return View({**self.report["artifact"], "path": self.folder / self.report["artifact"]["path"]})
-
-    @property
-    def metrics(self) -> View:
-        return View(self.report["metrics"])
 
 
 def build_target(session: BuildSession, target: Target, backend: Backend, plan: Plan,

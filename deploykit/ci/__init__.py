@@ -40,7 +40,7 @@ def workflow_settings(targets: str, model: str | None = None, data: str | None =
     """
     from deploykit.backends.base import available_runtimes
     from deploykit.profiling.devices import DEVICE_NAME
-    from deploykit.targets import load_target, resolve_targets
+    from deploykit.target_loader import load_target, resolve_targets
 
     given = [("--targets", targets), ("--model", model), ("--data", data), *(("--device", entry) for entry in devices),
              ("--runner-label", runner_label), ("--install", install), ("--build-args", build_args)]

@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from deploykit.backends.base import Backend
 from deploykit.build.candidates import TriedCandidate, export_key, try_candidate
-from deploykit.build.output import BuildResult, write_target
+from deploykit.build.output import write_target
 from deploykit.build.session import BuildSession
 from deploykit.cache import digest
 from deploykit.errors import DeployKitError
@@ -32,6 +32,7 @@ from deploykit.interrupts import held, released
 from deploykit.latency_model import LatencyModel, architecture_of, misses_budget
 from deploykit.planner import Candidate, Gates, Plan, candidate_precisions, plan_candidates, predict_candidate
 from deploykit.profiling.base import ProfileRunner
+from deploykit.results import BuildResult
 from deploykit.pareto_search.pareto import OBJECTIVES, pareto_front, preferred
 from deploykit.pareto_search.settings import SearchSettings
 from deploykit.pareto_search.space import SearchSpace, search_space

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from deploykit.atomic_files import write_atomically
-
-if TYPE_CHECKING:
-    from deploykit.build import BuildResult
+from deploykit.results import BuildResult
 
 
-def junit_xml(results: list["BuildResult"], error: str | None = None, targets: list[str] = ()) -> str:
+
+def junit_xml(results: list[BuildResult], error: str | None = None, targets: list[str] = ()) -> str:
     """The document: `results` of a finished build, or `error` for each of `targets` when it stopped."""
     suites = ElementTree.Element("testsuites", name="deploykit")
     for result in results:
@@ -35,11 +33,11 @@ def junit_xml(results: list["BuildResult"], error: str | None = None, targets: l
     return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def write_junit(path: Path, results: list["BuildResult"], error: str | None = None, targets: list[str] = ()) -> Path:
+def write_junit(path: Path, results: list[BuildResult], error: str | None = None, targets: list[str] = ()) -> Path:
     return write_atomically(path, junit_xml(results, error, targets))
 
 
-def _gate_suite(parent: ElementTree.Element, result: "BuildResult") -> None:
+def _gate_suite(parent: ElementTree.Element, result: BuildResult) -> None:
     report = result.report
     checks = report["gates"]["checks"]
     failures = [check for check in checks if not check["passed"]]

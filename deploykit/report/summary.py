@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from deploykit.atomic_files import write_atomically
+from deploykit.results import BuildResult
 
-if TYPE_CHECKING:
-    from deploykit.build import BuildResult
 
 GATE_MISSED_EXIT_CODE = 3
 
 
-def target_summary(result: "BuildResult") -> dict:
+def target_summary(result: BuildResult) -> dict:
     report = result.report
     artifact, metrics = report["artifact"], report["metrics"]
     return {
@@ -44,7 +42,7 @@ def target_summary(result: "BuildResult") -> dict:
     }
 
 
-def build_summary(results: list["BuildResult"], exit_code: int, error: str | None = None) -> dict:
+def build_summary(results: list[BuildResult], exit_code: int, error: str | None = None) -> dict:
     """The run as a whole: its exit code, whether every target passed, the error that stopped it if any."""
     return {
         "deploykit_version": version("deploykit"),
@@ -55,5 +53,5 @@ def build_summary(results: list["BuildResult"], exit_code: int, error: str | Non
     }
 
 
-def write_summary(path: Path, results: list["BuildResult"], exit_code: int, error: str | None = None) -> Path:
+def write_summary(path: Path, results: list[BuildResult], exit_code: int, error: str | None = None) -> Path:
     return write_atomically(path, json.dumps(build_summary(results, exit_code, error), indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The target schema: what one YAML file in targets/ may say about a class of hardware (pure data, pydantic).
 
 Plugin blocks (`runtime`, `compiler`, `profiling`) and `recipes` name things in
-deploykit's registries; `targets/registry.py` checks them when a file loads.
+deploykit's registries; `deploykit/target_loader.py` checks them when a file loads.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from deploykit.build import BuildOptions, prepare_session
 from deploykit.passes.recipe import parse_recipe, recipe
 from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 from ptq_vs_vendor import _format  # same folder: one number format for every benchmark table
 
 DEFAULT_RECIPES = (

@@ -30,7 +30,7 @@ from deploykit.compatibility import check_compatibility
 from deploykit.passes.recipe import recipe
 from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 from ptq_vs_vendor import _format  # same folder: one number format for every benchmark table
 
 

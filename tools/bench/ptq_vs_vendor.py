@@ -28,7 +28,7 @@ from deploykit.backends.base import ExportedArtifact, get_backend
 from deploykit.build import BuildOptions, prepare_session
 from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
-from deploykit.targets import load_target
+from deploykit.target_loader import load_target
 
 
 def vendor_tflite_default(saved_model: Path, folder: Path) -> ExportedArtifact:

@@ -1,5 +1,6 @@
-"""The target registry: finds target files (built-in, then the folders in DEPLOYKIT_TARGETS), loads them with
-one-line errors, and checks the plugins and recipes they name against deploykit's registries.
+"""Target files: finds them (built-in, then the folders in DEPLOYKIT_TARGETS) and reads them against the schema,
+with one-line errors. Whether the runtime, runner, compiler and recipes a file names exist is the plugin
+layer's check (`deploykit.target_loader`); this package imports no plugin code.
 
 The built-in targets live in the repository's `targets/` folder; a user adds more by
 pointing `DEPLOYKIT_TARGETS` at one or more folders (separated by `os.pathsep`), whose
@@ -14,11 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from deploykit.backends.base import BACKENDS
-from deploykit.compilers.base import get_compiler
 from deploykit.errors import DeployKitError
-from deploykit.passes.recipe import parse_recipe
-from deploykit.profiling.base import get_runner
 from deploykit.targets.schema import TARGET_NAME, Target
 from deploykit.user_files import parse_yaml, read_text
 
@@ -42,8 +39,8 @@ def target_dirs() -> list[Path]:
     return [BUILTIN_TARGETS_DIR, *extra]
 
 
-def load_target_file(path: Path) -> Target:
-    """Parse and validate one target YAML file, with a one-line error on any problem."""
+def read_target_file(path: Path) -> Target:
+    """Parse one target YAML file and validate it against the schema, with a one-line error on any problem."""
     if not TARGET_NAME.fullmatch(path.stem):
         raise DeployKitError(
             f"target file {path} has the name {path.stem!r}; target names are lowercase letters, digits and "
@@ -64,14 +61,6 @@ def load_target_file(path: Path) -> Target:
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in error.errors()
         )
         raise DeployKitError(f"target file {path} is invalid: {problems}.") from None
-    checks = (("runtime", lambda: BACKENDS.get(target.runtime)), ("profiling", lambda: get_runner(target.profiling)),
-              ("compiler", lambda: target.compiler is None or get_compiler(target.compiler)),
-              ("recipes", lambda: [parse_recipe(text) for text in target.recipes]))
-    for field_name, check in checks:  # plugins are named through their registries and check their own settings
-        try:
-            check()
-        except DeployKitError as error:
-            raise DeployKitError(f"target file {path} is invalid: {field_name}: {error}") from None
     return target
 
 
@@ -103,13 +92,8 @@ def _yaml_files(folder: Path) -> list[Path]:
     return paths
 
 
-def list_targets() -> list[Target]:
-    """Every registered target, sorted by name."""
-    return [load_target_file(path) for _, path in sorted(_target_files().items())]
-
-
-def load_target(name: str) -> Target:
-    """The target called `name`; an unknown name errors with the closest known names."""
+def find_target_file(name: str) -> Path:
+    """The file of the target called `name`; an unknown name errors with the closest known names."""
     files = _target_files()
     if name not in files:
         close = difflib.get_close_matches(name, files, n=3, cutoff=0.4)
@@ -118,14 +102,16 @@ def load_target(name: str) -> Target:
             f"unknown target {name!r}.{hint} Known targets: {', '.join(sorted(files))} "
             f"(add one as a YAML file in a folder named by {TARGETS_ENV})."
         )
-    return load_target_file(files[name])
+    return files[name]
 
 
-def resolve_targets(names: str) -> list[Target]:
-    """Targets from a comma-separated list; 'all' means every registered target."""
+def target_paths(names: str | None = None) -> list[Path]:
+    """Files of a comma-separated list of target names, or of every registered target (None or 'all', by name)."""
+    if names is None:
+        return [path for _, path in sorted(_target_files().items())]
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     if not wanted:
         raise DeployKitError("no target given; pass --target NAME (see `deploykit targets`).")
     if wanted == ["all"]:
-        return list_targets()
-    return [load_target(name) for name in wanted]
+        return target_paths()
+    return [find_target_file(name) for name in wanted]
