@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploykit.backends.base import INT4_ALGORITHMS, Int4Settings
-from deploykit.build.options import BuildOptions
+from deploykit.options import BuildOptions
 from deploykit.errors import DeployKitError, quoted
 from deploykit.interrupts import Interrupted, interruptible
 from deploykit.pareto_search.settings import PREFERENCES, SearchSettings

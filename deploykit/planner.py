@@ -6,14 +6,15 @@ decision (precision, sequence length, gates) is visible and can be overridden.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from deploykit.backends.base import Backend, available_runtimes, get_backend
 from deploykit.candidate import Candidate
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import get_pass, pass_class
-from deploykit.passes.recipe import Recipe, check_order, parse_recipe, recipe
+from deploykit.passes.recipe import check_order, parse_recipe, recipe
 from deploykit.latency_model import Architecture, LatencyModel, architecture_of, misses_budget
 from deploykit.profiling.base import ProfileRunner, ProfileSettings
 from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
@@ -21,7 +22,7 @@ from deploykit.size_budget import ParameterCounts, size_ladder, skip_too_large, 
 from deploykit.targets import INTEGER_PRECISIONS, Target
 
 if TYPE_CHECKING:
-    from deploykit.build.options import BuildOptions
+    from deploykit.options import BuildOptions
     from deploykit.models import ModelBundle
 
 BASELINE_PRECISION = "fp32"
@@ -249,8 +250,11 @@ def gates_for(target: Target, options: "BuildOptions") -> Gates:
 
 def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle: "ModelBundle", sequence_length: int,
                 sequence_length_reason: str, calibration_samples: int, evaluation_samples: int,
-                options: "BuildOptions", latency_model: LatencyModel | None = None) -> Plan:
-    """Everything one target's build will do, checked against the model before any work."""
+                options: "BuildOptions", latency_model: LatencyModel | None = None, search: dict | None = None) -> Plan:
+    """Everything one target's build will do, checked against the model before any work.
+
+    `search`: the search step of a build that searches (its study chooses, not the fixed candidate order).
+    """
     gates = gates_for(target, options)
     keras = bundle.onnx_source is None
     if not keras:
@@ -299,7 +303,19 @@ def plan_target(target: Target, backend: Backend, runner: ProfileRunner, bundle:
                 "--sequence-length within the range or fix the range."
             )
         plan.step("export")["sequence_axis"] = f"dynamic, {low}..{high} tokens (optimum {sequence_length})"
+    if search is not None:
+        plan.step("export").pop("if_gates_fail_try", None)
+        plan.steps.insert(1, search)
     return plan
+
+
+def chosen_plan(plan: Plan, backend: Backend, precision: str, sequence_length: int, chosen_by: str) -> Plan:
+    """A new plan saying what a search's choice ran: its precision, and its sequence length where it differs."""
+    chosen = replace(plan, steps=copy.deepcopy(plan.steps), sequence_length=sequence_length)
+    if sequence_length != plan.sequence_length:
+        chosen.step("tokenize").update(sequence_length=sequence_length, chosen_by=chosen_by)
+    chosen.step("export").update(precision=precision, method=backend.describe(precision))
+    return chosen
 
 
 def check_reads_onnx(target: Target, backend: Backend) -> None:

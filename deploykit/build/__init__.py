@@ -3,9 +3,12 @@ write the target folder with its report.
 
     session.py     the model, data split and the original's reference outputs; measuring artifacts
     derived.py     the models passes derive from the original, by recipe, and their traced graphs
+    job.py         TargetJob: one target's session, backend, plan, runner and latency model
     candidates.py  one candidate: passes -> export -> op check -> measure -> gates
     output.py      a target folder: staging, device compiler, report, manifest, atomic swap
-    options.py     BuildOptions and their checks
+    search.py      a build that searches: drives deploykit.pareto_search with its own evaluator
+
+BuildOptions and their checks are deploykit.options.
 
 A build that misses a quality gate is complete: its folder is written and its result
 says `passed=False` (the CLI exits with 3).
@@ -19,8 +22,10 @@ from pathlib import Path
 from rich.markup import escape
 
 from deploykit.backends.base import get_backend
-from deploykit.build.options import BuildOptions, check_options, forced_recipe
+from deploykit.options import BuildOptions, check_options, forced_recipe
+from deploykit.build.job import TargetJob
 from deploykit.build.output import build_target
+from deploykit.build.search import search_step, search_target
 from deploykit.build.session import DEFAULT_MODEL, BuildSession, prepare_session
 from deploykit.errors import DeployKitError
 from deploykit.output_folder import check_output
@@ -81,22 +86,17 @@ def build_targets(
                 f"{session.sequence_length} ({session.sequence_length_reason})."
             ))
             profiles = profiles_folder(options.profiles)
-            plans = []
+            jobs = []
             for target, backend, runner in resolved:  # every target's settings, before any export
                 model = load_latency_model(profiles, target.name, runner.device_name) if profiles else None
                 plan = plan_target(target, backend, runner, session.bundle, session.sequence_length,
                                    session.sequence_length_reason, len(session.split.calibration),
-                                   len(session.split.evaluation), options, model)
-                plans.append((target, backend, runner, plan, model))
+                                   len(session.split.evaluation), options, model,
+                                   search_step(session, target, backend) if options.search is not None else None)
+                jobs.append(TargetJob(session, target, backend, plan, runner, model))
             session.reference()  # labels meet the model's classes here, before the first export
-            if options.search is not None:
-                from deploykit.pareto_search.study import search_target
-
-                results = [search_target(session, target, backend, plan, runner, model)
-                           for target, backend, runner, plan, model in plans]
-            else:
-                results = [build_target(session, target, backend, plan, runner)
-                           for target, backend, runner, plan, _ in plans]
+            run = search_target if options.search is not None else build_target
+            results = [run(job) for job in jobs]
     except BaseException:
         if not out_existed and options.out.is_dir() and not any(options.out.iterdir()):
             options.out.rmdir()

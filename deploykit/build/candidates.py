@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from deploykit.backends.base import Backend, ExportedArtifact
+from deploykit.build.job import TargetJob
 from deploykit.build.mixed import export_mixed, selection_goal
 from deploykit.build.session import BuildSession, Measured
 from deploykit.cache import digest
@@ -18,8 +19,7 @@ from deploykit.compatibility import Compatibility, check_compatibility
 from deploykit.latency_model import Architecture, architecture_of
 from deploykit.mixed_precision import MIXED
 from deploykit.passes.base import get_pass, pass_class
-from deploykit.planner import Candidate, Gates, Plan
-from deploykit.profiling.base import ProfileRunner
+from deploykit.planner import Candidate
 from deploykit.targets import Target
 
 
@@ -77,11 +77,11 @@ class TriedCandidate:
         }
 
 
-def try_candidate(session: BuildSession, backend: Backend, target: Target, plan: Plan, runner: ProfileRunner,
-                  candidate: Candidate, folder: Path) -> TriedCandidate:
+def try_candidate(job: TargetJob, candidate: Candidate, folder: Path) -> TriedCandidate:
     """Run the candidate's passes, export, validate and profile it, and check it against the gates."""
+    session, backend, target, plan, runner = job.session, job.backend, job.target, job.plan, job.runner
     recipe = candidate.recipe
-    exported = export_candidate(session, backend, target, plan, runner, candidate, folder)
+    exported = export_candidate(job, candidate, folder)
     artifact = exported.artifact
     compatibility = None
     if target.checks_ops and (ops := backend.graph_ops(artifact.path)) is not None:
@@ -120,9 +120,10 @@ class Exported:
     integer_graph: dict | None
 
 
-def export_key(session: BuildSession, backend: Backend, target: Target, candidate: Candidate, gates: Gates) -> str:
+def export_key(job: TargetJob, candidate: Candidate) -> str:
     """What a candidate's artifact depends on: the session's inputs, the target, the precision, every pass parameter
     (and for "mixed", how it chooses and the fidelity it aims at)."""
+    session, backend, target, gates = job.session, job.backend, job.target, job.plan.gates
     resolved = [(name, get_pass(name, **dict(items)).describe()) for name, items in candidate.recipe]
     mixed = None
     if candidate.precision == MIXED:
@@ -131,11 +132,11 @@ def export_key(session: BuildSession, backend: Backend, target: Target, candidat
                   mixed, candidate.int4_embeddings)
 
 
-def export_candidate(session: BuildSession, backend: Backend, target: Target, plan: Plan, runner: ProfileRunner,
-                     candidate: Candidate, folder: Path) -> Exported:
+def export_candidate(job: TargetJob, candidate: Candidate, folder: Path) -> Exported:
     """The candidate's artifact: from the cache, or by running its passes and the export (then stored)."""
+    session, backend, target, plan, runner = job.session, job.backend, job.target, job.plan, job.runner
     cache, recipe = session.cache, candidate.recipe
-    key = export_key(session, backend, target, candidate, plan.gates) if cache is not None else None
+    key = export_key(job, candidate) if cache is not None else None
     if key is not None and (entry := cache.get("export", key)) is not None:
         meta = entry.meta
         folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from deploykit.backends.base import Inputs
-from deploykit.build.options import BuildOptions
+from deploykit.options import BuildOptions
 from deploykit.data import DataSplit
 from deploykit.evaluate import label_ids
 from deploykit.integer_graph import integer_graph

@@ -9,13 +9,11 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from deploykit.backends.base import Backend
 from deploykit.build.candidates import TriedCandidate, dynamic_sequence, try_candidate
+from deploykit.build.job import TargetJob
 from deploykit.build.session import BuildSession
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.output_folder import new_staging, replace_folder
-from deploykit.planner import Plan
-from deploykit.profiling.base import ProfileRunner
 from deploykit.report.assemble import assemble_report
 from deploykit.report.diff import read_previous, report_diff
 from deploykit.report.html import write_html
@@ -25,9 +23,9 @@ from deploykit.results import BuildResult
 from deploykit.targets import Target
 
 
-def build_target(session: BuildSession, target: Target, backend: Backend, plan: Plan,
-                 runner: ProfileRunner) -> BuildResult:
+def build_target(job: TargetJob) -> BuildResult:
     """Try the plan's candidates in order (keeping the first that passes every gate) and write the target folder."""
+    session, target, plan = job.session, job.target, job.plan
     log = session.log
     log.info(f"\n[bold]Plan for {escape(target.name)}[/] ({escape(target.device)}):")
     for line in plan.lines():
@@ -35,19 +33,17 @@ def build_target(session: BuildSession, target: Target, backend: Backend, plan: 
     timings_before = dict(log.seconds)
     tried = []
     for number, candidate in enumerate(plan.candidates):  # fastest first
-        chosen = try_candidate(session, backend, target, plan, runner, candidate,
-                               session.workdir / f"{target.name}-{number}")
+        chosen = try_candidate(job, candidate, session.workdir / f"{target.name}-{number}")
         tried.append(chosen)
         if chosen.passed:
             break
     else:  # every candidate missed: ship the one missing the fewest gates (the fastest of those)
         chosen = min(tried, key=lambda candidate: sum(not check["passed"] for check in candidate.checks))
     untried = [candidate.label for candidate in plan.candidates[len(tried):]]
-    return write_target(session, target, backend, plan, runner, chosen, tried, timings_before, untried=untried)
+    return write_target(job, chosen, tried, timings_before, untried=untried)
 
 
-def write_target(session: BuildSession, target: Target, backend: Backend, plan: Plan, runner: ProfileRunner,
-                 chosen: TriedCandidate, tried: list[TriedCandidate], timings_before: dict,
+def write_target(job: TargetJob, chosen: TriedCandidate, tried: list[TriedCandidate], timings_before: dict,
                  extra: dict[str, Path] | None = None, search: dict | None = None,
                  untried: list[str] = ()) -> BuildResult:
     """Assemble OUT/<target> around the chosen candidate (staging, device compile, report, manifest, swap).
@@ -56,6 +52,7 @@ def write_target(session: BuildSession, target: Target, backend: Backend, plan: 
     `search` is the search's summary for the report; `untried`: the planned candidates never built, because an
     earlier one passed every gate.
     """
+    session, target, backend, plan, runner = job.session, job.target, job.backend, job.plan, job.runner
     log = session.log
     out = session.options.out
     previous = read_previous(out / target.name)  # before the new build takes its place

@@ -15,7 +15,7 @@ import numpy as np
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions
 from deploykit.build.derived import ModelStore
 from deploykit.cache import ContentCache, default_cache_folder, digest, toolchain_versions
-from deploykit.build.options import BuildOptions
+from deploykit.options import BuildOptions
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.evaluate import (accuracy, class_names_of, classification_fidelity, embedding_fidelity, label_ids,
                                 per_sample_fidelity, run_examples)
