@@ -58,6 +58,9 @@ class BuildOptions:
     search: SearchSettings | None = None  # None: try the planner's fixed candidates; else an Optuna search
     mixed: MixedSettings = MixedSettings()  # how precision "mixed" chooses the groups it keeps high
     int4: Int4Settings = Int4Settings()  # how precision int4-weights compresses
+    # The command line's values as (name, value) pairs, echoed in report.json's `options` (empty from the Python API):
+    # `deploykit build --config report.json` repeats the build. Nothing reads them back inside a build.
+    command: tuple = ()
 
 
 def check_options(options: BuildOptions) -> None:

@@ -117,3 +117,16 @@ def test_results_and_reports_sit_below_the_build():
     for name, imported in graph.items():
         if name.startswith(("deploykit.report", "deploykit.results", "deploykit.planner", "deploykit.options")):
             assert not {module for module in imported if module.startswith("deploykit.build")}, name
+
+
+def test_no_module_over_450_lines_and_no_command_function_over_10_parameters():
+    for path in (ROOT / "deploykit").rglob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 450, path
+        if "cli" not in path.relative_to(ROOT / "deploykit").parts:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                arguments = node.args
+                count = len(arguments.posonlyargs) + len(arguments.args) + len(arguments.kwonlyargs)
+                assert count <= 10, (path, node.name, count)

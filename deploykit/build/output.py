@@ -74,6 +74,7 @@ def write_target(job: TargetJob, chosen: TriedCandidate, tried: list[TriedCandid
         if search is not None:
             report["search"] = search
         report["candidates_not_tried"] = list(untried)
+        report["options"] = dict(session.options.command) or None
         report["previous"] = report_diff(previous, report) if previous is not None else None
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(render_markdown(report))
