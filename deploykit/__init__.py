@@ -16,9 +16,8 @@ from deploykit.errors import DeployKitError, GateFailure  # noqa: E402
 from deploykit.target_loader import list_targets, load_target  # noqa: E402
 
 
-# Imported eagerly (light: no framework loads here) so that `deploykit.build` names the function: a lazy
-# wrapper would be replaced by the `deploykit.build` submodule the first time anything imported it.
-from deploykit.build import build, build_targets, search  # noqa: E402
+# The build API; the package that runs it is `deploykit.pipeline`, so `deploykit.build` names the function only.
+from deploykit.pipeline import build, build_targets, search  # noqa: E402
 
 
 def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str | None = None, **device_options) -> dict:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.backends.base import Inputs, Runner
+from deploykit.backends.base import Inputs, LoadedModel
 from deploykit.errors import DeployKitError
 
 
-def run_examples(runner: Runner, inputs: Inputs) -> np.ndarray:
+def run_examples(runner: LoadedModel, inputs: Inputs) -> np.ndarray:
     """Run each row of a batch through a batch-1 artifact; stack the outputs."""
     count = len(next(iter(inputs.values())))
     rows = [runner({name: values[i:i + 1] for name, values in inputs.items()})[0] for i in range(count)]

@@ -75,7 +75,7 @@ def architecture_of(backbone) -> Architecture | None:
     """A keras-hub BertBackbone's architecture (None for models without one, e.g. an ONNX input)."""
     if backbone is None or not hasattr(backbone, "transformer_layers"):
         return None
-    from deploykit.bert_surgery import FFN_DENSE, head_size, low_rank_dense_class
+    from deploykit.graph.bert_surgery import FFN_DENSE, head_size, low_rank_dense_class
 
     ffn = getattr(backbone.transformer_layers[0], FFN_DENSE[0], None)
     rank = ffn.rank if isinstance(ffn, low_rank_dense_class()) else None

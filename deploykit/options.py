@@ -11,11 +11,11 @@ from deploykit.backends.base import (DEFAULT_ACTIVATION_PERCENTILE, DEFAULT_CONV
 from deploykit.cache import DEFAULT_MAX_GB
 from deploykit.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES, DEFAULT_LENGTH_PERCENTILE
 from deploykit.errors import DeployKitError
-from deploykit.integer_graph import DEFAULT_MASKED_LOGIT
-from deploykit.mixed_precision import MixedSettings
+from deploykit.graph.integer_graph import DEFAULT_MASKED_LOGIT
+from deploykit.graph.mixed_precision import MixedSettings
 from deploykit.passes.recipe import read_recipe
 from deploykit.profiling.base import ProfileSettings
-from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
+from deploykit.graph.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
 from deploykit.pareto_search.settings import PREFERENCES, SearchSettings
 
 

@@ -17,7 +17,7 @@ from deploykit.passes.base import get_pass, pass_class
 from deploykit.passes.recipe import check_order, parse_recipe, recipe
 from deploykit.latency_model import Architecture, LatencyModel, architecture_of, misses_budget
 from deploykit.profiling.base import ProfileRunner, ProfileSettings
-from deploykit.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
+from deploykit.graph.residual_scaling import DEFAULT_MAX_RESIDUAL_SCALE
 from deploykit.size_budget import ParameterCounts, size_ladder, skip_too_large, with_reachable_vocabulary
 from deploykit.targets import INTEGER_PRECISIONS, Target
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from deploykit.backends.base import ExportOptions, get_backend
-from deploykit.compatibility import check_compatibility
+from deploykit.graph.compatibility import check_compatibility
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import run_examples
 from deploykit.models import load_model

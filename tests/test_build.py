@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from deploykit.build import BuildOptions, build, build_targets
+from deploykit.pipeline import BuildOptions, build, build_targets
 from deploykit.errors import DeployKitError
 from deploykit.profiling.local import ProfileSettings
 from deploykit.report.manifest import sha256_of
@@ -148,7 +148,7 @@ def test_timings_belong_to_each_target(classifier_builds):
 
 
 def test_all_skips_targets_it_cannot_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
-    build_module = importlib.import_module("deploykit.build")
+    build_module = importlib.import_module("deploykit.pipeline")
     from deploykit.target_loader import load_target
 
     unbuildable = load_target("nvidia-gpu").model_copy(update={"precisions": ["fp8"]})  # none the backend exports
@@ -173,7 +173,7 @@ def test_a_missed_gate_falls_back_to_the_next_precision(tiny_backbone_file, labe
 
 def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_backbone_file, labelled_data, tmp_path,
                                                                          monkeypatch):
-    build_module = importlib.import_module("deploykit.build")
+    build_module = importlib.import_module("deploykit.pipeline")
     from deploykit.target_loader import load_target
 
     quantization_only = load_target("arm-cpu").model_copy(update={"recipes": []})
@@ -189,8 +189,8 @@ def test_when_every_candidate_misses_the_first_missing_fewest_gates_ships(tiny_b
 def test_public_build_stays_the_function_after_the_submodule_is_imported():
     import deploykit
 
-    module = importlib.import_module("deploykit.build")
-    assert deploykit.build is module.build and deploykit.build_targets is module.build_targets
+    module = importlib.import_module("deploykit.pipeline")
+    assert deploykit.pipeline is module.build and deploykit.build_targets is module.build_targets
 
 
 def test_a_classifier_without_labels_is_gated_on_agreement(tiny_classifier, labelled_data, tmp_path):

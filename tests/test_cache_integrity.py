@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploykit import cache as cache_module
-from deploykit.build import BuildOptions, build_targets
+from deploykit.pipeline import BuildOptions, build_targets
 from deploykit.cache import KEY_VARIABLE, ContentCache, key_file
 from deploykit.errors import DeployKitError
 from deploykit.profiling.base import ProfileSettings

@@ -3,8 +3,8 @@
 import pytest
 
 from deploykit.backends.base import ExportOptions, get_backend
-from deploykit.build import build
-from deploykit.compatibility import GraphOp, GraphTensor, check_compatibility
+from deploykit.pipeline import build
+from deploykit.graph.compatibility import GraphOp, GraphTensor, check_compatibility
 from deploykit.models import load_model
 from deploykit.profiling.local import ProfileSettings
 from deploykit.target_loader import load_target

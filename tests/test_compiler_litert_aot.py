@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from deploykit.backends.base import ExportedArtifact, get_backend
-from deploykit.compatibility import GraphOp, GraphTensor, check_compatibility
+from deploykit.graph.compatibility import GraphOp, GraphTensor, check_compatibility
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.compilers.litert_aot import LiteRTAotCompiler, soc_models
 from deploykit.errors import DeployKitError

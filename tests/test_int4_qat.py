@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deploykit.backends.base import ExportOptions, Int4Settings, get_backend
-from deploykit.build import build
+from deploykit.pipeline import build
 from deploykit.errors import DeployKitError
 from deploykit.evaluate import run_examples
 from deploykit.models import load_model

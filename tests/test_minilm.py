@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.build import BuildOptions, build_targets
-from deploykit.mixed_precision import MixedSettings
+from deploykit.pipeline import BuildOptions, build_targets
+from deploykit.graph.mixed_precision import MixedSettings
 from deploykit.models import load_model
 from deploykit.profiling.local import ProfileSettings
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from deploykit.backends.base import ExportOptions, get_backend
-from deploykit.build import build
+from deploykit.pipeline import build
 from deploykit.evaluate import run_examples
-from deploykit.mixed_precision import PrecisionGroup, choose_groups, rank_groups
+from deploykit.graph.mixed_precision import PrecisionGroup, choose_groups, rank_groups
 from deploykit.models import load_model
 from deploykit.profiling.local import ProfileSettings
 
@@ -300,7 +300,7 @@ def test_table_lookups_rewritten_for_litert_compute_the_same(tiny_backbone_file,
     """GATHER on the embedding tables becomes EMBEDDING_LOOKUP (ids flattened), with bit-identical float outputs."""
     import tensorflow as tf
 
-    from deploykit.tflite_lookup import as_embedding_lookups
+    from deploykit.graph.tflite_lookup import as_embedding_lookups
 
     inputs, _ = _saved_with_samples(tiny_backbone_file, tmp_path / "saved")
     float_model = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved")).convert()

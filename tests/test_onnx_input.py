@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from deploykit.build import build
+from deploykit.pipeline import build
 from deploykit.backends.base import ExportOptions, get_backend
 from deploykit.errors import DeployKitError
 from deploykit.models import load_model
-from deploykit.onnx_model import run_graph, write_static_graph
+from deploykit.graph.onnx_model import run_graph, write_static_graph
 from deploykit.profiling.local import ProfileSettings
 
 FAST = ProfileSettings(runs=5, warmup=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deploykit.backends.base import ExportOptions, get_backend
-from deploykit.bert_surgery import Keep, keep_all, reshaped_backbone
+from deploykit.graph.bert_surgery import Keep, keep_all, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.models import ModelBundle
 from deploykit.models.heads import embedding_forward
@@ -304,7 +304,7 @@ def test_factorize_halves_ffn_weights_and_full_rank_is_exact(bundle):
 
 
 def test_latency_budget_makes_the_build_try_the_targets_recipes(tiny_classifier, labelled_data, tmp_path, monkeypatch):
-    from deploykit.build import build
+    from deploykit.pipeline import build
 
     (tmp_path / "targets").mkdir()
     (tmp_path / "targets" / "tiny-cpu.yaml").write_text(

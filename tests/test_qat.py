@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 from deploykit.backends.base import ExportOptions, get_backend
-from deploykit.build import build
-from deploykit.compatibility import check_compatibility
+from deploykit.pipeline import build
+from deploykit.graph.compatibility import check_compatibility
 from deploykit.errors import DeployKitError
-from deploykit.integer_graph import integer_graph
+from deploykit.graph.integer_graph import integer_graph
 from deploykit.models import load_model
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.profiling.local import ProfileSettings

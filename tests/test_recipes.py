@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deploykit.build import build
+from deploykit.pipeline import build
 from deploykit.errors import DeployKitError
 from deploykit.passes.recipe import parse_recipe, read_recipe
 from deploykit.profiling.base import ProfileSettings

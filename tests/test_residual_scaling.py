@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from deploykit.integer_graph import integer_graph
+from deploykit.graph.integer_graph import integer_graph
 from deploykit.models import load_model
-from deploykit.residual_scaling import find_scales, scaled_residual_stream, stream_layers
+from deploykit.graph.residual_scaling import find_scales, scaled_residual_stream, stream_layers
 
 TEXTS = ["team goal win season", "bread soup garlic", "coach league player", "cheese recipe bake dinner"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.build import BuildOptions, build_targets
+from deploykit.pipeline import BuildOptions, build_targets
 from deploykit.cache import ContentCache, digest
 from deploykit.errors import DeployKitError
 from deploykit.latency_model import Architecture
@@ -84,7 +84,7 @@ def test_the_cache_drops_damaged_entries_and_evicts_the_least_recently_used(tmp_
 
 def test_a_rebuild_reuses_every_stage_and_a_changed_input_misses(tiny_classifier, labelled_data, tmp_path,
                                                                   monkeypatch):
-    from deploykit.build import session as session_module
+    from deploykit.pipeline import session as session_module
     from deploykit.progress import StepLog
 
     def build(out, data=labelled_data, **extra):

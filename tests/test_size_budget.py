@@ -3,7 +3,7 @@
 import pytest
 
 from deploykit.backends.base import get_backend
-from deploykit.build import build
+from deploykit.pipeline import build
 from deploykit.planner import plan_candidates
 from deploykit.size_budget import ParameterCounts, skip_too_large
 from deploykit.profiling.local import ProfileSettings

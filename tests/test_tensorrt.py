@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from deploykit.build import build
+from deploykit.pipeline import build
 from deploykit.backends.base import ExportOptions, ExportedArtifact, get_backend
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.compilers.tensorrt import parse_trtexec_latency
@@ -187,7 +187,7 @@ def test_two_four_pruning_reaches_the_onnx_weights_and_the_engine_flags(tiny_cla
 
 def test_sequence_range_gives_a_dynamic_onnx_and_an_optimisation_profile(tiny_classifier, labelled_data, tmp_path,
                                                                           monkeypatch):
-    build_module = importlib.import_module("deploykit.build")
+    build_module = importlib.import_module("deploykit.pipeline")
     from deploykit.target_loader import load_target
 
     ranged = load_target("nvidia-gpu").model_copy(update={"sequence_range": (8, 32)})
@@ -209,7 +209,7 @@ def test_sequence_range_gives_a_dynamic_onnx_and_an_optimisation_profile(tiny_cl
 
 
 def test_sequence_range_is_checked_against_the_build(tiny_classifier, labelled_data, tmp_path, monkeypatch):
-    build_module = importlib.import_module("deploykit.build")
+    build_module = importlib.import_module("deploykit.pipeline")
     from deploykit.errors import DeployKitError
     from deploykit.targets import Target
     from deploykit.target_loader import load_target

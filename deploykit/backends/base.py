@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
-from deploykit.graph_ops import GraphOp
+from deploykit.graph.graph_ops import GraphOp
 from deploykit.errors import DeployKitError
 from deploykit.registry import Registry
 
 if TYPE_CHECKING:
-    from deploykit.mixed_precision import PrecisionGroup
+    from deploykit.graph.mixed_precision import PrecisionGroup
 
 Inputs = dict[str, np.ndarray]
 
 
 @dataclass
-class Runner:
+class LoadedModel:
     """A loaded artifact: call it on one batch-1 example (timing runs in the profiling worker, not here)."""
 
     run: Callable[[Inputs], np.ndarray]
@@ -144,7 +144,7 @@ class Backend:
         """The quantized graph and its precision groups, for precision "mixed" (backends listing it implement this)."""
         raise NotImplementedError
 
-    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+    def load(self, path: Path, threads: int, runtime_config: dict) -> LoadedModel:
         """Load the artifact with the runtime, ready to run batch-1 examples."""
         raise NotImplementedError
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import DeployKitError
-from deploykit.graph_ops import GraphOp, GraphTensor
+from deploykit.graph.graph_ops import GraphOp, GraphTensor
 from deploykit.backends.base import (Backend, ExportedArtifact, ExportOptions, Inputs, Int4Settings, MixedGraph,
-                                     Runner)
-from deploykit.mixed_precision import PrecisionGroup
-from deploykit.tflite_lookup import as_embedding_lookups
+                                     LoadedModel)
+from deploykit.graph.mixed_precision import PrecisionGroup
+from deploykit.graph.tflite_lookup import as_embedding_lookups
 
 # A region is the ops under one layer path this deep below the model's common root (model / block / sublayer, e.g.
 # bert_backbone/transformer_layer_2/self_attention_layer_norm): int16 pays where a region's own tensors stay
@@ -100,7 +100,7 @@ class LiteRTBackend(Backend):
             for op in interpreter._get_ops_details()
         ]
 
-    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+    def load(self, path: Path, threads: int, runtime_config: dict) -> LoadedModel:
         from ai_edge_litert.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
@@ -115,7 +115,7 @@ class LiteRTBackend(Backend):
                 return (output.astype(np.float32) - zero_point) * scale
             return output
 
-        return Runner(run)
+        return LoadedModel(run)
 
 
 class Int16MixedGraph(MixedGraph):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, MixedGraph, Runner
-from deploykit.mixed_precision import PrecisionGroup, group_name
+from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions, Inputs, MixedGraph, LoadedModel
+from deploykit.graph.mixed_precision import PrecisionGroup, group_name
 
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
@@ -77,7 +77,7 @@ class OpenVINOBackend(Backend):
         _number_unnamed_nodes(quantized)
         return FakeQuantizeMixedGraph(quantized, self.describe("mixed"))
 
-    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+    def load(self, path: Path, threads: int, runtime_config: dict) -> LoadedModel:
         import openvino as ov
 
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **runtime_config}
@@ -88,7 +88,7 @@ class OpenVINOBackend(Backend):
         def run(inputs: Inputs) -> np.ndarray:
             return np.array(request.infer(inputs)[output], copy=True)
 
-        return Runner(run)
+        return LoadedModel(run)
 
 
 def _quantize(model, calibration: list[Inputs]):

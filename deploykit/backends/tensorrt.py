@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.backends.base import (DEFAULT_CONVERTER_TIMEOUT_S, Backend, ExportedArtifact, ExportOptions, Inputs,
-                                     MixedGraph, Runner)
+                                     MixedGraph, LoadedModel)
 from deploykit.errors import DeployKitError
-from deploykit.mixed_precision import PrecisionGroup, group_name
-from deploykit.onnx_canonical import canonicalize
+from deploykit.graph.mixed_precision import PrecisionGroup, group_name
+from deploykit.graph.onnx_canonical import canonicalize
 from deploykit.subprocesses import run_step
 
 OPSET = 17  # TensorRT 8.6+ parses it; per-channel Q/DQ needs >= 13
@@ -91,7 +91,7 @@ class TensorRTBackend(Backend):
         return ExportedArtifact(path=path, files=[path], format=self.format, precision=precision, method=method,
                                 runtime_config={"onnx_opset": OPSET})
 
-    def load(self, path: Path, threads: int, runtime_config: dict) -> Runner:
+    def load(self, path: Path, threads: int, runtime_config: dict) -> LoadedModel:
         import onnxruntime as ort
 
         settings = ort.SessionOptions()
@@ -103,7 +103,7 @@ class TensorRTBackend(Backend):
         def run(inputs: Inputs) -> np.ndarray:
             return session.run(None, {name: inputs[name] for name in names})[0]
 
-        return Runner(run)
+        return LoadedModel(run)
 
     def mixed_graph(self, saved_model: Path, options: ExportOptions, scratch: Path) -> "QdqMixedGraph":
         scratch.mkdir(parents=True, exist_ok=True)

@@ -186,7 +186,7 @@ def _build(arguments: dict, record: tuple) -> list:
     from deploykit.runtime_env import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from deploykit.build import build_targets
+    from deploykit.pipeline import build_targets
     from deploykit.progress import StepLog
 
     options = build_options(arguments, record)

@@ -150,7 +150,7 @@ def _given(**values) -> dict:
 def build_options(values: dict, record: tuple = ()) -> BuildOptions:
     """The BuildOptions the command's values ask for (each from its flag, else --config, else its default);
     `record`: the values as the command took them, echoed in report.json."""
-    from deploykit.mixed_precision import MixedSettings
+    from deploykit.graph.mixed_precision import MixedSettings
     from deploykit.options import forced_recipe
     from deploykit.profiling.base import ProfileSettings
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from deploykit import runtime_env  # noqa: F401  (sets the Keras backend before keras is imported)
 from deploykit.errors import DeployKitError
-from deploykit.integer_graph import integer_graph
+from deploykit.graph.integer_graph import integer_graph
 from deploykit.models.heads import classifier_forward, classifier_on, embedding_forward, token_map_layer
 from deploykit.models.text_normalization import KerasHubNormalizer, TextNormalizer
 
@@ -59,7 +59,7 @@ class ModelBundle:
     def check_rebuildable(self) -> None:
         """Fail clearly unless structural passes can rebuild this model (a keras-hub BERT, and for
         classifiers a keras-hub classifier head)."""
-        from deploykit.bert_surgery import check_bert
+        from deploykit.graph.bert_surgery import check_bert
 
         check_bert(self.backbone)
         if self.task == "classification" and not hasattr(self.task_model, "output_dense"):

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from deploykit.integer_graph import rounding_point
+from deploykit.graph.integer_graph import rounding_point
 
 
 def embedding_forward(backbone, pooling: str, normalize: bool) -> Callable:

@@ -232,7 +232,7 @@ def _load_keras_file(path: Path, task: Task | None, tokenizer_source: str | Path
 
 def _load_onnx(path: Path, task: Task | None, tokenizer_source: str | Path | None) -> ModelBundle:
     """An ONNX encoder with a pooled output; classification when labels.txt lies beside it (or --task says so)."""
-    from deploykit.onnx_model import describe
+    from deploykit.graph.onnx_model import describe
 
     facts = describe(path)
     class_names = _class_names_beside(path)

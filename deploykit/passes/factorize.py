@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.bert_surgery import FFN_DENSE, factorize_dense, keep_all, parameter_count, reshaped_backbone
+from deploykit.graph.bert_surgery import FFN_DENSE, factorize_dense, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.parameters import parameter

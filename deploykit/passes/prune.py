@@ -18,7 +18,7 @@ from typing import Iterator, Literal
 import numpy as np
 from pydantic import model_validator
 
-from deploykit.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
+from deploykit.graph.bert_surgery import Keep, dense_kernel, keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.parameters import parameter

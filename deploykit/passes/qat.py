@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.integer_graph import simulated_rounding
+from deploykit.graph.integer_graph import simulated_rounding
 from deploykit.passes.base import Pass, PassContext, PassResult
 from deploykit.passes.parameters import TeacherLossParameters, parameter
 from deploykit.targets.schema import INTEGER_PRECISIONS

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from deploykit.bert_surgery import keep_all, parameter_count, reshaped_backbone
+from deploykit.graph.bert_surgery import keep_all, parameter_count, reshaped_backbone
 from deploykit.errors import DeployKitError
 from deploykit.models.text_normalization import TextNormalizer
 from deploykit.passes.base import Pass, PassContext, PassResult

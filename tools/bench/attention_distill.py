@@ -27,8 +27,8 @@ from pathlib import Path
 from rich.console import Console
 
 from deploykit.runtime_env import import_tensorflow_quietly  # first: sets the Keras backend
-from deploykit.build import BuildOptions, prepare_session
-from deploykit.build.session import BuildSession
+from deploykit.pipeline import BuildOptions, prepare_session
+from deploykit.pipeline.session import BuildSession
 from deploykit.passes.base import PassContext, get_pass
 from deploykit.passes.recipe import parse_recipe
 from deploykit.progress import StepLog

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import get_backend
-from deploykit.build import BuildOptions, prepare_session
+from deploykit.pipeline import BuildOptions, prepare_session
 from deploykit.passes.recipe import parse_recipe, recipe
 from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import ExportedArtifact, get_backend
-from deploykit.build import BuildOptions, prepare_session
-from deploykit.compatibility import check_compatibility
+from deploykit.pipeline import BuildOptions, prepare_session
+from deploykit.graph.compatibility import check_compatibility
 from deploykit.passes.recipe import recipe
 from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog

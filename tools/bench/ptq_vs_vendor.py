@@ -25,7 +25,7 @@ from pathlib import Path
 
 from deploykit import runtime_env  # noqa: F401
 from deploykit.backends.base import ExportedArtifact, get_backend
-from deploykit.build import BuildOptions, prepare_session
+from deploykit.pipeline import BuildOptions, prepare_session
 from deploykit.profiling.base import ProfileSettings, get_runner
 from deploykit.progress import StepLog
 from deploykit.target_loader import load_target

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deploykit.backends.base import Backend
-from deploykit.build.session import BuildSession
+from deploykit.pipeline.session import BuildSession
 from deploykit.latency_model import LatencyModel
 from deploykit.planner import Plan
 from deploykit.profiling.base import ProfileRunner

@@ -13,14 +13,14 @@ from typing import Iterator
 import numpy as np
 
 from deploykit.backends.base import Backend, ExportedArtifact, ExportOptions
-from deploykit.build.derived import ModelStore
+from deploykit.pipeline.derived import ModelStore
 from deploykit.cache import ContentCache, default_cache_folder, digest, toolchain_versions
 from deploykit.options import BuildOptions
 from deploykit.data import DEFAULT_DATA, DataSplit, TextDataset, choose_sequence_length, load_dataset, split_dataset
 from deploykit.evaluate import (accuracy, class_names_of, classification_fidelity, embedding_fidelity, label_ids,
                                 per_sample_fidelity, run_examples)
 from deploykit.models import ModelBundle, load_model
-from deploykit.onnx_model import run_graph
+from deploykit.graph.onnx_model import run_graph
 from deploykit.passes.base import get_pass
 from deploykit.passes.recipe import Recipe
 from deploykit.planner import BASELINE_PRECISION

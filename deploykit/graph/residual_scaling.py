@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from deploykit.integer_graph import STREAM_SCALES, integer_layer_norm, simulated_rounding
+from deploykit.graph.integer_graph import STREAM_SCALES, integer_layer_norm, simulated_rounding
 from deploykit.models import ModelBundle
 
 # 8 keeps k**2 / N resolvable next to k = 1 in one int8 scale (see above); 1 turns the scaling off.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from deploykit.build.candidates import TriedCandidate, dynamic_sequence, try_candidate
-from deploykit.build.job import TargetJob
-from deploykit.build.session import BuildSession
+from deploykit.pipeline.candidates import TriedCandidate, dynamic_sequence, try_candidate
+from deploykit.pipeline.job import TargetJob
+from deploykit.pipeline.session import BuildSession
 from deploykit.compilers.base import CompileRequest, get_compiler
 from deploykit.output_folder import new_staging, replace_folder
 from deploykit.report.assemble import assemble_report

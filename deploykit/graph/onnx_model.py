@@ -76,7 +76,7 @@ def write_static_graph(source: Path, sequence_length: int, output: Path) -> Path
     import onnx
     from onnx import TensorProto, helper
 
-    from deploykit.onnx_canonical import canonicalize
+    from deploykit.graph.onnx_canonical import canonicalize
 
     model = onnx.load(str(source))
     graph = model.graph

@@ -17,10 +17,10 @@ import numpy as np
 from rich.markup import escape
 
 from deploykit.backends.base import Backend
-from deploykit.build.candidates import TriedCandidate, export_key, try_candidate
-from deploykit.build.job import TargetJob
-from deploykit.build.output import write_target
-from deploykit.build.session import BuildSession
+from deploykit.pipeline.candidates import TriedCandidate, export_key, try_candidate
+from deploykit.pipeline.job import TargetJob
+from deploykit.pipeline.output import write_target
+from deploykit.pipeline.session import BuildSession
 from deploykit.cache import digest
 from deploykit.errors import DeployKitError
 from deploykit.latency_model import architecture_of, misses_budget

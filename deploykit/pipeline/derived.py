@@ -21,13 +21,13 @@ from deploykit.backends.base import Inputs
 from deploykit.options import BuildOptions
 from deploykit.data import DataSplit
 from deploykit.evaluate import label_ids
-from deploykit.integer_graph import integer_graph
+from deploykit.graph.integer_graph import integer_graph
 from deploykit.models import ModelBundle
-from deploykit.onnx_model import write_static_graph
+from deploykit.graph.onnx_model import write_static_graph
 from deploykit.passes.base import Pass, PassContext, PassResult, get_pass, pass_class
 from deploykit.passes.recipe import Recipe
 from deploykit.progress import StepLog
-from deploykit.residual_scaling import find_scales, scaled_residual_stream
+from deploykit.graph.residual_scaling import find_scales, scaled_residual_stream
 
 
 class Session(Protocol):

@@ -16,11 +16,11 @@ import numpy as np
 from deploykit.backends.base import Backend, ExportedArtifact, MixedGraph
 from deploykit.cache import digest
 from deploykit.evaluate import classification_fidelity, embedding_fidelity, run_examples
-from deploykit.mixed_precision import FidelityOf, Sensitivity, choose_groups, predicted_cost, rank_groups
+from deploykit.graph.mixed_precision import FidelityOf, Sensitivity, choose_groups, predicted_cost, rank_groups
 from deploykit.passes.recipe import Recipe
 from deploykit.planner import Gates
 from deploykit.targets import Target
-from deploykit.build.session import BuildSession
+from deploykit.pipeline.session import BuildSession
 
 
 def export_mixed(session: BuildSession, backend: Backend, target: Target, gates: Gates, saved_model: Path,

@@ -23,10 +23,10 @@ from rich.markup import escape
 
 from deploykit.backends.base import get_backend
 from deploykit.options import BuildOptions, check_options, forced_recipe
-from deploykit.build.job import TargetJob
-from deploykit.build.output import build_target
-from deploykit.build.search import search_step, search_target
-from deploykit.build.session import DEFAULT_MODEL, BuildSession, prepare_session
+from deploykit.pipeline.job import TargetJob
+from deploykit.pipeline.output import build_target
+from deploykit.pipeline.search import search_step, search_target
+from deploykit.pipeline.session import DEFAULT_MODEL, BuildSession, prepare_session
 from deploykit.errors import DeployKitError
 from deploykit.output_folder import check_output
 from deploykit.planner import candidate_precisions, check_reads_onnx, plan_target

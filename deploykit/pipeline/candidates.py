@@ -11,13 +11,13 @@ from pathlib import Path
 from rich.markup import escape
 
 from deploykit.backends.base import Backend, ExportedArtifact
-from deploykit.build.job import TargetJob
-from deploykit.build.mixed import export_mixed, selection_goal
-from deploykit.build.session import BuildSession, Measured
+from deploykit.pipeline.job import TargetJob
+from deploykit.pipeline.mixed import export_mixed, selection_goal
+from deploykit.pipeline.session import BuildSession, Measured
 from deploykit.cache import digest
-from deploykit.compatibility import Compatibility, check_compatibility
+from deploykit.graph.compatibility import Compatibility, check_compatibility
 from deploykit.latency_model import Architecture, architecture_of
-from deploykit.mixed_precision import MIXED
+from deploykit.graph.mixed_precision import MIXED
 from deploykit.passes.base import get_pass, pass_class
 from deploykit.planner import Candidate
 from deploykit.targets import Target

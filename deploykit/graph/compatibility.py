@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from deploykit.graph_ops import GraphOp, GraphTensor
+from deploykit.graph.graph_ops import GraphOp, GraphTensor
 
 if TYPE_CHECKING:
     from deploykit.targets import Target
