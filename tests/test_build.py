@@ -190,7 +190,7 @@ def test_public_build_stays_the_function_after_the_submodule_is_imported():
     import deploykit
 
     module = importlib.import_module("deploykit.pipeline")
-    assert deploykit.pipeline is module.build and deploykit.build_targets is module.build_targets
+    assert deploykit.build is module.build and deploykit.build_targets is module.build_targets
 
 
 def test_a_classifier_without_labels_is_gated_on_agreement(tiny_classifier, labelled_data, tmp_path):

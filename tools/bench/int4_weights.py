@@ -1,7 +1,7 @@
 """Benchmark: int4 weights against the target's 8-bit precision and fp32 on the real MiniLM embedding model, side by
 side in one run.
 
-Each variant is one `deploykit.pipeline` on the bundled sentences (same data, seed and calibration; no cache), pinned to a
+Each variant is one `deploykit.build` on the bundled sentences (same data, seed and calibration; no cache), pinned to a
 precision and, for int4-weights, to int4 settings (and trained only where its recipe says so). Every artifact then runs on texts neither calibration nor GPTQ saw:
 the build's own held-out evaluation texts and sentences of a different kind (the GPL-3 licence text), compared with
 the original Keras model. Latency: `deploykit.profile` on every folder in turn, `--rounds` times, median p50 (1 thread).

@@ -1,7 +1,7 @@
 """Benchmark: uniform int8 against "mixed" (int8 with the most sensitive layers kept high) on the real MiniLM
 embedding model, side by side in one run, per target.
 
-For each target, `deploykit.pipeline` runs twice on the bundled sentences (same data, seed and
+For each target, `deploykit.build` runs twice on the bundled sentences (same data, seed and
 calibration, the target's own gates, which "mixed" aims at): `--precision int8` and
 `--precision mixed` (a build that misses a gate still writes its folder). Post-training only (no QAT
 candidate after int8 on integer-only targets): the comparison is between precisions, on the same
