@@ -25,7 +25,17 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return " + ".join([*self.passes, self.precision]) + (" (int4 embeddings)" if self.int4_embeddings else "")
+        """`trim-vocab:keep=reachable + int4-weights (int4 embeddings)`: the passes, with the parameters a pass
+        names as telling its variants apart (`Pass.labelled_parameters`) where they differ from the default."""
+        from deploykit.passes.base import pass_class
+
+        names = []
+        for name, items in self.recipe:
+            kind = pass_class(name)
+            shown = [f"{key}={value}" for key, value in items if key in kind.labelled_parameters
+                     and value != kind.Parameters.model_fields[key].default]
+            names.append(name + (":" + ",".join(shown) if shown else ""))
+        return " + ".join([*names, self.precision]) + (" (int4 embeddings)" if self.int4_embeddings else "")
 
     @property
     def recipe_text(self) -> str:

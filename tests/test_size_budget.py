@@ -74,7 +74,7 @@ def test_a_size_budget_drops_the_vocabulary_rows_no_text_can_reach(encoder_with_
         return
     assert "3 vocabulary rows (96 weights)" in steps["size_budget"]["lossless"]
     assert not set(UNREACHABLE) & set(shipped) and len(shipped) > len(UNREACHABLE)
-    assert result.report["candidates"][0]["candidate"] == "trim-vocab + fp32"
+    assert result.report["candidates"][0]["candidate"] == "trim-vocab:keep=reachable + fp32"
     assert result.report["metrics"]["fidelity"]["cosine_min"] > 0.99999  # changes no output
     assert "teacher" not in result.report["timings_s"]  # trim-vocab never reads the original's outputs
 

@@ -60,6 +60,7 @@ class Pass:
     changes_token_ids: ClassVar[bool] = False  # the model reads other token ids than the original afterwards
     rebuilds_model: ClassVar[bool] = False  # returns a new keras-hub BERT cut out of the input (needs one)
     reads_teacher_outputs: ClassVar[bool] = True  # False: the build skips running the original on the training texts
+    labelled_parameters: ClassVar[tuple[str, ...]] = ()  # shown in a candidate's label when not at their default
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -68,6 +68,7 @@ class TrimVocabParameters(PassParameters):
 
 class TrimVocabulary(Pass):
     name = "trim-vocab"
+    labelled_parameters = ("keep",)  # the lossless trim and the lossy one are different candidates
     description = "keep the embedding rows of the texts' tokens; dropped tokens map to the nearest kept row"
     Parameters = TrimVocabParameters
     rebuilds_model = True
