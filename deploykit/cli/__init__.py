@@ -5,6 +5,7 @@
     build_options.py  their options: sections in --help, --config files, BuildOptions
     inspection.py     `passes`, `targets`, `profile`, `report`, `verify`
     ci.py             `ci init`
+    generation.py     `build`'s decoder path and options, `generate`
     tables.py         the tables they print
 
 Exit codes (stable, for CI): 0 success, 2 bad input or environment (one-line
@@ -14,7 +15,7 @@ manifest or an artifact that does not run, 130 / 143 interrupted by Ctrl-C / SIG
 (temporary and staging folders removed, earlier builds unchanged).
 """
 
-from deploykit.cli import ci, inspection  # noqa: F401  (their commands register on `main`)
+from deploykit.cli import ci, generation, inspection  # noqa: F401  (their commands register on `main`)
 from deploykit.cli.app import main
 from deploykit.cli.build import build, search
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from deploykit.cli.app import console, optional_path, output, print_error
+from deploykit.cli.generation import build_decoder_command, generation_options
 from deploykit.cli.build_options import (BUILD_DEFAULTS, PROFILE_DEFAULTS, SEARCH_DEFAULTS, GroupedCommand,
                                          build_options, command_record, config_option, device_options,
                                          search_options)
@@ -96,12 +97,15 @@ from deploykit.errors import DeployKitError
               "predicts candidates from (default: $DEPLOYKIT_PROFILES, else ./profiles); with --max-latency-ms, "
               "candidates predicted to miss it by more than the model's error are skipped before any training.")
 @search_options
+@generation_options
 def build(**arguments) -> None:
     """Build MODEL for each target: compress, export, validate against the original, profile, report.
 
     MODEL is a Hugging Face BERT folder, a keras-hub preset folder, a .keras file, an .onnx file
     (post-training paths on OpenVINO and TensorRT targets only; vocab.txt beside it or --tokenizer),
-    or the alias minilm-l6 (the default). Writes OUT/<target>/ with the artifact, tokenizer files,
+    or the alias minilm-l6 (the default). A generative decoder (a .gguf file, a Hugging Face Llama,
+    Qwen2, GPT-2 or Gemma 3 folder, a .keras CausalLM with tokenizer.json beside it, or the alias
+    smollm2-135m) is built with a KV cache and the Generation options; see docs/generation.md. Writes OUT/<target>/ with the artifact, tokenizer files,
     report.json, report.md and manifest.json, plus what the target's device compiler produced or
     the script to run it where its toolchain is installed (TensorRT, edgetpu_compiler, LiteRT NPU
     AOT). Exits with 3 when an artifact misses a quality gate.
@@ -112,6 +116,10 @@ def build(**arguments) -> None:
 def _run_build(arguments: dict, record: tuple) -> None:
     """`build` and `search`; --junit-xml and --summary-json record how the run ended, with an error too (once they
     are known not to overwrite an input). `record`: the command's values, echoed in each report.json."""
+    from deploykit.generation.loaders import is_decoder_source
+
+    if arguments["model"] and is_decoder_source(arguments["model"]):
+        return build_decoder_command(arguments)
     junit_xml, summary_json = arguments["junit_xml"], arguments["summary_json"]
     _check_build_paths(junit_xml, summary_json, arguments)
     try:

@@ -92,6 +92,35 @@ class Budgets(BaseModel):
     min_agreement: float = Field(
         0.99, ge=0, le=1, description="Smallest share of unchanged predictions, for classifiers built without labels."
     )
+    # Generative decoders, measured on held-out text against the original's next-token distributions. 1.10: int8
+    # weights on a 135M decoder cost under 1%, int4 rounded to nearest on every layer about 10-30%, so the default
+    # lets careful int4 (groups, data-aware scales, sensitive layers at int8) ship and plain int4 fall back.
+    max_perplexity_ratio: float = Field(
+        1.10, ge=1, description="Largest allowed perplexity of the artifact over the original's, on held-out text."
+    )
+    # 0.90: the original's own greedy choice is kept at nine positions in ten; lower, continuations visibly drift.
+    min_top1_agreement: float = Field(
+        0.90, ge=0, le=1, description="Smallest share of positions where the artifact's most likely next token is "
+        "the original's."
+    )
+    # Off by default: a greedy continuation is all-or-nothing after its first different token, so on a few prompts
+    # it swings on one near-tie; the per-position agreement above measures the same thing without the cascade.
+    min_greedy_match: float | None = Field(
+        None, ge=0, le=1, description="Smallest mean share of the original's first greedy tokens the artifact repeats."
+    )
+
+
+class Generation(BaseModel):
+    """How a target runs generative decoders; a target without this block refuses them before any work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(
+        description="Weight precisions tried in order (activations stay float); the first that passes the gates ships."
+    )
+    static_prefill: bool = Field(
+        False, description="Prefill runs in fixed-length chunks (runtimes without dynamic shapes); else any length."
+    )
 
 
 class Target(BaseModel):
@@ -139,6 +168,9 @@ class Target(BaseModel):
         "--use_nnapi=true, --use_gpu=true, an external QNN/NeuroPilot delegate); the adb runner passes them."
     )
     budgets: Budgets = Budgets()
+    generation: Generation | None = Field(
+        None, description="How this target runs generative decoders (absent: it refuses them)."
+    )
     compiler: dict | None = Field(
         None, description="The device toolchain run after export, e.g. {name: edgetpu}; see deploykit/compilers."
     )

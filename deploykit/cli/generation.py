@@ -1,0 +1,127 @@
+"""Generative decoders on the command line: `build`'s decoder options and path, and `deploykit generate`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from deploykit.cli.app import console, main, output
+from deploykit.cli.build_options import SECTIONS
+from deploykit.errors import DeployKitError
+
+# The options `build` takes for a decoder besides these: the rest are the encoders' and are refused, not ignored.
+SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "threads", "runs", "config")
+
+
+def generation_options(command):
+    """`build`'s options for decoders (the "Generation" section of its --help)."""
+    options = [
+        click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]),
+                     help="Decoders: weight precision instead of the target's list (tried in order: the first that "
+                     "passes the gates ships)."),
+        click.option("--cache-length", type=click.IntRange(min=2), default=512, show_default=True,
+                     help="Decoders: tokens the KV cache holds (prompt plus generated)."),
+        click.option("--prefill-length", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Decoders on static-shape runtimes (LiteRT): tokens per prefill call; longer prompts run "
+                     "in chunks."),
+        click.option("--weight-group-size", type=click.Choice(["32", "64", "128", "256"]),
+                     help="Decoders, int4: input channels sharing one scale (default: a GGUF source's own block "
+                     "size, else 64)."),
+        click.option("--awq", is_flag=True, help="Decoders on OpenVINO, int4: activation-aware scales with scale "
+                     "estimation, fitted on calibration passages of --data (NNCF)."),
+        click.option("--max-perplexity-ratio", type=click.FloatRange(min=1),
+                     help="Decoders, gate: largest perplexity on held-out text over the original's (default: the "
+                     "target's, 1.10)."),
+        click.option("--min-top1-agreement", type=click.FloatRange(0, 1),
+                     help="Decoders, gate: smallest share of positions whose most likely next token is the "
+                     "original's (default: the target's, 0.90)."),
+        click.option("--min-greedy-match", type=click.FloatRange(0, 1),
+                     help="Decoders, gate: smallest mean share of the original's first 16 greedy tokens repeated "
+                     "(default: reported, not gated)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+
+
+def build_decoder_command(arguments: dict) -> None:
+    """`deploykit build DECODER`: refuse encoder-only options that were set, then build every target."""
+    from deploykit.generation.build import GenerationOptions, build_decoder
+    from deploykit.generation.loaders import load_decoder
+    from deploykit.generation.profile import TimingPlan
+    from deploykit.progress import StepLog
+    from deploykit.target_loader import resolve_targets
+
+    _refuse_encoder_options(arguments)
+    a = arguments
+    targets = resolve_targets(a["target_names"])
+    options = GenerationOptions(
+        data=Path(a["data"]) if a["data"] else None, weights=a["weights"], cache_length=a["cache_length"],
+        prefill_length=a["prefill_length"], group_size=int(a["weight_group_size"]) if a["weight_group_size"] else None,
+        algorithm="awq" if a["awq"] else "rtn", max_perplexity_ratio=a["max_perplexity_ratio"],
+        min_top1_agreement=a["min_top1_agreement"], min_greedy_match=a["min_greedy_match"],
+        timing=TimingPlan(rounds=max(3, min(a["runs"], 20))), threads=a["threads"], seed=a["seed"], force=a["force"])
+    log = StepLog(console)
+    with log.step("load", f"loading {a['model']}"):
+        bundle = load_decoder(a["model"])
+    reports = build_decoder(bundle, targets, Path(a["out"]), options, log)
+    for report in reports:
+        artifact, fidelity = report["artifact"], report["fidelity"]
+        decode = next((v for k, v in report["timing"]["artifacts"]["artifact"].items() if k.startswith("decode")), {})
+        speed = f", decode {decode['median']:.0f} tok/s" if decode else ""
+        output.print(f"{report['target']}: {artifact['weights']}, {artifact['bytes'] / 1e6:.1f} MB, perplexity ratio "
+                     f"{fidelity['perplexity_ratio']:.3f}, top-1 {fidelity['top1_agreement']:.3f}{speed} -> "
+                     f"{Path(a['out']) / report['target']}/report.md", highlight=False, markup=False)
+
+
+def _refuse_encoder_options(arguments: dict) -> None:
+    context = click.get_current_context()
+    for parameter in context.command.params:
+        name = parameter.name
+        if name in SHARED_OPTIONS or name in SECTIONS["Generation (decoders)"] or name not in arguments:
+            continue
+        default = parameter.default if not callable(parameter.default) else None
+        value = arguments[name]
+        if value not in (default, None, (), False) and not (parameter.multiple and not value):
+            flag = parameter.opts[0] if parameter.opts else name
+            raise DeployKitError(f"{flag} applies to encoder builds; a decoder build takes --target, --data, --out, "
+                                 "--seed, --threads, --runs and the Generation options (see `deploykit build --help`).")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("prompt")
+@click.option("--max-new-tokens", "-n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0: greedy; above 0: sampled from the top-k tokens with --seed.")
+@click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
+def generate(folder: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
+             threads: int | None) -> None:
+    """Continue PROMPT with the decoder built in FOLDER (OUT/<target>), streaming tokens as they come.
+
+    Runs the artifact in its own runtime on this machine, with the tokenizer.json shipped beside it.
+    """
+    from deploykit.generation.artifact_folder import open_decoder_folder
+    from deploykit.generation.runtime import PromptTooLong, Sampling
+    from deploykit.generation.runtime import generate as run
+
+    decoder, tokenizer, stop_ids = open_decoder_folder(Path(folder), threads)
+    prompt_ids = list(tokenizer.encode(prompt).ids)
+    produced: list[int] = []
+    shown = ""
+    try:
+        for token in run(decoder, prompt_ids, max_new_tokens, Sampling(temperature, top_k, seed), stop_ids):
+            produced.append(token)
+            text = tokenizer.decode(produced)
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    except PromptTooLong as error:
+        raise DeployKitError(str(error)) from None
+    sys.stdout.write("\n")

@@ -1,0 +1,43 @@
+"""Opening a decoder build folder (OUT/<target>) to run it: untrusted until its files match its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploykit.errors import DeployKitError
+from deploykit.generation.backends.base import DECODER_BACKENDS, get_decoder_backend
+from deploykit.generation.runtime import LoadedDecoder
+from deploykit.user_files import read_json
+
+MAX_INTERFACE_BYTES = 1 << 20
+
+
+def open_decoder_folder(folder: Path, threads: int | None, checked: bool = False) -> tuple[LoadedDecoder, object,
+                                                                                             frozenset[int]]:
+    """(the loaded artifact, its tokenizer, the ids generation stops at). Every file is checked against the
+    manifest first (unless the caller just did), links are never followed, and only a file the manifest lists, with
+    a suffix a decoder runtime opens, is loaded."""
+    from tokenizers import Tokenizer
+
+    from deploykit.verify import check_files
+
+    if not checked:
+        check = check_files(folder)
+        if not check.passed:
+            raise DeployKitError(f"{folder} does not match its manifest.json ({'; '.join(check.lines()[:2])}); "
+                                 "rebuild it or run `deploykit verify` on it.")
+    interface = read_json(folder / "generation.json", dict, untrusted=True, limit=MAX_INTERFACE_BYTES)
+    name = interface.get("model")
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        raise DeployKitError(f"{folder}/generation.json names no model file inside the folder; rebuild it.")
+    path = folder / name
+    runtime = next((r for r in DECODER_BACKENDS.names() if get_decoder_backend(r).suffix == path.suffix), None)
+    if runtime is None or not path.is_file() or path.is_symlink():
+        raise DeployKitError(f"{folder} holds no decoder artifact deploykit can run ({name}); pass an OUT/<target> "
+                             "folder of a decoder build.")
+    tokenizer_path = folder / "tokenizer.json"
+    if tokenizer_path.is_symlink() or not tokenizer_path.is_file():
+        raise DeployKitError(f"{folder} has no tokenizer.json; rebuild it.")
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    stops = frozenset(int(i) for i in interface.get("stop_ids", []) if isinstance(i, int))
+    return get_decoder_backend(runtime).load(path, threads), tokenizer, stops

@@ -1,0 +1,77 @@
+"""Decoders on LiteRT: one .tflite with prefill and decode signatures over a fixed-size cache (XNNPACK on CPUs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
+from deploykit.generation.runtime import LoadedDecoder
+
+
+class LiteRTDecoder(DecoderBackend):
+    name = "litert"
+    suffix = ".tflite"
+    static_prefill = True
+    weights = {
+        "fp32": "TFLiteConverter, float32",
+        "fp16": "TFLiteConverter, float16 weights",
+        "int8": "TFLiteConverter dynamic-range int8 (Optimize.DEFAULT): int8 weights, activations quantized at run "
+        "time",
+        "int4": "ai-edge-quantizer dynamic int4, blockwise: FULLY_CONNECTED weights at int4 in groups of input "
+        "channels, the vocabulary table int8",
+    }
+
+    def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
+        import tensorflow as tf
+
+        method = self.describe(export.weights)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["prefill", "decode"])
+        if export.weights in ("fp16", "int8"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if export.weights == "fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        model = converter.convert()
+        if export.weights == "int4":
+            model = _int4_weights(model, export.group_size)
+            method += f", groups of {export.group_size}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.tflite"
+        path.write_bytes(model)
+        return DecoderArtifact(path, [path], export, method)
+
+    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+        import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        runners = {name: interpreter.get_signature_runner(name) for name in ("prefill", "decode")}
+        prefill_shape = runners["prefill"].get_input_details()["tokens"]["shape"]
+        cache_shape = tuple(int(d) for d in runners["decode"].get_input_details()["cache"]["shape"])
+
+        def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+            runner = runners["decode" if tokens.shape[1] == 1 else "prefill"]
+            out = runner(tokens=tokens, cache=cache, index=np.asarray(index, dtype=np.int32))
+            return out["logits"], out["next_cache"]
+
+        version = getattr(ai_edge_litert, "__version__", "")
+        return LoadedDecoder(step, cache_shape, int(prefill_shape[1]), f"LiteRT {version} (XNNPACK, CPU)".strip())
+
+
+def _int4_weights(model: bytes, group_size: int) -> bytes:
+    """int4 FULLY_CONNECTED weights in blocks of `group_size` input channels (int8 per channel where the width is
+    not a multiple), the token table int8 behind EMBEDDING_LOOKUP; rounded to nearest, data-free."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    from deploykit.graph.tflite_lookup import as_embedding_lookups
+
+    model, _ = as_embedding_lookups(model)
+    manager = recipe_manager.RecipeManager()
+    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP, num_bits=8,
+                               granularity=qtyping.QuantGranularity.CHANNELWISE)
+    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
+                               granularity=getattr(qtyping.QuantGranularity, f"BLOCKWISE_{group_size}"))
+    engine = quantizer.Quantizer(bytearray(model))
+    engine.load_quantization_recipe(manager.get_quantization_recipe())
+    return bytes(engine.quantize(None, enable_progress_report=False).quantized_model)

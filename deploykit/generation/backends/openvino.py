@@ -1,0 +1,80 @@
+"""Decoders on OpenVINO: one IR with explicit cache inputs and outputs, any prompt length, weights through NNCF.
+
+OpenVINO GenAI's stateful form (the cache inside the model, `beam_idx` input) comes from optimum-intel's PyTorch
+export; from a TensorFlow graph the cache stays explicit, and each step passes it in and out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
+from deploykit.generation.runtime import LoadedDecoder
+
+
+class OpenVINODecoder(DecoderBackend):
+    name = "openvino"
+    suffix = ".xml"
+    weights = {
+        "fp32": "openvino.convert_model, float32 weights",
+        "fp16": "openvino.convert_model, weights stored as fp16",
+        "int8": "nncf.compress_weights INT8_ASYM: int8 weights, one scale and zero point per output channel",
+        "int4": "nncf.compress_weights INT4_ASYM: int4 weights in groups of input channels; embeddings and the last "
+        "layer int8 (NNCF's default backup)",
+    }
+
+    def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
+        import nncf
+        import openvino as ov
+
+        method = self.describe(export.weights)
+        model = ov.convert_model(str(saved_model))
+        model.set_rt_info("saved_model", ["conversion_parameters", "input_model"])  # not the temporary path
+        if export.weights == "int8":
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        elif export.weights == "int4":
+            data = {}
+            if export.algorithm == "awq" or export.ratio < 1:
+                samples = [_step_inputs(model, ids) for ids in export.calibration]
+                data = {"dataset": nncf.Dataset(samples), "subset_size": len(samples)}
+            if export.algorithm == "awq":
+                data.update({"awq": True, "scale_estimation": True})
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM,
+                                          group_size=export.group_size, ratio=export.ratio, **data)
+            method += f", group size {export.group_size}, ratio {export.ratio:g}, {export.algorithm}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.xml"
+        ov.save_model(model, str(path), compress_to_fp16=export.weights == "fp16")
+        return DecoderArtifact(path, [path, path.with_suffix(".bin")], export, method)
+
+    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+        logits_port, cache_port = _outputs(compiled)
+        cache_shape = tuple(int(d) for d in compiled.input("cache").get_partial_shape().to_shape())
+
+        def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+            out = request.infer({"tokens": tokens, "cache": cache, "index": np.asarray(index, dtype=np.int32)})
+            return np.array(out[logits_port], copy=True), np.array(out[cache_port], copy=True)
+
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return LoadedDecoder(step, cache_shape, None, f"OpenVINO {ov.__version__} (CPU plugin, inference precision "
+                                                      f"{precision})")
+
+
+def _outputs(compiled) -> tuple[object, object]:
+    """(logits, cache) output ports: the converter renames outputs that share a name with an input (cache_1)."""
+    by_rank = {len(port.get_partial_shape()): port for port in compiled.outputs}
+    return by_rank[3], by_rank[6]
+
+
+def _step_inputs(model, token_ids: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """One calibration sample: a prefill of `token_ids` into an empty cache."""
+    shape = tuple(int(d) for d in model.input("cache").get_partial_shape().to_shape())
+    return {"tokens": np.asarray([token_ids], dtype=np.int32), "cache": np.zeros(shape, dtype=np.float32),
+            "index": np.asarray(0, dtype=np.int32)}

@@ -1,0 +1,64 @@
+"""Decoders for TensorRT: ONNX with explicit cache inputs and outputs, validated and profiled under onnxruntime.
+
+fp32 only for now: onnxruntime's float16 converter writes this graph with repeated output names (not valid ONNX),
+so fp16 is left to TensorRT's builder (--fp16), which chooses per layer.
+
+This is the input `trtexec` builds an engine from. TensorRT-LLM would add what this path lacks: paged KV caches,
+in-flight batching, fused attention and GEMM plugins, and int4 AWQ kernels.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
+from deploykit.generation.runtime import LoadedDecoder
+
+
+class TensorRTDecoder(DecoderBackend):
+    name = "tensorrt"
+    suffix = ".onnx"
+    weights = {
+        "fp32": "tf2onnx, float32 ONNX",
+    }
+
+    def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
+        import onnx
+
+        from deploykit.backends.tensorrt import tf2onnx_file
+
+        method = self.describe(export.weights)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as scratch:
+            float_path = Path(scratch) / "float.onnx"
+            tf2onnx_file(saved_model, float_path)
+            float_path.replace(path)
+        onnx.checker.check_model(str(path))
+        return DecoderArtifact(path, [path], export, method)
+
+    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+        import onnxruntime as ort
+
+        settings = ort.SessionOptions()
+        if threads:
+            settings.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+        inputs = {i.name.split(":")[0]: i.name for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        ranks = [len(o.shape) for o in session.get_outputs()]
+        logits_name, cache_name = outputs[ranks.index(3)], outputs[ranks.index(6)]
+        cache_shape = tuple(int(d) for d in next(i.shape for i in session.get_inputs() if i.name == inputs["cache"]))
+
+        def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+            feed = {inputs["tokens"]: tokens, inputs["cache"]: cache,
+                    inputs["index"]: np.asarray(index, dtype=np.int32)}
+            logits, updated = session.run([logits_name, cache_name], feed)
+            return logits, updated
+
+        return LoadedDecoder(step, cache_shape, None, f"onnxruntime {ort.__version__} (CPU; the engine itself needs "
+                                                      "TensorRT on the GPU)")
+

@@ -1,0 +1,263 @@
+"""Building a generative decoder for targets: export per runtime, gate on held-out text, time side by side, write.
+
+For each target the weight precisions its file lists are tried in order (int4 first where memory bandwidth bounds
+decode); the first artifact whose measured fidelity passes every gate ships. It is timed against the same runtime's
+float32 export in alternating rounds, and OUT/<target>/ gets the artifact, tokenizer.json, generation.json (how to
+drive it), report.json, report.md and manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import DeployKitError
+from deploykit.generation.backends.base import GGUF_BLOCK_SIZES, DecoderExport, get_decoder_backend
+from deploykit.generation.decoder import STEP_INPUTS, STEP_OUTPUTS, DecoderBundle
+from deploykit.generation.metrics import GenerationFidelity, measure_fidelity
+from deploykit.generation.profile import TimingPlan, time_side_by_side
+from deploykit.progress import StepLog
+from deploykit.targets.schema import Target
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "resources" / "sentences.jsonl"
+# A paragraph of context per held-out text: long enough that later positions lean on the cache, short enough
+# that 16 texts (2,000 predicted positions) are scored in seconds on a 135M model.
+DEFAULT_CACHE_LENGTH = 512
+DEFAULT_PREFILL_LENGTH = 64  # LiteRT's fixed prefill chunk: longer prompts run in several chunks
+DEFAULT_TEXT_TOKENS = 128
+DEFAULT_EVAL_TEXTS = 16
+DEFAULT_CALIBRATION_TEXTS = 16  # AWQ / scale estimation samples; NNCF's own examples use 32-128 for billion-scale
+DEFAULT_GREEDY_PROMPTS = 4
+DEFAULT_GREEDY_TOKENS = 16  # the issue's bar: the first 16 greedy tokens
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Every knob of a decoder build; the defaults are what `deploykit build <decoder>` does."""
+
+    data: Path | None = None  # JSONL/CSV with a `text` column (default: deploykit's bundled English sentences)
+    weights: str | None = None  # one precision instead of the target's list
+    cache_length: int = DEFAULT_CACHE_LENGTH
+    prefill_length: int = DEFAULT_PREFILL_LENGTH
+    group_size: int | None = None  # int4 group (None: the GGUF source's own block size, else 64)
+    ratio: float = 1.0
+    algorithm: str = "rtn"  # rtn | awq (OpenVINO)
+    text_tokens: int = DEFAULT_TEXT_TOKENS
+    eval_texts: int = DEFAULT_EVAL_TEXTS
+    calibration_texts: int = DEFAULT_CALIBRATION_TEXTS
+    greedy_prompts: int = DEFAULT_GREEDY_PROMPTS
+    greedy_tokens: int = DEFAULT_GREEDY_TOKENS
+    max_perplexity_ratio: float | None = None  # None: the target's budget
+    min_top1_agreement: float | None = None
+    min_greedy_match: float | None = None
+    timing: TimingPlan = TimingPlan()
+    threads: int | None = None
+    seed: int = 0
+    force: bool = False
+
+
+@dataclass
+class HeldOutText:
+    """Token ids of calibration and evaluation passages, greedy prompts, and the original's logits on each passage."""
+
+    calibration: list[list[int]]
+    evaluation: list[list[int]]
+    prompts: list[list[int]]
+    reference_logits: list[np.ndarray] = field(default_factory=list)
+    source: str = ""
+
+
+def check_generation_target(target: Target) -> None:
+    if target.generation is None:
+        raise DeployKitError(f"target {target.name} does not run generative decoders (its file has no `generation` "
+                             "block); build decoders for intel-cpu, arm-cpu or nvidia-gpu, or add the block.")
+
+
+def held_out_text(bundle: DecoderBundle, options: GenerationOptions) -> HeldOutText:
+    """Passages of about `text_tokens` tokens made of consecutive texts, shuffled with the seed: calibration
+    first, evaluation from the rest (disjoint), greedy prompts the first half of the first evaluation passages."""
+    from deploykit.data import load_dataset
+
+    dataset = load_dataset(options.data or DEFAULT_DATA)
+    passages, current = [], []
+    for text in dataset.texts:
+        current += bundle.encode(text if not current else " " + text)
+        if len(current) >= options.text_tokens:
+            passages.append(current[:options.text_tokens])
+            current = []
+    needed = options.eval_texts + (options.calibration_texts if options.algorithm == "awq" else 0)
+    if len(passages) < max(needed, 2):
+        raise DeployKitError(f"{dataset.source} gives {len(passages)} passages of {options.text_tokens} tokens and the "
+                             f"build needs {needed}; pass a larger --data file or fewer --eval-texts.")
+    order = np.random.default_rng(options.seed).permutation(len(passages))
+    passages = [passages[i] for i in order]
+    calibration = passages[:options.calibration_texts] if options.algorithm == "awq" else []
+    evaluation = passages[len(calibration):len(calibration) + options.eval_texts]
+    prompts = [p[:options.text_tokens // 2] for p in evaluation[:options.greedy_prompts]]
+    return HeldOutText(calibration, evaluation, prompts, source=str(dataset.source))
+
+
+def group_size_for(bundle: DecoderBundle, options: GenerationOptions) -> int:
+    """The int4 group: the user's, else the block size of a GGUF source's main quantization type (its grid), else
+    the default; never larger than the narrowest layer width allows."""
+    from deploykit.generation.backends.base import DEFAULT_GROUP_SIZE
+
+    if options.group_size:
+        return options.group_size
+    types = bundle.details.get("tensor_types", {})
+    quantized = {t: n for t, n in types.items() if t in GGUF_BLOCK_SIZES}
+    size = GGUF_BLOCK_SIZES[max(quantized, key=quantized.get)] if quantized else DEFAULT_GROUP_SIZE
+    hidden = int(bundle.backbone.hidden_dim)
+    while size > 32 and hidden % size:
+        size //= 2
+    return size
+
+
+def gate_failures(fidelity: GenerationFidelity, target: Target, options: GenerationOptions) -> list[str]:
+    budgets = target.budgets
+    max_ratio = options.max_perplexity_ratio or budgets.max_perplexity_ratio
+    min_top1 = options.min_top1_agreement if options.min_top1_agreement is not None else budgets.min_top1_agreement
+    min_greedy = options.min_greedy_match if options.min_greedy_match is not None else budgets.min_greedy_match
+    failures = []
+    if fidelity.perplexity_ratio > max_ratio:
+        failures.append(f"perplexity ratio {fidelity.perplexity_ratio:.3f} > {max_ratio:g}")
+    if fidelity.top1_agreement < min_top1:
+        failures.append(f"top-1 agreement {fidelity.top1_agreement:.3f} < {min_top1:g}")
+    if min_greedy is not None and (fidelity.greedy_match or 0) < min_greedy:
+        failures.append(f"greedy match {fidelity.greedy_match:.3f} < {min_greedy:g}")
+    return failures
+
+
+def build_decoder(bundle: DecoderBundle, targets: list[Target], out: Path,
+                  options: GenerationOptions = GenerationOptions(), log: StepLog | None = None) -> list[dict]:
+    """Build, gate, time and write each target; returns each target's report. Raises when no precision passes."""
+    log = log or StepLog()
+    from deploykit.output_folder import check_output
+
+    for target in targets:
+        check_generation_target(target)
+    bundle.check_length(options.cache_length)
+    check_output(out, [t.name for t in targets], options.force)
+    with log.step("reference", "scoring the original on held-out text"):
+        text = held_out_text(bundle, options)
+        text.reference_logits = [bundle.full_logits(ids) for ids in text.evaluation]
+    original = bundle.loaded(options.cache_length)
+    return [_build_target(bundle, target, text, original, out, options, log) for target in targets]
+
+
+def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, original, out: Path,
+                  options: GenerationOptions, log: StepLog) -> dict:
+    from deploykit.output_folder import new_staging, replace_folder
+
+    backend = get_decoder_backend(target.runtime)
+    choices = [options.weights] if options.weights else list(target.generation.weights)
+    export = DecoderExport(weights=choices[0], cache_length=options.cache_length,
+                           prefill_length=options.prefill_length, group_size=group_size_for(bundle, options),
+                           ratio=options.ratio, algorithm=options.algorithm,
+                           calibration=tuple(tuple(ids) for ids in text.calibration))
+    staging = new_staging(out, target.name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="deploykit-decoder-") as scratch:
+            saved_model = Path(scratch) / "saved_model"
+            with log.step("trace", f"{target.name}: tracing the cached step ({options.cache_length}-token cache)"):
+                bundle.write_saved_model(saved_model, options.cache_length, backend.signatures(export))
+            tried, shipped = [], None
+            for weights in choices:
+                candidate = replace(export, weights=weights)
+                with log.step("export", f"{target.name}: exporting {candidate.label()} weights and scoring them"):
+                    artifact = backend.export(saved_model, candidate, Path(scratch) / weights)
+                    loaded = backend.load(artifact.path, options.threads)
+                    fidelity = measure_fidelity(text.reference_logits, text.evaluation, loaded, original,
+                                                text.prompts, options.greedy_tokens)
+                failures = gate_failures(fidelity, target, options)
+                tried.append({"weights": candidate.label(), "method": artifact.method, "bytes": _size(artifact.files),
+                              "fidelity": fidelity.as_dict(), "gates_failed": failures})
+                if not failures:
+                    shipped = (artifact, loaded, fidelity)
+                    break
+            if shipped is None:
+                raise DeployKitError(f"{target.name}: no weight precision passed the gates ("
+                                     + "; ".join(f"{t['weights']}: {', '.join(t['gates_failed'])}" for t in tried)
+                                     + "); loosen a gate (--max-perplexity-ratio, --min-top1-agreement) or try "
+                                     "--weights int8.")
+            artifact, loaded, fidelity = shipped
+            timing = _time_against_float(backend, saved_model, artifact.export, loaded, bundle, options,
+                                         Path(scratch), log)
+            report = _report(bundle, target, artifact, loaded, fidelity, tried, timing, text, options)
+            for path in artifact.files:
+                shutil.copy2(path, staging / path.name)
+        _write_outputs(bundle, staging, artifact, loaded, report)
+        replace_folder(staging, out / target.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _time_against_float(backend, saved_model: Path, export: DecoderExport, loaded, bundle: DecoderBundle,
+                        options: GenerationOptions, scratch: Path, log: StepLog) -> dict:
+    """The shipped artifact and the runtime's float32 export of the same model, in alternating rounds."""
+    decoders = {"artifact": loaded}
+    if export.weights != "fp32":
+        with log.step("baseline", "exporting the float32 baseline to time against"):
+            baseline = backend.export(saved_model, replace(export, weights="fp32"), scratch / "baseline-fp32")
+            decoders["fp32"] = backend.load(baseline.path, options.threads)
+    with log.step("timing", f"timing {', '.join(decoders)} side by side ({options.timing.rounds} alternating rounds)"):
+        vocabulary = bundle.tokenizer.get_vocab_size()
+        return time_side_by_side(decoders, vocabulary, options.timing, baseline="fp32" if "fp32" in decoders else None)
+
+
+def _size(files: list[Path]) -> int:
+    return sum(p.stat().st_size for p in files)
+
+
+def _report(bundle: DecoderBundle, target: Target, artifact, loaded, fidelity: GenerationFidelity, tried: list,
+            timing: dict, text: HeldOutText, options: GenerationOptions) -> dict:
+    return {
+        "task": "generation",
+        "target": target.name,
+        "model": bundle.describe(),
+        "artifact": {"file": artifact.path.name, "files": [p.name for p in artifact.files],
+                     "bytes": _size(artifact.files), "weights": artifact.export.label(), "method": artifact.method,
+                     "cache_length": options.cache_length, "prefill_length": loaded.prefill_length},
+        "fidelity": {**fidelity.as_dict(), "measured_on": f"{loaded.description} on {platform.machine()} host",
+                     "against": "the original Keras model in float32" + (
+                         " (weights dequantized from the GGUF file)" if bundle.details.get("format") == "gguf" else ""),
+                     "data": text.source},
+        "gates": {"max_perplexity_ratio": options.max_perplexity_ratio or target.budgets.max_perplexity_ratio,
+                  "min_top1_agreement": options.min_top1_agreement if options.min_top1_agreement is not None
+                  else target.budgets.min_top1_agreement,
+                  "min_greedy_match": options.min_greedy_match if options.min_greedy_match is not None
+                  else target.budgets.min_greedy_match},
+        "candidates": tried,
+        "timing": timing,
+        "seed": options.seed,
+    }
+
+
+def _write_outputs(bundle: DecoderBundle, folder: Path, artifact, loaded, report: dict) -> None:
+    from deploykit.generation.report import markdown_report
+    from deploykit.report.manifest import write_manifest
+
+    bundle.write_tokenizer(folder)
+    interface = {
+        "task": "generation", "model": artifact.path.name, "tokenizer": "tokenizer.json",
+        "inputs": {"tokens": "int32 [1, T]", "cache": f"float32 {list(loaded.cache_shape)}", "index": "int32 []"},
+        "outputs": {"logits": "float32 [1, T, vocabulary]", "next_cache": f"float32 {list(loaded.cache_shape)}"},
+        "input_names": list(STEP_INPUTS), "output_names": list(STEP_OUTPUTS),
+        "signatures": {"prefill": loaded.prefill_length, "decode": 1} if loaded.prefill_length else None,
+        "cache_length": loaded.cache_length,
+        "stop_ids": bundle.stop_ids(),
+        "how": "prefill: tokens = the prompt (in chunks of the prefill length, the last padded), index = its start "
+               "position, cache = zeros at first; decode: one token at index = its position; the cache output "
+               "feeds the next call.",
+    }
+    (folder / "generation.json").write_text(json.dumps(interface, indent=2) + "\n", encoding="utf-8")
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / "report.md").write_text(markdown_report(report), encoding="utf-8")
+    write_manifest(folder)

@@ -1,0 +1,88 @@
+"""Generation gates, computed by running the artifact on held-out text against the original's outputs.
+
+- perplexity ratio: the artifact's perplexity on the texts over the original's;
+- top-1 agreement: share of positions where the most likely next token is the original's;
+- mean KL divergence of the next-token distributions, KL(original || artifact), in nats;
+- greedy match: share of the original's first N greedy tokens the artifact repeats before it first differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from deploykit.generation.runtime import LoadedDecoder, Sampling, generate
+
+
+@dataclass(frozen=True)
+class GenerationFidelity:
+    perplexity: float  # the artifact's, over every predicted position of the texts
+    original_perplexity: float
+    top1_agreement: float
+    mean_kl: float
+    greedy_match: float | None  # mean share of the first `greedy_tokens` repeated; None when not measured
+    first_divergence: list[int | None]  # per prompt: the first greedy position that differs (None: none did)
+    positions: int  # predicted positions the figures are over
+    texts: int
+    greedy_tokens: int
+
+    @property
+    def perplexity_ratio(self) -> float:
+        return self.perplexity / self.original_perplexity
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "perplexity_ratio": self.perplexity_ratio}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def next_token_scores(reference: np.ndarray, candidate: np.ndarray, token_ids: list[int]) -> dict[str, np.ndarray]:
+    """Per predicted position (all but the last token): both models' negative log-likelihood of the actual next
+    token, whether their top-1 choices agree, and KL(reference || candidate)."""
+    targets = np.asarray(token_ids[1:])
+    ref = _log_softmax(reference[:-1].astype(np.float64))
+    cand = _log_softmax(candidate[:-1].astype(np.float64))
+    rows = np.arange(len(targets))
+    return {
+        "reference_nll": -ref[rows, targets],
+        "candidate_nll": -cand[rows, targets],
+        "agree": ref.argmax(-1) == cand.argmax(-1),
+        "kl": (np.exp(ref) * (ref - cand)).sum(-1),
+    }
+
+
+def greedy_match(original: LoadedDecoder, artifact: LoadedDecoder, prompt_ids: list[int],
+                 tokens: int) -> tuple[float, int | None]:
+    """(share of the original's first `tokens` greedy tokens the artifact repeats before differing, where it
+    first differs)."""
+    expected = list(generate(original, prompt_ids, tokens, Sampling()))
+    produced = list(generate(artifact, prompt_ids, tokens, Sampling()))
+    for position, (a, b) in enumerate(zip(expected, produced)):
+        if a != b:
+            return position / len(expected), position
+    return 1.0, None
+
+
+def measure_fidelity(reference_logits: list[np.ndarray], texts: list[list[int]], artifact: LoadedDecoder,
+                     original: LoadedDecoder | None = None, prompts: list[list[int]] = (),
+                     greedy_tokens: int = 16) -> GenerationFidelity:
+    """Run the artifact on each text (prefill gives every position's logits) and score it against the original's
+    logits of the same text; greedy continuations of `prompts` when `original` is given."""
+    scores = [next_token_scores(ref, artifact.prefill(ids)[0], ids) for ref, ids in zip(reference_logits, texts)]
+    joined = {key: np.concatenate([s[key] for s in scores]) for key in scores[0]}
+    matches = [greedy_match(original, artifact, p, greedy_tokens) for p in prompts] if original else []
+    return GenerationFidelity(
+        perplexity=float(np.exp(joined["candidate_nll"].mean())),
+        original_perplexity=float(np.exp(joined["reference_nll"].mean())),
+        top1_agreement=float(joined["agree"].mean()),
+        mean_kl=float(joined["kl"].mean()),
+        greedy_match=float(np.mean([m for m, _ in matches])) if matches else None,
+        first_divergence=[d for _, d in matches],
+        positions=int(len(joined["agree"])),
+        texts=len(texts),
+        greedy_tokens=greedy_tokens,
+    )

@@ -1,0 +1,58 @@
+"""report.md of a decoder build: what shipped, what it costs in fidelity, what it gains in speed and size."""
+
+from __future__ import annotations
+
+
+def _ratio(entry: dict) -> str:
+    speedup = entry.get("speedup")
+    if not speedup:
+        return ""
+    low, high = speedup["range"]
+    return f"{speedup['median']:.2f}× ({low:.2f}–{high:.2f})"
+
+
+def markdown_report(report: dict) -> str:
+    artifact, fidelity, model = report["artifact"], report["fidelity"], report["model"]
+    lines = [
+        f"# {model['architecture']} decoder for {report['target']}",
+        "",
+        f"- Source: `{model['source']}` ({model.get('format', '')}, {model['parameters']:,} parameters)"
+        + (f"; already quantized: {model.get('file_type')}" if model.get("already_quantized") else ""),
+        f"- Artifact: `{artifact['file']}`, {artifact['bytes'] / 1e6:.1f} MB, weights {artifact['weights']}",
+        f"- How: {artifact['method']}",
+        f"- Cache: {artifact['cache_length']} tokens"
+        + (f"; prefill in chunks of {artifact['prefill_length']}" if artifact.get("prefill_length") else ""),
+        "",
+        "## Fidelity (the exported artifact against the original, on held-out text)",
+        "",
+        f"Measured on {fidelity['measured_on']}, against {fidelity['against']}; {fidelity['texts']} texts, "
+        f"{fidelity['positions']} predicted positions, from {fidelity['data']}.",
+        "",
+        "| metric | value | gate |",
+        "|---|---|---|",
+        f"| perplexity ratio | {fidelity['perplexity_ratio']:.4f} ({fidelity['perplexity']:.2f} vs "
+        f"{fidelity['original_perplexity']:.2f}) | ≤ {report['gates']['max_perplexity_ratio']:g} |",
+        f"| top-1 agreement | {fidelity['top1_agreement']:.4f} | ≥ {report['gates']['min_top1_agreement']:g} |",
+        f"| mean KL (nats) | {fidelity['mean_kl']:.5f} | reported |",
+    ]
+    if fidelity.get("greedy_match") is not None:
+        gate = report["gates"]["min_greedy_match"]
+        divergence = ", ".join("none" if d is None else str(d) for d in fidelity["first_divergence"])
+        lines.append(f"| greedy match, first {fidelity['greedy_tokens']} tokens | {fidelity['greedy_match']:.3f} "
+                     f"(first difference per prompt: {divergence}) | {'≥ %g' % gate if gate is not None else 'reported'} |")
+    lines += ["", "## Candidates tried, in order", "", "| weights | MB | perplexity ratio | top-1 | gates failed |",
+              "|---|---|---|---|---|"]
+    for tried in report["candidates"]:
+        f = tried["fidelity"]
+        lines.append(f"| {tried['weights']} | {tried['bytes'] / 1e6:.1f} | {f['perplexity_ratio']:.4f} | "
+                     f"{f['top1_agreement']:.4f} | {'; '.join(tried['gates_failed']) or 'none'} |")
+    timing = report["timing"]
+    lines += ["", f"## Speed ({timing['rounds']} alternating rounds against the runtime's float32 export)", "",
+              "| metric | artifact (median) | float32 (median) | speed-up (range over rounds) |", "|---|---|---|---|"]
+    artifacts = timing["artifacts"]
+    for key, entry in artifacts["artifact"].items():
+        base = artifacts.get("fp32", {}).get(key)
+        unit = "ms" if key.startswith("ttft") else "tok/s"
+        lines.append(f"| {key} | {entry['median']:.1f} {unit} | "
+                     f"{'' if base is None else '%.1f %s' % (base['median'], unit)} | {_ratio(entry)} |")
+    return "\n".join(lines) + "\n"
