@@ -197,7 +197,7 @@ def _run_decoder(check: FolderCheck) -> None:
     from deploykit.generation.artifact_folder import open_decoder_folder
 
     try:
-        decoder, _, _ = open_decoder_folder(check.folder, threads=1, checked=True)
+        decoder, _, _ = open_decoder_folder(check.folder, threads=1)
         logits, cache = decoder.prefill([0, 1, 2, 3])
         last, _ = decoder.decode(4, cache, 4)
     except DeployKitError as error:

@@ -50,7 +50,7 @@ def generation_options(command):
 
 def build_decoder_command(arguments: dict) -> None:
     """`deploykit build DECODER`: refuse encoder-only options that were set, then build every target."""
-    from deploykit.generation.build import GenerationOptions, build_decoder
+    from deploykit.generation.build import GenerationOptions, build_decoder, check_generation_target
     from deploykit.generation.loaders import load_decoder
     from deploykit.generation.profile import TimingPlan
     from deploykit.progress import StepLog
@@ -59,6 +59,8 @@ def build_decoder_command(arguments: dict) -> None:
     _refuse_encoder_options(arguments)
     a = arguments
     targets = resolve_targets(a["target_names"])
+    for target in targets:  # before the model loads
+        check_generation_target(target)
     options = GenerationOptions(
         data=Path(a["data"]) if a["data"] else None, weights=a["weights"], cache_length=a["cache_length"],
         prefill_length=a["prefill_length"], group_size=int(a["weight_group_size"]) if a["weight_group_size"] else None,
@@ -111,6 +113,12 @@ def generate(folder: str, prompt: str, max_new_tokens: int, temperature: float, 
     from deploykit.generation.runtime import PromptTooLong, Sampling
     from deploykit.generation.runtime import generate as run
 
+    from deploykit.verify import check_files
+
+    check = check_files(Path(folder))
+    if not check.passed:
+        raise DeployKitError(f"{folder} does not match its manifest.json ({'; '.join(check.lines()[:2])}); "
+                             "rebuild it, or run `deploykit verify` on it to see every difference.")
     decoder, tokenizer, stop_ids = open_decoder_folder(Path(folder), threads)
     prompt_ids = list(tokenizer.encode(prompt).ids)
     produced: list[int] = []

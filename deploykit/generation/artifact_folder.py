@@ -12,20 +12,12 @@ from deploykit.user_files import read_json
 MAX_INTERFACE_BYTES = 1 << 20
 
 
-def open_decoder_folder(folder: Path, threads: int | None, checked: bool = False) -> tuple[LoadedDecoder, object,
-                                                                                             frozenset[int]]:
-    """(the loaded artifact, its tokenizer, the ids generation stops at). Every file is checked against the
-    manifest first (unless the caller just did), links are never followed, and only a file the manifest lists, with
-    a suffix a decoder runtime opens, is loaded."""
+def open_decoder_folder(folder: Path, threads: int | None) -> tuple[LoadedDecoder, object, frozenset[int]]:
+    """(the loaded artifact, its tokenizer, the ids generation stops at), from a folder whose files the caller has
+    checked against its manifest (verify.check_files): links are never followed, and only the file generation.json
+    names inside the folder, with a suffix a decoder runtime opens, is loaded."""
     from tokenizers import Tokenizer
 
-    from deploykit.verify import check_files
-
-    if not checked:
-        check = check_files(folder)
-        if not check.passed:
-            raise DeployKitError(f"{folder} does not match its manifest.json ({'; '.join(check.lines()[:2])}); "
-                                 "rebuild it or run `deploykit verify` on it.")
     interface = read_json(folder / "generation.json", dict, untrusted=True, limit=MAX_INTERFACE_BYTES)
     name = interface.get("model")
     if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
@@ -40,4 +32,5 @@ def open_decoder_folder(folder: Path, threads: int | None, checked: bool = False
         raise DeployKitError(f"{folder} has no tokenizer.json; rebuild it.")
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     stops = frozenset(int(i) for i in interface.get("stop_ids", []) if isinstance(i, int))
-    return get_decoder_backend(runtime).load(path, threads), tokenizer, stops
+    backend = get_decoder_backend(runtime)
+    return backend.load(path, threads, backend.runtime_settings(interface.get("runtime_config"))), tokenizer, stops

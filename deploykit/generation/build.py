@@ -172,7 +172,7 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                 candidate = replace(export, weights=weights)
                 with log.step("export", f"{target.name}: exporting {candidate.label()} weights and scoring them"):
                     artifact = backend.export(saved_model, candidate, Path(scratch) / weights)
-                    loaded = backend.load(artifact.path, options.threads)
+                    loaded = backend.load(artifact.path, options.threads, artifact.runtime_config)
                     fidelity = measure_fidelity(text.reference_logits, text.evaluation, loaded, original,
                                                 text.prompts, options.greedy_tokens)
                 failures = gate_failures(fidelity, target, options)
@@ -206,7 +206,7 @@ def _time_against_float(backend, saved_model: Path, export: DecoderExport, loade
     if export.weights != "fp32":
         with log.step("baseline", "exporting the float32 baseline to time against"):
             baseline = backend.export(saved_model, replace(export, weights="fp32"), scratch / "baseline-fp32")
-            decoders["fp32"] = backend.load(baseline.path, options.threads)
+            decoders["fp32"] = backend.load(baseline.path, options.threads, baseline.runtime_config)
     with log.step("timing", f"timing {', '.join(decoders)} side by side ({options.timing.rounds} alternating rounds)"):
         vocabulary = bundle.tokenizer.get_vocab_size()
         return time_side_by_side(decoders, vocabulary, options.timing, baseline="fp32" if "fp32" in decoders else None)
@@ -253,6 +253,7 @@ def _write_outputs(bundle: DecoderBundle, folder: Path, artifact, loaded, report
         "signatures": {"prefill": loaded.prefill_length, "decode": 1} if loaded.prefill_length else None,
         "cache_length": loaded.cache_length,
         "stop_ids": bundle.stop_ids(),
+        "runtime_config": artifact.runtime_config,
         "how": "prefill: tokens = the prompt (in chunks of the prefill length, the last padded), index = its start "
                "position, cache = zeros at first; decode: one token at index = its position; the cache output "
                "feeds the next call.",

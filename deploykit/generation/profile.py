@@ -28,10 +28,12 @@ class TimingPlan:
     seed: int = 0
 
     def fitting(self, cache_length: int) -> "TimingPlan":
-        """The lengths that fit a cache of `cache_length` (a fill leaves room for the decode steps)."""
-        return TimingPlan(tuple(n for n in self.prompt_lengths if n <= cache_length),
-                          tuple(f for f in self.cache_fills if f + self.decode_steps <= cache_length),
-                          self.decode_steps, self.rounds, self.seed)
+        """The lengths that fit a cache of `cache_length` (a fill leaves room for the decode steps); half the
+        cache where none of the asked-for ones fits, so a small cache is still timed."""
+        steps = min(self.decode_steps, cache_length // 2)
+        prompts = tuple(n for n in self.prompt_lengths if n <= cache_length) or (cache_length // 2,)
+        fills = tuple(f for f in self.cache_fills if f + steps <= cache_length) or (cache_length // 2,)
+        return TimingPlan(prompts, fills, steps, self.rounds, self.seed)
 
 
 def _one_round(decoder: LoadedDecoder, plan: TimingPlan, tokens: np.ndarray) -> dict[str, float]:

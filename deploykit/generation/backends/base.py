@@ -47,7 +47,7 @@ class DecoderArtifact:
     files: list[Path]
     export: DecoderExport
     method: str  # how it was produced, in words
-    details: dict = field(default_factory=dict)
+    runtime_config: dict = field(default_factory=dict)  # how the runtime must load it, kept in generation.json
 
 
 class DecoderBackend:
@@ -71,8 +71,14 @@ class DecoderBackend:
             return {"prefill": export.prefill_length, "decode": 1}
         return {"serving_default": None}
 
-    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+    def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
+        """`runtime_config`: what export put in the artifact's `runtime_config` (checked by `runtime_settings`)."""
         raise NotImplementedError
+
+    def runtime_settings(self, config: object) -> dict:
+        """The runtime settings a build folder's generation.json may carry (untrusted): none unless a backend
+        names them."""
+        return {}
 
     def describe(self, weights: str) -> str:
         if weights not in self.weights:

@@ -41,7 +41,7 @@ class LiteRTDecoder(DecoderBackend):
         path.write_bytes(model)
         return DecoderArtifact(path, [path], export, method)
 
-    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+    def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
         import ai_edge_litert
         from ai_edge_litert.interpreter import Interpreter
 

@@ -13,6 +13,8 @@ import numpy as np
 from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
 from deploykit.generation.runtime import LoadedDecoder
 
+PRECISION_HINT = "INFERENCE_PRECISION_HINT"
+
 
 class OpenVINODecoder(DecoderBackend):
     name = "openvino"
@@ -47,12 +49,19 @@ class OpenVINODecoder(DecoderBackend):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
         ov.save_model(model, str(path), compress_to_fp16=export.weights == "fp16")
-        return DecoderArtifact(path, [path, path.with_suffix(".bin")], export, method)
+        # Float weights run in float32: on CPUs with bf16 units the plugin would otherwise pick bf16 activations.
+        config = {PRECISION_HINT: "f32"} if export.weights == "fp32" else {}
+        return DecoderArtifact(path, [path, path.with_suffix(".bin")], export, method, config)
 
-    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+    def runtime_settings(self, config: object) -> dict:
+        value = config.get(PRECISION_HINT) if isinstance(config, dict) else None
+        return {PRECISION_HINT: value} if value in ("f32", "bf16", "f16") else {}
+
+    def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
         import openvino as ov
 
-        config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {}),
+                  **self.runtime_settings(runtime_config or {})}
         compiled = ov.Core().compile_model(str(path), "CPU", config)
         request = compiled.create_infer_request()
         logits_port, cache_port = _outputs(compiled)

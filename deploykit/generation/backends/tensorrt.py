@@ -40,7 +40,7 @@ class TensorRTDecoder(DecoderBackend):
         onnx.checker.check_model(str(path))
         return DecoderArtifact(path, [path], export, method)
 
-    def load(self, path: Path, threads: int | None) -> LoadedDecoder:
+    def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
         import onnxruntime as ort
 
         settings = ort.SessionOptions()

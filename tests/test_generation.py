@@ -1,0 +1,215 @@
+"""Generative decoders on tiny random models built here: the cached step against the full sequence, every target's
+export and runtime, the gates, `build` and `generate` through the CLI, and bad input as one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deploykit.cli import main
+from deploykit.errors import DeployKitError
+
+SENTENCES = Path(__file__).resolve().parent.parent / "deploykit" / "resources" / "sentences.jsonl"
+CACHE = 96
+
+
+def _tokenizer_json() -> str:
+    """A byte-level BPE trained on the bundled sentences (a few hundred tokens, as GPT-2 style vocabularies do)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [json.loads(line)["text"] for line in SENTENCES.read_text().splitlines()]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer.to_str()
+
+
+def _causal_lm(architecture: str, vocabulary: int):
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    models = keras_hub.models
+    if architecture == "llama":
+        backbone = models.LlamaBackbone(vocabulary_size=vocabulary, num_layers=2, num_query_heads=4,
+                                        num_key_value_heads=2, hidden_dim=64, intermediate_dim=128,
+                                        max_sequence_length=512)
+        return models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    if architecture == "qwen":
+        backbone = models.QwenBackbone(vocabulary_size=vocabulary, num_layers=2, num_query_heads=4,
+                                       num_key_value_heads=2, hidden_dim=64, intermediate_dim=128)
+        return models.QwenCausalLM(backbone=backbone, preprocessor=None)
+    if architecture == "gpt2":
+        backbone = models.GPT2Backbone(vocabulary_size=vocabulary, num_layers=2, num_heads=4, hidden_dim=64,
+                                       intermediate_dim=128, max_sequence_length=512)
+        return models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    backbone = models.Gemma3Backbone(vocabulary_size=vocabulary, image_size=16, num_layers=2, num_query_heads=4,
+                                     num_key_value_heads=2, hidden_dim=64, intermediate_dim=128, head_dim=16,
+                                     sliding_window_size=32, vision_encoder=None)
+    return models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json() -> str:
+    return _tokenizer_json()
+
+
+@pytest.fixture(scope="module")
+def decoders(tokenizer_json):
+    from deploykit.generation.decoder import DecoderBundle
+    from tokenizers import Tokenizer
+
+    vocabulary = Tokenizer.from_str(tokenizer_json).get_vocab_size()
+    return {name: DecoderBundle(_causal_lm(name, vocabulary), tokenizer_json, f"tiny {name}", 512,
+                                {"architecture": name})
+            for name in ("llama", "qwen", "gpt2", "gemma3")}
+
+
+@pytest.fixture(scope="module")
+def llama_file(tmp_path_factory, decoders) -> Path:
+    """The tiny Llama saved as a .keras CausalLM with its tokenizer.json beside it: a source `build` takes."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    decoders["llama"].causal_lm.save(folder / "model.keras")
+    (folder / "tokenizer.json").write_text(decoders["llama"].tokenizer_json)
+    return folder / "model.keras"
+
+
+def _ids(bundle, count: int = 40) -> list[int]:
+    text = " ".join(json.loads(line)["text"] for line in SENTENCES.read_text().splitlines()[:10])
+    return bundle.encode(text)[:count]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen", "gpt2", "gemma3"])
+def test_decode_after_prefill_equals_the_full_sequence(decoders, architecture):
+    bundle = decoders[architecture]
+    ids = _ids(bundle)
+    full = bundle.full_logits(ids)
+    decoder = bundle.loaded(CACHE)
+    prompt = 25
+    logits, cache = decoder.prefill(ids[:prompt])
+    rows = [logits]
+    for position in range(prompt, len(ids)):
+        last, cache = decoder.decode(ids[position], cache, position)
+        rows.append(last[None])
+    np.testing.assert_allclose(np.concatenate(rows), full, atol=2e-5)
+
+
+@pytest.mark.parametrize("runtime,architecture", [("litert", "llama"), ("openvino", "llama"),
+                                                  ("tensorrt", "llama"), ("litert", "gpt2"), ("openvino", "qwen"),
+                                                  ("litert", "gemma3")])
+def test_every_runtime_runs_the_cached_step_as_the_original(decoders, tmp_path, runtime, architecture):
+    """fp32 artifacts, prefilled in chunks (LiteRT: fixed 16-token chunks, the last padded) and then decoded one
+    token at a time, give the original's full-sequence logits."""
+    from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
+
+    bundle = decoders[architecture]
+    backend = get_decoder_backend(runtime)
+    export = DecoderExport(weights="fp32", cache_length=CACHE, prefill_length=16)
+    bundle.write_saved_model(tmp_path / "saved", CACHE, backend.signatures(export))
+    artifact = backend.export(tmp_path / "saved", export, tmp_path / "out")
+    decoder = backend.load(artifact.path, 1, artifact.runtime_config)
+    ids = _ids(bundle)
+    logits, cache = decoder.prefill(ids[:21])
+    last, _ = decoder.decode(ids[21], cache, 21)
+    full = bundle.full_logits(ids[:22])
+    np.testing.assert_allclose(logits, full[:21], atol=1e-4)
+    np.testing.assert_allclose(last, full[21], atol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["litert", "openvino"])
+def test_int4_weights_are_smaller_and_close(decoders, tmp_path, runtime):
+    from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
+    from deploykit.generation.metrics import measure_fidelity
+
+    bundle = decoders["llama"]
+    backend = get_decoder_backend(runtime)
+    sizes, fidelity = {}, {}
+    ids = _ids(bundle, 64)
+    for weights in ("fp32", "int8", "int4"):
+        export = DecoderExport(weights=weights, cache_length=CACHE, prefill_length=16, group_size=32)
+        bundle.write_saved_model(tmp_path / weights / "saved", CACHE, backend.signatures(export))
+        artifact = backend.export(tmp_path / weights / "saved", export, tmp_path / weights / "out")
+        sizes[weights] = sum(p.stat().st_size for p in artifact.files)
+        decoder = backend.load(artifact.path, 1, artifact.runtime_config)
+        fidelity[weights] = measure_fidelity([bundle.full_logits(ids)], [ids], decoder)
+    assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
+    assert fidelity["fp32"].mean_kl < 1e-6
+    assert fidelity["int8"].mean_kl < fidelity["int4"].mean_kl < 0.05
+
+
+def test_metrics_score_a_perturbed_model_worse():
+    from deploykit.generation.metrics import next_token_scores
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(30, 50)).astype(np.float32) * 3
+    ids = [int(i) for i in reference.argmax(-1)]
+    ids = [0, *ids[:-1]]  # each next token is the reference's top choice
+    same = next_token_scores(reference, reference, ids)
+    noisy = next_token_scores(reference, reference + rng.normal(size=reference.shape) * 2, ids)
+    assert same["agree"].all() and np.allclose(same["kl"], 0)
+    assert noisy["agree"].mean() < 1 and noisy["kl"].mean() > 0.1
+    assert noisy["candidate_nll"].mean() > same["candidate_nll"].mean()
+
+
+def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
+    out = tmp_path / "dist"
+    result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu,intel-cpu", "--out", str(out),
+                                       "--cache-length", "128", "--prefill-length", "16", "--runs", "3",
+                                       "--min-top1-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    for target in ("arm-cpu", "intel-cpu"):
+        report = json.loads((out / target / "report.json").read_text())
+        assert report["task"] == "generation" and report["artifact"]["weights"].startswith("int4")
+        assert report["fidelity"]["perplexity_ratio"] < 1.10
+        assert report["fidelity"]["greedy_tokens"] == 16 and len(report["fidelity"]["first_divergence"]) == 4
+        timing = report["timing"]["artifacts"]
+        assert set(timing) == {"artifact", "fp32"} and "speedup" in timing["artifact"]["decode_tokens_per_s@64"]
+        assert timing["artifact"]["ttft_ms@32"]["median"] > 0
+        assert (out / target / "tokenizer.json").is_file()
+    generated = CliRunner().invoke(main, ["generate", str(out / "arm-cpu"), "The team", "-n", "8"])
+    assert generated.exit_code == 0, generated.output
+    assert generated.output.strip()
+    verified = CliRunner().invoke(main, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.output
+    assert "decoder ran" in verified.output
+    # A prompt longer than the cache: one line, exit 2.
+    long_prompt = CliRunner().invoke(main, ["generate", str(out / "arm-cpu"), "word " * 200, "-n", "4"])
+    assert long_prompt.exit_code == 2 and "cache of 128" in long_prompt.output
+    # A changed artifact is refused before it is loaded.
+    model = out / "arm-cpu" / "model.tflite"
+    model.write_bytes(model.read_bytes()[:-1] + b"\0")
+    tampered = CliRunner().invoke(main, ["generate", str(out / "arm-cpu"), "The team"])
+    assert tampered.exit_code == 2 and "does not match its manifest" in tampered.output
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--target", "mobile-npu"], "does not run generative decoders"),
+    (["--task", "embedding"], "--task applies to encoder builds"),
+    (["--cache-length", "4096"], "more than"),
+])
+def test_bad_decoder_builds_are_one_line_errors(llama_file, tmp_path, arguments, message):
+    result = CliRunner().invoke(main, ["build", str(llama_file), "--out", str(tmp_path / "dist"), *arguments])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and message in error[0]
+    assert not (tmp_path / "dist").exists()  # refused before any work
+
+
+def test_a_keras_file_that_is_no_causal_lm_is_refused(tmp_path, tokenizer_json):
+    import keras
+
+    from deploykit.generation.loaders import is_decoder_source, load_decoder
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "plain.keras")
+    (tmp_path / "tokenizer.json").write_text(tokenizer_json)
+    assert not is_decoder_source(tmp_path / "plain.keras")
+    with pytest.raises(DeployKitError, match="not a keras-hub CausalLM"):
+        load_decoder(tmp_path / "plain.keras")
