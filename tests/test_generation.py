@@ -213,3 +213,15 @@ def test_a_keras_file_that_is_no_causal_lm_is_refused(tmp_path, tokenizer_json):
     assert not is_decoder_source(tmp_path / "plain.keras")
     with pytest.raises(DeployKitError, match="not a keras-hub CausalLM"):
         load_decoder(tmp_path / "plain.keras")
+
+
+def test_a_missed_gate_exits_3_with_the_candidates_reported_and_nothing_shipped(llama_file, tmp_path):
+    out = tmp_path / "dist"
+    result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu", "--out", str(out),
+                                       "--cache-length", "128", "--prefill-length", "16", "--weights", "int4",
+                                       "--max-perplexity-ratio", "1", "--min-top1-agreement", "1"])
+    assert result.exit_code == 3, result.output
+    report = json.loads((out / "arm-cpu" / "report.json").read_text())
+    assert report["passed"] is False and report["candidates"][0]["gates_failed"]
+    assert "nothing was shipped" in (out / "arm-cpu" / "report.md").read_text()
+    assert not list((out / "arm-cpu").glob("*.tflite"))

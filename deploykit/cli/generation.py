@@ -9,7 +9,7 @@ import click
 
 from deploykit.cli.app import console, main, output
 from deploykit.cli.build_options import SECTIONS
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, GateFailure
 
 # The options `build` takes for a decoder besides these: the rest are the encoders' and are refused, not ignored.
 SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "threads", "runs", "config")
@@ -72,12 +72,18 @@ def build_decoder_command(arguments: dict) -> None:
         bundle = load_decoder(a["model"])
     reports = build_decoder(bundle, targets, Path(a["out"]), options, log)
     for report in reports:
+        if not report["passed"]:
+            continue
         artifact, fidelity = report["artifact"], report["fidelity"]
         decode = next((v for k, v in report["timing"]["artifacts"]["artifact"].items() if k.startswith("decode")), {})
         speed = f", decode {decode['median']:.0f} tok/s" if decode else ""
         output.print(f"{report['target']}: {artifact['weights']}, {artifact['bytes'] / 1e6:.1f} MB, perplexity ratio "
                      f"{fidelity['perplexity_ratio']:.3f}, top-1 {fidelity['top1_agreement']:.3f}{speed} -> "
                      f"{Path(a['out']) / report['target']}/report.md", highlight=False, markup=False)
+    failed = [report["target"] for report in reports if not report["passed"]]
+    if failed:
+        raise GateFailure(f"no weight precision passed the gates for {', '.join(failed)}; see "
+                          + ", ".join(f"{Path(a['out']) / name}/report.md" for name in failed) + ".")
 
 
 def _refuse_encoder_options(arguments: dict) -> None:

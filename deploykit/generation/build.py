@@ -119,11 +119,9 @@ def group_size_for(bundle: DecoderBundle, options: GenerationOptions) -> int:
     return size
 
 
-def gate_failures(fidelity: GenerationFidelity, target: Target, options: GenerationOptions) -> list[str]:
-    budgets = target.budgets
-    max_ratio = options.max_perplexity_ratio or budgets.max_perplexity_ratio
-    min_top1 = options.min_top1_agreement if options.min_top1_agreement is not None else budgets.min_top1_agreement
-    min_greedy = options.min_greedy_match if options.min_greedy_match is not None else budgets.min_greedy_match
+def gate_failures(fidelity: GenerationFidelity, gates: dict) -> list[str]:
+    max_ratio, min_top1, min_greedy = (gates["max_perplexity_ratio"], gates["min_top1_agreement"],
+                                       gates["min_greedy_match"])
     failures = []
     if fidelity.perplexity_ratio > max_ratio:
         failures.append(f"perplexity ratio {fidelity.perplexity_ratio:.3f} > {max_ratio:g}")
@@ -136,7 +134,8 @@ def gate_failures(fidelity: GenerationFidelity, target: Target, options: Generat
 
 def build_decoder(bundle: DecoderBundle, targets: list[Target], out: Path,
                   options: GenerationOptions = GenerationOptions(), log: StepLog | None = None) -> list[dict]:
-    """Build, gate, time and write each target; returns each target's report. Raises when no precision passes."""
+    """Build, gate, time and write each target; returns each target's report (`passed` false, with the candidates
+    measured and no artifact, where no precision passed the gates)."""
     log = log or StepLog()
     from deploykit.output_folder import check_output
 
@@ -175,24 +174,24 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                     loaded = backend.load(artifact.path, options.threads, artifact.runtime_config)
                     fidelity = measure_fidelity(text.reference_logits, text.evaluation, loaded, original,
                                                 text.prompts, options.greedy_tokens)
-                failures = gate_failures(fidelity, target, options)
+                failures = gate_failures(fidelity, _gates(target, options))
                 tried.append({"weights": candidate.label(), "method": artifact.method, "bytes": _size(artifact.files),
                               "fidelity": fidelity.as_dict(), "gates_failed": failures})
                 if not failures:
                     shipped = (artifact, loaded, fidelity)
                     break
-            if shipped is None:
-                raise DeployKitError(f"{target.name}: no weight precision passed the gates ("
-                                     + "; ".join(f"{t['weights']}: {', '.join(t['gates_failed'])}" for t in tried)
-                                     + "); loosen a gate (--max-perplexity-ratio, --min-top1-agreement) or try "
-                                     "--weights int8.")
-            artifact, loaded, fidelity = shipped
-            timing = _time_against_float(backend, saved_model, artifact.export, loaded, bundle, options,
-                                         Path(scratch), log)
-            report = _report(bundle, target, artifact, loaded, fidelity, tried, timing, text, options)
-            for path in artifact.files:
-                shutil.copy2(path, staging / path.name)
-        _write_outputs(bundle, staging, artifact, loaded, report)
+            report = {"task": "generation", "target": target.name, "passed": shipped is not None,
+                      "model": bundle.describe(), "gates": _gates(target, options), "candidates": tried,
+                      "seed": options.seed}
+            if shipped is not None:
+                artifact, loaded, fidelity = shipped
+                timing = _time_against_float(backend, saved_model, artifact.export, loaded, bundle, options,
+                                             Path(scratch), log)
+                report.update(_shipped(bundle, artifact, loaded, fidelity, timing, text, options))
+                for path in artifact.files:
+                    shutil.copy2(path, staging / path.name)
+                _write_interface(bundle, staging, artifact, loaded)
+        _write_reports(staging, report)
         replace_folder(staging, out / target.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -216,49 +215,52 @@ def _size(files: list[Path]) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def _report(bundle: DecoderBundle, target: Target, artifact, loaded, fidelity: GenerationFidelity, tried: list,
-            timing: dict, text: HeldOutText, options: GenerationOptions) -> dict:
+def _gates(target: Target, options: GenerationOptions) -> dict:
+    budgets = target.budgets
+    return {"max_perplexity_ratio": options.max_perplexity_ratio or budgets.max_perplexity_ratio,
+            "min_top1_agreement": options.min_top1_agreement if options.min_top1_agreement is not None
+            else budgets.min_top1_agreement,
+            "min_greedy_match": options.min_greedy_match if options.min_greedy_match is not None
+            else budgets.min_greedy_match}
+
+
+def _shipped(bundle: DecoderBundle, artifact, loaded, fidelity: GenerationFidelity, timing: dict,
+             text: HeldOutText, options: GenerationOptions) -> dict:
+    """The report's sections about the shipped artifact: what it is, how faithful, how fast."""
+    source = " (weights dequantized from the GGUF file)" if bundle.details.get("format") == "gguf" else ""
     return {
-        "task": "generation",
-        "target": target.name,
-        "model": bundle.describe(),
         "artifact": {"file": artifact.path.name, "files": [p.name for p in artifact.files],
                      "bytes": _size(artifact.files), "weights": artifact.export.label(), "method": artifact.method,
                      "cache_length": options.cache_length, "prefill_length": loaded.prefill_length},
         "fidelity": {**fidelity.as_dict(), "measured_on": f"{loaded.description} on {platform.machine()} host",
-                     "against": "the original Keras model in float32" + (
-                         " (weights dequantized from the GGUF file)" if bundle.details.get("format") == "gguf" else ""),
-                     "data": text.source},
-        "gates": {"max_perplexity_ratio": options.max_perplexity_ratio or target.budgets.max_perplexity_ratio,
-                  "min_top1_agreement": options.min_top1_agreement if options.min_top1_agreement is not None
-                  else target.budgets.min_top1_agreement,
-                  "min_greedy_match": options.min_greedy_match if options.min_greedy_match is not None
-                  else target.budgets.min_greedy_match},
-        "candidates": tried,
+                     "against": f"the original Keras model in float32{source}", "data": text.source},
         "timing": timing,
-        "seed": options.seed,
     }
 
 
-def _write_outputs(bundle: DecoderBundle, folder: Path, artifact, loaded, report: dict) -> None:
-    from deploykit.generation.report import markdown_report
-    from deploykit.report.manifest import write_manifest
-
+def _write_interface(bundle: DecoderBundle, folder: Path, artifact, loaded) -> None:
+    """tokenizer.json and generation.json: what an app (or `deploykit generate`) needs to drive the artifact."""
     bundle.write_tokenizer(folder)
     interface = {
         "task": "generation", "model": artifact.path.name, "tokenizer": "tokenizer.json",
         "inputs": {"tokens": "int32 [1, T]", "cache": f"float32 {list(loaded.cache_shape)}", "index": "int32 []"},
-        "outputs": {"logits": "float32 [1, T, vocabulary]", "next_cache": f"float32 {list(loaded.cache_shape)}"},
+        "outputs": {"logits": "float32 [1, T, vocabulary]", "new_kv": "float32 [1, layers, 2, T, kv heads, head dim]"},
         "input_names": list(STEP_INPUTS), "output_names": list(STEP_OUTPUTS),
         "signatures": {"prefill": loaded.prefill_length, "decode": 1} if loaded.prefill_length else None,
         "cache_length": loaded.cache_length,
         "stop_ids": bundle.stop_ids(),
         "runtime_config": artifact.runtime_config,
         "how": "prefill: tokens = the prompt (in chunks of the prefill length, the last padded), index = its start "
-               "position, cache = zeros at first; decode: one token at index = its position; the cache output "
-               "feeds the next call.",
+               "position, cache = zeros at first; decode: one token at index = its position; after each call write "
+               "new_kv into the cache at positions index..index+T-1 (axis 3).",
     }
     (folder / "generation.json").write_text(json.dumps(interface, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_reports(folder: Path, report: dict) -> None:
+    from deploykit.generation.report import markdown_report
+    from deploykit.report.manifest import write_manifest
+
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (folder / "report.md").write_text(markdown_report(report), encoding="utf-8")
     write_manifest(folder)

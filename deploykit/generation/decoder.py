@@ -1,8 +1,9 @@
 """DecoderBundle: a keras-hub causal LM, its tokenizer.json and provenance, and the one step every artifact exports.
 
-Every decoder artifact computes the same function, `step(tokens, cache, index) -> (logits, cache)`: the tokens
-[1, T] at positions index..index+T-1 attend to the cache's first index positions and to each other, and their
-keys and values are written into the cache. Prefill is a step with T = the prompt (or a chunk of it), decode a
+Every decoder artifact computes the same function, `step(tokens, cache, index) -> (logits, new_kv)`: the tokens
+[1, T] at positions index..index+T-1 attend to the cache's first index positions and to each other; `new_kv` are
+their keys and values, which the caller writes into its cache at index (only those T positions leave the model,
+not the whole cache: at a 512-token cache that is 46 KB per decode step instead of 24 MB for SmolLM2). Prefill is a step with T = the prompt (or a chunk of it), decode a
 step with T = 1. The cache is one float tensor [1, layers, 2 (key, value), cache length, kv heads, head dim],
 whatever the architecture keeps internally, so one runner, one set of gates and one profiler serve them all.
 """
@@ -20,7 +21,7 @@ from deploykit import runtime_env  # noqa: F401  (sets the Keras backend before 
 from deploykit.errors import DeployKitError
 
 STEP_INPUTS = ("tokens", "cache", "index")
-STEP_OUTPUTS = ("logits", "next_cache")
+STEP_OUTPUTS = ("logits", "new_kv")
 # End-of-text and end-of-turn tokens of the common decoder vocabularies: generation stops at whichever exist.
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>", "<end_of_turn>", "<|eot_id|>", "<|end_of_text|>")
 
@@ -100,7 +101,7 @@ class DecoderBundle:
 
         def step(tokens, cache, index):
             logits, updated = traced(tokens, cache, np.int32(index))
-            return logits.numpy(), updated.numpy()
+            return logits.numpy(), updated.numpy()[:, :, :, index:index + tokens.shape[1]]
 
         return LoadedDecoder(step, shape, None, "Keras (TensorFlow), float32: the original")
 
@@ -119,13 +120,21 @@ class DecoderBundle:
         from keras.export import ExportArchive
 
         self.check_length(cache_length)
+        for name, length in lengths.items():
+            if length and cache_length % length:
+                raise DeployKitError(f"the cache length {cache_length} is not a multiple of the prefill length {length}"
+                                     "; pass a --cache-length that is (prefill chunks must end inside the cache).")
         archive = ExportArchive()
         archive.track(self.causal_lm)
         cache_spec = tf.TensorSpec(self.cache_shape(cache_length), tf.float32, name="cache")
 
         def serve(tokens, cache, index):
+            from keras import ops
+
             logits, updated = self.step(tokens, cache, index)
-            return {"logits": logits, "next_cache": updated}
+            shape = list(self.cache_shape(cache_length))
+            shape[3] = ops.shape(tokens)[1]
+            return {"logits": logits, "new_kv": ops.slice(updated, (0, 0, 0, index, 0, 0), shape)}
 
         with portable_cache_updates():
             for name, length in lengths.items():

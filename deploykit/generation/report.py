@@ -12,12 +12,32 @@ def _ratio(entry: dict) -> str:
 
 
 def markdown_report(report: dict) -> str:
-    artifact, fidelity, model = report["artifact"], report["fidelity"], report["model"]
+    model = report["model"]
     lines = [
         f"# {model['architecture']} decoder for {report['target']}",
         "",
         f"- Source: `{model['source']}` ({model.get('format', '')}, {model['parameters']:,} parameters)"
         + (f"; already quantized: {model.get('file_type')}" if model.get("already_quantized") else ""),
+    ]
+    if report["passed"]:
+        lines += _shipped_lines(report)
+    else:
+        lines += ["", "**No weight precision passed the gates; nothing was shipped.** Loosen a gate "
+                  "(--max-perplexity-ratio, --min-top1-agreement) or choose the precision with --weights."]
+    lines += ["", "## Candidates tried, in order", "", "| weights | MB | perplexity ratio | top-1 | gates failed |",
+              "|---|---|---|---|---|"]
+    for tried in report["candidates"]:
+        f = tried["fidelity"]
+        lines.append(f"| {tried['weights']} | {tried['bytes'] / 1e6:.1f} | {f['perplexity_ratio']:.4f} | "
+                     f"{f['top1_agreement']:.4f} | {'; '.join(tried['gates_failed']) or 'none'} |")
+    if report["passed"]:
+        lines += _timing_lines(report["timing"])
+    return "\n".join(lines) + "\n"
+
+
+def _shipped_lines(report: dict) -> list[str]:
+    artifact, fidelity = report["artifact"], report["fidelity"]
+    lines = [
         f"- Artifact: `{artifact['file']}`, {artifact['bytes'] / 1e6:.1f} MB, weights {artifact['weights']}",
         f"- How: {artifact['method']}",
         f"- Cache: {artifact['cache_length']} tokens"
@@ -40,14 +60,11 @@ def markdown_report(report: dict) -> str:
         divergence = ", ".join("none" if d is None else str(d) for d in fidelity["first_divergence"])
         lines.append(f"| greedy match, first {fidelity['greedy_tokens']} tokens | {fidelity['greedy_match']:.3f} "
                      f"(first difference per prompt: {divergence}) | {'≥ %g' % gate if gate is not None else 'reported'} |")
-    lines += ["", "## Candidates tried, in order", "", "| weights | MB | perplexity ratio | top-1 | gates failed |",
-              "|---|---|---|---|---|"]
-    for tried in report["candidates"]:
-        f = tried["fidelity"]
-        lines.append(f"| {tried['weights']} | {tried['bytes'] / 1e6:.1f} | {f['perplexity_ratio']:.4f} | "
-                     f"{f['top1_agreement']:.4f} | {'; '.join(tried['gates_failed']) or 'none'} |")
-    timing = report["timing"]
-    lines += ["", f"## Speed ({timing['rounds']} alternating rounds against the runtime's float32 export)", "",
+    return lines
+
+
+def _timing_lines(timing: dict) -> list[str]:
+    lines = ["", f"## Speed ({timing['rounds']} alternating rounds against the runtime's float32 export)", "",
               "| metric | artifact (median) | float32 (median) | speed-up (range over rounds) |", "|---|---|---|---|"]
     artifacts = timing["artifacts"]
     for key, entry in artifacts["artifact"].items():
@@ -55,4 +72,4 @@ def markdown_report(report: dict) -> str:
         unit = "ms" if key.startswith("ttft") else "tok/s"
         lines.append(f"| {key} | {entry['median']:.1f} {unit} | "
                      f"{'' if base is None else '%.1f %s' % (base['median'], unit)} | {_ratio(entry)} |")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -19,7 +19,9 @@ class PromptTooLong(ValueError):
 
 @dataclass
 class LoadedDecoder:
-    """A loaded decoder artifact: `step(tokens [1, T], cache, index) -> (logits [1, T, vocab], cache)`."""
+    """A loaded decoder artifact: `step(tokens [1, T], cache, index) -> (logits [1, T, vocab], new_kv)`, where
+    new_kv [1, layers, 2, T, kv heads, head dim] are the keys and values of the T tokens, written into the cache
+    here (the cache stays in this process: the model reads it and returns only what is new)."""
 
     step: Step
     cache_shape: tuple[int, ...]
@@ -51,14 +53,20 @@ class LoadedDecoder:
             piece = token_ids[start:start + chunk]
             tokens = np.zeros((1, chunk), dtype=np.int32)
             tokens[0, :len(piece)] = piece  # a short last chunk is padded: those positions are overwritten later
-            out, cache = self.step(tokens, cache, start)
+            out, new_kv = self.step(tokens, cache, start)
+            self._write(cache, new_kv, start)
             logits.append(np.asarray(out, dtype=np.float32)[0, :len(piece)])
         return np.concatenate(logits), cache
 
     def decode(self, token: int, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Logits [vocab] after `token` at position `index`, and the cache holding it."""
-        out, cache = self.step(np.asarray([[token]], dtype=np.int32), cache, index)
+        out, new_kv = self.step(np.asarray([[token]], dtype=np.int32), cache, index)
+        self._write(cache, new_kv, index)
         return np.asarray(out, dtype=np.float32)[0, -1], cache
+
+    def _write(self, cache: np.ndarray, new_kv: np.ndarray, index: int) -> None:
+        count = min(new_kv.shape[3], self.cache_length - index)
+        cache[:, :, :, index:index + count] = new_kv[:, :, :, :count]
 
 
 @dataclass(frozen=True)

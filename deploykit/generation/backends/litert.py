@@ -19,8 +19,8 @@ class LiteRTDecoder(DecoderBackend):
         "fp16": "TFLiteConverter, float16 weights",
         "int8": "TFLiteConverter dynamic-range int8 (Optimize.DEFAULT): int8 weights, activations quantized at run "
         "time",
-        "int4": "ai-edge-quantizer dynamic int4, blockwise: FULLY_CONNECTED weights at int4 in groups of input "
-        "channels, the vocabulary table int8",
+        "int4": "ai-edge-quantizer dynamic int4, blockwise: the decoder blocks' FULLY_CONNECTED weights at int4 in "
+        "groups of input channels, the LM head and the vocabulary table int8",
     }
 
     def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
@@ -53,15 +53,21 @@ class LiteRTDecoder(DecoderBackend):
         def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
             runner = runners["decode" if tokens.shape[1] == 1 else "prefill"]
             out = runner(tokens=tokens, cache=cache, index=np.asarray(index, dtype=np.int32))
-            return out["logits"], out["next_cache"]
+            return out["logits"], out["new_kv"]
 
         version = getattr(ai_edge_litert, "__version__", "")
         return LoadedDecoder(step, cache_shape, int(prefill_shape[1]), f"LiteRT {version} (XNNPACK, CPU)".strip())
 
 
+# keras-hub names every decoder block transformer_layer_<i>: their FULLY_CONNECTED ops go to int4, while the LM
+# head (tied to the token table on SmolLM2, Gemma and others, and the layer most sensitive to rounding) stays int8,
+# as NNCF's int4 modes keep the last layer by default.
+BLOCK_SCOPE = ".*transformer_layer_[0-9]+.*"
+
+
 def _int4_weights(model: bytes, group_size: int) -> bytes:
-    """int4 FULLY_CONNECTED weights in blocks of `group_size` input channels (int8 per channel where the width is
-    not a multiple), the token table int8 behind EMBEDDING_LOOKUP; rounded to nearest, data-free."""
+    """int4 FULLY_CONNECTED weights of the decoder blocks in blocks of `group_size` input channels, the LM head
+    int8 per channel, the token table int8 behind EMBEDDING_LOOKUP; rounded to nearest, data-free."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
     from deploykit.graph.tflite_lookup import as_embedding_lookups
@@ -70,7 +76,9 @@ def _int4_weights(model: bytes, group_size: int) -> bytes:
     manager = recipe_manager.RecipeManager()
     manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP, num_bits=8,
                                granularity=qtyping.QuantGranularity.CHANNELWISE)
-    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
+    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8,
+                               granularity=qtyping.QuantGranularity.CHANNELWISE)
+    manager.add_dynamic_config(regex=BLOCK_SCOPE, operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
                                granularity=getattr(qtyping.QuantGranularity, f"BLOCKWISE_{group_size}"))
     engine = quantizer.Quantizer(bytearray(model))
     engine.load_quantization_recipe(manager.get_quantization_recipe())

@@ -64,12 +64,12 @@ class OpenVINODecoder(DecoderBackend):
                   **self.runtime_settings(runtime_config or {})}
         compiled = ov.Core().compile_model(str(path), "CPU", config)
         request = compiled.create_infer_request()
-        logits_port, cache_port = _outputs(compiled)
+        logits_port, kv_port = _outputs(compiled)
         cache_shape = tuple(int(d) for d in compiled.input("cache").get_partial_shape().to_shape())
 
         def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
             out = request.infer({"tokens": tokens, "cache": cache, "index": np.asarray(index, dtype=np.int32)})
-            return np.array(out[logits_port], copy=True), np.array(out[cache_port], copy=True)
+            return np.array(out[logits_port], copy=True), np.array(out[kv_port], copy=True)
 
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         return LoadedDecoder(step, cache_shape, None, f"OpenVINO {ov.__version__} (CPU plugin, inference precision "
@@ -77,7 +77,7 @@ class OpenVINODecoder(DecoderBackend):
 
 
 def _outputs(compiled) -> tuple[object, object]:
-    """(logits, cache) output ports: the converter renames outputs that share a name with an input (cache_1)."""
+    """(logits, new_kv) output ports, told apart by rank (the converter may rename outputs)."""
     by_rank = {len(port.get_partial_shape()): port for port in compiled.outputs}
     return by_rank[3], by_rank[6]
 

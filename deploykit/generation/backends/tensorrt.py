@@ -50,14 +50,14 @@ class TensorRTDecoder(DecoderBackend):
         inputs = {i.name.split(":")[0]: i.name for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         ranks = [len(o.shape) for o in session.get_outputs()]
-        logits_name, cache_name = outputs[ranks.index(3)], outputs[ranks.index(6)]
+        logits_name, kv_name = outputs[ranks.index(3)], outputs[ranks.index(6)]
         cache_shape = tuple(int(d) for d in next(i.shape for i in session.get_inputs() if i.name == inputs["cache"]))
 
         def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
             feed = {inputs["tokens"]: tokens, inputs["cache"]: cache,
                     inputs["index"]: np.asarray(index, dtype=np.int32)}
-            logits, updated = session.run([logits_name, cache_name], feed)
-            return logits, updated
+            logits, new_kv = session.run([logits_name, kv_name], feed)
+            return logits, new_kv
 
         return LoadedDecoder(step, cache_shape, None, f"onnxruntime {ort.__version__} (CPU; the engine itself needs "
                                                       "TensorRT on the GPU)")
