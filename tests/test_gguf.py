@@ -358,3 +358,19 @@ def test_smollm2_q4_1_gguf_becomes_a_working_keras_hub_model(tmp_path):
     log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
     perplexity = float(np.exp(-log_probs[np.arange(len(paragraph) - 1), paragraph[1:]].mean()))
     assert perplexity < 30, perplexity  # 19.0 measured; 80 with llama.cpp's q/k permutation left in place
+
+
+def test_load_decoder_reads_a_gguf_file_as_the_original_it_dequantizes_to(tmp_path):
+    """The GGUF path of `deploykit build`: the bundle's logits are the dequantized weights' (with the file's RMS norm
+    epsilon), and the details say the source was already quantized."""
+    from deploykit.generation.loaders import is_decoder_source, load_decoder
+
+    weights = hf_weights("llama", tied=True)
+    source = write_gguf(tmp_path / "tiny.gguf", weights, arch="llama", pre="smollm")
+    assert is_decoder_source(source)
+    bundle = load_decoder(source)
+    assert bundle.details["already_quantized"] and bundle.details["file_type"] == "MOSTLY_Q8_0"
+    assert bundle.backbone.layer_norm_epsilon == pytest.approx(EPS)
+    ids = [1, 262, 264, 5, 40, 269, 70, 2]
+    np.testing.assert_allclose(bundle.full_logits(ids), reference_logits(as_stored(weights, "llama"), ids),
+                               rtol=1e-4, atol=1e-4)

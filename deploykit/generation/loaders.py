@@ -91,13 +91,38 @@ def _load_folder(folder: Path, details: dict) -> DecoderBundle:
 
     tokenizer_json = read_tokenizer_json(folder / "tokenizer.json")
     try:
-        causal_lm = keras_hub.models.CausalLM.from_preset(str(folder), preprocessor=None, dtype="float32")
+        backbone = keras_hub.models.Backbone.from_preset(str(folder), dtype="float32", **_config_overrides(folder))
+        causal_lm = _causal_lm_class(type(backbone))(backbone=backbone, preprocessor=None)
     except DeployKitError:
         raise
     except Exception as error:  # keras-hub's converters raise anything from KeyError to ValueError
         raise DeployKitError(f"keras-hub cannot load a causal LM from {folder}: {str(error).splitlines()[0]}") \
             from None
     return _bundle(causal_lm, tokenizer_json, str(folder), details)
+
+
+def _config_overrides(folder: Path) -> dict:
+    """Backbone settings keras-hub's converters leave at their defaults: the RMS norm epsilon (1e-6 in keras-hub's
+    Llama converter, 1e-5 in SmolLM2's config)."""
+    config = read_json(folder / "config.json", dict)
+    epsilon = config.get("rms_norm_eps")
+    if not (folder / "metadata.json").exists() and isinstance(epsilon, float) and epsilon > 0:
+        return {"layer_norm_epsilon": epsilon}
+    return {}
+
+
+def _causal_lm_class(backbone_class: type) -> type:
+    """The keras-hub CausalLM task built on `backbone_class`."""
+    import keras_hub
+
+    pending = [keras_hub.models.CausalLM]
+    while pending:
+        task = pending.pop()
+        if getattr(task, "backbone_cls", None) is backbone_class:
+            return task
+        pending.extend(task.__subclasses__())
+    raise DeployKitError(f"keras-hub has no causal LM on {backbone_class.__name__}; deploykit generates with "
+                         f"{', '.join(sorted(set(HUGGING_FACE_DECODERS.values())))} decoders.")
 
 
 def _load_keras_file(path: Path) -> DecoderBundle:
