@@ -123,8 +123,8 @@ def test_every_runtime_runs_the_cached_step_as_the_original(decoders, tmp_path, 
     np.testing.assert_allclose(last, full[21], atol=1e-4)
 
 
-@pytest.mark.parametrize("runtime", ["litert", "openvino"])
-def test_int4_weights_are_smaller_and_close(decoders, tmp_path, runtime):
+@pytest.mark.parametrize("runtime,int4", [("litert", "int4-dynamic"), ("openvino", "int4")])
+def test_int4_weights_are_smaller_and_close(decoders, tmp_path, runtime, int4):
     from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
     from deploykit.generation.metrics import measure_fidelity
 
@@ -132,16 +132,16 @@ def test_int4_weights_are_smaller_and_close(decoders, tmp_path, runtime):
     backend = get_decoder_backend(runtime)
     sizes, fidelity = {}, {}
     ids = _ids(bundle, 64)
-    for weights in ("fp32", "int8", "int4"):
+    for weights in ("fp32", "int8", int4):
         export = DecoderExport(weights=weights, cache_length=CACHE, prefill_length=16, group_size=32)
         bundle.write_saved_model(tmp_path / weights / "saved", CACHE, backend.signatures(export))
         artifact = backend.export(tmp_path / weights / "saved", export, tmp_path / weights / "out")
         sizes[weights] = sum(p.stat().st_size for p in artifact.files)
         decoder = backend.load(artifact.path, 1, artifact.runtime_config)
         fidelity[weights] = measure_fidelity([bundle.full_logits(ids)], [ids], decoder)
-    assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
+    assert sizes[int4] < sizes["int8"] < sizes["fp32"]
     assert fidelity["fp32"].mean_kl < 1e-6
-    assert fidelity["int8"].mean_kl < fidelity["int4"].mean_kl < 0.05
+    assert fidelity["int8"].mean_kl < fidelity[int4].mean_kl < 0.05
 
 
 def test_metrics_score_a_perturbed_model_worse():
@@ -167,6 +167,7 @@ def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
     for target in ("arm-cpu", "intel-cpu"):
         report = json.loads((out / target / "report.json").read_text())
         assert report["task"] == "generation" and report["artifact"]["weights"].startswith("int4")
+        assert report["passed"] and report["candidates"][-1]["gates_failed"] == []
         assert report["fidelity"]["perplexity_ratio"] < 1.10
         assert report["fidelity"]["greedy_tokens"] == 16 and len(report["fidelity"]["first_divergence"]) == 4
         timing = report["timing"]["artifacts"]
@@ -218,7 +219,7 @@ def test_a_keras_file_that_is_no_causal_lm_is_refused(tmp_path, tokenizer_json):
 def test_a_missed_gate_exits_3_with_the_candidates_reported_and_nothing_shipped(llama_file, tmp_path):
     out = tmp_path / "dist"
     result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu", "--out", str(out),
-                                       "--cache-length", "128", "--prefill-length", "16", "--weights", "int4",
+                                       "--cache-length", "128", "--prefill-length", "16", "--weights", "int4-dynamic",
                                        "--max-perplexity-ratio", "1", "--min-top1-agreement", "1"])
     assert result.exit_code == 3, result.output
     report = json.loads((out / "arm-cpu" / "report.json").read_text())

@@ -209,7 +209,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Search": ("search", "trials", "storage", "study", "prefer", "prune_factor", "search_passes",
                "search_length_percentiles"),
     "Cache": ("cache", "no_cache", "cache_max_gb"),
-    "Generation (decoders)": ("weights", "cache_length", "prefill_length", "weight_group_size", "awq",
+    "Generation (decoders)": ("weights", "cache_length", "prefill_length", "weight_group_size", "int4_method",
                               "max_perplexity_ratio", "min_top1_agreement", "min_greedy_match"),
 }
 

@@ -18,19 +18,22 @@ SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "thre
 def generation_options(command):
     """`build`'s options for decoders (the "Generation" section of its --help)."""
     options = [
-        click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]),
+        click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic",
+                                                    "int4-dynamic"]),
                      help="Decoders: weight precision instead of the target's list (tried in order: the first that "
-                     "passes the gates ships)."),
+                     "passes the gates ships); -dynamic also quantizes activations at run time (LiteRT)."),
         click.option("--cache-length", type=click.IntRange(min=2), default=512, show_default=True,
                      help="Decoders: tokens the KV cache holds (prompt plus generated)."),
         click.option("--prefill-length", type=click.IntRange(min=1), default=64, show_default=True,
                      help="Decoders on static-shape runtimes (LiteRT): tokens per prefill call; longer prompts run "
                      "in chunks."),
         click.option("--weight-group-size", type=click.Choice(["32", "64", "128", "256"]),
-                     help="Decoders, int4: input channels sharing one scale (default: a GGUF source's own block "
-                     "size, else 64)."),
-        click.option("--awq", is_flag=True, help="Decoders on OpenVINO, int4: activation-aware scales with scale "
-                     "estimation, fitted on calibration passages of --data (NNCF)."),
+                     help="Decoders, int4: input channels sharing one scale (default: 64, halved until it divides "
+                     "the hidden size)."),
+        click.option("--int4-method", type=click.Choice(["rtn", "awq"]),
+                     help="Decoders, int4: rtn rounds each group to nearest (data-free); awq (OpenVINO) fits "
+                     "activation-aware scales with scale estimation on calibration passages of --data (default: the "
+                     "target's)."),
         click.option("--max-perplexity-ratio", type=click.FloatRange(min=1),
                      help="Decoders, gate: largest perplexity on held-out text over the original's (default: the "
                      "target's, 1.10)."),
@@ -64,7 +67,7 @@ def build_decoder_command(arguments: dict) -> None:
     options = GenerationOptions(
         data=Path(a["data"]) if a["data"] else None, weights=a["weights"], cache_length=a["cache_length"],
         prefill_length=a["prefill_length"], group_size=int(a["weight_group_size"]) if a["weight_group_size"] else None,
-        algorithm="awq" if a["awq"] else "rtn", max_perplexity_ratio=a["max_perplexity_ratio"],
+        algorithm=a["int4_method"], max_perplexity_ratio=a["max_perplexity_ratio"],
         min_top1_agreement=a["min_top1_agreement"], min_greedy_match=a["min_greedy_match"],
         timing=TimingPlan(rounds=max(3, min(a["runs"], 20))), threads=a["threads"], seed=a["seed"], force=a["force"])
     log = StepLog(console)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import DeployKitError
-from deploykit.generation.backends.base import GGUF_BLOCK_SIZES, DecoderExport, get_decoder_backend
+from deploykit.generation.backends.base import DEFAULT_GROUP_SIZE, DecoderExport, get_decoder_backend
 from deploykit.generation.decoder import STEP_INPUTS, STEP_OUTPUTS, DecoderBundle
 from deploykit.generation.metrics import GenerationFidelity, measure_fidelity
 from deploykit.generation.profile import TimingPlan, time_side_by_side
@@ -45,9 +45,9 @@ class GenerationOptions:
     weights: str | None = None  # one precision instead of the target's list
     cache_length: int = DEFAULT_CACHE_LENGTH
     prefill_length: int = DEFAULT_PREFILL_LENGTH
-    group_size: int | None = None  # int4 group (None: the GGUF source's own block size, else 64)
+    group_size: int | None = None  # int4 group (None: group_size_for chooses)
     ratio: float = 1.0
-    algorithm: str = "rtn"  # rtn | awq (OpenVINO)
+    algorithm: str | None = None  # int4: rtn | awq (OpenVINO); None: the target's int4_method
     text_tokens: int = DEFAULT_TEXT_TOKENS
     eval_texts: int = DEFAULT_EVAL_TEXTS
     calibration_texts: int = DEFAULT_CALIBRATION_TEXTS
@@ -79,7 +79,18 @@ def check_generation_target(target: Target) -> None:
                              "block); build decoders for intel-cpu, arm-cpu or nvidia-gpu, or add the block.")
 
 
-def held_out_text(bundle: DecoderBundle, options: GenerationOptions) -> HeldOutText:
+def int4_method(target: Target, options: GenerationOptions) -> str:
+    return options.algorithm or target.generation.int4_method
+
+
+def needs_calibration(target: Target, options: GenerationOptions) -> bool:
+    """Whether an int4 candidate of this target is fitted on calibration text (AWQ, or mixed int4/int8)."""
+    weights = [options.weights] if options.weights else target.generation.weights
+    return any(w.startswith("int4") for w in weights) and (int4_method(target, options) == "awq" or
+                                                          "int4-mixed" in weights)
+
+
+def held_out_text(bundle: DecoderBundle, options: GenerationOptions, calibrate: bool = False) -> HeldOutText:
     """Passages of about `text_tokens` tokens made of consecutive texts, shuffled with the seed: calibration
     first, evaluation from the rest (disjoint), greedy prompts the first half of the first evaluation passages."""
     from deploykit.data import load_dataset
@@ -91,28 +102,23 @@ def held_out_text(bundle: DecoderBundle, options: GenerationOptions) -> HeldOutT
         if len(current) >= options.text_tokens:
             passages.append(current[:options.text_tokens])
             current = []
-    needed = options.eval_texts + (options.calibration_texts if options.algorithm == "awq" else 0)
+    needed = options.eval_texts + (options.calibration_texts if calibrate else 0)
     if len(passages) < max(needed, 2):
         raise DeployKitError(f"{dataset.source} gives {len(passages)} passages of {options.text_tokens} tokens and the "
                              f"build needs {needed}; pass a larger --data file or fewer --eval-texts.")
     order = np.random.default_rng(options.seed).permutation(len(passages))
     passages = [passages[i] for i in order]
-    calibration = passages[:options.calibration_texts] if options.algorithm == "awq" else []
+    calibration = passages[:options.calibration_texts] if calibrate else []
     evaluation = passages[len(calibration):len(calibration) + options.eval_texts]
     prompts = [p[:options.text_tokens // 2] for p in evaluation[:options.greedy_prompts]]
     return HeldOutText(calibration, evaluation, prompts, source=str(dataset.source))
 
 
 def group_size_for(bundle: DecoderBundle, options: GenerationOptions) -> int:
-    """The int4 group: the user's, else the block size of a GGUF source's main quantization type (its grid), else
-    the default; never larger than the narrowest layer width allows."""
-    from deploykit.generation.backends.base import DEFAULT_GROUP_SIZE
-
+    """The int4 group: the user's, else the default halved until it divides the model's hidden size."""
     if options.group_size:
         return options.group_size
-    types = bundle.details.get("tensor_types", {})
-    quantized = {t: n for t, n in types.items() if t in GGUF_BLOCK_SIZES}
-    size = GGUF_BLOCK_SIZES[max(quantized, key=quantized.get)] if quantized else DEFAULT_GROUP_SIZE
+    size = DEFAULT_GROUP_SIZE
     hidden = int(bundle.backbone.hidden_dim)
     while size > 32 and hidden % size:
         size //= 2
@@ -139,12 +145,16 @@ def build_decoder(bundle: DecoderBundle, targets: list[Target], out: Path,
     log = log or StepLog()
     from deploykit.output_folder import check_output
 
-    for target in targets:
+    for target in targets:  # every refusal before any work
         check_generation_target(target)
+        backend = get_decoder_backend(target.runtime)
+        backend.check_method(int4_method(target, options))
+        for weights in [options.weights] if options.weights else target.generation.weights:
+            backend.describe(weights)
     bundle.check_length(options.cache_length)
     check_output(out, [t.name for t in targets], options.force)
     with log.step("reference", "scoring the original on held-out text"):
-        text = held_out_text(bundle, options)
+        text = held_out_text(bundle, options, any(needs_calibration(t, options) for t in targets))
         text.reference_logits = [bundle.full_logits(ids) for ids in text.evaluation]
     original = bundle.loaded(options.cache_length)
     return [_build_target(bundle, target, text, original, out, options, log) for target in targets]
@@ -158,7 +168,7 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
     choices = [options.weights] if options.weights else list(target.generation.weights)
     export = DecoderExport(weights=choices[0], cache_length=options.cache_length,
                            prefill_length=options.prefill_length, group_size=group_size_for(bundle, options),
-                           ratio=options.ratio, algorithm=options.algorithm,
+                           ratio=options.ratio, algorithm=int4_method(target, options),
                            calibration=tuple(tuple(ids) for ids in text.calibration))
     staging = new_staging(out, target.name)
     try:
@@ -168,7 +178,8 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                 bundle.write_saved_model(saved_model, options.cache_length, backend.signatures(export))
             tried, shipped = [], None
             for weights in choices:
-                candidate = replace(export, weights=weights)
+                ratio = target.generation.int4_mixed_ratio if weights == "int4-mixed" else options.ratio
+                candidate = replace(export, weights=weights, ratio=ratio)
                 with log.step("export", f"{target.name}: exporting {candidate.label()} weights and scoring them"):
                     artifact = backend.export(saved_model, candidate, Path(scratch) / weights)
                     loaded = backend.load(artifact.path, options.threads, artifact.runtime_config)

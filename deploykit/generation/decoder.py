@@ -136,7 +136,7 @@ class DecoderBundle:
             shape[3] = ops.shape(tokens)[1]
             return {"logits": logits, "new_kv": ops.slice(updated, (0, 0, 0, index, 0, 0), shape)}
 
-        with portable_cache_updates():
+        with portable_cache_updates(), projections_as_matmuls():
             for name, length in lengths.items():
                 specs = [tf.TensorSpec([1, length], tf.int32, name="tokens"), cache_spec,
                          tf.TensorSpec([], tf.int32, name="index")]
@@ -190,6 +190,52 @@ def portable_cache_updates():
         yield
     finally:
         keras.ops.slice_update = original
+
+
+def _matmul_form(equation: str) -> tuple[int, int] | None:
+    """(contracted axes, kernel output axes) when `equation` is a dense projection: the input's trailing axes
+    contract with the kernel's leading ones and the output is the input's other axes then the kernel's. None
+    otherwise."""
+    inputs, output = equation.replace(" ", "").split("->")
+    left, _, kernel = inputs.partition(",")
+    contracted = [axis for axis in left if axis in kernel and axis not in output]
+    count = len(contracted)
+    if not kernel or not count or left[len(left) - count:] != kernel[:count]:
+        return None
+    if output != left[:len(left) - count] + kernel[count:]:
+        return None
+    return count, len(kernel) - count
+
+
+@contextlib.contextmanager
+def projections_as_matmuls():
+    """Trace Keras EinsumDense projections as reshape + MatMul. keras-hub writes attention's query, key, value and
+    output projections as einsums; OpenVINO keeps those as Einsum ops, which NNCF's weight compression skips (on
+    SmolLM2 the attention weights stayed float32, about 100 of 218 MB of an "int8" IR). A MatMul it compresses."""
+    import keras
+    from keras.src import ops as keras_ops
+
+    original = keras_ops.einsum
+
+    def einsum(equation, *operands, **kwargs):
+        form = _matmul_form(equation) if len(operands) == 2 and not kwargs else None
+        inputs, kernel = operands if len(operands) == 2 else (None, None)
+        if form is None or not isinstance(kernel, keras.Variable):
+            return original(equation, *operands, **kwargs)
+        contracted, kept = form
+        kernel_shape = tuple(kernel.shape)
+        depth = int(np.prod(kernel_shape[:contracted]))
+        width = int(np.prod(kernel_shape[contracted:]))
+        leading = keras.ops.shape(inputs)[:len(inputs.shape) - contracted]
+        flat = keras.ops.reshape(inputs, (-1, depth))
+        product = keras.ops.matmul(flat, keras.ops.reshape(kernel, (depth, width)))
+        return keras.ops.reshape(product, (*leading, *kernel_shape[contracted:]))
+
+    keras_ops.einsum = einsum
+    try:
+        yield
+    finally:
+        keras_ops.einsum = original
 
 
 def read_tokenizer_json(path: Path, limit_bytes: int = 64 << 20) -> str:

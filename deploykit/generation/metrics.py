@@ -23,6 +23,9 @@ class GenerationFidelity:
     mean_kl: float
     greedy_match: float | None  # mean share of the first `greedy_tokens` repeated; None when not measured
     first_divergence: list[int | None]  # per prompt: the first greedy position that differs (None: none did)
+    # per prompt that diverged: the original's logit margin there between its own choice and the artifact's (a
+    # near tie, well under 1, is a rounding flip; a large one is a real error)
+    divergence_margins: list[float]
     positions: int  # predicted positions the figures are over
     texts: int
     greedy_tokens: int
@@ -56,15 +59,16 @@ def next_token_scores(reference: np.ndarray, candidate: np.ndarray, token_ids: l
 
 
 def greedy_match(original: LoadedDecoder, artifact: LoadedDecoder, prompt_ids: list[int],
-                 tokens: int) -> tuple[float, int | None]:
+                 tokens: int) -> tuple[float, int | None, float | None]:
     """(share of the original's first `tokens` greedy tokens the artifact repeats before differing, where it
-    first differs)."""
+    first differs, the original's logit margin there between its token and the artifact's)."""
     expected = list(generate(original, prompt_ids, tokens, Sampling()))
     produced = list(generate(artifact, prompt_ids, tokens, Sampling()))
     for position, (a, b) in enumerate(zip(expected, produced)):
         if a != b:
-            return position / len(expected), position
-    return 1.0, None
+            logits = original.prefill(prompt_ids + expected[:position])[0][-1]
+            return position / len(expected), position, float(logits[a] - logits[b])
+    return 1.0, None, None
 
 
 def measure_fidelity(reference_logits: list[np.ndarray], texts: list[list[int]], artifact: LoadedDecoder,
@@ -80,8 +84,9 @@ def measure_fidelity(reference_logits: list[np.ndarray], texts: list[list[int]],
         original_perplexity=float(np.exp(joined["reference_nll"].mean())),
         top1_agreement=float(joined["agree"].mean()),
         mean_kl=float(joined["kl"].mean()),
-        greedy_match=float(np.mean([m for m, _ in matches])) if matches else None,
-        first_divergence=[d for _, d in matches],
+        greedy_match=float(np.mean([m for m, _, _ in matches])) if matches else None,
+        first_divergence=[d for _, d, _ in matches],
+        divergence_margins=[margin for _, _, margin in matches if margin is not None],
         positions=int(len(joined["agree"])),
         texts=len(texts),
         greedy_tokens=greedy_tokens,

@@ -60,6 +60,11 @@ def _shipped_lines(report: dict) -> list[str]:
         divergence = ", ".join("none" if d is None else str(d) for d in fidelity["first_divergence"])
         lines.append(f"| greedy match, first {fidelity['greedy_tokens']} tokens | {fidelity['greedy_match']:.3f} "
                      f"(first difference per prompt: {divergence}) | {'≥ %g' % gate if gate is not None else 'reported'} |")
+        margins = fidelity.get("divergence_margins") or []
+        if margins:
+            lines += ["", "Where a greedy continuation first differs, the original's own logits there separate its token "
+                      "from the artifact's by " + ", ".join(f"{m:.2f}" for m in margins) + " (a margin well under 1 "
+                      "is a near tie that the artifact's rounding flipped; after it the continuations part ways)."]
     return lines
 
 

@@ -115,11 +115,21 @@ class Generation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(
-        description="Weight precisions tried in order (activations stay float); the first that passes the gates ships."
+    weights: list[Literal["fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic", "int4-dynamic"]] = Field(
+        description="Weight precisions tried in order; the first that passes the gates ships. int8 and int4 keep "
+        "float activations; -dynamic quantizes them at run time too (LiteRT); int4-mixed keeps the layers most "
+        "sensitive on calibration text at int8 (OpenVINO)."
+    )
+    # 0.8: the share NNCF's and optimum-intel's mixed int4/int8 examples use for sub-billion decoders.
+    int4_mixed_ratio: float = Field(
+        0.8, gt=0, lt=1, description="int4-mixed: the share of the layers' weights at int4; the rest int8."
     )
     static_prefill: bool = Field(
         False, description="Prefill runs in fixed-length chunks (runtimes without dynamic shapes); else any length."
+    )
+    int4_method: Literal["rtn", "awq"] = Field(
+        "rtn", description="How int4 levels are chosen: rtn rounds to nearest (data-free); awq fits activation-aware "
+        "scales with scale estimation on calibration text (OpenVINO)."
     )
 
 

@@ -11,8 +11,10 @@ Rows:
   on the same OpenVINO IR, run with the CPU plugin's defaults;
 - LiteRT default int8: TFLiteConverter with Optimize.DEFAULT (dynamic-range int8), the same signatures;
 - float32 of each runtime, the baseline each speed-up is taken against;
-- llama.cpp: the original GGUF file run by llama-cpp-python (when it is installed; `pip install llama-cpp-python`
-  builds it from source), fed deploykit's token ids.
+- llama.cpp: the original GGUF file run by llama-cpp-python, fed deploykit's token ids, when it is installed. It
+  builds from source; on CPUs with AMX build it without AMX, whose matmul crashes (ggml-org/llama.cpp#20824):
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
+  pip install --no-cache-dir --no-deps llama-cpp-python==0.3.36
 
 Columns: size, time to first token (128-token prompt), decode tokens/s after a 128-token prefill, perplexity ratio
 and top-1 agreement against the float original, greedy match of the first 16 tokens. Timings come from alternating
@@ -59,8 +61,9 @@ def llama_cpp_decoder(gguf: Path, cache_length: int, threads: int | None) -> tup
         import llama_cpp
     except ImportError:
         return None
-    model = llama_cpp.Llama(model_path=str(gguf), n_ctx=cache_length, n_threads=threads, logits_all=True,
-                            verbose=False)
+    # logits_all: logits at every prompt position, as deploykit's prefill computes them (and the gates need).
+    model = llama_cpp.Llama(model_path=str(gguf), n_ctx=cache_length, n_threads=threads, n_threads_batch=threads,
+                            n_gpu_layers=0, logits_all=True, verbose=False)
 
     def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
         ids = [int(t) for t in tokens[0]]
@@ -89,7 +92,7 @@ def main() -> None:
     bundle = load_decoder(args.model)
     options = GenerationOptions(cache_length=args.cache_length, eval_texts=args.eval_texts, threads=args.threads,
                                 timing=TimingPlan(prompt_lengths=(128,), cache_fills=(128,), rounds=args.rounds))
-    text = held_out_text(bundle, options)
+    text = held_out_text(bundle, options, calibrate=True)  # the build's evaluation passages, none calibrated on
     text.reference_logits = [bundle.full_logits(ids) for ids in text.evaluation]
     original = bundle.loaded(args.cache_length)
     decoders: dict[str, tuple[LoadedDecoder, int]] = {}

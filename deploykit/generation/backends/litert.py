@@ -17,10 +17,12 @@ class LiteRTDecoder(DecoderBackend):
     weights = {
         "fp32": "TFLiteConverter, float32",
         "fp16": "TFLiteConverter, float16 weights",
-        "int8": "TFLiteConverter dynamic-range int8 (Optimize.DEFAULT): int8 weights, activations quantized at run "
-        "time",
-        "int4": "ai-edge-quantizer dynamic int4, blockwise: the decoder blocks' FULLY_CONNECTED weights at int4 in "
-        "groups of input channels, the LM head and the vocabulary table int8",
+        "int8": "ai-edge-quantizer weight-only int8 per channel (FULLY_CONNECTED and the vocabulary table), float "
+        "activations (XNNPACK's int8-weight float GEMMs)",
+        "int8-dynamic": "TFLiteConverter dynamic-range int8 (Optimize.DEFAULT): int8 weights, activations quantized "
+        "at run time",
+        "int4-dynamic": "ai-edge-quantizer dynamic int4, blockwise: the decoder blocks' FULLY_CONNECTED weights at "
+        "int4 in groups of input channels, activations quantized at run time; the LM head and table int8",
     }
 
     def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
@@ -28,13 +30,14 @@ class LiteRTDecoder(DecoderBackend):
 
         method = self.describe(export.weights)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["prefill", "decode"])
-        if export.weights in ("fp16", "int8"):
+        if export.weights in ("fp16", "int8-dynamic"):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if export.weights == "fp16":
             converter.target_spec.supported_types = [tf.float16]
         model = converter.convert()
-        if export.weights == "int4":
-            model = _int4_weights(model, export.group_size)
+        if export.weights in ("int8", "int4-dynamic"):
+            model = _quantized_weights(model, export.weights, export.group_size)
+        if export.weights.startswith("int4"):
             method += f", groups of {export.group_size}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.tflite"
@@ -59,27 +62,33 @@ class LiteRTDecoder(DecoderBackend):
         return LoadedDecoder(step, cache_shape, int(prefill_shape[1]), f"LiteRT {version} (XNNPACK, CPU)".strip())
 
 
-# keras-hub names every decoder block transformer_layer_<i>: their FULLY_CONNECTED ops go to int4, while the LM
-# head (tied to the token table on SmolLM2, Gemma and others, and the layer most sensitive to rounding) stays int8,
-# as NNCF's int4 modes keep the last layer by default.
+# keras-hub names every decoder block transformer_layer_<i>: int4 goes to their FULLY_CONNECTED ops only, while
+# the LM head (tied to the token table on SmolLM2, Gemma and others, and the layer most sensitive to rounding)
+# stays int8, as NNCF's int4 modes keep the last layer by default.
 BLOCK_SCOPE = ".*transformer_layer_[0-9]+.*"
 
 
-def _int4_weights(model: bytes, group_size: int) -> bytes:
-    """int4 FULLY_CONNECTED weights of the decoder blocks in blocks of `group_size` input channels, the LM head
-    int8 per channel, the token table int8 behind EMBEDDING_LOOKUP; rounded to nearest, data-free."""
+def _quantized_weights(model: bytes, weights: str, group_size: int) -> bytes:
+    """int8 or int4 weights through ai-edge-quantizer, rounded to nearest (data-free): weight-only (explicit
+    dequantize, float arithmetic) unless `weights` ends in -dynamic (activations quantized at run time; blockwise
+    int4 exists only so: ai-edge-quantizer 0.10 refuses it weight-only). The token table is int8 behind
+    EMBEDDING_LOOKUP in every case."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
     from deploykit.graph.tflite_lookup import as_embedding_lookups
 
     model, _ = as_embedding_lookups(model)
+    kind = "dynamic" if weights.endswith("-dynamic") else "weight_only"
     manager = recipe_manager.RecipeManager()
-    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP, num_bits=8,
-                               granularity=qtyping.QuantGranularity.CHANNELWISE)
-    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8,
-                               granularity=qtyping.QuantGranularity.CHANNELWISE)
-    manager.add_dynamic_config(regex=BLOCK_SCOPE, operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
-                               granularity=getattr(qtyping.QuantGranularity, f"BLOCKWISE_{group_size}"))
+    add = getattr(manager, f"add_{kind}_config")
+    operations = qtyping.TFLOperationName
+    add(regex=".*", operation_name=operations.EMBEDDING_LOOKUP, num_bits=8,
+        granularity=qtyping.QuantGranularity.CHANNELWISE)
+    add(regex=".*", operation_name=operations.FULLY_CONNECTED, num_bits=8,
+        granularity=qtyping.QuantGranularity.CHANNELWISE)
+    if weights.startswith("int4"):
+        add(regex=BLOCK_SCOPE, operation_name=operations.FULLY_CONNECTED, num_bits=4,
+            granularity=getattr(qtyping.QuantGranularity, f"BLOCKWISE_{group_size}"))
     engine = quantizer.Quantizer(bytearray(model))
     engine.load_quantization_recipe(manager.get_quantization_recipe())
     return bytes(engine.quantize(None, enable_progress_report=False).quantized_model)

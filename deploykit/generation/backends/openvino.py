@@ -19,12 +19,15 @@ PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 class OpenVINODecoder(DecoderBackend):
     name = "openvino"
     suffix = ".xml"
+    int4_methods = ("rtn", "awq")
     weights = {
         "fp32": "openvino.convert_model, float32 weights",
         "fp16": "openvino.convert_model, weights stored as fp16",
         "int8": "nncf.compress_weights INT8_ASYM: int8 weights, one scale and zero point per output channel",
         "int4": "nncf.compress_weights INT4_ASYM: int4 weights in groups of input channels; embeddings and the last "
         "layer int8 (NNCF's default backup)",
+        "int4-mixed": "nncf.compress_weights INT4_ASYM with a ratio below 1: the layers most sensitive on the "
+        "calibration text (NNCF's Hessian-weighted activation metric) stay int8",
     }
 
     def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
@@ -36,7 +39,7 @@ class OpenVINODecoder(DecoderBackend):
         model.set_rt_info("saved_model", ["conversion_parameters", "input_model"])  # not the temporary path
         if export.weights == "int8":
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-        elif export.weights == "int4":
+        elif export.weights in ("int4", "int4-mixed"):
             data = {}
             if export.algorithm == "awq" or export.ratio < 1:
                 samples = [_step_inputs(model, ids) for ids in export.calibration]
