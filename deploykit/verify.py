@@ -166,47 +166,46 @@ def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
 def _run_artifact(check: FolderCheck, listed: set[str]) -> None:
     """Load the artifact with its backend's runtime and run it once; a failure of any kind is a finding. Only a
     file the manifest lists (and that matched it) is ever run."""
+    run = _run_decoder if "generation.json" in listed else _run_encoder
+    try:
+        finite, message = run(check.folder, listed)
+    except DeployKitError as error:
+        check.problem = f"the artifact was not run: {error}"
+        return
+    except Exception as error:  # a runtime's own errors come in every type; the finding names it
+        check.problem = f"the artifact does not run: {type(error).__name__}: {error}".splitlines()[0]
+        return
+    if finite:
+        check.ran = message
+    else:
+        check.problem = message
+
+
+def _run_encoder(folder: Path, listed: set[str]) -> tuple[bool, str]:
+    """(whether the output is finite, what ran) for an encoder build: one batch-1 sample through the artifact."""
     from deploykit.backends.base import backend_for_file
     from deploykit.profiling.build_folder import artifact_in, folder_artifact
 
-    if "generation.json" in listed:
-        return _run_decoder(check)
-    try:
-        path = artifact_in(check.folder)
-        if path.relative_to(check.folder).as_posix() not in listed:
-            raise DeployKitError(f"report.json names {path.name} as the artifact, which {MANIFEST} does not list")
-        backend = backend_for_file(path)
-        artifact = folder_artifact(check.folder)
-        output = np.asarray(backend.load(artifact.path, 1, artifact.runtime_config)(artifact.sample))
-    except DeployKitError as error:
-        check.problem = f"the artifact was not run: {error}"
-        return
-    except Exception as error:  # a runtime's own errors come in every type; the finding names it
-        check.problem = f"the artifact does not run: {type(error).__name__}: {error}".splitlines()[0]
-        return
-    name = artifact.path.relative_to(check.folder).as_posix()
+    path = artifact_in(folder)
+    if path.relative_to(folder).as_posix() not in listed:
+        raise DeployKitError(f"report.json names {path.name} as the artifact, which {MANIFEST} does not list")
+    backend = backend_for_file(path)
+    artifact = folder_artifact(folder)
+    output = np.asarray(backend.load(artifact.path, 1, artifact.runtime_config)(artifact.sample))
+    name = artifact.path.relative_to(folder).as_posix()
     shape = "×".join(str(size) for size in artifact.sample["token_ids"].shape)
     if not np.all(np.isfinite(output)):
-        check.problem = f"{name} ran on a {shape} sample but its output holds NaN or infinite values."
-        return
-    check.ran = f"{name} ran with {backend.name} on a {shape} sample: output shape {tuple(output.shape)}, finite."
+        return False, f"{name} ran on a {shape} sample but its output holds NaN or infinite values."
+    return True, f"{name} ran with {backend.name} on a {shape} sample: output shape {tuple(output.shape)}, finite."
 
 
-def _run_decoder(check: FolderCheck) -> None:
-    """A decoder build: prefill four tokens and decode one with its runtime; finite logits pass."""
+def _run_decoder(folder: Path, listed: set[str]) -> tuple[bool, str]:
+    """(whether the logits are finite, what ran) for a decoder build: a 4-token prefill and one decode step."""
     from deploykit.generation.artifact_folder import open_decoder_folder
 
-    try:
-        decoder, _, _ = open_decoder_folder(check.folder, threads=1)
-        logits, cache = decoder.prefill([0, 1, 2, 3])
-        last, _ = decoder.decode(4, cache, 4)
-    except DeployKitError as error:
-        check.problem = f"the artifact was not run: {error}"
-        return
-    except Exception as error:  # a runtime's own errors come in every type; the finding names it
-        check.problem = f"the artifact does not run: {type(error).__name__}: {error}".splitlines()[0]
-        return
+    decoder, _, _ = open_decoder_folder(folder, threads=1)
+    logits, cache = decoder.prefill([0, 1, 2, 3])
+    last, _ = decoder.decode(4, cache, 4)
     if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(last))):
-        check.problem = "the decoder ran a 4-token prefill and one decode step but its logits hold NaN or infinite values."
-        return
-    check.ran = f"the decoder ran a 4-token prefill and one decode step: logits {tuple(logits.shape)}, finite."
+        return False, "the decoder ran a 4-token prefill and one decode step but its logits hold NaN or infinite values."
+    return True, f"the decoder ran a 4-token prefill and one decode step: logits {tuple(logits.shape)}, finite."
