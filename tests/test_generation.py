@@ -226,3 +226,29 @@ def test_a_missed_gate_exits_3_with_the_candidates_reported_and_nothing_shipped(
     assert report["passed"] is False and report["candidates"][0]["gates_failed"]
     assert "nothing was shipped" in (out / "arm-cpu" / "report.md").read_text()
     assert not list((out / "arm-cpu").glob("*.tflite"))
+
+
+def test_a_tied_lm_head_is_stored_once_in_litert(tokenizer_json, tmp_path):
+    """ai-edge-quantizer quantizes the token table and the tied LM head apart; the export keeps one copy."""
+    import keras
+    import keras_hub
+    from tokenizers import Tokenizer
+
+    from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
+    from deploykit.generation.decoder import DecoderBundle
+
+    keras.utils.set_random_seed(0)
+    vocabulary = Tokenizer.from_str(tokenizer_json).get_vocab_size()
+    backbone = keras_hub.models.LlamaBackbone(vocabulary_size=vocabulary, num_layers=1, num_query_heads=2,
+                                              num_key_value_heads=1, hidden_dim=64, intermediate_dim=128,
+                                              tie_word_embeddings=True)
+    bundle = DecoderBundle(keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None), tokenizer_json,
+                           "tied", 512)
+    backend = get_decoder_backend("litert")
+    export = DecoderExport(weights="int8", cache_length=CACHE, prefill_length=16)
+    bundle.write_saved_model(tmp_path / "saved", CACHE, backend.signatures(export))
+    artifact = backend.export(tmp_path / "saved", export, tmp_path / "out")
+    assert "held twice" in artifact.method
+    decoder = backend.load(artifact.path, 1)
+    ids = _ids(bundle, 20)
+    np.testing.assert_allclose(decoder.prefill(ids)[0], bundle.full_logits(ids), atol=0.05)

@@ -8,6 +8,7 @@ import numpy as np
 
 from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
 from deploykit.generation.runtime import LoadedDecoder
+from deploykit.graph.tflite_buffers import share_identical_buffers
 
 
 class LiteRTDecoder(DecoderBackend):
@@ -39,6 +40,9 @@ class LiteRTDecoder(DecoderBackend):
             model = _quantized_weights(model, export.weights, export.group_size)
         if export.weights.startswith("int4"):
             method += f", groups of {export.group_size}"
+        model, saved = share_identical_buffers(model)
+        if saved:
+            method += f"; one copy of each weight the graph held twice (the tied LM head: {saved / 1e6:.2f} MB saved)"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.tflite"
         path.write_bytes(model)
