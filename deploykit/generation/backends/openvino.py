@@ -49,6 +49,9 @@ class OpenVINODecoder(DecoderBackend):
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM,
                                           group_size=export.group_size, ratio=export.ratio, **data)
             method += f", group size {export.group_size}, ratio {export.ratio:g}, {export.algorithm}"
+        saved = _share_identical_constants(model)
+        if saved:
+            method += f"; one copy of each weight the graph held twice (the tied LM head: {saved / 1e6:.2f} MB saved)"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
         ov.save_model(model, str(path), compress_to_fp16=export.weights == "fp16")
@@ -77,6 +80,28 @@ class OpenVINODecoder(DecoderBackend):
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         return LoadedDecoder(step, cache_shape, None, f"OpenVINO {ov.__version__} (CPU plugin, inference precision "
                                                       f"{precision})")
+
+
+def _share_identical_constants(model, smallest: int = 1 << 16) -> int:
+    """Point every consumer of a constant at the first byte-identical one: NNCF compresses the token table (a
+    Gather) and the tied LM head (a MatMul) of the same weights into two equal int8 tensors. Returns bytes saved;
+    constants under `smallest` bytes are left alone (scales, shapes: nothing to gain)."""
+    import hashlib
+
+    first: dict[tuple, object] = {}
+    saved = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Constant" or node.get_byte_size() < smallest:
+            continue
+        data = node.get_data()
+        key = (str(node.get_element_type()), tuple(data.shape), hashlib.sha256(data.tobytes()).digest())
+        if key not in first:
+            first[key] = node
+            continue
+        for target in list(node.output(0).get_target_inputs()):
+            target.replace_source_output(first[key].output(0))
+        saved += node.get_byte_size()
+    return saved
 
 
 def _outputs(compiled) -> tuple[object, object]:
