@@ -17,11 +17,15 @@ def share_identical_buffers(model: bytes) -> tuple[bytes, int]:
     from tensorflow.lite.tools import flatbuffer_utils
 
     graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    if any(getattr(buffer, "offset", 0) for buffer in graph.buffers):
+        # Weights stored after the flatbuffer (ai-edge-quantizer does so for large models): re-serializing would
+        # drop them, so such a model is left as it is.
+        return model, 0
     first: dict[tuple[int, bytes], int] = {}
     moved: dict[int, int] = {}
     for index, buffer in enumerate(graph.buffers):
         data = getattr(buffer, "data", None)
-        if data is None or len(data) == 0 or getattr(buffer, "offset", 0):
+        if data is None or len(data) == 0:
             continue
         key = (len(data), hashlib.sha256(bytes(data)).digest())
         if key in first:
