@@ -144,6 +144,35 @@ def test_int4_weights_are_smaller_and_close(decoders, tmp_path, runtime, int4):
     assert fidelity["int8"].mean_kl < fidelity[int4].mean_kl < 0.05
 
 
+def test_a16w8_is_an_integer_graph_calibrated_on_prefill_and_decode(decoders, tmp_path):
+    """mobile-npu's decoders: int8 weights and int16 activations, ranges from the float model's prefill and decode
+    on calibration text, run under LiteRT's reference kernels with the cache quantized at the interface."""
+    from deploykit.backends.litert import activation_precisions
+    from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
+    from deploykit.generation.metrics import measure_fidelity
+
+    bundle = decoders["llama"]
+    backend = get_decoder_backend("litert")
+    texts = [json.loads(line)["text"] for line in SENTENCES.read_text().splitlines()[20:28]]
+    calibration = tuple(tuple(bundle.encode(text)[:40]) for text in texts)
+    ids = _ids(bundle, 64)
+    sizes, fidelity = {}, {}
+    for weights in ("fp32", "a16w8"):
+        export = DecoderExport(weights=weights, cache_length=CACHE, prefill_length=16, calibration=calibration)
+        bundle.write_saved_model(tmp_path / weights / "saved", CACHE, backend.signatures(export))
+        artifact = backend.export(tmp_path / weights / "saved", export, tmp_path / weights / "out")
+        sizes[weights] = artifact.path.stat().st_size
+        decoder = backend.load(artifact.path, 1, artifact.runtime_config)
+        fidelity[weights] = measure_fidelity([bundle.full_logits(ids)], [ids], decoder)
+    activations = activation_precisions(artifact.path)
+    assert activations["int16"]["byte_share"] > 0.6  # float is left to the position-only rotary angles
+    assert "reference int16 kernels" in decoder.description
+    assert sizes["a16w8"] < 0.6 * sizes["fp32"]
+    assert fidelity["fp32"].mean_kl < 1e-6 and fidelity["a16w8"].mean_kl < 0.05
+    with pytest.raises(DeployKitError, match="calibrate"):
+        backend.export(tmp_path / "a16w8" / "saved", DecoderExport("a16w8", CACHE, 16), tmp_path / "none")
+
+
 def test_metrics_score_a_perturbed_model_worse():
     from deploykit.generation.metrics import next_token_scores
 
@@ -160,13 +189,13 @@ def test_metrics_score_a_perturbed_model_worse():
 
 def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
     out = tmp_path / "dist"
-    result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu,intel-cpu", "--out", str(out),
-                                       "--cache-length", "128", "--prefill-length", "16", "--runs", "3",
+    result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu,intel-cpu,mobile-npu", "--out",
+                                       str(out), "--cache-length", "128", "--prefill-length", "16", "--runs", "3",
                                        "--min-top1-agreement", "0"])
     assert result.exit_code == 0, result.output
-    for target in ("arm-cpu", "intel-cpu"):
+    for target, weights in (("arm-cpu", "int4"), ("intel-cpu", "int4"), ("mobile-npu", "a16w8")):
         report = json.loads((out / target / "report.json").read_text())
-        assert report["task"] == "generation" and report["artifact"]["weights"].startswith("int4")
+        assert report["task"] == "generation" and report["artifact"]["weights"].startswith(weights)
         assert report["passed"] and report["candidates"][-1]["gates_failed"] == []
         assert report["fidelity"]["perplexity_ratio"] < 1.10
         assert report["fidelity"]["greedy_tokens"] == 16 and len(report["fidelity"]["first_divergence"]) == 4
@@ -191,7 +220,7 @@ def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
 
 
 @pytest.mark.parametrize("arguments,message", [
-    (["--target", "mobile-npu"], "does not run generative decoders"),
+    (["--target", "edge-tpu"], "does not run generative decoders"),
     (["--task", "embedding"], "--task applies to encoder builds"),
     (["--cache-length", "4096"], "more than"),
 ])

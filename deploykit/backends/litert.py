@@ -67,7 +67,7 @@ class LiteRTBackend(Backend):
                 method += ", int8 output"
         model = converter.convert()
         if precision == "a16w8":
-            model = _int16_activations(model, options.calibration)
+            model = int16_activations(model, {"serving_default": options.calibration})
         elif precision == "int4-weights":
             model = _int4_weights(model, options)
             int4 = options.int4
@@ -210,8 +210,9 @@ def activation_precisions(path: Path) -> dict:
                    "byte_share": round(row["bytes"] / total_bytes, 4)} for name, row in sorted(counts.items())}
 
 
-def _int16_activations(float_model: bytes, calibration: list[Inputs]) -> bytes:
-    """Quantize a float .tflite to int8 weights and int16 activations with ai-edge-quantizer.
+def int16_activations(float_model: bytes, calibration: dict[str, list[Inputs]]) -> bytes:
+    """Quantize a float .tflite to int8 weights and int16 activations with ai-edge-quantizer, with ranges from
+    the calibration inputs of each signature.
 
     16-bit activations keep the outlier-heavy activations of BERT-family models
     (residual stream, LayerNorm, attention scores) resolvable where one int8 scale
@@ -221,7 +222,7 @@ def _int16_activations(float_model: bytes, calibration: list[Inputs]) -> bytes:
 
     engine = quantizer.Quantizer(bytearray(float_model))
     engine.load_quantization_recipe(recipe.static_wi8_ai16())
-    ranges = engine.calibrate({"serving_default": calibration}, num_threads=os.cpu_count() or 1)
+    ranges = engine.calibrate(calibration, num_threads=os.cpu_count() or 1)
     return bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
 
 

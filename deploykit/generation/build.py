@@ -76,7 +76,23 @@ class HeldOutText:
 def check_generation_target(target: Target) -> None:
     if target.generation is None:
         raise DeployKitError(f"target {target.name} does not run generative decoders (its file has no `generation` "
-                             "block); build decoders for intel-cpu, arm-cpu or nvidia-gpu, or add the block.")
+                             f"block); build decoders for {', '.join(_generation_targets()) or 'a target with one'}, "
+                             "or add the block.")
+
+
+def _generation_targets() -> list[str]:
+    """The registered targets that run decoders (files that do not read are left to their own errors)."""
+    from deploykit.targets import read_target_file, target_paths
+
+    names = []
+    for path in target_paths():
+        try:
+            target = read_target_file(path)
+        except DeployKitError:
+            continue
+        if target.generation is not None:
+            names.append(target.name)
+    return names
 
 
 def int4_method(target: Target, options: GenerationOptions) -> str:
@@ -84,10 +100,12 @@ def int4_method(target: Target, options: GenerationOptions) -> str:
 
 
 def needs_calibration(target: Target, options: GenerationOptions) -> bool:
-    """Whether an int4 candidate of this target is fitted on calibration text (AWQ, or mixed int4/int8)."""
+    """Whether a candidate of this target is fitted on calibration text: int4 by AWQ or mixed with int8, or a
+    precision the runtime calibrates (static activation ranges)."""
     weights = [options.weights] if options.weights else target.generation.weights
-    return any(w.startswith("int4") for w in weights) and (int4_method(target, options) == "awq" or
-                                                          "int4-mixed" in weights)
+    fitted_int4 = any(w.startswith("int4") for w in weights) and (int4_method(target, options) == "awq" or
+                                                                 "int4-mixed" in weights)
+    return fitted_int4 or bool(set(weights) & get_decoder_backend(target.runtime).calibrated)
 
 
 def held_out_text(bundle: DecoderBundle, options: GenerationOptions, calibrate: bool = False) -> HeldOutText:

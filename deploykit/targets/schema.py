@@ -115,10 +115,12 @@ class Generation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: list[Literal["fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic", "int4-dynamic"]] = Field(
+    weights: list[Literal["fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic", "int4-dynamic",
+                          "a16w8"]] = Field(
         description="Weight precisions tried in order; the first that passes the gates ships. int8 and int4 keep "
         "float activations; -dynamic quantizes them at run time too (LiteRT); int4-mixed keeps the layers most "
-        "sensitive on calibration text at int8 (OpenVINO)."
+        "sensitive on calibration text at int8 (OpenVINO); a16w8 is a full-integer graph, int8 weights and int16 "
+        "activations calibrated on text (LiteRT, for NPUs)."
     )
     # 0.8: the share NNCF's and optimum-intel's mixed int4/int8 examples use for sub-billion decoders.
     int4_mixed_ratio: float = Field(

@@ -56,6 +56,7 @@ class DecoderBackend:
     weights: ClassVar[dict[str, str]]  # precision -> how this backend produces it
     static_prefill: ClassVar[bool] = False  # whether prefill runs in fixed-length chunks
     int4_methods: ClassVar[tuple[str, ...]] = ("rtn",)  # how this backend can choose int4 levels
+    calibrated: ClassVar[frozenset[str]] = frozenset()  # precisions whose export runs the model on calibration text
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from deploykit.backends.litert import int16_activations
+from deploykit.errors import DeployKitError
 from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
 from deploykit.generation.runtime import LoadedDecoder
 from deploykit.graph.tflite_buffers import share_identical_buffers
@@ -24,7 +27,10 @@ class LiteRTDecoder(DecoderBackend):
         "at run time",
         "int4-dynamic": "ai-edge-quantizer dynamic int4, blockwise: the decoder blocks' FULLY_CONNECTED weights at "
         "int4 in groups of input channels, activations quantized at run time; the LM head and table int8",
+        "a16w8": "ai-edge-quantizer static_wi8_ai16: int8 weights and int16 activations with ranges calibrated by "
+        "running the float model's prefill and decode on calibration text (the integer graph NPUs run)",
     }
+    calibrated = frozenset({"a16w8"})
 
     def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
         import tensorflow as tf
@@ -36,7 +42,9 @@ class LiteRTDecoder(DecoderBackend):
         if export.weights == "fp16":
             converter.target_spec.supported_types = [tf.float16]
         model = converter.convert()
-        if export.weights in ("int8", "int4-dynamic"):
+        if export.weights == "a16w8":
+            model = int16_activations(model, _calibration_steps(model, export))
+        elif export.weights in ("int8", "int4-dynamic"):
             model = _quantized_weights(model, export.weights, export.group_size)
         if export.weights.startswith("int4"):
             method += f", groups of {export.group_size}"
@@ -52,18 +60,77 @@ class LiteRTDecoder(DecoderBackend):
         import ai_edge_litert
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        runners = {name: interpreter.get_signature_runner(name) for name in ("prefill", "decode")}
-        prefill_shape = runners["prefill"].get_input_details()["tokens"]["shape"]
-        cache_shape = tuple(int(d) for d in runners["decode"].get_input_details()["cache"]["shape"])
-
-        def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
-            runner = runners["decode" if tokens.shape[1] == 1 else "prefill"]
-            out = runner(tokens=tokens, cache=cache, index=np.asarray(index, dtype=np.int32))
-            return out["logits"], out["new_kv"]
-
         version = getattr(ai_edge_litert, "__version__", "")
-        return LoadedDecoder(step, cache_shape, int(prefill_shape[1]), f"LiteRT {version} (XNNPACK, CPU)".strip())
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        cache = interpreter.get_signature_runner("decode").get_input_details()["cache"]
+        # XNNPACK takes float and int8 graphs; int16 activations run on LiteRT's reference kernels on a CPU.
+        kernels = "reference int16 kernels" if np.dtype(cache["dtype"]) == np.int16 else "XNNPACK"
+        return _loaded(interpreter, f"LiteRT {version} ({kernels}, CPU)".replace("  ", " "))
+
+
+def _loaded(interpreter, description: str) -> LoadedDecoder:
+    runners = {name: interpreter.get_signature_runner(name) for name in ("prefill", "decode")}
+    prefill_shape = runners["prefill"].get_input_details()["tokens"]["shape"]
+    cache_shape = tuple(int(d) for d in runners["decode"].get_input_details()["cache"]["shape"])
+
+    inputs = {name: runner.get_input_details() for name, runner in runners.items()}
+    outputs = {name: runner.get_output_details() for name, runner in runners.items()}
+
+    def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        name = "decode" if tokens.shape[1] == 1 else "prefill"
+        values = {"tokens": tokens, "cache": cache, "index": np.asarray(index, dtype=np.int32)}
+        out = runners[name](**{key: _as_input(value, inputs[name][key]) for key, value in values.items()})
+        return _as_float(out["logits"], outputs[name]["logits"]), _as_float(out["new_kv"], outputs[name]["new_kv"])
+
+    return LoadedDecoder(step, cache_shape, int(prefill_shape[1]), description)
+
+
+def _as_input(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A float value quantized to an integer input's scale (full-integer graphs take the cache as int16)."""
+    scale, zero_point = detail["quantization"]
+    dtype = np.dtype(detail["dtype"])
+    if not scale or value.dtype == dtype:
+        return value.astype(dtype, copy=False)
+    limits = np.iinfo(dtype)
+    return np.clip(np.rint(value / scale) + zero_point, limits.min, limits.max).astype(dtype)
+
+
+def _as_float(value: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if not scale or value.dtype == np.float32:
+        return value
+    return (value.astype(np.float32) - zero_point) * scale
+
+
+# Decode steps recorded per calibration text after its prefill: decode's ranges (one token against a full cache)
+# differ from prefill's, and a few steps cover them while the recorded caches stay small (each sample holds one).
+CALIBRATION_DECODE_STEPS = 4
+
+
+def _calibration_steps(float_model: bytes, export: DecoderExport) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The inputs of every prefill chunk and a few decode steps of the float model on the calibration texts (each
+    text's last tokens decoded one by one), per signature: what static activation ranges are calibrated on."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not export.calibration:
+        raise DeployKitError("a16w8 decoders calibrate their activation ranges on text and the build passed none; "
+                             "pass --data with a `text` column.")
+    float_decoder = _loaded(Interpreter(model_content=float_model), "float")
+    samples: dict[str, list[dict[str, np.ndarray]]] = {"prefill": [], "decode": []}
+
+    def recording(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        samples["decode" if tokens.shape[1] == 1 else "prefill"].append(
+            {"tokens": tokens.copy(), "cache": cache.copy(), "index": np.asarray(index, dtype=np.int32)})
+        return float_decoder.step(tokens, cache, index)
+
+    recorder = replace(float_decoder, step=recording)
+    for ids in export.calibration:
+        ids = list(ids[:export.cache_length])
+        prompt = ids[:max(1, len(ids) - CALIBRATION_DECODE_STEPS)]
+        _, cache = recorder.prefill(prompt)
+        for index in range(len(prompt), len(ids)):
+            _, cache = recorder.decode(ids[index], cache, index)
+    return samples
 
 
 # keras-hub names every decoder block transformer_layer_<i>: int4 goes to their FULLY_CONNECTED ops only, while
