@@ -173,6 +173,21 @@ def test_a16w8_is_an_integer_graph_calibrated_on_prefill_and_decode(decoders, tm
         backend.export(tmp_path / "a16w8" / "saved", DecoderExport("a16w8", CACHE, 16), tmp_path / "none")
 
 
+def test_an_export_in_a_child_process_writes_the_same_artifact(decoders, tmp_path):
+    """Large models are exported in a child process (its memory goes back when it ends); the bytes are the same."""
+    from deploykit.generation.backends.base import DecoderExport, export_in_child, get_decoder_backend
+
+    bundle = decoders["llama"]
+    backend = get_decoder_backend("litert")
+    export = DecoderExport(weights="int8", cache_length=CACHE, prefill_length=16)
+    bundle.write_saved_model(tmp_path / "saved", CACHE, backend.signatures(export))
+    here = backend.export(tmp_path / "saved", export, tmp_path / "here")
+    child = export_in_child("litert", tmp_path / "saved", export, tmp_path / "child")
+    assert child.path.read_bytes() == here.path.read_bytes() and child.method == here.method
+    with pytest.raises(DeployKitError, match="not available"):  # an error in the child is the same one-line error
+        export_in_child("litert", tmp_path / "saved", DecoderExport("int3", CACHE, 16), tmp_path / "bad")
+
+
 def test_metrics_score_a_perturbed_model_worse():
     from deploykit.generation.metrics import next_token_scores
 
@@ -202,6 +217,9 @@ def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
         timing = report["timing"]["artifacts"]
         assert set(timing) == {"artifact", "fp32"} and "speedup" in timing["artifact"]["decode_tokens_per_s@64"]
         assert timing["artifact"]["ttft_ms@32"]["median"] > 0
+        memory = report["timing"]["memory"]
+        assert set(memory) == {"artifact", "fp32"}
+        assert 0 < memory["artifact"]["model_mb"] < memory["artifact"]["peak_rss_mb"]
         assert (out / target / "tokenizer.json").is_file()
     generated = CliRunner().invoke(main, ["generate", str(out / "arm-cpu"), "The team", "-n", "8"])
     assert generated.exit_code == 0, generated.output

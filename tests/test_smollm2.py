@@ -32,6 +32,10 @@ def test_smollm2_builds_for_two_targets_and_continues_a_prompt(tmp_path):
         assert fidelity["perplexity_ratio"] < 1.05 and fidelity["top1_agreement"] > 0.9
         assert 5 < fidelity["original_perplexity"] < 200  # a wrong RoPE or tokenizer gives thousands
         assert report["timing"]["artifacts"]["artifact"]["decode_tokens_per_s@128"]["median"] > 0
+        memory = report["timing"]["memory"]
+        assert 0 < memory["artifact"]["model_mb"] < memory["artifact"]["peak_rss_mb"]
+        if target == "intel-cpu":  # OpenVINO computes from the int8 weights; XNNPACK unpacks weight-only int8
+            assert memory["artifact"]["model_mb"] < memory["fp32"]["model_mb"]
         generated = CliRunner().invoke(main, ["generate", str(out / target), "The capital of France is", "-n", "4"])
         assert generated.exit_code == 0, generated.output
         assert "Paris" in generated.output

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import DeployKitError
-from deploykit.generation.backends.base import DEFAULT_GROUP_SIZE, DecoderExport, get_decoder_backend
+from deploykit.generation.backends.base import (DEFAULT_GROUP_SIZE, DecoderArtifact, DecoderBackend, DecoderExport,
+                                                export_in_child, get_decoder_backend)
 from deploykit.generation.decoder import STEP_INPUTS, STEP_OUTPUTS, DecoderBundle
 from deploykit.generation.metrics import GenerationFidelity, measure_fidelity
-from deploykit.generation.profile import TimingPlan, time_side_by_side
+from deploykit.generation.profile import TimingPlan, peak_memory, time_side_by_side
 from deploykit.progress import StepLog
 from deploykit.targets.schema import Target
 
@@ -35,6 +36,10 @@ DEFAULT_EVAL_TEXTS = 16
 DEFAULT_CALIBRATION_TEXTS = 16  # AWQ / scale estimation samples; NNCF's own examples use 32-128 for billion-scale
 DEFAULT_GREEDY_PROMPTS = 4
 DEFAULT_GREEDY_TOKENS = 16  # the issue's bar: the first 16 greedy tokens
+# Models with at least this many bytes of float32 weights are exported in a child process (export_in_child): the
+# converters' transient memory is several times the weights (about 10x for LiteRT on SmolLM2-135M), while a child
+# costs a process start and a TensorFlow import (seconds), which tiny models need not pay.
+ISOLATED_EXPORT_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class GenerationOptions:
     threads: int | None = None
     seed: int = 0
     force: bool = False
+    isolate_exports: bool | None = None  # exports in child processes; None: for models of ISOLATED_EXPORT_BYTES up
 
 
 @dataclass
@@ -199,7 +205,7 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                 ratio = target.generation.int4_mixed_ratio if weights == "int4-mixed" else options.ratio
                 candidate = replace(export, weights=weights, ratio=ratio)
                 with log.step("export", f"{target.name}: exporting {candidate.label()} weights and scoring them"):
-                    artifact = backend.export(saved_model, candidate, Path(scratch) / weights)
+                    artifact = _export(backend, bundle, saved_model, candidate, Path(scratch) / weights, options)
                     loaded = backend.load(artifact.path, options.threads, artifact.runtime_config)
                     fidelity = measure_fidelity(text.reference_logits, text.evaluation, loaded, original,
                                                 text.prompts, options.greedy_tokens)
@@ -207,15 +213,16 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                 tried.append({"weights": candidate.label(), "method": artifact.method, "bytes": _size(artifact.files),
                               "fidelity": fidelity.as_dict(), "gates_failed": failures})
                 if not failures:
-                    shipped = (artifact, loaded, fidelity)
+                    shipped = (artifact, fidelity)
                     break
             report = {"task": "generation", "target": target.name, "passed": shipped is not None,
                       "model": bundle.describe(), "gates": _gates(target, options), "candidates": tried,
                       "seed": options.seed}
             if shipped is not None:
-                artifact, loaded, fidelity = shipped
-                timing = _time_against_float(backend, saved_model, artifact.export, loaded, bundle, options,
-                                             Path(scratch), log)
+                artifact, fidelity = shipped
+                loaded = None  # let go while the baseline is exported: the runtime's copy of a model is large
+                timing, loaded = _time_against_float(backend, saved_model, artifact, bundle, options, Path(scratch),
+                                                     log)
                 report.update(_shipped(bundle, artifact, loaded, fidelity, timing, text, options))
                 for path in artifact.files:
                     shutil.copy2(path, staging / path.name)
@@ -227,17 +234,37 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
     return report
 
 
-def _time_against_float(backend, saved_model: Path, export: DecoderExport, loaded, bundle: DecoderBundle,
-                        options: GenerationOptions, scratch: Path, log: StepLog) -> dict:
-    """The shipped artifact and the runtime's float32 export of the same model, in alternating rounds."""
-    decoders = {"artifact": loaded}
-    if export.weights != "fp32":
+def _time_against_float(backend: DecoderBackend, saved_model: Path, artifact: DecoderArtifact,
+                        bundle: DecoderBundle, options: GenerationOptions, scratch: Path, log: StepLog):
+    """Each one's peak memory, in a process of its own; then the shipped artifact and the runtime's float32 export
+    of the same model timed in alternating rounds. Returns the timing and the loaded artifact."""
+    files = {"artifact": artifact}
+    if artifact.export.weights != "fp32":
         with log.step("baseline", "exporting the float32 baseline to time against"):
-            baseline = backend.export(saved_model, replace(export, weights="fp32"), scratch / "baseline-fp32")
-            decoders["fp32"] = backend.load(baseline.path, options.threads, baseline.runtime_config)
+            files["fp32"] = _export(backend, bundle, saved_model, replace(artifact.export, weights="fp32"),
+                                    scratch / "baseline-fp32", options)
+    prompt = max(options.timing.fitting(options.cache_length).prompt_lengths)
+    with log.step("memory", f"peak memory of {', '.join(files)}, each in a fresh process ({prompt}-token prompt)"):
+        try:
+            memory = {name: peak_memory(backend.name, built.path, built.runtime_config, options.threads, prompt)
+                      for name, built in files.items()}
+        except OSError as error:  # /proc/self/status is Linux's
+            memory = {"not_measured": str(error)}
+    decoders = {name: backend.load(built.path, options.threads, built.runtime_config) for name, built in files.items()}
     with log.step("timing", f"timing {', '.join(decoders)} side by side ({options.timing.rounds} alternating rounds)"):
         vocabulary = bundle.tokenizer.get_vocab_size()
-        return time_side_by_side(decoders, vocabulary, options.timing, baseline="fp32" if "fp32" in decoders else None)
+        timing = time_side_by_side(decoders, vocabulary, options.timing, baseline="fp32" if "fp32" in decoders else None)
+    return {**timing, "memory": memory}, decoders["artifact"]
+
+
+def _export(backend: DecoderBackend, bundle: DecoderBundle, saved_model: Path, export: DecoderExport, folder: Path,
+            options: GenerationOptions) -> DecoderArtifact:
+    isolate = options.isolate_exports
+    if isolate is None:
+        isolate = 4 * bundle.causal_lm.count_params() >= ISOLATED_EXPORT_BYTES
+    if isolate:
+        return export_in_child(backend.name, saved_model, export, folder)
+    return backend.export(saved_model, export, folder)
 
 
 def _size(files: list[Path]) -> int:

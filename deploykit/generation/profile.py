@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -78,3 +79,44 @@ def time_side_by_side(decoders: dict[str, LoadedDecoder], vocabulary_size: int, 
             metrics[key] = entry
         summary[name] = metrics
     return {"rounds": plan.rounds, "decode_steps": plan.decode_steps, "artifacts": summary}
+
+
+def peak_memory(runtime: str, path: Path, runtime_config: dict, threads: int | None, prompt_length: int,
+                decode_steps: int = DEFAULT_DECODE_STEPS) -> dict[str, float]:
+    """Resident memory of a fresh process that loads the artifact, prefills `prompt_length` tokens and decodes
+    `decode_steps` more: its peak (VmHWM, what the app's process needs, runtime included) and how much of it came
+    after the runtime was imported (the model's weights, caches and scratch). A process of its own, because the
+    build's process holds the original model and every other artifact."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_peak_memory_here, runtime, path, runtime_config, threads, prompt_length,
+                           decode_steps).result()
+
+
+def _peak_memory_here(runtime: str, path: Path, runtime_config: dict, threads: int | None, prompt_length: int,
+                      decode_steps: int) -> dict[str, float]:
+    import importlib
+
+    from deploykit.generation.backends.base import get_decoder_backend
+
+    backend = get_decoder_backend(runtime)
+    importlib.import_module(backend.runtime_module)
+    before = _status_mb("VmRSS")
+    decoder = backend.load(path, threads, runtime_config)
+    length = min(prompt_length, decoder.cache_length - decode_steps)
+    _, cache = decoder.prefill([1] * length)
+    for offset in range(decode_steps):
+        _, cache = decoder.decode(1, cache, length + offset)
+    peak = _status_mb("VmHWM")
+    return {"peak_rss_mb": round(peak, 1), "model_mb": round(peak - before, 1), "before_load_mb": round(before, 1),
+            "prompt_tokens": length, "decode_steps": decode_steps}
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field in MB (Linux; the fields are in kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1000
+    raise OSError(f"/proc/self/status has no {field}")

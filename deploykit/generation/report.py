@@ -77,4 +77,12 @@ def _timing_lines(timing: dict) -> list[str]:
         unit = "ms" if key.startswith("ttft") else "tok/s"
         lines.append(f"| {key} | {entry['median']:.1f} {unit} | "
                      f"{'' if base is None else '%.1f %s' % (base['median'], unit)} | {_ratio(entry)} |")
+    memory = timing.get("memory", {})
+    if "artifact" in memory:
+        base = memory.get("fp32")
+        row = memory["artifact"]
+        lines += ["", f"Peak memory of a process running it ({row['prompt_tokens']}-token prompt, "
+                  f"{row['decode_steps']} decode steps): {row['peak_rss_mb']:.0f} MB, of which {row['model_mb']:.0f} MB "
+                  "after the runtime was imported"
+                  + (f"; float32: {base['peak_rss_mb']:.0f} MB ({base['model_mb']:.0f} MB)." if base else ".")]
     return lines

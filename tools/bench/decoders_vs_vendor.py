@@ -35,7 +35,7 @@ import numpy as np
 
 from deploykit import runtime_env  # noqa: F401
 from deploykit.generation.artifact_folder import open_decoder_folder
-from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
+from deploykit.generation.backends.base import DecoderExport, export_in_child, get_decoder_backend
 from deploykit.generation.build import GenerationOptions, build_decoder, held_out_text
 from deploykit.generation.loaders import load_decoder
 from deploykit.generation.metrics import measure_fidelity
@@ -117,13 +117,14 @@ def main() -> None:
             saved = scratch / f"saved-{runtime}"
             bundle.write_saved_model(saved, args.cache_length, backend.signatures(export))
             with log.step(runtime, f"{runtime}: float32 and the vendor's default"):
-                fp32 = backend.export(saved, export, scratch / f"{runtime}-fp32")
+                fp32 = export_in_child(runtime, saved, export, scratch / f"{runtime}-fp32")
                 decoders[f"{runtime} float32"] = (backend.load(fp32.path, args.threads, fp32.runtime_config),
                                                   sum(p.stat().st_size for p in fp32.files))
                 if runtime == "openvino":
                     files = nncf_default_int4(saved, scratch / "nncf-default")
                 else:
-                    files = backend.export(saved, replace(export, weights="int8"), scratch / "litert-default").files
+                    default = replace(export, weights="int8-dynamic")
+                    files = export_in_child(runtime, saved, default, scratch / "litert-default").files
                 decoders[vendor] = (backend.load(files[0], args.threads), sum(p.stat().st_size for p in files))
         if bundle.details.get("format") == "gguf":
             from deploykit.generation.loaders import alias_path

@@ -17,6 +17,7 @@ from deploykit.graph.tflite_buffers import share_identical_buffers
 class LiteRTDecoder(DecoderBackend):
     name = "litert"
     suffix = ".tflite"
+    runtime_module = "ai_edge_litert.interpreter"
     static_prefill = True
     weights = {
         "fp32": "TFLiteConverter, float32",

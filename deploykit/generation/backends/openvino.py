@@ -19,6 +19,7 @@ PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 class OpenVINODecoder(DecoderBackend):
     name = "openvino"
     suffix = ".xml"
+    runtime_module = "openvino"
     int4_methods = ("rtn", "awq")
     weights = {
         "fp32": "openvino.convert_model, float32 weights",

@@ -21,6 +21,7 @@ from deploykit.generation.runtime import LoadedDecoder
 class TensorRTDecoder(DecoderBackend):
     name = "tensorrt"
     suffix = ".onnx"
+    runtime_module = "onnxruntime"
     weights = {
         "fp32": "tf2onnx, float32 ONNX",
     }
