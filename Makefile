@@ -33,7 +33,8 @@ demo: setup
 # worker takes whole files (--dist loadfile: a module's fixtures are built once); conftest.py lists the slow MiniLM
 # file, the longest, first so that it starts at once.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -ra $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+# A worker that dies (a native crash, the OOM killer) fails the run at once: xdist's restart otherwise waits on it.
+PYTEST := $(PY) -m pytest -q -ra $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --max-worker-restart 0)
 
 test: setup system-packages
 	$(PYTEST) --durations=30

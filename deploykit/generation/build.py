@@ -77,6 +77,7 @@ class HeldOutText:
     prompts: list[list[int]]
     reference_logits: list[np.ndarray] = field(default_factory=list)
     source: str = ""
+    continuations: dict = field(default_factory=dict)  # the original's greedy continuations, computed once
 
 
 def check_generation_target(target: Target) -> None:
@@ -208,7 +209,7 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                     artifact = _export(backend, bundle, saved_model, candidate, Path(scratch) / weights, options)
                     loaded = backend.load(artifact.path, options.threads, artifact.runtime_config)
                     fidelity = measure_fidelity(text.reference_logits, text.evaluation, loaded, original,
-                                                text.prompts, options.greedy_tokens)
+                                                text.prompts, options.greedy_tokens, text.continuations)
                 failures = gate_failures(fidelity, _gates(target, options))
                 tried.append({"weights": candidate.label(), "method": artifact.method, "bytes": _size(artifact.files),
                               "fidelity": fidelity.as_dict(), "gates_failed": failures})

@@ -58,11 +58,16 @@ def next_token_scores(reference: np.ndarray, candidate: np.ndarray, token_ids: l
     }
 
 
-def greedy_match(original: LoadedDecoder, artifact: LoadedDecoder, prompt_ids: list[int],
-                 tokens: int) -> tuple[float, int | None, float | None]:
+def greedy_match(original: LoadedDecoder, artifact: LoadedDecoder, prompt_ids: list[int], tokens: int,
+                 continuations: dict | None = None) -> tuple[float, int | None, float | None]:
     """(share of the original's first `tokens` greedy tokens the artifact repeats before differing, where it
-    first differs, the original's logit margin there between its token and the artifact's)."""
-    expected = list(generate(original, prompt_ids, tokens, Sampling()))
+    first differs, the original's logit margin there between its token and the artifact's). `continuations`
+    keeps the original's continuations between calls: every candidate of a build is compared with the same ones."""
+    key = (tuple(prompt_ids), tokens)
+    memo = continuations if continuations is not None else {}
+    if key not in memo:
+        memo[key] = list(generate(original, prompt_ids, tokens, Sampling()))
+    expected = memo[key]
     produced = list(generate(artifact, prompt_ids, tokens, Sampling()))
     for position, (a, b) in enumerate(zip(expected, produced)):
         if a != b:
@@ -73,12 +78,13 @@ def greedy_match(original: LoadedDecoder, artifact: LoadedDecoder, prompt_ids: l
 
 def measure_fidelity(reference_logits: list[np.ndarray], texts: list[list[int]], artifact: LoadedDecoder,
                      original: LoadedDecoder | None = None, prompts: list[list[int]] = (),
-                     greedy_tokens: int = 16) -> GenerationFidelity:
+                     greedy_tokens: int = 16, continuations: dict | None = None) -> GenerationFidelity:
     """Run the artifact on each text (prefill gives every position's logits) and score it against the original's
-    logits of the same text; greedy continuations of `prompts` when `original` is given."""
+    logits of the same text; greedy continuations of `prompts` when `original` is given (its own continuations
+    kept in `continuations` when given)."""
     scores = [next_token_scores(ref, artifact.prefill(ids)[0], ids) for ref, ids in zip(reference_logits, texts)]
     joined = {key: np.concatenate([s[key] for s in scores]) for key in scores[0]}
-    matches = [greedy_match(original, artifact, p, greedy_tokens) for p in prompts] if original else []
+    matches = [greedy_match(original, artifact, p, greedy_tokens, continuations) for p in prompts] if original else []
     return GenerationFidelity(
         perplexity=float(np.exp(joined["candidate_nll"].mean())),
         original_perplexity=float(np.exp(joined["reference_nll"].mean())),

@@ -139,7 +139,7 @@ def main() -> None:
         with log.step("fidelity", "scoring every artifact on the held-out passages"):
             for name, (decoder, size) in decoders.items():
                 fidelity = measure_fidelity(text.reference_logits, text.evaluation, decoder, original, text.prompts,
-                                            options.greedy_tokens)
+                                            options.greedy_tokens, text.continuations)
                 rows[name] = {"bytes": size, "runtime": decoder.description, **fidelity.as_dict()}
         with log.step("timing", f"timing {len(decoders)} artifacts in {args.rounds} alternating rounds"):
             vocabulary = bundle.tokenizer.get_vocab_size()
