@@ -188,6 +188,38 @@ def test_an_export_in_a_child_process_writes_the_same_artifact(decoders, tmp_pat
         export_in_child("litert", tmp_path / "saved", DecoderExport("int3", CACHE, 16), tmp_path / "bad")
 
 
+def test_nvidia_gpu_int8_is_weight_only_qdq_that_tensorrt_takes(decoders, tmp_path):
+    """Every MatMul weight and the token table int8 behind a DequantizeLinear with zero point 0 (TensorRT's only
+    form); float activations; the graph validated under onnxruntime with its cache."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
+    from deploykit.generation.metrics import measure_fidelity
+
+    bundle = decoders["qwen"]
+    backend = get_decoder_backend("tensorrt")
+    ids = _ids(bundle, 64)
+    sizes, fidelity = {}, {}
+    for weights in ("fp32", "int8"):
+        export = DecoderExport(weights=weights, cache_length=CACHE, prefill_length=16)
+        bundle.write_saved_model(tmp_path / weights / "saved", CACHE, backend.signatures(export))
+        artifact = backend.export(tmp_path / weights / "saved", export, tmp_path / weights / "out")
+        sizes[weights] = artifact.path.stat().st_size
+        fidelity[weights] = measure_fidelity([bundle.full_logits(ids)], [ids], backend.load(artifact.path, 1))
+    graph = onnx.load(str(artifact.path)).graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    dequantized = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+    weight_inputs = [node.input[1] for node in graph.node if node.op_type == "MatMul" and node.input[1] in dequantized]
+    assert len(weight_inputs) >= 2 * 6  # the projections of both blocks (the rest: attention on activations)
+    assert not [name for name, value in constants.items() if value.dtype == np.float32 and value.ndim == 2
+                and min(value.shape) >= 16]  # no float weight matrix is left
+    for node in dequantized.values():
+        assert constants[node.input[0]].dtype == np.int8 and not constants[node.input[2]].any()
+    assert sizes["int8"] < 0.4 * sizes["fp32"]
+    assert fidelity["int8"].mean_kl < 1e-4 and fidelity["int8"].top1_agreement > 0.9
+
+
 def test_metrics_score_a_perturbed_model_worse():
     from deploykit.generation.metrics import next_token_scores
 
@@ -204,11 +236,14 @@ def test_metrics_score_a_perturbed_model_worse():
 
 def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
     out = tmp_path / "dist"
-    result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu,intel-cpu,mobile-npu", "--out",
-                                       str(out), "--cache-length", "128", "--prefill-length", "16", "--runs", "3",
-                                       "--min-top1-agreement", "0"])
+    result = CliRunner().invoke(main, ["build", str(llama_file), "--target", "arm-cpu,intel-cpu,mobile-npu,nvidia-gpu",
+                                       "--out", str(out), "--cache-length", "128", "--prefill-length", "16", "--runs",
+                                       "3", "--min-top1-agreement", "0"])
     assert result.exit_code == 0, result.output
-    for target, weights in (("arm-cpu", "int4"), ("intel-cpu", "int4"), ("mobile-npu", "a16w8")):
+    engine = json.loads((out / "nvidia-gpu" / "report.json").read_text())["device_compile"]
+    assert engine["status"] in ("not run", "compiled") and "build_engine.sh" in engine["files"]
+    assert "--minShapes=tokens:1x1" in engine["command"] and "--maxShapes=tokens:1x128" in engine["command"]
+    for target, weights in (("arm-cpu", "int4"), ("intel-cpu", "int4"), ("mobile-npu", "a16w8"), ("nvidia-gpu", "int8")):
         report = json.loads((out / target / "report.json").read_text())
         assert report["task"] == "generation" and report["artifact"]["weights"].startswith(weights)
         assert report["passed"] and report["candidates"][-1]["gates_failed"] == []

@@ -10,6 +10,7 @@ import click
 from deploykit.cli.app import console, main, output
 from deploykit.cli.build_options import SECTIONS
 from deploykit.errors import DeployKitError, GateFailure
+from deploykit.targets.schema import GENERATION_WEIGHTS
 
 # The options `build` takes for a decoder besides these: the rest are the encoders' and are refused, not ignored.
 SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "threads", "runs", "config")
@@ -18,10 +19,10 @@ SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "thre
 def generation_options(command):
     """`build`'s options for decoders (the "Generation" section of its --help)."""
     options = [
-        click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic",
-                                                    "int4-dynamic"]),
+        click.option("--weights", type=click.Choice(GENERATION_WEIGHTS),
                      help="Decoders: weight precision instead of the target's list (tried in order: the first that "
-                     "passes the gates ships); -dynamic also quantizes activations at run time (LiteRT)."),
+                     "passes the gates ships); -dynamic also quantizes activations at run time (LiteRT); a16w8 is "
+                     "full-integer with int16 activations (LiteRT, NPUs)."),
         click.option("--cache-length", type=click.IntRange(min=2), default=512, show_default=True,
                      help="Decoders: tokens the KV cache holds (prompt plus generated)."),
         click.option("--prefill-length", type=click.IntRange(min=1), default=64, show_default=True,

@@ -228,6 +228,7 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
                 for path in artifact.files:
                     shutil.copy2(path, staging / path.name)
                 _write_interface(bundle, staging, artifact, loaded)
+                report["device_compile"] = _device_compile(backend, target, staging, artifact, options, log)
         _write_reports(staging, report)
         replace_folder(staging, out / target.name)
     finally:
@@ -256,6 +257,25 @@ def _time_against_float(backend: DecoderBackend, saved_model: Path, artifact: De
         vocabulary = bundle.tokenizer.get_vocab_size()
         timing = time_side_by_side(decoders, vocabulary, options.timing, baseline="fp32" if "fp32" in decoders else None)
     return {**timing, "memory": memory}, decoders["artifact"]
+
+
+def _device_compile(backend: DecoderBackend, target: Target, folder: Path, artifact: DecoderArtifact,
+                    options: GenerationOptions, log: StepLog) -> dict | None:
+    """The target's device toolchain on the shipped artifact (TensorRT: the engine, or the script that builds it),
+    where the backend's decoders fit it; None where there is none to run."""
+    if target.compiler is None or not backend.device_compiled:
+        return None
+    from deploykit.backends.base import ExportedArtifact
+    from deploykit.compilers.base import CompileRequest, get_compiler
+
+    compiler = get_compiler(target.compiler)
+    shipped = ExportedArtifact(path=folder / artifact.path.name, files=[folder / p.name for p in artifact.files],
+                               format=backend.suffix.lstrip("."), precision=artifact.export.weights,
+                               method=artifact.method)
+    request = CompileRequest(artifact=shipped, folder=folder, sequence_length=options.prefill_length,
+                             input_names=("tokens",), sequence_range=(1, options.cache_length), log=log)
+    with log.step("device_compile", f"{compiler.name} for {target.name}"):
+        return compiler.compile(request).as_dict(folder)
 
 
 def _export(backend: DecoderBackend, bundle: DecoderBundle, saved_model: Path, export: DecoderExport, folder: Path,

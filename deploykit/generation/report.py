@@ -32,6 +32,10 @@ def markdown_report(report: dict) -> str:
                      f"{f['top1_agreement']:.4f} | {'; '.join(tried['gates_failed']) or 'none'} |")
     if report["passed"]:
         lines += _timing_lines(report["timing"])
+    compiled = report.get("device_compile")
+    if compiled:
+        lines += ["", f"Device compile: {compiled['compiler']}, {compiled['status']}: {compiled['reason']}"
+                  + (f" (`{compiled['command']}`)" if compiled.get("command") else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -110,13 +110,15 @@ class Budgets(BaseModel):
     )
 
 
+GENERATION_WEIGHTS = ("fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic", "int4-dynamic", "a16w8")
+
+
 class Generation(BaseModel):
     """How a target runs generative decoders; a target without this block refuses them before any work."""
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: list[Literal["fp32", "fp16", "int8", "int4", "int4-mixed", "int8-dynamic", "int4-dynamic",
-                          "a16w8"]] = Field(
+    weights: list[Literal[GENERATION_WEIGHTS]] = Field(
         description="Weight precisions tried in order; the first that passes the gates ships. int8 and int4 keep "
         "float activations; -dynamic quantizes them at run time too (LiteRT); int4-mixed keeps the layers most "
         "sensitive on calibration text at int8 (OpenVINO); a16w8 is a full-integer graph, int8 weights and int16 "

@@ -58,6 +58,7 @@ class DecoderBackend:
     int4_methods: ClassVar[tuple[str, ...]] = ("rtn",)  # how this backend can choose int4 levels
     calibrated: ClassVar[frozenset[str]] = frozenset()  # precisions whose export runs the model on calibration text
     runtime_module: ClassVar[str]  # what `load` imports: memory measured after it is imported is the model's
+    device_compiled: ClassVar[bool] = False  # whether the target's device compiler takes this backend's decoders
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

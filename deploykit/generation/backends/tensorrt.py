@@ -1,7 +1,8 @@
 """Decoders for TensorRT: ONNX with explicit cache inputs and outputs, validated and profiled under onnxruntime.
 
-fp32 only for now: onnxruntime's float16 converter writes this graph with repeated output names (not valid ONNX),
-so fp16 is left to TensorRT's builder (--fp16), which chooses per layer.
+Weights fp32, or int8 weight-only as DequantizeLinear on constant int8 weights (`deploykit.graph.onnx_weights`).
+No fp16 file: onnxruntime's float16 converter writes this graph with repeated output names (not valid ONNX), so
+fp16 arithmetic is left to TensorRT's builder (--fp16), which chooses per layer.
 
 This is the input `trtexec` builds an engine from. TensorRT-LLM would add what this path lacks: paged KV caches,
 in-flight batching, fused attention and GEMM plugins, and int4 AWQ kernels.
@@ -22,14 +23,19 @@ class TensorRTDecoder(DecoderBackend):
     name = "tensorrt"
     suffix = ".onnx"
     runtime_module = "onnxruntime"
+    device_compiled = True  # the engine script takes `tokens` from 1 to the cache length; the rest is static
     weights = {
         "fp32": "tf2onnx, float32 ONNX",
+        "int8": "tf2onnx, then weight-only int8 Q/DQ: every MatMul weight matrix and the token table stored int8 "
+        "with one symmetric scale per output channel behind a DequantizeLinear (TensorRT fuses it into the GEMM), "
+        "float activations",
     }
 
     def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
         import onnx
 
         from deploykit.backends.tensorrt import tf2onnx_file
+        from deploykit.graph.onnx_weights import weight_only_int8
 
         method = self.describe(export.weights)
         folder.mkdir(parents=True, exist_ok=True)
@@ -37,7 +43,13 @@ class TensorRTDecoder(DecoderBackend):
         with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as scratch:
             float_path = Path(scratch) / "float.onnx"
             tf2onnx_file(saved_model, float_path)
-            float_path.replace(path)
+            if export.weights == "int8":
+                model = onnx.load(str(float_path))
+                saved = weight_only_int8(model)
+                onnx.save(model, str(path))
+                method += f" ({saved / 1e6:.2f} MB of weights saved)"
+            else:
+                float_path.replace(path)
         onnx.checker.check_model(str(path))
         return DecoderArtifact(path, [path], export, method)
 
