@@ -32,4 +32,19 @@ def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str |
     return profile_path(path, threads, ProfileSettings(runs=runs, warmup=warmup), runner)
 
 
-__all__ = ["build", "build_targets", "search", "profile", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]
+def generate(folder, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 40, seed: int = 0,
+             threads: int | None = None):
+    """Continue `prompt` with the decoder built in `folder` (OUT/<target>), yielding text as tokens come: greedy
+    when temperature is 0, else sampled from the top_k tokens with `seed`.
+
+        print("".join(dk.generate("dist/arm-cpu", "The capital of France is", max_new_tokens=8)))
+    """
+    from pathlib import Path
+
+    from deploykit.generation.artifact_folder import generate_text
+    from deploykit.generation.runtime import Sampling
+
+    return generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads)
+
+
+__all__ = ["build", "build_targets", "search", "profile", "generate", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

@@ -259,6 +259,11 @@ def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
     generated = CliRunner().invoke(main, ["generate", str(out / "arm-cpu"), "The team", "-n", "8"])
     assert generated.exit_code == 0, generated.output
     assert generated.output.strip()
+    import deploykit as dk  # the Python API streams the same greedy text
+
+    assert "".join(dk.generate(out / "arm-cpu", "The team", max_new_tokens=8)) == generated.output.rstrip("\n")
+    with pytest.raises(DeployKitError, match="cache of 128"):
+        dk.generate(out / "arm-cpu", "word " * 200)
     verified = CliRunner().invoke(main, ["verify", str(out)])
     assert verified.exit_code == 0, verified.output
     assert "decoder ran" in verified.output

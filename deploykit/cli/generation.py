@@ -119,27 +119,10 @@ def generate(folder: str, prompt: str, max_new_tokens: int, temperature: float, 
 
     Runs the artifact in its own runtime on this machine, with the tokenizer.json shipped beside it.
     """
-    from deploykit.generation.artifact_folder import open_decoder_folder
-    from deploykit.generation.runtime import PromptTooLong, Sampling
-    from deploykit.generation.runtime import generate as run
+    from deploykit.generation.artifact_folder import generate_text
+    from deploykit.generation.runtime import Sampling
 
-    from deploykit.verify import check_files
-
-    check = check_files(Path(folder))
-    if not check.passed:
-        raise DeployKitError(f"{folder} does not match its manifest.json ({'; '.join(check.lines()[:2])}); "
-                             "rebuild it, or run `deploykit verify` on it to see every difference.")
-    decoder, tokenizer, stop_ids = open_decoder_folder(Path(folder), threads)
-    prompt_ids = list(tokenizer.encode(prompt).ids)
-    produced: list[int] = []
-    shown = ""
-    try:
-        for token in run(decoder, prompt_ids, max_new_tokens, Sampling(temperature, top_k, seed), stop_ids):
-            produced.append(token)
-            text = tokenizer.decode(produced)
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
-    except PromptTooLong as error:
-        raise DeployKitError(str(error)) from None
+    for piece in generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
     sys.stdout.write("\n")
