@@ -41,7 +41,7 @@ def generate(folder, prompt: str, max_new_tokens: int = 64, temperature: float =
     """
     from pathlib import Path
 
-    from deploykit.generation.artifact_folder import generate_text
+    from deploykit.generation.streaming import generate_text
     from deploykit.generation.runtime import Sampling
 
     return generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads)

@@ -119,7 +119,7 @@ def generate(folder: str, prompt: str, max_new_tokens: int, temperature: float, 
 
     Runs the artifact in its own runtime on this machine, with the tokenizer.json shipped beside it.
     """
-    from deploykit.generation.artifact_folder import generate_text
+    from deploykit.generation.streaming import generate_text
     from deploykit.generation.runtime import Sampling
 
     for piece in generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads):
