@@ -136,7 +136,7 @@ class DecoderBundle:
             shape[3] = ops.shape(tokens)[1]
             return {"logits": logits, "new_kv": ops.slice(updated, (0, 0, 0, index, 0, 0), shape)}
 
-        with portable_cache_updates(), projections_as_matmuls():
+        with portable_cache_updates(), projections_as_matmuls(), bounded_softmax_masks():
             for name, length in lengths.items():
                 specs = [tf.TensorSpec([1, length], tf.int32, name="tokens"), cache_spec,
                          tf.TensorSpec([], tf.int32, name="index")]
@@ -177,6 +177,37 @@ def portable_slice_update(inputs, start_indices, updates):
         written = ops.reshape(written, shape)
         inside = written if inside is None else ops.logical_and(inside, written)
     return result if inside is None else ops.where(inside, result, inputs)
+
+
+# How far below a row's lowest attention score its masked positions go: e^-30 (1e-13) is under float32's
+# resolution next to the row's largest probability, so the softmax is the same as with Keras' -1e9.
+MASK_MARGIN = 30.0
+
+
+@contextlib.contextmanager
+def bounded_softmax_masks():
+    """Trace Keras' masked softmax with masked scores at the row's lowest score minus MASK_MARGIN instead of -1e9.
+
+    Same probabilities in float; but an integer graph gives each tensor one scale over its range, and -1e9 in the
+    attention scores leaves an int16 step of 30,000 for scores that span tens (SmolLM2 at a16w8: every score
+    rounded to zero, perplexity ratio 413)."""
+    import keras
+    from keras import ops
+
+    original = keras.layers.Softmax.call
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return original(self, inputs)
+        keep = mask if mask.dtype == "bool" else ops.greater(mask, 0.5)
+        lowest = ops.min(inputs, axis=self.axis, keepdims=True)
+        return original(self, ops.where(keep, inputs, lowest - MASK_MARGIN))
+
+    keras.layers.Softmax.call = call
+    try:
+        yield
+    finally:
+        keras.layers.Softmax.call = original
 
 
 @contextlib.contextmanager
