@@ -220,6 +220,23 @@ def test_nvidia_gpu_int8_is_weight_only_qdq_that_tensorrt_takes(decoders, tmp_pa
     assert fidelity["int8"].mean_kl < 1e-4 and fidelity["int8"].top1_agreement > 0.9
 
 
+def test_bounded_softmax_masks_give_keras_probabilities():
+    """Masked scores traced at the row's lowest minus a margin (an integer graph can then resolve the scores)
+    give the probabilities Keras' -1e9 gives."""
+    import keras
+
+    from deploykit.generation.decoder import bounded_softmax_masks
+
+    scores = np.random.default_rng(0).normal(size=(1, 2, 4, 6)).astype("float32") * 8
+    mask = np.tril(np.ones((4, 6), bool), 2)[None, None]
+    layer = keras.layers.Softmax(axis=-1)
+    expected = np.asarray(layer(scores, mask=mask))
+    with bounded_softmax_masks():
+        bounded = np.asarray(layer(scores, mask=mask))
+    np.testing.assert_allclose(bounded, expected, atol=1e-7)
+    assert np.asarray(layer(scores, mask=mask)).tolist() == expected.tolist()  # put back after
+
+
 def test_metrics_score_a_perturbed_model_worse():
     from deploykit.generation.metrics import next_token_scores
 
