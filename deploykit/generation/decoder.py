@@ -136,7 +136,7 @@ class DecoderBundle:
             shape[3] = ops.shape(tokens)[1]
             return {"logits": logits, "new_kv": ops.slice(updated, (0, 0, 0, index, 0, 0), shape)}
 
-        with portable_cache_updates(), projections_as_matmuls(), bounded_softmax_masks():
+        with portable_cache_updates(), projections_as_matmuls(), bounded_softmax_masks(), integer_causal_masks():
             for name, length in lengths.items():
                 specs = [tf.TensorSpec([1, length], tf.int32, name="tokens"), cache_spec,
                          tf.TensorSpec([], tf.int32, name="index")]
@@ -208,6 +208,36 @@ def bounded_softmax_masks():
         yield
     finally:
         keras.layers.Softmax.call = original
+
+
+def integer_causal_mask(batch_size, input_length, output_length, cache_index=0):
+    """keras-hub's causal mask with the positions compared as int32 (keras-hub compares float32 aranges)."""
+    from keras import ops
+
+    query = ops.expand_dims(ops.arange(output_length, dtype="int32") + ops.cast(cache_index, "int32"), axis=1)
+    mask = ops.expand_dims(query >= ops.arange(input_length, dtype="int32"), axis=0)
+    return ops.broadcast_to(mask, (batch_size, output_length, input_length))
+
+
+@contextlib.contextmanager
+def integer_causal_masks():
+    """Trace keras-hub's causal masks with integer positions: same mask in float, but a full-integer graph gives
+    float32 positions an int16 scale each, and `query >= key` then fails on the diagonal (SmolLM2 at a16w8: tokens
+    that could not see themselves, perplexity ratio 658). Integer tensors are never quantized."""
+    import sys
+
+    from keras_hub.src.layers.modeling import transformer_layer_utils
+
+    original = transformer_layer_utils.compute_causal_mask
+    users = [module for name, module in list(sys.modules.items()) if name.startswith("keras_hub.")
+             and getattr(module, "compute_causal_mask", None) is original]
+    for module in users:
+        module.compute_causal_mask = integer_causal_mask
+    try:
+        yield
+    finally:
+        for module in users:
+            module.compute_causal_mask = original
 
 
 @contextlib.contextmanager
