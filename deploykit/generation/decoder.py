@@ -189,8 +189,7 @@ def bounded_softmax_masks():
     """Trace Keras' masked softmax with masked scores at the row's lowest score minus MASK_MARGIN instead of -1e9.
 
     Same probabilities in float; but an integer graph gives each tensor one scale over its range, and -1e9 in the
-    attention scores leaves an int16 step of 30,000 for scores that span tens (SmolLM2 at a16w8: every score
-    rounded to zero, perplexity ratio 413)."""
+    attention scores would leave an int16 step of 30,000 for scores that span tens."""
     import keras
     from keras import ops
 
