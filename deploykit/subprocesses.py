@@ -40,3 +40,19 @@ def last_line(done: subprocess.CompletedProcess) -> str:
 def _hint(name: str) -> str:
     return {"SIGKILL": " (often the kernel's out-of-memory killer: free memory or use a smaller model)",
             "SIGSEGV": " (a crash inside the runtime)"}.get(name, "")
+
+
+def in_fresh_process(step: str, function, *arguments):
+    """`function(*arguments)` in a fresh (spawned) Python process, which hands its memory back when it ends; its
+    exceptions come back as they were raised. A process that dies without a result is a one-line error naming
+    `step`. `function` must be importable at module level."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(function, *arguments).result()
+        except BrokenProcessPool:
+            raise DeployKitError(f"{step} ended without a result (killed, most often for lack of memory); free "
+                                 "memory or build one target at a time.") from None

@@ -34,4 +34,3 @@ def open_decoder_folder(folder: Path, threads: int | None) -> tuple[LoadedDecode
     stops = frozenset(int(i) for i in interface.get("stop_ids", []) if isinstance(i, int))
     backend = get_decoder_backend(runtime)
     return backend.load(path, threads, backend.runtime_settings(interface.get("runtime_config"))), tokenizer, stops
-

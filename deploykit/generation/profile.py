@@ -87,12 +87,10 @@ def peak_memory(runtime: str, path: Path, runtime_config: dict, threads: int | N
     `decode_steps` more: its peak (VmHWM, what the app's process needs, runtime included) and how much of it came
     after the runtime was imported (the model's weights, caches and scratch). A process of its own, because the
     build's process holds the original model and every other artifact."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from deploykit.subprocesses import in_fresh_process
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_peak_memory_here, runtime, path, runtime_config, threads, prompt_length,
-                           decode_steps).result()
+    return in_fresh_process(f"measuring the memory of {path.name}", _peak_memory_here, runtime, path, runtime_config,
+                            threads, prompt_length, decode_steps)
 
 
 def _peak_memory_here(runtime: str, path: Path, runtime_config: dict, threads: int | None, prompt_length: int,

@@ -109,16 +109,10 @@ def export_in_child(runtime: str, saved_model: Path, export: DecoderExport, fold
     the LiteRT int8 export took the build process from 2.7 to 8 GB, and the memory stayed taken after it), so a
     build that exports a candidate and a float baseline per target in one process grows past what a 2-core CI
     machine shares between two test workers."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    from deploykit.subprocesses import in_fresh_process
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return pool.submit(_export_here, runtime, saved_model, export, folder).result()
-        except BrokenProcessPool:
-            raise DeployKitError(f"the {runtime} export of {export.label()} weights ended without a result (killed, "
-                                 "most often for lack of memory); free memory or build one target at a time.") from None
+    return in_fresh_process(f"the {runtime} export of {export.label()} weights", _export_here, runtime, saved_model,
+                            export, folder)
 
 
 def _export_here(runtime: str, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
