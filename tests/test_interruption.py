@@ -71,21 +71,33 @@ def test_sigterm_leaves_the_previous_build_and_no_temp_files(phase, line, tmp_pa
     assert _processes_mentioning(str(temp)) == []
 
 
-def test_a_signal_replaced_by_native_code_still_ends_as_the_signal():
-    """pybind11 turns an exception raised inside a TensorFlow callback into a RuntimeError; the exit code must not change."""
-    from deploykit.interrupts import Interrupted, interruptible
+_REPLACED_SIGNAL = """
+import os, signal, time
+from deploykit.interrupts import Interrupted, interruptible
 
-    with pytest.raises(Interrupted) as caught:
-        with interruptible():
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(5)
-            except Interrupted:
-                raise RuntimeError("MISMATCH of original and normalized active exception types") from None
-    assert caught.value.exit_code == 130 and isinstance(caught.value.__cause__, RuntimeError)
-    with pytest.raises(ValueError):  # without a signal, errors pass through unchanged
-        with interruptible():
-            raise ValueError("bad input")
+try:
+    with interruptible():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except Interrupted:
+            raise RuntimeError("MISMATCH of original and normalized active exception types") from None
+except Interrupted as caught:
+    print("caught", caught.exit_code, type(caught.__cause__).__name__)
+try:
+    with interruptible():  # without a signal, errors pass through unchanged
+        raise ValueError("bad input")
+except ValueError:
+    print("passed through")
+"""
+
+
+def test_a_signal_replaced_by_native_code_still_ends_as_the_signal():
+    """pybind11 turns an exception raised inside a TensorFlow callback into a RuntimeError; the exit code must not change.
+    In a process of its own: a test worker that signals itself was seen to die under xdist on a loaded CI machine."""
+    run = subprocess.run([sys.executable, "-c", _REPLACED_SIGNAL], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "caught 130 RuntimeError" in run.stdout and "passed through" in run.stdout, run.stdout + run.stderr[-2000:]
 
 
 def test_a_signal_arriving_inside_a_finalizer_is_not_lost():
