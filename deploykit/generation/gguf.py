@@ -34,7 +34,8 @@ _MAX_ELEMENTS = 1 << 40
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
 
 # GGUF architecture -> (config.json model_type, architectures[0]); both read by keras-hub's preset loader.
-_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM")}
+_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+                  "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 _LAYER_TENSORS = {
     "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
@@ -42,6 +43,16 @@ _LAYER_TENSORS = {
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma 3 normalizes before and after both attention and the feed-forward block, and the queries and keys per head.
+_GEMMA3_TENSORS = {
+    "attn_norm.weight": "input_layernorm.weight", "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight", "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+# keras-hub's Gemma 3 layers (like llama.cpp's) hard-code what GGUF does not store: every sixth layer attends to the
+# whole context with RoPE base 1e6, the others to a sliding window with base 1e4.
+_GEMMA3_GLOBAL_EVERY = 6
+_GEMMA3_ROPE_BASES = (10_000.0, 1_000_000.0)
 _QWEN2_BIASES = {"attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
                  "attn_v.bias": "self_attn.v_proj.bias"}
 
@@ -92,6 +103,7 @@ def gguf_to_hugging_face(path: Path, folder: Path) -> dict:
         "format": "gguf", "architecture": architecture, "file_type": _file_type(reader),
         "tensor_types": dict(Counter(tensor.tensor_type.name for tensor in reader.tensors)),
         "parameters": sum(int(weight.size) for weight in weights.values()), "sha256": digest,
+        "context_length": config["max_position_embeddings"],
     }
 
 
@@ -261,37 +273,67 @@ def _dequantizable() -> tuple[GGMLQuantizationType, ...]:
 
 
 def _config(reader: gguf.GGUFReader, architecture: str) -> dict:
-    """config.json from the GGUF hyperparameters, checked for the shapes keras-hub's Llama and Qwen layers take."""
+    """config.json from the GGUF hyperparameters, checked for the shapes keras-hub's decoder layers take."""
     prefix = f"{architecture}."
     hidden, heads = _count(reader, prefix + "embedding_length"), _count(reader, prefix + "attention.head_count")
     kv_heads = _count(reader, prefix + "attention.head_count_kv")
-    head_dim = hidden // heads
-    if hidden % heads or heads % kv_heads or head_dim % 2:
-        raise DeployKitError(f"GGUF attention shape {hidden=} {heads=} {kv_heads=} is not one deploykit converts")
-    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+    head_dim = _value(reader, prefix + "attention.key_length", int, hidden // heads)
+    gemma = architecture == "gemma3"  # the only one whose head size is not hidden / heads
+    if not 1 <= head_dim <= 1 << 12 or heads % kv_heads or head_dim % 2 or (not gemma and head_dim * heads != hidden):
+        raise DeployKitError(f"GGUF attention shape {hidden=} {heads=} {kv_heads=} {head_dim=} is not one deploykit "
+                             "converts")
+    for key in ("rope.dimension_count", "attention.value_length"):
         if _value(reader, prefix + key, int, head_dim) != head_dim:
             raise DeployKitError(f"GGUF metadata {prefix + key} differs from the head size {head_dim}; not supported")
-    if (scaling := _value(reader, prefix + "rope.scaling.type", str, "none")) != "none":
-        raise DeployKitError(f"GGUF RoPE scaling {quoted(scaling)} is not supported; deploykit converts plain RoPE "
-                             "and Llama 3's rope_freqs")
+    scaling = _value(reader, prefix + "rope.scaling.type", str, "none")
+    if scaling != "none" and not (gemma and scaling == "linear"):
+        raise DeployKitError(f"GGUF RoPE scaling {quoted(scaling)} is not supported; deploykit converts plain RoPE, "
+                             "Llama 3's rope_freqs and Gemma 3's linear scaling")
     model_type, hf_class = _ARCHITECTURES[architecture]
     context = _count(reader, prefix + "context_length", 1 << 24)
     theta = _float32(_value(reader, prefix + "rope.freq_base", float, 10000.0))
+    layers = _count(reader, prefix + "block_count", 1 << 12)
     config = {
         "architectures": [hf_class], "model_type": model_type,
         "hidden_size": hidden, "intermediate_size": _count(reader, prefix + "feed_forward_length"),
-        "num_hidden_layers": _count(reader, prefix + "block_count", 1 << 12),
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
-        "hidden_act": "silu", "max_position_embeddings": context,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": head_dim, "hidden_act": "silu", "max_position_embeddings": context,
         "rms_norm_eps": _float32(_value(reader, prefix + "attention.layer_norm_rms_epsilon", float)),
         "rope_theta": theta, "rope_scaling": _rope_scaling(reader, theta, head_dim),
         "torch_dtype": "float32",
     }
     if architecture == "qwen2":
-        config.update(use_sliding_window=False, sliding_window=context, max_window_layers=config["num_hidden_layers"])
+        config.update(use_sliding_window=False, sliding_window=context, max_window_layers=layers)
+    elif gemma:
+        config.update(_gemma3_config(reader, prefix, layers, theta, hidden // heads, head_dim))
     else:
         config.update(attention_bias=False, mlp_bias=False)
     return config
+
+
+def _gemma3_config(reader: gguf.GGUFReader, prefix: str, layers: int, theta: float, hidden_per_head: int,
+                   head_dim: int) -> dict:
+    """Gemma 3's own config.json keys. The query scale is not in GGUF: llama.cpp scales by the head size except in
+    the 27B model (62 layers), which scales by hidden / heads, and so does this."""
+    local_theta = _float32(_value(reader, prefix + "rope.freq_base_swa", float, _GEMMA3_ROPE_BASES[0]))
+    if (local_theta, theta) != _GEMMA3_ROPE_BASES:
+        raise DeployKitError(f"GGUF Gemma 3 RoPE bases {local_theta:g} (local) and {theta:g} (global) differ from "
+                             f"the {_GEMMA3_ROPE_BASES[0]:g} and {_GEMMA3_ROPE_BASES[1]:g} keras-hub's Gemma 3 uses")
+    factor = _value(reader, prefix + "rope.scaling.factor", float, 1.0)
+    window = _count(reader, prefix + "attention.sliding_window", 1 << 24)
+    types = ["full_attention" if (layer + 1) % _GEMMA3_GLOBAL_EVERY == 0 else "sliding_attention"
+             for layer in range(layers)]
+    pattern = reader.fields.get(prefix + "attention.sliding_window_pattern")
+    if pattern is not None and pattern.contents() not in (_GEMMA3_GLOBAL_EVERY, [kind == "sliding_attention"
+                                                                                for kind in types]):
+        raise DeployKitError(f"GGUF Gemma 3 attends globally in other layers than every {_GEMMA3_GLOBAL_EVERY}th, "
+                             "the pattern keras-hub's Gemma 3 is built with; not supported")
+    return {
+        "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": hidden_per_head if layers == 62 else head_dim,
+        "sliding_window": window, "layer_types": types, "rope_local_base_freq": local_theta,
+        "rope_scaling": {"rope_type": "linear", "factor": factor} if factor != 1.0 else None,
+        "attn_logit_softcapping": None, "final_logit_softcapping": None, "attention_bias": False,
+    }
 
 
 def _float32(value: float) -> float:
@@ -320,21 +362,57 @@ def _rope_scaling(reader: gguf.GGUFReader, theta: float, head_dim: int) -> dict 
 
 
 def _tokenizer(reader: gguf.GGUFReader, config: dict):
-    """tokenizer.json (a `tokenizers.Tokenizer`) and tokenizer_config.json from the byte-level BPE in the metadata."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    """tokenizer.json (a `tokenizers.Tokenizer`) and tokenizer_config.json from the tokenizer in the metadata."""
+    from tokenizers import AddedToken, processors
 
     model = _value(reader, "tokenizer.ggml.model", str)
-    if model != "gpt2":
+    if model not in _TOKENIZER_MODELS:
         raise DeployKitError(f"GGUF tokenizer model {quoted(model)} is not supported; deploykit converts 'gpt2' "
-                             "(byte-level BPE) tokenizers")
-    if (pre := _value(reader, "tokenizer.ggml.pre", str, "default")) not in _PRE_TOKENIZERS:
-        raise DeployKitError(f"GGUF pre-tokenizer {quoted(pre)} is not supported; deploykit converts "
-                             f"{', '.join(_PRE_TOKENIZERS)}")
+                             "(byte-level BPE) and 'llama' (SentencePiece BPE) tokenizers")
     tokens = _strings(reader, "tokenizer.ggml.tokens")
     types = _value(reader, "tokenizer.ggml.token_type", list, [TokenType.NORMAL] * len(tokens))
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != len(tokens) or len(types) != len(tokens):
         raise DeployKitError("GGUF vocabulary lists a token twice, or its token types do not match its tokens")
+    tokenizer = _TOKENIZER_MODELS[model](reader, tokens, types, vocab)
+    for kinds, add in (({TokenType.CONTROL, TokenType.UNKNOWN}, tokenizer.add_special_tokens),
+                       ({TokenType.USER_DEFINED}, tokenizer.add_tokens)):
+        add([AddedToken(tokens[index], normalized=False) for index, kind in enumerate(types) if kind in kinds])
+    named = {role: _special_token(reader, role, tokens) for role in ("bos", "eos", "unknown", "padding")}
+    add_bos = _value(reader, "tokenizer.ggml.add_bos_token", bool, False)
+    add_eos = _value(reader, "tokenizer.ggml.add_eos_token", bool, False)
+    added = [(named["bos"], add_bos), (named["eos"], add_eos)]
+    if any(token is None and wanted for token, wanted in added):
+        raise DeployKitError("GGUF tokenizer adds a BOS or EOS token it does not name")
+    if add_bos or add_eos:
+        single = " ".join([named["bos"]] * add_bos + ["$A"] + [named["eos"]] * add_eos)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=single, pair=f"{single} {single.replace('$A', '$B:1')}",
+            special_tokens=sorted({(token, vocab[token]) for token, wanted in added if wanted}),
+        )
+    elif model == "gpt2":
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": named["bos"], "eos_token": named["eos"],
+        "unk_token": named["unknown"], "pad_token": named["padding"], "add_bos_token": add_bos,
+        "add_eos_token": add_eos, "model_max_length": config["max_position_embeddings"],
+        "clean_up_tokenization_spaces": False,
+    }
+    template = _value(reader, "tokenizer.chat_template", str, None)
+    if template is not None:
+        tokenizer_config["chat_template"] = template
+    config.update(vocab_size=len(tokens), bos_token_id=vocab.get(named["bos"]), eos_token_id=vocab.get(named["eos"]),
+                  pad_token_id=vocab.get(named["padding"]))
+    return tokenizer, tokenizer_config
+
+
+def _byte_level_bpe(reader: gguf.GGUFReader, tokens: list[str], types: list[int], vocab: dict[str, int]):
+    """GPT-2 style: merges listed in the metadata, bytes mapped to printable characters, a named regex split."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    if (pre := _value(reader, "tokenizer.ggml.pre", str, "default")) not in _PRE_TOKENIZERS:
+        raise DeployKitError(f"GGUF pre-tokenizer {quoted(pre)} is not supported; deploykit converts "
+                             f"{', '.join(_PRE_TOKENIZERS)}")
     merges = []
     for merge in _strings(reader, "tokenizer.ggml.merges"):
         cut = merge.find(" ", 1)  # as llama.cpp splits a merge: a first part that is itself a space stays whole
@@ -355,34 +433,40 @@ def _tokenizer(reader: gguf.GGUFReader, config: dict):
     if pre == "qwen2":
         tokenizer.normalizer = normalizers.NFC()
     tokenizer.decoder = decoders.ByteLevel()
-    for kinds, add in (({TokenType.CONTROL, TokenType.UNKNOWN}, tokenizer.add_special_tokens),
-                       ({TokenType.USER_DEFINED}, tokenizer.add_tokens)):
-        add([AddedToken(tokens[index], normalized=False) for index, kind in enumerate(types) if kind in kinds])
-    named = {role: _special_token(reader, role, tokens) for role in ("bos", "eos", "unknown", "padding")}
-    add_bos = _value(reader, "tokenizer.ggml.add_bos_token", bool, False)
-    add_eos = _value(reader, "tokenizer.ggml.add_eos_token", bool, False)
-    added = [(named["bos"], add_bos), (named["eos"], add_eos)]
-    if any(token is None and wanted for token, wanted in added):
-        raise DeployKitError("GGUF tokenizer adds a BOS or EOS token it does not name")
-    if add_bos or add_eos:
-        single = " ".join([named["bos"]] * add_bos + ["$A"] + [named["eos"]] * add_eos)
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=single, pair=f"{single} {single.replace('$A', '$B:1')}",
-            special_tokens=sorted({(token, vocab[token]) for token, wanted in added if wanted}),
-        )
-    else:
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": named["bos"], "eos_token": named["eos"],
-        "unk_token": named["unknown"], "pad_token": named["padding"], "add_bos_token": add_bos,
-        "add_eos_token": add_eos, "model_max_length": config["max_position_embeddings"],
-        "clean_up_tokenization_spaces": False,
-    }
-    template = _value(reader, "tokenizer.chat_template", str, None)
-    if template is not None:
-        tokenizer_config["chat_template"] = template
-    config.update(vocab_size=len(tokens), bos_token_id=vocab.get(named["bos"]), eos_token_id=vocab.get(named["eos"]))
-    return tokenizer, tokenizer_config
+    return tokenizer
+
+
+def _sentencepiece_bpe(reader: gguf.GGUFReader, tokens: list[str], types: list[int], vocab: dict[str, int]):
+    """SentencePiece BPE (Gemma, Llama 2): GGUF keeps each piece's score, not the merges. llama.cpp merges the
+    adjacent pair whose joined piece scores highest; a BPE whose merges are every split of every normal piece, ranked
+    by the joined piece's score, picks the same pairs (Hugging Face builds Gemma's tokenizer.json the same way).
+    Spaces are "▁", and characters outside the vocabulary fall back to <0xNN> byte pieces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    scores = _value(reader, "tokenizer.ggml.scores", list)
+    if len(scores) != len(tokens) or not all(type(score) is float for score in scores):
+        raise DeployKitError("GGUF tokenizer.ggml.scores is not one float per token")
+    normal = [index for index, kind in enumerate(types) if kind == TokenType.NORMAL]
+    merges = []
+    for index in sorted(normal, key=lambda index: (-scores[index], index)):
+        piece = tokens[index]
+        splits = [(piece[:cut], piece[cut:]) for cut in range(1, len(piece))]
+        merges.extend(sorted(((left, right) for left, right in splits if left in vocab and right in vocab),
+                             key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
+    unknown = _special_token(reader, "unknown", tokens)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unknown, byte_fallback=True,
+                                     fuse_unk=True))
+    space = [normalizers.Replace(" ", "\u2581")]
+    decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if _value(reader, "tokenizer.ggml.add_space_prefix", bool, True):  # llama.cpp's default for SentencePiece
+        space.insert(0, normalizers.Prepend("\u2581"))
+        decode.append(decoders.Strip(" ", 1, 0))
+    tokenizer.normalizer = normalizers.Sequence(space)
+    tokenizer.decoder = decoders.Sequence(decode)
+    return tokenizer
+
+
+_TOKENIZER_MODELS = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
 
 
 def _special_token(reader: gguf.GGUFReader, role: str, tokens: list[str]) -> str | None:
@@ -407,7 +491,9 @@ def _hf_shapes(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
         "ffn_gate.weight": (ffn, hidden), "ffn_up.weight": (ffn, hidden), "ffn_down.weight": (hidden, ffn),
         "attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,),
     }
-    names = _LAYER_TENSORS | (_QWEN2_BIASES if config["model_type"] == "qwen2" else {})
+    shapes.update({"attn_q_norm.weight": (head_dim,), "attn_k_norm.weight": (head_dim,),
+                   "post_attention_norm.weight": (hidden,), "post_ffw_norm.weight": (hidden,)})
+    names = _LAYER_TENSORS | {"qwen2": _QWEN2_BIASES, "gemma3_text": _GEMMA3_TENSORS}.get(config["model_type"], {})
     for layer in range(config["num_hidden_layers"]):
         for name, hf_name in names.items():
             table[f"blk.{layer}.{name}"] = (f"model.layers.{layer}.{hf_name}", shapes[name])
@@ -439,6 +525,8 @@ def _weights(reader: gguf.GGUFReader, config: dict) -> dict[str, np.ndarray]:
         suffix = tensor.name.split(".", 2)[-1]
         if config["model_type"] == "llama" and suffix in heads:
             weight = _unpermute(weight, heads[suffix])
+        if config["model_type"] == "gemma3_text" and tensor.name.endswith("norm.weight"):
+            weight = weight - 1  # llama.cpp stores Gemma's RMS norm scales as 1 + w (its norm multiplies by w)
         if not np.isfinite(weight).all():
             raise DeployKitError(f"GGUF tensor {quoted(tensor.name)} holds NaN or infinite values")
         weights[key] = np.ascontiguousarray(weight, dtype=np.float32)

