@@ -188,11 +188,11 @@ def test_an_export_in_a_child_process_writes_the_same_artifact(decoders, tmp_pat
         export_in_child("litert", tmp_path / "saved", DecoderExport("int3", CACHE, 16), tmp_path / "bad")
 
 
-def test_nvidia_gpu_int8_is_weight_only_qdq_that_tensorrt_takes(decoders, tmp_path):
+def test_nvidia_gpu_int8_and_int4_are_weight_only_qdq_that_tensorrt_takes(decoders, tmp_path):
     """Every MatMul weight and the token table int8 behind a DequantizeLinear with zero point 0 (TensorRT's only
-    form); float activations; the graph validated under onnxruntime with its cache."""
+    form), or the MatMul weights int4 in blocks (opset 21); float activations; validated under onnxruntime."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     from deploykit.generation.backends.base import DecoderExport, get_decoder_backend
     from deploykit.generation.metrics import measure_fidelity
@@ -200,24 +200,34 @@ def test_nvidia_gpu_int8_is_weight_only_qdq_that_tensorrt_takes(decoders, tmp_pa
     bundle = decoders["qwen"]
     backend = get_decoder_backend("tensorrt")
     ids = _ids(bundle, 64)
-    sizes, fidelity = {}, {}
-    for weights in ("fp32", "int8"):
-        export = DecoderExport(weights=weights, cache_length=CACHE, prefill_length=16)
+    sizes, fidelity, graphs = {}, {}, {}
+    for weights in ("fp32", "int8", "int4"):
+        export = DecoderExport(weights=weights, cache_length=CACHE, prefill_length=16, group_size=32)
         bundle.write_saved_model(tmp_path / weights / "saved", CACHE, backend.signatures(export))
         artifact = backend.export(tmp_path / weights / "saved", export, tmp_path / weights / "out")
         sizes[weights] = artifact.path.stat().st_size
         fidelity[weights] = measure_fidelity([bundle.full_logits(ids)], [ids], backend.load(artifact.path, 1))
-    graph = onnx.load(str(artifact.path)).graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    dequantized = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
-    weight_inputs = [node.input[1] for node in graph.node if node.op_type == "MatMul" and node.input[1] in dequantized]
-    assert len(weight_inputs) >= 2 * 6  # the projections of both blocks (the rest: attention on activations)
-    assert not [name for name, value in constants.items() if value.dtype == np.float32 and value.ndim == 2
-                and min(value.shape) >= 16]  # no float weight matrix is left
-    for node in dequantized.values():
-        assert constants[node.input[0]].dtype == np.int8 and not constants[node.input[2]].any()
-    assert sizes["int8"] < 0.4 * sizes["fp32"]
+        graphs[weights] = onnx.load(str(artifact.path)).graph
+    for weights in ("int8", "int4"):
+        graph = graphs[weights]
+        initializers = {init.name: init for init in graph.initializer}
+        dequantized = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+        weight_inputs = [node.input[1] for node in graph.node
+                         if node.op_type == "MatMul" and node.input[1] in dequantized]
+        assert len(weight_inputs) >= 2 * 6  # the projections of both blocks (the rest: attention on activations)
+        assert not [init.name for init in initializers.values() if init.data_type == TensorProto.FLOAT
+                    and len(init.dims) == 2 and min(init.dims) >= 16]  # no float weight matrix is left
+        for name in weight_inputs:
+            node = dequantized[name]
+            stored, zero = initializers[node.input[0]], numpy_helper.to_array(initializers[node.input[2]])
+            assert stored.data_type == (TensorProto.INT8 if weights == "int8" else TensorProto.INT4)
+            assert len(stored.raw_data) == -(-np.prod(stored.dims) // (1 if weights == "int8" else 2))
+            assert not zero.any()
+            blocks = [attribute.i for attribute in node.attribute if attribute.name == "block_size"]
+            assert blocks == ([32] if weights == "int4" else [])
+    assert sizes["int8"] < 0.4 * sizes["fp32"] and sizes["int4"] < sizes["int8"]  # the int8 token table dominates
     assert fidelity["int8"].mean_kl < 1e-4 and fidelity["int8"].top1_agreement > 0.9
+    assert fidelity["int8"].mean_kl < fidelity["int4"].mean_kl < 0.05 and fidelity["int4"].top1_agreement > 0.7
 
 
 def test_bounded_softmax_masks_give_keras_probabilities():
@@ -260,7 +270,7 @@ def test_build_generate_and_verify_through_the_cli(llama_file, tmp_path):
     engine = json.loads((out / "nvidia-gpu" / "report.json").read_text())["device_compile"]
     assert engine["status"] in ("not run", "compiled") and "build_engine.sh" in engine["files"]
     assert "--minShapes=tokens:1x1" in engine["command"] and "--maxShapes=tokens:1x128" in engine["command"]
-    for target, weights in (("arm-cpu", "int4"), ("intel-cpu", "int4"), ("mobile-npu", "a16w8"), ("nvidia-gpu", "int8")):
+    for target, weights in (("arm-cpu", "int4"), ("intel-cpu", "int4"), ("mobile-npu", "a16w8"), ("nvidia-gpu", "int4")):
         report = json.loads((out / target / "report.json").read_text())
         assert report["task"] == "generation" and report["artifact"]["weights"].startswith(weights)
         assert report["passed"] and report["candidates"][-1]["gates_failed"] == []

@@ -1,6 +1,7 @@
 """Decoders for TensorRT: ONNX with explicit cache inputs and outputs, validated and profiled under onnxruntime.
 
-Weights fp32, or int8 weight-only as DequantizeLinear on constant int8 weights (`deploykit.graph.onnx_weights`).
+Weights fp32, or int8 or int4 weight-only as DequantizeLinear on constant integer weights
+(`deploykit.graph.onnx_weights`; int4 in blocks, which takes ONNX opset 21).
 No fp16 file: onnxruntime's float16 converter writes this graph with repeated output names (not valid ONNX), so
 fp16 arithmetic is left to TensorRT's builder (--fp16), which chooses per layer.
 
@@ -29,13 +30,16 @@ class TensorRTDecoder(DecoderBackend):
         "int8": "tf2onnx, then weight-only int8 Q/DQ: every MatMul weight matrix and the token table stored int8 "
         "with one symmetric scale per output channel behind a DequantizeLinear (TensorRT fuses it into the GEMM), "
         "float activations",
+        "int4": "tf2onnx, converted to opset 21, then weight-only int4 Q/DQ: MatMul weights in blocks of input "
+        "channels with one symmetric scale per block and output channel (TensorRT 10's int4 weight-only GEMM); the "
+        "token table int8 per row",
     }
 
     def export(self, saved_model: Path, export: DecoderExport, folder: Path) -> DecoderArtifact:
         import onnx
 
         from deploykit.backends.tensorrt import tf2onnx_file
-        from deploykit.graph.onnx_weights import weight_only_int8
+        from deploykit.graph.onnx_weights import INT4_OPSET, weight_only_int4, weight_only_int8
 
         method = self.describe(export.weights)
         folder.mkdir(parents=True, exist_ok=True)
@@ -43,9 +47,14 @@ class TensorRTDecoder(DecoderBackend):
         with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as scratch:
             float_path = Path(scratch) / "float.onnx"
             tf2onnx_file(saved_model, float_path)
-            if export.weights == "int8":
+            if export.weights in ("int8", "int4"):
                 model = onnx.load(str(float_path))
-                saved = weight_only_int8(model)
+                if export.weights == "int4":
+                    model = onnx.version_converter.convert_version(model, INT4_OPSET)
+                    saved = weight_only_int4(model, export.group_size)
+                    method += f", group size {export.group_size}"
+                else:
+                    saved = weight_only_int8(model)
                 onnx.save(model, str(path))
                 method += f" ({saved / 1e6:.2f} MB of weights saved)"
             else:
