@@ -2,8 +2,8 @@
 
 Weights fp32, or int8 or int4 weight-only as DequantizeLinear on constant integer weights
 (`deploykit.graph.onnx_weights`; int4 in blocks, which takes ONNX opset 21).
-No fp16 file: onnxruntime's float16 converter writes this graph with repeated output names (not valid ONNX), so
-fp16 arithmetic is left to TensorRT's builder (--fp16), which chooses per layer.
+No fp16 file: onnxruntime's float16 converter writes this graph with repeated output names (not valid ONNX). The
+engine script builds with --stronglyTyped, so the engine computes in the graph's own types: float activations.
 
 This is the input `trtexec` builds an engine from. TensorRT-LLM would add what this path lacks: paged KV caches,
 in-flight batching, fused attention and GEMM plugins, and int4 AWQ kernels.
