@@ -2,6 +2,8 @@
 
 Artifacts are timed side by side in alternating rounds (each round times every artifact once, in turn), so load on
 the host hits all of them alike; ratios to the baseline are taken per round and reported as median and range.
+
+Like runtime.py, this imports nothing of deploykit at module level: the decoder worker runs it on a device.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from deploykit.generation.runtime import LoadedDecoder
+if TYPE_CHECKING:
+    from deploykit.generation.runtime import LoadedDecoder
 
 DEFAULT_PROMPT_LENGTHS = (32, 128)  # a short chat turn and a paragraph of context
 DEFAULT_CACHE_FILLS = (128,)
@@ -95,14 +99,23 @@ def peak_memory(runtime: str, path: Path, runtime_config: dict, threads: int | N
 
 def _peak_memory_here(runtime: str, path: Path, runtime_config: dict, threads: int | None, prompt_length: int,
                       decode_steps: int) -> dict[str, float]:
-    import importlib
-
     from deploykit.generation.backends.base import get_decoder_backend
+    from deploykit.generation.runtime import RUNTIME_MODULES
 
     backend = get_decoder_backend(runtime)
-    importlib.import_module(backend.runtime_module)
+    return memory_of(RUNTIME_MODULES[runtime], lambda: backend.load(path, threads, runtime_config), prompt_length,
+                     decode_steps)
+
+
+def memory_of(runtime_module: str, load: Callable[[], "LoadedDecoder"], prompt_length: int,
+              decode_steps: int) -> dict[str, float]:
+    """Peak memory of this process (a fresh one) importing `runtime_module`, then running `load()`'s decoder over a
+    prompt and `decode_steps` tokens."""
+    import importlib
+
+    importlib.import_module(runtime_module)
     before = _status_mb("VmRSS")
-    decoder = backend.load(path, threads, runtime_config)
+    decoder = load()
     length = min(prompt_length, decoder.cache_length - decode_steps)
     _, cache = decoder.prefill([1] * length)
     for offset in range(decode_steps):

@@ -57,7 +57,6 @@ class DecoderBackend:
     static_prefill: ClassVar[bool] = False  # whether prefill runs in fixed-length chunks
     int4_methods: ClassVar[tuple[str, ...]] = ("rtn",)  # how this backend can choose int4 levels
     calibrated: ClassVar[frozenset[str]] = frozenset()  # precisions whose export runs the model on calibration text
-    runtime_module: ClassVar[str]  # what `load` imports: memory measured after it is imported is the model's
     device_compiled: ClassVar[bool] = False  # whether the target's device compiler takes this backend's decoders
 
     def __init_subclass__(cls, **kwargs):

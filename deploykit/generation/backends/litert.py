@@ -10,14 +10,13 @@ import numpy as np
 from deploykit.backends.litert import int16_activations
 from deploykit.errors import DeployKitError
 from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
-from deploykit.generation.runtime import LoadedDecoder
+from deploykit.generation.runtime import LoadedDecoder, litert_signatures, load_artifact
 from deploykit.graph.tflite_buffers import share_identical_buffers
 
 
 class LiteRTDecoder(DecoderBackend):
     name = "litert"
     suffix = ".tflite"
-    runtime_module = "ai_edge_litert.interpreter"
     static_prefill = True
     weights = {
         "fp32": "TFLiteConverter, float32",
@@ -58,49 +57,7 @@ class LiteRTDecoder(DecoderBackend):
         return DecoderArtifact(path, [path], export, method)
 
     def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
-        import ai_edge_litert
-        from ai_edge_litert.interpreter import Interpreter
-
-        version = getattr(ai_edge_litert, "__version__", "")
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        cache = interpreter.get_signature_runner("decode").get_input_details()["cache"]
-        # XNNPACK takes float and int8 graphs; int16 activations run on LiteRT's reference kernels on a CPU.
-        kernels = "reference int16 kernels" if np.dtype(cache["dtype"]) == np.int16 else "XNNPACK"
-        return _loaded(interpreter, f"LiteRT {version} ({kernels}, CPU)".replace("  ", " "))
-
-
-def _loaded(interpreter, description: str) -> LoadedDecoder:
-    runners = {name: interpreter.get_signature_runner(name) for name in ("prefill", "decode")}
-    prefill_shape = runners["prefill"].get_input_details()["tokens"]["shape"]
-    cache_shape = tuple(int(d) for d in runners["decode"].get_input_details()["cache"]["shape"])
-
-    inputs = {name: runner.get_input_details() for name, runner in runners.items()}
-    outputs = {name: runner.get_output_details() for name, runner in runners.items()}
-
-    def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
-        name = "decode" if tokens.shape[1] == 1 else "prefill"
-        values = {"tokens": tokens, "cache": cache, "index": np.asarray(index, dtype=np.int32)}
-        out = runners[name](**{key: _as_input(value, inputs[name][key]) for key, value in values.items()})
-        return _as_float(out["logits"], outputs[name]["logits"]), _as_float(out["new_kv"], outputs[name]["new_kv"])
-
-    return LoadedDecoder(step, cache_shape, int(prefill_shape[1]), description)
-
-
-def _as_input(value: np.ndarray, detail: dict) -> np.ndarray:
-    """A float value quantized to an integer input's scale (full-integer graphs take the cache as int16)."""
-    scale, zero_point = detail["quantization"]
-    dtype = np.dtype(detail["dtype"])
-    if not scale or value.dtype == dtype:
-        return value.astype(dtype, copy=False)
-    limits = np.iinfo(dtype)
-    return np.clip(np.rint(value / scale) + zero_point, limits.min, limits.max).astype(dtype)
-
-
-def _as_float(value: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if not scale or value.dtype == np.float32:
-        return value
-    return (value.astype(np.float32) - zero_point) * scale
+        return load_artifact(self.name, str(path), threads, {})
 
 
 # Decode steps recorded per calibration text after its prefill: decode's ranges (one token against a full cache)
@@ -116,7 +73,7 @@ def _calibration_steps(float_model: bytes, export: DecoderExport) -> dict[str, l
     if not export.calibration:
         raise DeployKitError("a16w8 decoders calibrate their activation ranges on text and the build passed none; "
                              "pass --data with a `text` column.")
-    float_decoder = _loaded(Interpreter(model_content=float_model), "float")
+    float_decoder = litert_signatures(Interpreter(model_content=float_model), "float")
     samples: dict[str, list[dict[str, np.ndarray]]] = {"prefill": [], "decode": []}
 
     def recording(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:

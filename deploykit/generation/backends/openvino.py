@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
-from deploykit.generation.runtime import LoadedDecoder
+from deploykit.generation.runtime import LoadedDecoder, load_artifact
 
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
@@ -19,7 +19,6 @@ PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 class OpenVINODecoder(DecoderBackend):
     name = "openvino"
     suffix = ".xml"
-    runtime_module = "openvino"
     int4_methods = ("rtn", "awq")
     weights = {
         "fp32": "openvino.convert_model, float32 weights",
@@ -65,22 +64,7 @@ class OpenVINODecoder(DecoderBackend):
         return {PRECISION_HINT: value} if value in ("f32", "bf16", "f16") else {}
 
     def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
-        import openvino as ov
-
-        config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {}),
-                  **self.runtime_settings(runtime_config or {})}
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
-        request = compiled.create_infer_request()
-        logits_port, kv_port = _outputs(compiled)
-        cache_shape = tuple(int(d) for d in compiled.input("cache").get_partial_shape().to_shape())
-
-        def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
-            out = request.infer({"tokens": tokens, "cache": cache, "index": np.asarray(index, dtype=np.int32)})
-            return np.array(out[logits_port], copy=True), np.array(out[kv_port], copy=True)
-
-        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
-        return LoadedDecoder(step, cache_shape, None, f"OpenVINO {ov.__version__} (CPU plugin, inference precision "
-                                                      f"{precision})")
+        return load_artifact(self.name, str(path), threads, self.runtime_settings(runtime_config or {}))
 
 
 def _share_identical_constants(model, smallest: int = 1 << 16) -> int:
@@ -103,12 +87,6 @@ def _share_identical_constants(model, smallest: int = 1 << 16) -> int:
             target.replace_source_output(first[key].output(0))
         saved += node.get_byte_size()
     return saved
-
-
-def _outputs(compiled) -> tuple[object, object]:
-    """(logits, new_kv) output ports, told apart by rank (the converter may rename outputs)."""
-    by_rank = {len(port.get_partial_shape()): port for port in compiled.outputs}
-    return by_rank[3], by_rank[6]
 
 
 def _step_inputs(model, token_ids: tuple[int, ...]) -> dict[str, np.ndarray]:

@@ -14,16 +14,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from deploykit.generation.backends.base import DecoderArtifact, DecoderBackend, DecoderExport
-from deploykit.generation.runtime import LoadedDecoder
+from deploykit.generation.runtime import LoadedDecoder, load_artifact
 
 
 class TensorRTDecoder(DecoderBackend):
     name = "tensorrt"
     suffix = ".onnx"
-    runtime_module = "onnxruntime"
     device_compiled = True  # the engine script takes `tokens` from 1 to the cache length; the rest is static
     weights = {
         "fp32": "tf2onnx, float32 ONNX",
@@ -63,24 +60,4 @@ class TensorRTDecoder(DecoderBackend):
         return DecoderArtifact(path, [path], export, method)
 
     def load(self, path: Path, threads: int | None, runtime_config: dict | None = None) -> LoadedDecoder:
-        import onnxruntime as ort
-
-        settings = ort.SessionOptions()
-        if threads:
-            settings.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
-        inputs = {i.name.split(":")[0]: i.name for i in session.get_inputs()}
-        outputs = [o.name for o in session.get_outputs()]
-        ranks = [len(o.shape) for o in session.get_outputs()]
-        logits_name, kv_name = outputs[ranks.index(3)], outputs[ranks.index(6)]
-        cache_shape = tuple(int(d) for d in next(i.shape for i in session.get_inputs() if i.name == inputs["cache"]))
-
-        def step(tokens: np.ndarray, cache: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
-            feed = {inputs["tokens"]: tokens, inputs["cache"]: cache,
-                    inputs["index"]: np.asarray(index, dtype=np.int32)}
-            logits, new_kv = session.run([logits_name, kv_name], feed)
-            return logits, new_kv
-
-        return LoadedDecoder(step, cache_shape, None, f"onnxruntime {ort.__version__} (CPU; the engine itself needs "
-                                                      "TensorRT on the GPU)")
-
+        return load_artifact(self.name, str(path), threads, {})
