@@ -33,18 +33,21 @@ def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str |
 
 
 def generate(folder, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 40, seed: int = 0,
-             threads: int | None = None):
+             threads: int | None = None, device: str | None = None):
     """Continue `prompt` with the decoder built in `folder` (OUT/<target>), yielding text as tokens come: greedy
-    when temperature is 0, else sampled from the top_k tokens with `seed`.
+    when temperature is 0, else sampled from the top_k tokens with `seed`; on `device` (ssh://user@host[:port] or
+    a devices-file name) instead of here when given.
 
         print("".join(dk.generate("dist/arm-cpu", "The capital of France is", max_new_tokens=8)))
     """
     from pathlib import Path
 
-    from deploykit.generation.streaming import generate_text
+    from deploykit.generation.device import folder_runner
     from deploykit.generation.runtime import Sampling
+    from deploykit.generation.streaming import generate_text
 
-    return generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads)
+    runner = folder_runner(Path(folder), device) if device else None
+    return generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads, runner)
 
 
 __all__ = ["build", "build_targets", "search", "profile", "generate", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

@@ -13,7 +13,8 @@ from deploykit.errors import DeployKitError, GateFailure
 from deploykit.targets.schema import GENERATION_WEIGHTS
 
 # The options `build` takes for a decoder besides these: the rest are the encoders' and are refused, not ignored.
-SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "threads", "runs", "config")
+SHARED_OPTIONS = ("model", "target_names", "data", "out", "force", "seed", "threads", "runs", "config", "device",
+                  "devices_file", "trust_new_host")
 
 
 def generation_options(command):
@@ -55,6 +56,7 @@ def generation_options(command):
 def build_decoder_command(arguments: dict) -> None:
     """`deploykit build DECODER`: refuse encoder-only options that were set, then build every target."""
     from deploykit.generation.build import GenerationOptions, build_decoder, check_generation_target
+    from deploykit.generation.device import decoder_runner
     from deploykit.generation.loaders import load_decoder
     from deploykit.generation.profile import TimingPlan
     from deploykit.progress import StepLog
@@ -63,14 +65,18 @@ def build_decoder_command(arguments: dict) -> None:
     _refuse_encoder_options(arguments)
     a = arguments
     targets = resolve_targets(a["target_names"])
+    devices = {}
     for target in targets:  # before the model loads
         check_generation_target(target)
+        if a["device"]:
+            devices[target.name] = decoder_runner(a["device"], target, a["devices_file"], a["trust_new_host"])
     options = GenerationOptions(
         data=Path(a["data"]) if a["data"] else None, weights=a["weights"], cache_length=a["cache_length"],
         prefill_length=a["prefill_length"], group_size=int(a["weight_group_size"]) if a["weight_group_size"] else None,
         algorithm=a["int4_method"], max_perplexity_ratio=a["max_perplexity_ratio"],
         min_top1_agreement=a["min_top1_agreement"], min_greedy_match=a["min_greedy_match"],
-        timing=TimingPlan(rounds=max(3, min(a["runs"], 20))), threads=a["threads"], seed=a["seed"], force=a["force"])
+        timing=TimingPlan(rounds=max(3, min(a["runs"], 20))), threads=a["threads"], seed=a["seed"], force=a["force"],
+        devices=devices)
     log = StepLog(console)
     with log.step("load", f"loading {a['model']}"):
         bundle = load_decoder(a["model"])
@@ -113,16 +119,27 @@ def _refuse_encoder_options(arguments: dict) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
+@click.option("--device", help="Run it on this device instead of here: ssh://user@host[:port] or a name from the "
+              "devices file (the device needs Python 3.8+, NumPy and the artifact's runtime).")
+@click.option("--devices", "devices_file", type=click.Path(dir_okay=False),
+              help="Devices file naming the lab's devices (default: $DEPLOYKIT_DEVICES, else ./devices.yaml).")
+@click.option("--trust-new-host", is_flag=True, help="Accept an SSH device whose host key is not in known_hosts "
+              "yet, and record it there (trust on first use).")
 def generate(folder: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
-             threads: int | None) -> None:
+             threads: int | None, device: str | None, devices_file: str | None, trust_new_host: bool) -> None:
     """Continue PROMPT with the decoder built in FOLDER (OUT/<target>), streaming tokens as they come.
 
-    Runs the artifact in its own runtime on this machine, with the tokenizer.json shipped beside it.
+    Runs the artifact in its own runtime, with the tokenizer.json shipped beside it: on this machine, or with
+    --device on a device over SSH.
     """
-    from deploykit.generation.streaming import generate_text
+    from deploykit.generation.device import folder_runner
     from deploykit.generation.runtime import Sampling
+    from deploykit.generation.streaming import generate_text
 
-    for piece in generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads):
+    runner = folder_runner(Path(folder), device, devices_file, trust_new_host) if device else None
+    sampling = Sampling(temperature, top_k, seed)
+    for piece in generate_text(Path(folder), prompt, max_new_tokens, sampling, threads, runner):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.errors import DeployKitError
@@ -12,10 +13,29 @@ from deploykit.user_files import read_json
 MAX_INTERFACE_BYTES = 1 << 20
 
 
-def open_decoder_folder(folder: Path, threads: int | None) -> tuple[LoadedDecoder, object, frozenset[int]]:
-    """(the loaded artifact, its tokenizer, the ids generation stops at), from a folder whose files the caller has
-    checked against its manifest (verify.check_files): links are never followed, and only the file generation.json
-    names inside the folder, with a suffix a decoder runtime opens, is loaded."""
+@dataclass(frozen=True)
+class DecoderFolder:
+    """What a decoder build folder holds, read but not loaded: where it runs is the caller's choice."""
+
+    path: Path  # the file the runtime opens
+    runtime: str
+    settings: dict  # runtime settings from generation.json, as the backend accepts them
+    tokenizer: object  # a tokenizers.Tokenizer
+    stop_ids: frozenset[int]
+    cache_length: int | None  # as generation.json says; the runtime checks it again
+
+    @property
+    def files(self) -> list[Path]:
+        return get_decoder_backend(self.runtime).artifact_files(self.path)
+
+    def load(self, threads: int | None) -> LoadedDecoder:
+        return get_decoder_backend(self.runtime).load(self.path, threads, self.settings)
+
+
+def read_decoder_folder(folder: Path) -> DecoderFolder:
+    """The decoder in a folder whose files the caller has checked against its manifest (verify.check_files): links
+    are never followed, and only the file generation.json names inside the folder, with a suffix a decoder runtime
+    opens, is used."""
     from tokenizers import Tokenizer
 
     interface = read_json(folder / "generation.json", dict, untrusted=True, limit=MAX_INTERFACE_BYTES)
@@ -32,5 +52,13 @@ def open_decoder_folder(folder: Path, threads: int | None) -> tuple[LoadedDecode
         raise DeployKitError(f"{folder} has no tokenizer.json; rebuild it.")
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     stops = frozenset(int(i) for i in interface.get("stop_ids", []) if isinstance(i, int))
+    length = interface.get("cache_length")
     backend = get_decoder_backend(runtime)
-    return backend.load(path, threads, backend.runtime_settings(interface.get("runtime_config"))), tokenizer, stops
+    return DecoderFolder(path, runtime, backend.runtime_settings(interface.get("runtime_config")), tokenizer, stops,
+                         length if isinstance(length, int) and length > 0 else None)
+
+
+def open_decoder_folder(folder: Path, threads: int | None) -> tuple[LoadedDecoder, object, frozenset[int]]:
+    """(the loaded artifact, its tokenizer, the ids generation stops at): an app's own generation loop."""
+    opened = read_decoder_folder(folder)
+    return opened.load(threads), opened.tokenizer, opened.stop_ids

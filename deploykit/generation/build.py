@@ -9,6 +9,7 @@ drive it), report.json, report.md and manifest.json.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -66,6 +67,7 @@ class GenerationOptions:
     seed: int = 0
     force: bool = False
     isolate_exports: bool | None = None  # exports in child processes; None: for models of ISOLATED_EXPORT_BYTES up
+    devices: dict = field(default_factory=dict)  # target name -> an ssh runner timing it on a device (else: here)
 
 
 @dataclass
@@ -222,8 +224,8 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
             if shipped is not None:
                 artifact, fidelity = shipped
                 loaded = None  # let go while the baseline is exported: the runtime's copy of a model is large
-                timing, loaded = _time_against_float(backend, saved_model, artifact, bundle, options, Path(scratch),
-                                                     log)
+                timing, loaded = _time_against_float(backend, target, saved_model, artifact, bundle, options,
+                                                     Path(scratch), log)
                 report.update(_shipped(bundle, artifact, loaded, fidelity, timing, text, options))
                 for path in artifact.files:
                     shutil.copy2(path, staging / path.name)
@@ -236,16 +238,27 @@ def _build_target(bundle: DecoderBundle, target: Target, text: HeldOutText, orig
     return report
 
 
-def _time_against_float(backend: DecoderBackend, saved_model: Path, artifact: DecoderArtifact,
+def _time_against_float(backend: DecoderBackend, target: Target, saved_model: Path, artifact: DecoderArtifact,
                         bundle: DecoderBundle, options: GenerationOptions, scratch: Path, log: StepLog):
     """Each one's peak memory, in a process of its own; then the shipped artifact and the runtime's float32 export
-    of the same model timed in alternating rounds. Returns the timing and the loaded artifact."""
+    of the same model timed in alternating rounds: here, or on the target's device (options.devices). Returns the
+    timing and the loaded artifact."""
     files = {"artifact": artifact}
     if artifact.export.weights != "fp32":
         with log.step("baseline", "exporting the float32 baseline to time against"):
             files["fp32"] = _export(backend, bundle, saved_model, replace(artifact.export, weights="fp32"),
                                     scratch / "baseline-fp32", options)
     prompt = max(options.timing.fitting(options.cache_length).prompt_lengths)
+    vocabulary = bundle.tokenizer.get_vocab_size()
+    baseline = "fp32" if "fp32" in files else None
+    device = options.devices.get(target.name)
+    if device is not None:
+        from deploykit.generation.device import time_on_device
+
+        artifacts = {name: (built.files, backend.runtime_settings(built.runtime_config)) for name, built in files.items()}
+        timing = time_on_device(device, backend.name, artifacts, vocabulary, options.timing, baseline,
+                                device.threads(target), prompt, log)
+        return timing, backend.load(artifact.path, options.threads, artifact.runtime_config)
     with log.step("memory", f"peak memory of {', '.join(files)}, each in a fresh process ({prompt}-token prompt)"):
         try:
             memory = {name: peak_memory(backend.name, built.path, built.runtime_config, options.threads, prompt)
@@ -254,9 +267,10 @@ def _time_against_float(backend: DecoderBackend, saved_model: Path, artifact: De
             memory = {"not_measured": str(error)}
     decoders = {name: backend.load(built.path, options.threads, built.runtime_config) for name, built in files.items()}
     with log.step("timing", f"timing {', '.join(decoders)} side by side ({options.timing.rounds} alternating rounds)"):
-        vocabulary = bundle.tokenizer.get_vocab_size()
-        timing = time_side_by_side(decoders, vocabulary, options.timing, baseline="fp32" if "fp32" in decoders else None)
-    return {**timing, "memory": memory}, decoders["artifact"]
+        timing = time_side_by_side(decoders, vocabulary, options.timing, baseline=baseline)
+    where = {"runner": "local", "device": "this machine", "host": platform.machine(),
+             "threads": options.threads or os.cpu_count(), "runtime": decoders["artifact"].description}
+    return {**timing, "memory": memory, "measured_on": where}, decoders["artifact"]
 
 
 def _device_compile(backend: DecoderBackend, target: Target, folder: Path, artifact: DecoderArtifact,

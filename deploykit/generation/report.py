@@ -73,8 +73,14 @@ def _shipped_lines(report: dict) -> list[str]:
 
 
 def _timing_lines(timing: dict) -> list[str]:
-    lines = ["", f"## Speed ({timing['rounds']} alternating rounds against the runtime's float32 export)", "",
-              "| metric | artifact (median) | float32 (median) | speed-up (range over rounds) |", "|---|---|---|---|"]
+    lines = ["", f"## Speed ({timing['rounds']} alternating rounds against the runtime's float32 export)", ""]
+    where = timing.get("measured_on")
+    if where:
+        place = ("this machine" if where.get("runner") == "local" else
+                 f"the device {where.get('device')} over {where.get('runner')} ({where.get('address')}: "
+                 f"{where.get('host')}, {where.get('cores')} cores)")
+        lines += [f"Timed on {place} with {where.get('runtime')}, {where.get('threads')} threads.", ""]
+    lines += ["| metric | artifact (median) | float32 (median) | speed-up (range over rounds) |", "|---|---|---|---|"]
     artifacts = timing["artifacts"]
     for key, entry in artifacts["artifact"].items():
         base = artifacts.get("fp32", {}).get(key)

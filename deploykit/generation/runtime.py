@@ -19,6 +19,15 @@ class PromptTooLong(ValueError):
     """A prompt (plus the tokens asked for) that does not fit the artifact's cache."""
 
 
+def check_fits(cache_length: int, prompt_tokens: int, new_tokens: int = 0) -> None:
+    if prompt_tokens + new_tokens > cache_length:
+        raise PromptTooLong(
+            f"the prompt has {prompt_tokens} tokens and {new_tokens} more were asked for, over the artifact's "
+            f"cache of {cache_length}; shorten the prompt, ask for fewer tokens, or rebuild with a larger "
+            "--cache-length."
+        )
+
+
 @dataclass
 class LoadedDecoder:
     """A loaded decoder artifact: `step(tokens [1, T], cache, index) -> (logits [1, T, vocab], new_kv)`, where
@@ -38,12 +47,7 @@ class LoadedDecoder:
         return np.zeros(self.cache_shape, dtype=np.float32)
 
     def check_fits(self, prompt_tokens: int, new_tokens: int = 0) -> None:
-        if prompt_tokens + new_tokens > self.cache_length:
-            raise PromptTooLong(
-                f"the prompt has {prompt_tokens} tokens and {new_tokens} more were asked for, over the artifact's "
-                f"cache of {self.cache_length}; shorten the prompt, ask for fewer tokens, or rebuild with a larger "
-                "--cache-length."
-            )
+        check_fits(self.cache_length, prompt_tokens, new_tokens)
 
     def prefill(self, token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Logits [T, vocab] at every prompt position, and the cache holding the prompt."""

@@ -41,7 +41,7 @@ def _package_version(*names: str) -> str | None:
     return None
 
 
-def _missing(runtime: str, package: str) -> WorkerError:
+def missing_runtime(runtime: str, package: str) -> WorkerError:
     return WorkerError(f"the {runtime} runtime is not installed for {sys.executable}; "
                        f"install it on this device with `{sys.executable} -m pip install {package}`")
 
@@ -76,7 +76,7 @@ def load_litert(path: str, threads: int, runtime_config: dict, op_profile: bool)
             from tflite_runtime.interpreter import Interpreter
             name, version = "tflite-runtime", _package_version("tflite-runtime")
         except ImportError:
-            raise _missing("LiteRT", "ai-edge-litert  (or tflite-runtime)") from None
+            raise missing_runtime("LiteRT", "ai-edge-litert  (or tflite-runtime)") from None
     runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner()
     facts = {"name": name, "version": version, "delegate": "XNNPACK (default CPU delegate)",
              "input_types": {key: value["dtype"].__name__ for key, value in runner.get_input_details().items()},
@@ -89,7 +89,7 @@ def load_openvino(path: str, threads: int, runtime_config: dict, op_profile: boo
     try:
         import openvino as ov
     except ImportError:
-        raise _missing("OpenVINO", "openvino") from None
+        raise missing_runtime("OpenVINO", "openvino") from None
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **runtime_config}
     compiled = core.compile_model(path, "CPU", config)
@@ -116,7 +116,7 @@ def load_onnxruntime(path: str, threads: int, runtime_config: dict, op_profile: 
     try:
         import onnxruntime as ort
     except ImportError:
-        raise _missing("onnxruntime", "onnxruntime") from None
+        raise missing_runtime("onnxruntime", "onnxruntime") from None
 
     def session(profiling: bool):
         options = ort.SessionOptions()
@@ -134,7 +134,7 @@ def load_onnxruntime(path: str, threads: int, runtime_config: dict, op_profile: 
         profiled = session(True)
         for _ in range(runs + 1):
             profiled.run(None, inputs)
-        events = _read_json(profiled.end_profiling())
+        events = read_json(profiled.end_profiling())
         # The profile starts with the session: the first run (lazy allocation) is left out, as warm-up.
         first_run = next(e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
         warm_from = first_run["ts"] + first_run["dur"]
@@ -148,7 +148,7 @@ def load_onnxruntime(path: str, threads: int, runtime_config: dict, op_profile: 
     return (lambda inputs: timed.run(None, inputs)), facts, profile_ops if op_profile else None
 
 
-def _read_json(path: str):
+def read_json(path: str):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -256,7 +256,7 @@ def main(arguments: list) -> int:
         print("deploykit-worker: usage: device_worker.py request.json", file=sys.stderr)
         return 2
     try:
-        print(json.dumps(measure(_read_json(arguments[0]))))
+        print(json.dumps(measure(read_json(arguments[0]))))
     except WorkerError as error:
         print(f"deploykit-worker: {error}", file=sys.stderr)
         return 3

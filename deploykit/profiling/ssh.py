@@ -172,10 +172,20 @@ class SshSession:
             raise DeployKitError(f"`{command}` failed on {self.settings.host}: {_last_line(stderr or stdout)}")
         return stdout
 
-    def run_worker(self, command: str, timeout_s: float, step: str) -> str:
-        """The worker's stdout; its first line is the remote shell's PID, kept so an interrupted run can be killed."""
+    def run_worker(self, command: str, timeout_s: float, step: str, on_line=None) -> str:
+        """The worker's stdout; its first line is the remote shell's PID, kept so an interrupted run can be killed.
+        `on_line` gets each later line as it arrives (a worker that streams)."""
+        lines = []
+
+        def line(text: str) -> None:
+            if not lines:
+                self._remember_pid(text)
+            elif on_line is not None:
+                on_line(text)
+            lines.append(None)
+
         try:
-            status, stdout, stderr = self._execute(command, timeout_s, on_first_line=self._remember_pid)
+            status, stdout, stderr = self._execute(command, timeout_s, on_line=line)
         except BaseException:
             self._kill_worker()
             raise
@@ -221,23 +231,24 @@ class SshSession:
             except Exception:  # noqa: BLE001 - best effort: `timeout` ends the worker anyway
                 pass
 
-    def _execute(self, command: str, timeout_s: float, on_first_line=None) -> tuple[int, str, str]:
-        """Run `command`, reading both streams until it exits or `timeout_s` passes (then a DeployKitError)."""
+    def _execute(self, command: str, timeout_s: float, on_line=None) -> tuple[int, str, str]:
+        """Run `command`, reading both streams until it exits or `timeout_s` passes (then a DeployKitError);
+        `on_line` gets each complete stdout line as it arrives."""
         channel = self.client.get_transport().open_session()
         channel.settimeout(0.2)
         channel.exec_command(command)
         stdout, stderr = bytearray(), bytearray()
         deadline = time.monotonic() + timeout_s
-        reported_first = on_first_line is None
+        reported = 0  # bytes of stdout already passed to on_line
         try:
             while True:
                 while channel.recv_ready():
                     stdout += channel.recv(65536)
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(65536)
-                if not reported_first and b"\n" in stdout:
-                    on_first_line(stdout.split(b"\n", 1)[0].decode(errors="replace"))
-                    reported_first = True
+                while on_line is not None and (end := stdout.find(b"\n", reported)) >= 0:
+                    on_line(stdout[reported:end].decode(errors="replace"))
+                    reported = end + 1
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
                 if time.monotonic() > deadline:

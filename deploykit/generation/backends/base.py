@@ -76,6 +76,10 @@ class DecoderBackend:
         """`runtime_config`: what export put in the artifact's `runtime_config` (checked by `runtime_settings`)."""
         raise NotImplementedError
 
+    def artifact_files(self, path: Path) -> list[Path]:
+        """The files an artifact is made of, `path` (the one the runtime opens) first."""
+        return [path]
+
     def runtime_settings(self, config: object) -> dict:
         """The runtime settings a build folder's generation.json may carry (untrusted): none unless a backend
         names them."""

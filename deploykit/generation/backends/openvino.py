@@ -57,7 +57,10 @@ class OpenVINODecoder(DecoderBackend):
         ov.save_model(model, str(path), compress_to_fp16=export.weights == "fp16")
         # Float weights run in float32: on CPUs with bf16 units the plugin would otherwise pick bf16 activations.
         config = {PRECISION_HINT: "f32"} if export.weights == "fp32" else {}
-        return DecoderArtifact(path, [path, path.with_suffix(".bin")], export, method, config)
+        return DecoderArtifact(path, self.artifact_files(path), export, method, config)
+
+    def artifact_files(self, path: Path) -> list[Path]:
+        return [path, path.with_suffix(".bin")]
 
     def runtime_settings(self, config: object) -> dict:
         value = config.get(PRECISION_HINT) if isinstance(config, dict) else None
