@@ -21,9 +21,11 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType, TokenType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from deploykit.errors import DeployKitError, quoted
+from deploykit.generation.gguf_metadata import count, value
+from deploykit.generation.gguf_tokenizer import tokenizer_files
 
 _MAX_TENSORS = _MAX_FIELDS = 1 << 16
 _MAX_NAME = 1 << 10
@@ -56,17 +58,6 @@ _GEMMA3_ROPE_BASES = (10_000.0, 1_000_000.0)
 _QWEN2_BIASES = {"attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
                  "attn_v.bias": "self_attn.v_proj.bias"}
 
-# tokenizer.ggml.pre -> the pre-tokenizer of the model's original tokenizer.json, as llama.cpp's llama-vocab.cpp
-# splits for that name. keras-hub's BytePairTokenizer applies its own split whatever tokenizer.json says.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_TOKENIZERS = {  # name -> the regex split before bytes become symbols (None: ByteLevel's own GPT-2 regex)
-    "gpt-2": None, "smollm": None, "starcoder": None,
-    "llama-bpe": _LLAMA3_SPLIT, "qwen2": _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}"),
-}
-_DIGIT_SPLITTING = {"smollm", "starcoder"}  # each digit its own pre-token (HF's Digits(individual_digits=True))
-
-
 def gguf_to_hugging_face(path: Path, folder: Path) -> dict:
     """Write config.json, model.safetensors, tokenizer.json and tokenizer_config.json for the GGUF file at `path`
     into `folder`; return provenance: {"format": "gguf", "architecture", "file_type" (e.g. "MOSTLY_Q4_1"),
@@ -80,12 +71,12 @@ def gguf_to_hugging_face(path: Path, folder: Path) -> dict:
         reader = gguf.GGUFReader(path)
     except (ValueError, KeyError, IndexError, UnicodeDecodeError) as error:
         raise _invalid(path, quoted(str(error), plain=True)) from None
-    architecture = _value(reader, "general.architecture", str)
+    architecture = value(reader, "general.architecture", str)
     if architecture not in _ARCHITECTURES:
         raise DeployKitError(f"GGUF architecture {quoted(architecture)} is not supported; deploykit converts "
                              f"{', '.join(_ARCHITECTURES)}")
     config = _config(reader, architecture)
-    tokenizer, tokenizer_config = _tokenizer(reader, config)
+    tokenizer, tokenizer_config = tokenizer_files(reader, config)
     weights = _weights(reader, config)
     config["tie_word_embeddings"] = "lm_head.weight" not in weights
 
@@ -110,7 +101,7 @@ def gguf_to_hugging_face(path: Path, folder: Path) -> dict:
 def _file_type(reader: gguf.GGUFReader) -> str:
     """general.file_type by llama.cpp's name for it (the predominant quantization), "UNKNOWN" when absent or new."""
     try:
-        return LlamaFileType(_value(reader, "general.file_type", int)).name
+        return LlamaFileType(value(reader, "general.file_type", int)).name
     except (DeployKitError, ValueError):
         return "UNKNOWN"
 
@@ -224,41 +215,6 @@ def _skip_value(cursor: _Cursor, kind: int, budget: int) -> int:
     return budget
 
 
-_REQUIRED = object()
-
-
-def _value(reader: gguf.GGUFReader, key: str, kind: type, default: object = _REQUIRED):
-    """The metadata value at `key`, of Python type `kind`: a missing or mistyped value is the file's fault."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is _REQUIRED:
-            raise DeployKitError(f"GGUF file lacks the metadata {quoted(key)}, which deploykit needs to convert it")
-        return default
-    try:
-        value = field.contents()
-    except UnicodeDecodeError:
-        raise DeployKitError(f"GGUF metadata {quoted(key)} is not valid UTF-8") from None
-    if kind is float and type(value) is int:
-        value = float(value)
-    if type(value) is not kind:
-        raise DeployKitError(f"GGUF metadata {quoted(key)} is a {type(value).__name__}, not a {kind.__name__}")
-    return value
-
-
-def _strings(reader: gguf.GGUFReader, key: str) -> list[str]:
-    values = _value(reader, key, list)
-    if not all(type(value) is str for value in values):
-        raise DeployKitError(f"GGUF metadata {quoted(key)} is not a list of strings")
-    return values
-
-
-def _count(reader: gguf.GGUFReader, key: str, limit: int = 1 << 20) -> int:
-    value = _value(reader, key, int)
-    if not 1 <= value <= limit:
-        raise DeployKitError(f"GGUF metadata {quoted(key)} is {value}, outside 1..{limit}")
-    return value
-
-
 @cache
 def _dequantizable() -> tuple[GGMLQuantizationType, ...]:
     """The types gguf.quants.dequantize implements, found by dequantizing one zero block of each."""
@@ -275,30 +231,30 @@ def _dequantizable() -> tuple[GGMLQuantizationType, ...]:
 def _config(reader: gguf.GGUFReader, architecture: str) -> dict:
     """config.json from the GGUF hyperparameters, checked for the shapes keras-hub's decoder layers take."""
     prefix = f"{architecture}."
-    hidden, heads = _count(reader, prefix + "embedding_length"), _count(reader, prefix + "attention.head_count")
-    kv_heads = _count(reader, prefix + "attention.head_count_kv")
-    head_dim = _value(reader, prefix + "attention.key_length", int, hidden // heads)
+    hidden, heads = count(reader, prefix + "embedding_length"), count(reader, prefix + "attention.head_count")
+    kv_heads = count(reader, prefix + "attention.head_count_kv")
+    head_dim = value(reader, prefix + "attention.key_length", int, hidden // heads)
     gemma = architecture == "gemma3"  # the only one whose head size is not hidden / heads
     if not 1 <= head_dim <= 1 << 12 or heads % kv_heads or head_dim % 2 or (not gemma and head_dim * heads != hidden):
         raise DeployKitError(f"GGUF attention shape {hidden=} {heads=} {kv_heads=} {head_dim=} is not one deploykit "
                              "converts")
     for key in ("rope.dimension_count", "attention.value_length"):
-        if _value(reader, prefix + key, int, head_dim) != head_dim:
+        if value(reader, prefix + key, int, head_dim) != head_dim:
             raise DeployKitError(f"GGUF metadata {prefix + key} differs from the head size {head_dim}; not supported")
-    scaling = _value(reader, prefix + "rope.scaling.type", str, "none")
+    scaling = value(reader, prefix + "rope.scaling.type", str, "none")
     if scaling != "none" and not (gemma and scaling == "linear"):
         raise DeployKitError(f"GGUF RoPE scaling {quoted(scaling)} is not supported; deploykit converts plain RoPE, "
                              "Llama 3's rope_freqs and Gemma 3's linear scaling")
     model_type, hf_class = _ARCHITECTURES[architecture]
-    context = _count(reader, prefix + "context_length", 1 << 24)
-    theta = _float32(_value(reader, prefix + "rope.freq_base", float, 10000.0))
-    layers = _count(reader, prefix + "block_count", 1 << 12)
+    context = count(reader, prefix + "context_length", 1 << 24)
+    theta = _float32(value(reader, prefix + "rope.freq_base", float, 10000.0))
+    layers = count(reader, prefix + "block_count", 1 << 12)
     config = {
         "architectures": [hf_class], "model_type": model_type,
-        "hidden_size": hidden, "intermediate_size": _count(reader, prefix + "feed_forward_length"),
+        "hidden_size": hidden, "intermediate_size": count(reader, prefix + "feed_forward_length"),
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "head_dim": head_dim, "hidden_act": "silu", "max_position_embeddings": context,
-        "rms_norm_eps": _float32(_value(reader, prefix + "attention.layer_norm_rms_epsilon", float)),
+        "rms_norm_eps": _float32(value(reader, prefix + "attention.layer_norm_rms_epsilon", float)),
         "rope_theta": theta, "rope_scaling": _rope_scaling(reader, theta, head_dim),
         "torch_dtype": "float32",
     }
@@ -315,12 +271,12 @@ def _gemma3_config(reader: gguf.GGUFReader, prefix: str, layers: int, theta: flo
                    head_dim: int) -> dict:
     """Gemma 3's own config.json keys. The query scale is not in GGUF: llama.cpp scales by the head size except in
     the 27B model (62 layers), which scales by hidden / heads, and so does this."""
-    local_theta = _float32(_value(reader, prefix + "rope.freq_base_swa", float, _GEMMA3_ROPE_BASES[0]))
+    local_theta = _float32(value(reader, prefix + "rope.freq_base_swa", float, _GEMMA3_ROPE_BASES[0]))
     if (local_theta, theta) != _GEMMA3_ROPE_BASES:
         raise DeployKitError(f"GGUF Gemma 3 RoPE bases {local_theta:g} (local) and {theta:g} (global) differ from "
                              f"the {_GEMMA3_ROPE_BASES[0]:g} and {_GEMMA3_ROPE_BASES[1]:g} keras-hub's Gemma 3 uses")
-    factor = _value(reader, prefix + "rope.scaling.factor", float, 1.0)
-    window = _count(reader, prefix + "attention.sliding_window", 1 << 24)
+    factor = value(reader, prefix + "rope.scaling.factor", float, 1.0)
+    window = count(reader, prefix + "attention.sliding_window", 1 << 24)
     types = ["full_attention" if (layer + 1) % _GEMMA3_GLOBAL_EVERY == 0 else "sliding_attention"
              for layer in range(layers)]
     pattern = reader.fields.get(prefix + "attention.sliding_window_pattern")
@@ -336,9 +292,9 @@ def _gemma3_config(reader: gguf.GGUFReader, prefix: str, layers: int, theta: flo
     }
 
 
-def _float32(value: float) -> float:
+def _float32(number: float) -> float:
     """A GGUF float32 as its shortest decimal (1e-05, not 9.999999747378752e-06), as the HF config had it."""
-    return float(str(np.float32(value)))
+    return float(str(np.float32(number)))
 
 
 def _rope_scaling(reader: gguf.GGUFReader, theta: float, head_dim: int) -> dict | None:
@@ -359,123 +315,6 @@ def _rope_scaling(reader: gguf.GGUFReader, theta: float, head_dim: int) -> dict 
         return None
     return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
             "original_max_position_embeddings": original}
-
-
-def _tokenizer(reader: gguf.GGUFReader, config: dict):
-    """tokenizer.json (a `tokenizers.Tokenizer`) and tokenizer_config.json from the tokenizer in the metadata."""
-    from tokenizers import AddedToken, processors
-
-    model = _value(reader, "tokenizer.ggml.model", str)
-    if model not in _TOKENIZER_MODELS:
-        raise DeployKitError(f"GGUF tokenizer model {quoted(model)} is not supported; deploykit converts 'gpt2' "
-                             "(byte-level BPE) and 'llama' (SentencePiece BPE) tokenizers")
-    tokens = _strings(reader, "tokenizer.ggml.tokens")
-    types = _value(reader, "tokenizer.ggml.token_type", list, [TokenType.NORMAL] * len(tokens))
-    vocab = {token: index for index, token in enumerate(tokens)}
-    if len(vocab) != len(tokens) or len(types) != len(tokens):
-        raise DeployKitError("GGUF vocabulary lists a token twice, or its token types do not match its tokens")
-    tokenizer = _TOKENIZER_MODELS[model](reader, tokens, types, vocab)
-    for kinds, add in (({TokenType.CONTROL, TokenType.UNKNOWN}, tokenizer.add_special_tokens),
-                       ({TokenType.USER_DEFINED}, tokenizer.add_tokens)):
-        add([AddedToken(tokens[index], normalized=False) for index, kind in enumerate(types) if kind in kinds])
-    named = {role: _special_token(reader, role, tokens) for role in ("bos", "eos", "unknown", "padding")}
-    add_bos = _value(reader, "tokenizer.ggml.add_bos_token", bool, False)
-    add_eos = _value(reader, "tokenizer.ggml.add_eos_token", bool, False)
-    added = [(named["bos"], add_bos), (named["eos"], add_eos)]
-    if any(token is None and wanted for token, wanted in added):
-        raise DeployKitError("GGUF tokenizer adds a BOS or EOS token it does not name")
-    if add_bos or add_eos:
-        single = " ".join([named["bos"]] * add_bos + ["$A"] + [named["eos"]] * add_eos)
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=single, pair=f"{single} {single.replace('$A', '$B:1')}",
-            special_tokens=sorted({(token, vocab[token]) for token, wanted in added if wanted}),
-        )
-    elif model == "gpt2":
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": named["bos"], "eos_token": named["eos"],
-        "unk_token": named["unknown"], "pad_token": named["padding"], "add_bos_token": add_bos,
-        "add_eos_token": add_eos, "model_max_length": config["max_position_embeddings"],
-        "clean_up_tokenization_spaces": False,
-    }
-    template = _value(reader, "tokenizer.chat_template", str, None)
-    if template is not None:
-        tokenizer_config["chat_template"] = template
-    config.update(vocab_size=len(tokens), bos_token_id=vocab.get(named["bos"]), eos_token_id=vocab.get(named["eos"]),
-                  pad_token_id=vocab.get(named["padding"]))
-    return tokenizer, tokenizer_config
-
-
-def _byte_level_bpe(reader: gguf.GGUFReader, tokens: list[str], types: list[int], vocab: dict[str, int]):
-    """GPT-2 style: merges listed in the metadata, bytes mapped to printable characters, a named regex split."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-    if (pre := _value(reader, "tokenizer.ggml.pre", str, "default")) not in _PRE_TOKENIZERS:
-        raise DeployKitError(f"GGUF pre-tokenizer {quoted(pre)} is not supported; deploykit converts "
-                             f"{', '.join(_PRE_TOKENIZERS)}")
-    merges = []
-    for merge in _strings(reader, "tokenizer.ggml.merges"):
-        cut = merge.find(" ", 1)  # as llama.cpp splits a merge: a first part that is itself a space stays whole
-        if cut < 0:
-            raise DeployKitError(f"GGUF merge {quoted(merge)} is not two tokens separated by a space")
-        merges.append((merge[:cut], merge[cut + 1:]))
-    try:
-        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre == "llama-bpe"))
-    except Exception as error:  # tokenizers raises plain Exception for a merge of tokens outside the vocabulary
-        raise DeployKitError(f"GGUF tokenizer is inconsistent: {quoted(str(error), plain=True)}") from None
-    regex = _PRE_TOKENIZERS[pre]
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex is None)]
-    if regex is not None:
-        steps.insert(0, pre_tokenizers.Split(Regex(regex), behavior="isolated"))
-    if pre in _DIGIT_SPLITTING:
-        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    if pre == "qwen2":
-        tokenizer.normalizer = normalizers.NFC()
-    tokenizer.decoder = decoders.ByteLevel()
-    return tokenizer
-
-
-def _sentencepiece_bpe(reader: gguf.GGUFReader, tokens: list[str], types: list[int], vocab: dict[str, int]):
-    """SentencePiece BPE (Gemma, Llama 2): GGUF keeps each piece's score, not the merges. llama.cpp merges the
-    adjacent pair whose joined piece scores highest; a BPE whose merges are every split of every normal piece, ranked
-    by the joined piece's score, picks the same pairs (Hugging Face builds Gemma's tokenizer.json the same way).
-    Spaces are "▁", and characters outside the vocabulary fall back to <0xNN> byte pieces."""
-    from tokenizers import Tokenizer, decoders, models, normalizers
-
-    scores = _value(reader, "tokenizer.ggml.scores", list)
-    if len(scores) != len(tokens) or not all(type(score) is float for score in scores):
-        raise DeployKitError("GGUF tokenizer.ggml.scores is not one float per token")
-    normal = [index for index, kind in enumerate(types) if kind == TokenType.NORMAL]
-    merges = []
-    for index in sorted(normal, key=lambda index: (-scores[index], index)):
-        piece = tokens[index]
-        splits = [(piece[:cut], piece[cut:]) for cut in range(1, len(piece))]
-        merges.extend(sorted(((left, right) for left, right in splits if left in vocab and right in vocab),
-                             key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
-    unknown = _special_token(reader, "unknown", tokens)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unknown, byte_fallback=True,
-                                     fuse_unk=True))
-    space = [normalizers.Replace(" ", "\u2581")]
-    decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-    if _value(reader, "tokenizer.ggml.add_space_prefix", bool, True):  # llama.cpp's default for SentencePiece
-        space.insert(0, normalizers.Prepend("\u2581"))
-        decode.append(decoders.Strip(" ", 1, 0))
-    tokenizer.normalizer = normalizers.Sequence(space)
-    tokenizer.decoder = decoders.Sequence(decode)
-    return tokenizer
-
-
-_TOKENIZER_MODELS = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
-
-
-def _special_token(reader: gguf.GGUFReader, role: str, tokens: list[str]) -> str | None:
-    index = _value(reader, f"tokenizer.ggml.{role}_token_id", int, None)
-    if index is None:
-        return None
-    if not 0 <= index < len(tokens):
-        raise DeployKitError(f"GGUF {role} token id {index} is outside the vocabulary of {len(tokens)} tokens")
-    return tokens[index]
 
 
 def _hf_shapes(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
