@@ -127,9 +127,9 @@ def main() -> None:
                     files = export_in_child(runtime, saved, default, scratch / "litert-default").files
                 decoders[vendor] = (backend.load(files[0], args.threads), sum(p.stat().st_size for p in files))
         if bundle.details.get("format") == "gguf":
-            from deploykit.generation.loaders import alias_path
+            from deploykit.generation.loaders import ALIASES, alias_path
 
-            gguf = alias_path(args.model) if args.model == "smollm2-135m" else Path(args.model)
+            gguf = alias_path(args.model) if args.model in ALIASES else Path(args.model)
             peer = llama_cpp_decoder(gguf, args.cache_length, args.threads)
             if peer is None:
                 print("llama.cpp: llama-cpp-python is not installed (pip install llama-cpp-python); row left out.")
