@@ -71,7 +71,7 @@ class DeviceFolder:
         return name
 
     def run(self, request: dict, step: str, on_line: Callable[[str], None] | None = None) -> dict:
-        """One worker run; its last stdout line parsed as JSON (earlier lines, if any, went to `on_line`)."""
+        """One worker run; its last stdout line parsed as JSON. `on_line` sees every line as it arrives."""
         self.session.copy([], self.folder, {"request.json": json.dumps(request)})
         python = shlex.split(self.runner.settings.python)
         command = (f"cd {shlex.quote(self.folder)} && echo $$ && exec timeout -k {KILL_GRACE_S} {self.timeout_s:g} "
@@ -79,9 +79,9 @@ class DeviceFolder:
         lines: list[str] = []
 
         def collect(text: str) -> None:
-            if lines and on_line is not None:
-                on_line(lines[-1])
             lines.append(text)
+            if on_line is not None:
+                on_line(text)
 
         self.session.run_worker(command, self.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
                                 f"{step} on {self.runner.device_name}", collect)
@@ -140,7 +140,7 @@ def generate_on_device(runner: SshRunner, runtime: str, files: list[Path], setti
                            "prompt": prompt_ids, "max_new_tokens": max_new_tokens, "stop_ids": sorted(stop_ids),
                            "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k,
                                         "seed": sampling.seed}}
-                answer = remote.run(request, "generating", lambda line: produced.put(json.loads(line)["token"]))
+                answer = remote.run(request, "generating", lambda line: _token(line, produced))
                 where(runner, answer, count)
         except BaseException as error:  # noqa: BLE001 - handed to the consuming thread, which raises it
             produced.put(error)
@@ -153,6 +153,16 @@ def generate_on_device(runner: SshRunner, runtime: str, files: list[Path], setti
             raise item
         yield int(item)
     thread.join()
+
+
+def _token(line: str, produced) -> None:
+    """A streamed token line ({"token": id}) onto the queue; the worker's last line (its summary) is not one."""
+    try:
+        token = json.loads(line).get("token")
+    except (ValueError, AttributeError):
+        return
+    if isinstance(token, int):
+        produced.put(token)
 
 
 def time_on_device(runner: SshRunner, runtime: str, artifacts: dict[str, tuple[list[Path], dict]], vocabulary: int,
