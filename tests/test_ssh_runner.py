@@ -255,3 +255,17 @@ def test_the_device_worker_imports_only_the_standard_library_and_the_runtime(bui
         assert done.returncode == 0, done.stderr
         direct, forbidden = ast.literal_eval(done.stderr.strip().splitlines()[-1].replace("] [", "], ["))
         assert set(direct) == runtime_packages[backend] and forbidden == []
+
+
+def test_a_paired_timing_on_the_device_copies_both_and_removes_them(sshd, built, tmp_path):
+    import numpy as np
+
+    from deploykit.profiling.base import PairedTiming
+
+    runner = _runner(sshd, tmp_path / "remote")
+    artifact = next(p for p in (built / "intel-cpu").iterdir() if p.suffix == ".xml")  # with its .bin beside it
+    sample = {"token_ids": np.full((1, 16), 2, np.int32), "padding_mask": np.ones((1, 16), np.int32)}
+    settings = ProfileSettings(warmup=1, paired=PairedTiming(runs=3, min_rounds=4, max_rounds=4))
+    paired = runner.profile_pair("openvino", artifact, {}, artifact, {}, sample, 1, settings)
+    assert paired["rounds"] == 4 and paired["runtime"]["name"] == "openvino" and paired["speedup"] > 0
+    assert list((tmp_path / "remote").iterdir()) == []

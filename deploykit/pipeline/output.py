@@ -62,6 +62,7 @@ def write_target(job: TargetJob, chosen: TriedCandidate, tried: list[TriedCandid
         for name, path in (extra or {}).items():
             shutil.copy2(path, staging / name)
         baseline = session.baseline(backend, target, runner, plan.threads)
+        paired = _paired_timing(job, chosen, baseline)
         device_compile = _device_compile(session, target, chosen, staging)
         reference = session.reference()
         report = assemble_report(
@@ -69,7 +70,7 @@ def write_target(job: TargetJob, chosen: TriedCandidate, tried: list[TriedCandid
             chosen=chosen, tried=tried, baseline=baseline, original_accuracy=reference.accuracy,
             label_mapping=reference.label_mapping, timings=_timings_since(timings_before, log.seconds),
             measured_on=runner.describe(target, chosen.measured.profile["threads"]),
-            integer_graph=chosen.integer_graph, device_compile=device_compile,
+            integer_graph=chosen.integer_graph, device_compile=device_compile, paired=paired,
         )
         if search is not None:
             report["search"] = search
@@ -86,6 +87,21 @@ def write_target(job: TargetJob, chosen: TriedCandidate, tried: list[TriedCandid
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return BuildResult(target.name, final, report)
+
+
+def _paired_timing(job: TargetJob, chosen: TriedCandidate, baseline) -> dict | None:
+    """The shipped artifact against the fp32 baseline in alternating rounds on the same runner (None where the
+    runner cannot load both at once): the report's speed-up, which load on the machine then hits on both sides.
+    Both take the chosen candidate's inputs (a trimmed vocabulary's ids are ids of the original's too)."""
+    session, backend, runner, plan = job.session, job.backend, job.runner, job.plan
+    artifact = chosen.measured.artifact
+    inputs = session.models.encoded("evaluation", chosen.candidate.recipe)
+    sample = {name: values[:1] for name, values in inputs.items()}
+    settings = session.options.profile
+    with session.log.step("paired_timing", f"Timing {chosen.label} against the fp32 baseline side by side "
+                                           f"(alternating rounds of {settings.paired.runs} runs each)"):
+        return runner.profile_pair(backend.name, artifact.path, artifact.runtime_config, baseline.artifact.path,
+                                   baseline.artifact.runtime_config, sample, plan.threads, settings)
 
 
 def _device_compile(session: BuildSession, target: Target, chosen: TriedCandidate, folder: Path) -> dict | None:

@@ -24,6 +24,21 @@ Inputs = dict  # input name -> numpy array (batch 1)
 
 
 @dataclass(frozen=True)
+class PairedTiming:
+    """The shipped artifact and its baseline timed side by side in alternating rounds, the ratio taken per round:
+    load on a busy machine hits both alike. Each round times `runs` inferences of each (10: a median robust to one
+    preempted run); at least `min_rounds` rounds (10: enough for a bootstrap interval of the median ratio), more
+    while the per-round ratio's coefficient of variation is above `max_cv` (5%: the spread at which a 2.8x
+    speed-up is still told from 2.5x), up to `max_rounds` or `budget_s` seconds."""
+
+    runs: int = 10
+    min_rounds: int = 10
+    max_rounds: int = 40
+    max_cv: float = 0.05
+    budget_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ProfileSettings:
     """How to time an artifact. 100 runs give a stable p99 estimate; 10 warm-up runs absorb lazy init."""
 
@@ -34,6 +49,7 @@ class ProfileSettings:
     timeout_s: float = 600.0
     # Per-op times from the runtime's profiler, in extra runs after the timed ones (never mixed into latencies).
     op_profile: bool = True
+    paired: PairedTiming = PairedTiming()
 
 
 class RunnerSettings(BaseModel):
@@ -74,6 +90,12 @@ class ProfileRunner:
                 settings: ProfileSettings) -> dict:
         """Latency summary (p50/p90/p99, throughput), peak memory and runtime facts of one artifact."""
         raise NotImplementedError
+
+    def profile_pair(self, backend: str, artifact: Path, runtime_config: dict, baseline: Path, baseline_config: dict,
+                     sample: Inputs, threads: int, settings: ProfileSettings) -> dict | None:
+        """The artifact against `baseline` in alternating rounds (`profiling.stats.paired_speedup`); None where this
+        runner cannot load both at once (the report then says its ratio came from separate timings)."""
+        return None
 
 
 RUNNERS: Registry[ProfileRunner] = Registry("profiling runner", "deploykit.profiling", "deploykit.runners")

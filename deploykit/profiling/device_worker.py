@@ -7,7 +7,8 @@ runtime it needs (plus NumPy, which every runtime's Python API takes tensors in
 and installs with itself): a Raspberry Pi with just `pip install ai-edge-litert`
 can run it. Python 3.8 or newer.
 
-Usage: python -I device_worker.py request.json   (the request's format: `request()` in local.py)
+Usage: python -I device_worker.py request.json   (the request's format: worker_io.py; with a "pair", the
+artifact and a baseline are timed side by side in alternating rounds)
 Prints one JSON line; on failure, one line `deploykit-worker: <message>` on stderr and exit code 3.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from importlib import metadata
@@ -251,12 +253,52 @@ def measure(request: dict) -> dict:
     return measured
 
 
+def measure_pair(request: dict) -> dict:
+    """The artifact and a baseline (`request["pair"]`) loaded side by side and timed in alternating rounds, in
+    ABBA order, so that load on the device and drift hit both alike: per round, each one's median over `runs`
+    inferences. Rounds go on past `min_rounds` while the per-round ratio's coefficient of variation is above
+    `max_cv`, up to `max_rounds` or `budget_s` seconds."""
+    pair = request["pair"]
+    loader = LOADERS.get(request["backend"])
+    if loader is None:
+        raise WorkerError(f"this worker cannot time {request['backend']!r} artifacts (known: {', '.join(LOADERS)})")
+    for path in (request["artifact"], pair["artifact"]):
+        if not os.path.isfile(path):
+            raise WorkerError(f"the artifact {path} is not on this device")
+    run, runtime, _ = loader(request["artifact"], request["threads"], request["runtime_config"], False)
+    run_baseline, _, _ = loader(pair["artifact"], request["threads"], pair["runtime_config"], False)
+    inputs = _arrays(request["inputs"])
+    for _ in range(max(1, request["warmup"])):
+        run(inputs)
+        run_baseline(inputs)
+    rounds = []
+    started = time.monotonic()
+    while len(rounds) < pair["max_rounds"]:
+        medians = [0.0, 0.0]
+        order = ((0, run), (1, run_baseline)) if len(rounds) % 2 == 0 else ((1, run_baseline), (0, run))
+        for index, timed in order:
+            latencies = []
+            for _ in range(pair["runs"]):
+                start = time.perf_counter_ns()
+                timed(inputs)
+                latencies.append((time.perf_counter_ns() - start) / 1e6)
+            medians[index] = statistics.median(latencies)
+        rounds.append(medians)
+        if len(rounds) >= pair["min_rounds"]:
+            ratios = [baseline / artifact for artifact, baseline in rounds]
+            if (statistics.pstdev(ratios) / statistics.fmean(ratios) <= pair["max_cv"]
+                    or time.monotonic() - started > pair["budget_s"]):
+                break
+    return {"rounds_ms": rounds, "runtime": runtime, "device": device_facts()}
+
+
 def main(arguments: list) -> int:
     if len(arguments) != 1:
         print("deploykit-worker: usage: device_worker.py request.json", file=sys.stderr)
         return 2
     try:
-        print(json.dumps(measure(read_json(arguments[0]))))
+        request = read_json(arguments[0])
+        print(json.dumps(measure_pair(request) if "pair" in request else measure(request)))
     except WorkerError as error:
         print(f"deploykit-worker: {error}", file=sys.stderr)
         return 3

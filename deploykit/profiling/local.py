@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deploykit.backends.base import Inputs
 from deploykit.profiling.base import ProfileRunner, ProfileSettings
-from deploykit.profiling.worker_io import WORKER_SCRIPT, worker_request, worker_result
+from deploykit.profiling.worker_io import WORKER_SCRIPT, pair_result, worker_request, worker_result
 from deploykit.subprocesses import run_step
 
 
@@ -48,6 +48,12 @@ class LocalRunner(ProfileRunner):
         self.facts = profile["device"]
         return profile
 
+    def profile_pair(self, backend: str, artifact: Path, runtime_config: dict, baseline: Path, baseline_config: dict,
+                     sample: Inputs, threads: int, settings: ProfileSettings) -> dict:
+        request = worker_request(backend, str(artifact.resolve()), runtime_config, sample, threads, settings,
+                                 (str(baseline.resolve()), baseline_config))
+        return pair_result(_run_worker(f"timing {artifact.name} against {baseline.name}", request, settings))
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
@@ -70,11 +76,16 @@ def profile_artifact(
     backend: str, artifact: Path, runtime_config: dict, sample: Inputs, threads: int, settings: ProfileSettings
 ) -> dict:
     """Latency summary, peak RSS, runtime and device facts of one artifact on a batch-1 sample, in a fresh process."""
+    request = worker_request(backend, str(artifact.resolve()), runtime_config, sample, threads, settings)
+    return worker_result(_run_worker(f"profiling {artifact.name} on {backend}", request, settings), threads)
+
+
+def _run_worker(step: str, request: str, settings: ProfileSettings) -> str:
+    """The worker's stdout for one request, run in a fresh process inside a temp folder."""
     with tempfile.TemporaryDirectory(prefix="deploykit-profile-") as folder:
         request_path = Path(folder) / "request.json"
-        request_path.write_text(worker_request(backend, str(artifact.resolve()), runtime_config, sample, threads,
-                                               settings))
+        request_path.write_text(request)
         # -I: the worker sees neither the caller's working directory nor PYTHON* variables on its path.
-        done = run_step(f"profiling {artifact.name} on {backend}",
-                        [sys.executable, "-I", str(WORKER_SCRIPT), str(request_path)], settings.timeout_s, cwd=folder)
-    return worker_result(done.stdout, threads)
+        done = run_step(step, [sys.executable, "-I", str(WORKER_SCRIPT), str(request_path)], settings.timeout_s,
+                        cwd=folder)
+    return done.stdout

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from deploykit.errors import DeployKitError
 from deploykit.profiling.base import Inputs, ProfileRunner, ProfileSettings, RunnerSettings
-from deploykit.profiling.worker_io import WORKER_SCRIPT, worker_error, worker_request, worker_result
+from deploykit.profiling.worker_io import WORKER_SCRIPT, pair_result, worker_error, worker_request, worker_result
 
 # Seconds between the remote `timeout` sending TERM and KILL, and the extra wait for the connection to report it.
 KILL_GRACE_S = 5
@@ -101,16 +101,39 @@ class SshRunner(ProfileRunner):
             folder = session.make_temp_folder()
             try:
                 session.copy([WORKER_SCRIPT, *files], folder, {"request.json": request})
-                python = shlex.split(self.settings.python)
-                command = (f"cd {shlex.quote(folder)} && echo $$ && exec timeout -k {KILL_GRACE_S} "
-                           f"{settings.timeout_s:g} {shlex.join(python)} -I {WORKER_SCRIPT.name} request.json")
-                stdout = session.run_worker(command, settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
+                stdout = session.run_worker(self._worker_command(folder, settings),
+                                            settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
                                             f"profiling {artifact.name} on {self.device_name}")
             finally:
                 session.remove(folder)
         profile = worker_result(stdout, threads)
         self.facts, self.runtime = profile["device"], profile["runtime"]
         return profile
+
+    def profile_pair(self, backend: str, artifact: Path, runtime_config: dict, baseline: Path, baseline_config: dict,
+                     sample: Inputs, threads: int, settings: ProfileSettings) -> dict:
+        from deploykit.backends.base import get_backend
+
+        files = get_backend(backend).artifact_files
+        with SshSession(self.settings) as session:
+            folder = session.make_temp_folder()
+            try:
+                session.run(f"mkdir {shlex.quote(folder + '/baseline')}")
+                session.copy(files(baseline), f"{folder}/baseline", {})
+                request = worker_request(backend, artifact.name, runtime_config, sample, threads, settings,
+                                         (f"baseline/{baseline.name}", baseline_config))
+                session.copy([WORKER_SCRIPT, *files(artifact)], folder, {"request.json": request})
+                stdout = session.run_worker(self._worker_command(folder, settings),
+                                            settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
+                                            f"timing {artifact.name} against {baseline.name} on {self.device_name}")
+            finally:
+                session.remove(folder)
+        return pair_result(stdout)
+
+    def _worker_command(self, folder: str, settings: ProfileSettings) -> str:
+        python = shlex.split(self.settings.python)
+        return (f"cd {shlex.quote(folder)} && echo $$ && exec timeout -k {KILL_GRACE_S} "
+                f"{settings.timeout_s:g} {shlex.join(python)} -I {WORKER_SCRIPT.name} request.json")
 
 
 class SshSession:

@@ -33,3 +33,29 @@ def ratio_interval(numerator_ms: list[float], denominator_ms: list[float], level
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(np.median(first) / np.median(second)), float(low), float(high)
+
+
+# Per-round ratios whose two halves' medians differ by more than this share drifted (thermal throttling, a
+# frequency governor, another job starting): the report says so beside the interval.
+DRIFT = 0.10
+
+
+def paired_speedup(rounds_ms: list[list[float]], level: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> dict:
+    """The speed-up (baseline / artifact) from alternating rounds [[artifact ms, baseline ms], ...]: the median of
+    the per-round ratios, a percentile-bootstrap interval over rounds at `level`, the coefficients of variation, and
+    whether the ratio drifted between the first and second half of the rounds. Seeded: the same rounds give the
+    same interval."""
+    rounds = np.asarray(rounds_ms, np.float64)
+    ratios = rounds[:, 1] / rounds[:, 0]
+    generator = np.random.default_rng(seed)
+    medians = np.median(ratios[generator.integers(0, len(ratios), (resamples, len(ratios)))], axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    half = len(ratios) // 2
+    first, second = (np.median(ratios[:half]), np.median(ratios[half:])) if half else (ratios[0], ratios[0])
+    cv = lambda values: round(float(values.std() / values.mean()), 4)  # noqa: E731
+    return {"speedup": round(float(np.median(ratios)), 4), "interval": [round(float(low), 4), round(float(high), 4)],
+            "level": level, "rounds": int(len(ratios)), "ratio_cv": cv(ratios), "artifact_cv": cv(rounds[:, 0]),
+            "baseline_cv": cv(rounds[:, 1]), "drift": bool(abs(second - first) / np.median(ratios) > DRIFT),
+            "rounds_ms": [[round(float(a), 4), round(float(b), 4)] for a, b in rounds]}

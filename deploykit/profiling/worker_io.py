@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from deploykit.errors import DeployKitError
 from deploykit.profiling.base import Inputs, ProfileSettings
-from deploykit.profiling.stats import latency_summary
+from deploykit.profiling.stats import latency_summary, paired_speedup
 
 WORKER_SCRIPT = Path(__file__).with_name("device_worker.py")
 WORKER_ERROR_PREFIX = "deploykit-worker: "
 
 
 def worker_request(backend: str, artifact: str, runtime_config: dict, sample: Inputs, threads: int,
-                   settings: ProfileSettings) -> str:
-    """The request file's text: inputs as plain lists so the worker needs no file format beyond JSON."""
+                   settings: ProfileSettings, baseline: tuple[str, dict] | None = None) -> str:
+    """The request file's text: inputs as plain lists so the worker needs no file format beyond JSON. `baseline`
+    (its path and runtime config): time the two side by side in alternating rounds instead."""
     inputs = {name: {"dtype": str(values.dtype), "shape": list(values.shape), "values": values.ravel().tolist()}
               for name, values in sample.items()}
-    return json.dumps({"backend": backend, "artifact": artifact, "runtime_config": runtime_config, "inputs": inputs,
-                       "threads": threads, "runs": settings.runs, "warmup": settings.warmup,
-                       "op_profile": settings.op_profile})
+    request = {"backend": backend, "artifact": artifact, "runtime_config": runtime_config, "inputs": inputs,
+               "threads": threads, "runs": settings.runs, "warmup": settings.warmup, "op_profile": settings.op_profile}
+    if baseline is not None:
+        request["pair"] = {"artifact": baseline[0], "runtime_config": baseline[1], **asdict(settings.paired)}
+    return json.dumps(request)
+
+
+def pair_result(stdout: str) -> dict:
+    """The paired timing from the worker's JSON line: the speed-up over rounds with its interval and spread."""
+    try:
+        measured = json.loads(stdout.strip().splitlines()[-1])
+        return {**paired_speedup(measured["rounds_ms"]), "runtime": measured["runtime"], "device": measured["device"]}
+    except (IndexError, KeyError, TypeError, ValueError) as error:
+        raise DeployKitError(f"the profiling worker's output is not what deploykit expects ({type(error).__name__}: "
+                             f"{error}); the device's worker and this deploykit may differ in version.") from None
 
 
 def worker_result(stdout: str, threads: int) -> dict:

@@ -53,6 +53,7 @@ def assemble_report(
     measured_on: dict,
     integer_graph: dict | None = None,
     device_compile: dict | None = None,
+    paired: dict | None = None,
 ) -> dict:
     """The report of one target's build: the chosen candidate, every candidate tried, the baseline."""
     artifact = chosen.measured
@@ -109,11 +110,13 @@ def assemble_report(
             "per_sample": artifact.quality.get("per_sample"),  # each cosine, or confusion matrices
             "original_accuracy": original_accuracy,
             "accuracy_drop": chosen.accuracy_drop,
-            "speedup_vs_baseline": _ratio(baseline.profile["latency_ms"]["p50"], artifact.profile["latency_ms"]["p50"]),
+            # From alternating rounds where the runner could time both side by side, else from the two p50s.
+            "speedup_vs_baseline": paired["speedup"] if paired else _ratio(baseline.profile["latency_ms"]["p50"],
+                                                                           artifact.profile["latency_ms"]["p50"]),
             "size_ratio_vs_baseline": _ratio(artifact_entry["bytes"], baseline_entry["bytes"]),
         },
         # Slower than the baseline, or than a faster candidate passed over for a missed gate: said, not hidden.
-        "speed": speed_findings(baseline.profile, chosen, tried),
+        "speed": speed_findings(baseline.profile, chosen, tried, paired),
         "compatibility": {
             "integer_only_required": target.integer_only,
             **(chosen.compatibility.as_dict() if chosen.compatibility else {"fallback_ops": None, "fallback_reasons": None}),

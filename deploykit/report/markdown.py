@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.planner import step_details
-from deploykit.report.speed import speed_warnings
+from deploykit.report.speed import speed_method, speed_warnings
 from deploykit.report.formatting import megabytes as _megabytes, number as _number
 
 
@@ -54,6 +54,8 @@ def render_markdown(report: dict) -> str:
     if report.get("candidates_not_tried"):
         lines += ["", f"Planned but not tried, since an earlier candidate was chosen: "
                       f"{', '.join(report['candidates_not_tried'])}."]
+    if method := speed_method(report):
+        lines += ["", method]
     if warnings := speed_warnings(report):
         lines += ["", "## Speed warnings", "", *(f"- **{line}**" for line in warnings)]
     lines += _previous_lines(report.get("previous"))

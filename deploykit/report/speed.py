@@ -15,10 +15,15 @@ from deploykit.profiling.stats import ratio_interval
 CONFIDENCE = 0.95
 
 
-def speed_findings(baseline_profile: dict, chosen, tried: list, level: float = CONFIDENCE) -> dict:
-    """The shipped artifact's speed-up over the baseline with its interval, whether it is slower, and the candidates
-    tried before it that were faster but missed a gate."""
-    speedup, interval = _compare(baseline_profile, chosen.measured.profile, level)
+def speed_findings(baseline_profile: dict, chosen, tried: list, paired: dict | None = None,
+                   level: float = CONFIDENCE) -> dict:
+    """The shipped artifact's speed-up over the baseline with its interval (from `paired`, the alternating rounds,
+    when the runner ran them; else from the two separate timings), whether it is slower, and the candidates tried
+    before it that were faster but missed a gate."""
+    if paired is not None:
+        speedup, interval = paired["speedup"], paired["interval"]
+    else:
+        speedup, interval = _compare(baseline_profile, chosen.measured.profile, level)
     displaced = []
     for candidate in tried:
         if candidate is chosen or candidate.passed:
@@ -32,6 +37,7 @@ def speed_findings(baseline_profile: dict, chosen, tried: list, level: float = C
     slower = speedup is not None and speedup < 1
     return {"speedup_interval": interval, "level": level, "slower_than_baseline": slower,
             "slower_beyond_noise": slower and (interval is None or interval[1] < 1),
+            "timing": "alternating rounds" if paired is not None else "separate runs", "paired": paired,
             "faster_candidates_displaced": displaced}
 
 
@@ -60,3 +66,22 @@ def speed_warnings(report: dict) -> list[str]:
         lines.append(f"Candidate {row['candidate']} was {row['faster_by']:.2f}× faster ({row['latency_ms_p50']:.2f} ms "
                      f"p50{noise}) but missed {', '.join(row['missed']) or 'a gate'}.")
     return lines
+
+
+def speed_method(report: dict) -> str | None:
+    """How the speed-up was measured, in one sentence (None for reports from before paired timing)."""
+    speed = report.get("speed") or {}
+    paired = speed.get("paired")
+    if paired:
+        low, high = paired["interval"]
+        text = (f"Speed-up {paired['speedup']:.2f}× ({low:.2f}–{high:.2f}, {paired['level']:.0%} bootstrap interval) "
+                f"from {paired['rounds']} alternating rounds against the fp32 baseline on the same runner; the "
+                f"per-round ratio varied by {paired['ratio_cv']:.1%} (coefficient of variation).")
+        if paired.get("drift"):
+            text += " The ratio drifted between the first and the second half of the rounds: the machine's speed " \
+                    "changed while it was timed (throttling, another job); rerun on a quiet machine to confirm."
+        return text
+    if speed.get("timing") == "separate runs":
+        return ("Speed-up from the two artifacts timed one after the other (this runner cannot time them side by "
+                "side): load that hit one run and not the other is in the ratio.")
+    return None

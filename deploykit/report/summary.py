@@ -34,6 +34,8 @@ def target_summary(result: BuildResult) -> dict:
         "baseline_latency_ms_p50": report["baseline"]["latency_ms"]["p50"],
         "speedup_vs_baseline": metrics["speedup_vs_baseline"],
         "speedup_interval": report["speed"]["speedup_interval"],
+        "speedup_timing": report["speed"].get("timing"),  # "alternating rounds" or "separate runs"
+        "speedup_ratio_cv": (report["speed"].get("paired") or {}).get("ratio_cv"),
         "slower_than_baseline": report["speed"]["slower_than_baseline"],
         "faster_candidates_displaced": report["speed"]["faster_candidates_displaced"],
         "fidelity": metrics["fidelity"],
