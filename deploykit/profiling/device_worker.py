@@ -271,10 +271,10 @@ def measure_pair(request: dict) -> dict:
     for _ in range(max(1, request["warmup"])):
         run(inputs)
         run_baseline(inputs)
-    rounds = []
+    rounds, fastest = [], []
     started = time.monotonic()
     while len(rounds) < pair["max_rounds"]:
-        medians = [0.0, 0.0]
+        medians, minimums = [0.0, 0.0], [0.0, 0.0]
         order = ((0, run), (1, run_baseline)) if len(rounds) % 2 == 0 else ((1, run_baseline), (0, run))
         for index, timed in order:
             latencies = []
@@ -282,14 +282,15 @@ def measure_pair(request: dict) -> dict:
                 start = time.perf_counter_ns()
                 timed(inputs)
                 latencies.append((time.perf_counter_ns() - start) / 1e6)
-            medians[index] = statistics.median(latencies)
+            medians[index], minimums[index] = statistics.median(latencies), min(latencies)
         rounds.append(medians)
+        fastest.append(minimums)
         if len(rounds) >= pair["min_rounds"]:
             ratios = [baseline / artifact for artifact, baseline in rounds]
             if (statistics.pstdev(ratios) / statistics.fmean(ratios) <= pair["max_cv"]
                     or time.monotonic() - started > pair["budget_s"]):
                 break
-    return {"rounds_ms": rounds, "runtime": runtime, "device": device_facts()}
+    return {"rounds_ms": rounds, "rounds_min_ms": fastest, "runtime": runtime, "device": device_facts()}
 
 
 def main(arguments: list) -> int:

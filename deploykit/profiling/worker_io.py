@@ -31,7 +31,8 @@ def pair_result(stdout: str) -> dict:
     """The paired timing from the worker's JSON line: the speed-up over rounds with its interval and spread."""
     try:
         measured = json.loads(stdout.strip().splitlines()[-1])
-        return {**paired_speedup(measured["rounds_ms"]), "runtime": measured["runtime"], "device": measured["device"]}
+        return {**paired_speedup(measured["rounds_ms"]), "by_fastest_run": paired_speedup(measured["rounds_min_ms"]),
+                "runtime": measured["runtime"], "device": measured["device"]}
     except (IndexError, KeyError, TypeError, ValueError) as error:
         raise DeployKitError(f"the profiling worker's output is not what deploykit expects ({type(error).__name__}: "
                              f"{error}); the device's worker and this deploykit may differ in version.") from None

@@ -41,7 +41,8 @@ def _row(name: str, report: dict) -> dict:
     separate = report["baseline"]["latency_ms"]["p50"] / report["metrics"]["latency_ms"]["p50"]
     return {"run": name, "speedup": report["metrics"]["speedup_vs_baseline"], "interval": paired.get("interval"),
             "rounds": paired.get("rounds"), "ratio_cv": paired.get("ratio_cv"), "drift": paired.get("drift"),
-            "separate_p50_ratio": round(separate, 4), "artifact": report["artifact"]["candidate"]}
+            "separate_p50_ratio": round(separate, 4), "artifact": report["artifact"]["candidate"],
+            "by_fastest_run": {key: (paired.get("by_fastest_run") or {}).get(key) for key in ("speedup", "interval", "ratio_cv")}}
 
 
 def main() -> None:
