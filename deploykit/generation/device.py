@@ -73,9 +73,7 @@ class DeviceFolder:
     def run(self, request: dict, step: str, on_line: Callable[[str], None] | None = None) -> dict:
         """One worker run; its last stdout line parsed as JSON. `on_line` sees every line as it arrives."""
         self.session.copy([], self.folder, {"request.json": json.dumps(request)})
-        python = shlex.split(self.runner.settings.python)
-        command = (f"cd {shlex.quote(self.folder)} && echo $$ && exec timeout -k {KILL_GRACE_S} {self.timeout_s:g} "
-                   f"{shlex.join(python)} -I decoder_worker.py request.json")
+        command = self.runner.worker_command(self.folder, self.timeout_s, "decoder_worker.py")
         lines: list[str] = []
 
         def collect(text: str) -> None:

@@ -101,7 +101,7 @@ class SshRunner(ProfileRunner):
             folder = session.make_temp_folder()
             try:
                 session.copy([WORKER_SCRIPT, *files], folder, {"request.json": request})
-                stdout = session.run_worker(self._worker_command(folder, settings),
+                stdout = session.run_worker(self.worker_command(folder, settings.timeout_s),
                                             settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
                                             f"profiling {artifact.name} on {self.device_name}")
             finally:
@@ -123,17 +123,19 @@ class SshRunner(ProfileRunner):
                 request = worker_request(backend, artifact.name, runtime_config, sample, threads, settings,
                                          (f"baseline/{baseline.name}", baseline_config))
                 session.copy([WORKER_SCRIPT, *files(artifact)], folder, {"request.json": request})
-                stdout = session.run_worker(self._worker_command(folder, settings),
+                stdout = session.run_worker(self.worker_command(folder, settings.timeout_s),
                                             settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
                                             f"timing {artifact.name} against {baseline.name} on {self.device_name}")
             finally:
                 session.remove(folder)
         return pair_result(stdout)
 
-    def _worker_command(self, folder: str, settings: ProfileSettings) -> str:
+    def worker_command(self, folder: str, timeout_s: float, script: str = WORKER_SCRIPT.name) -> str:
+        """The shell command that runs `script` on request.json in `folder` with the device's Python under
+        `timeout`; it first prints the shell's PID (SshSession.run_worker keeps it to kill an interrupted run)."""
         python = shlex.split(self.settings.python)
         return (f"cd {shlex.quote(folder)} && echo $$ && exec timeout -k {KILL_GRACE_S} "
-                f"{settings.timeout_s:g} {shlex.join(python)} -I {WORKER_SCRIPT.name} request.json")
+                f"{timeout_s:g} {shlex.join(python)} -I {script} request.json")
 
 
 class SshSession:
