@@ -226,6 +226,16 @@ def device_facts() -> dict:
     }
 
 
+def _timed_runs(run, inputs: dict, runs: int) -> list:
+    """Milliseconds of each of `runs` inferences."""
+    latencies = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        run(inputs)
+        latencies.append((time.perf_counter_ns() - start) / 1e6)
+    return latencies
+
+
 def measure(request: dict) -> dict:
     """Load, warm up, time `runs` batch-1 inferences; then, when asked, a per-op profile."""
     artifact = request["artifact"]
@@ -240,11 +250,7 @@ def measure(request: dict) -> dict:
     inputs = _arrays(request["inputs"])  # after the runtime: a missing runtime is named before its NumPy is
     for _ in range(request["warmup"]):
         run(inputs)
-    latencies = []
-    for _ in range(request["runs"]):
-        start = time.perf_counter_ns()
-        run(inputs)
-        latencies.append((time.perf_counter_ns() - start) / 1e6)
+    latencies = _timed_runs(run, inputs, request["runs"])
     peak_mb = _memory_mb("VmHWM")
     measured = {"latencies_ms": latencies, "peak_rss_mb": peak_mb, "rss_before_load_mb": before_load_mb,
                 "runtime": runtime, "device": device_facts()}
@@ -277,11 +283,7 @@ def measure_pair(request: dict) -> dict:
         medians, minimums = [0.0, 0.0], [0.0, 0.0]
         order = ((0, run), (1, run_baseline)) if len(rounds) % 2 == 0 else ((1, run_baseline), (0, run))
         for index, timed in order:
-            latencies = []
-            for _ in range(pair["runs"]):
-                start = time.perf_counter_ns()
-                timed(inputs)
-                latencies.append((time.perf_counter_ns() - start) / 1e6)
+            latencies = _timed_runs(timed, inputs, pair["runs"])
             medians[index], minimums[index] = statistics.median(latencies), min(latencies)
         rounds.append(medians)
         fastest.append(minimums)
