@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+GATE_MISSED_EXIT_CODE = 3  # a build finished but its artifact missed a gate
+INCONCLUSIVE_EXIT_CODE = 5  # no gate missed, but one could not be decided on this machine (a noisy latency)
+
 
 class View:
     """Attribute access over a report's nested dicts: `result.metrics.latency_ms.p50`."""
@@ -37,6 +40,16 @@ class BuildResult:
     @property
     def passed(self) -> bool:
         return self.report["gates"]["passed"]
+
+    @property
+    def inconclusive(self) -> bool:
+        """No gate missed but one undecided: the build exits with 5 (`INCONCLUSIVE_EXIT_CODE`)."""
+        return bool(self.report["gates"].get("inconclusive"))
+
+    @property
+    def exit_code(self) -> int:
+        """0 every gate passed, 3 a gate missed, 5 none missed but one could not be decided."""
+        return 0 if self.passed else INCONCLUSIVE_EXIT_CODE if self.inconclusive else GATE_MISSED_EXIT_CODE
 
     @property
     def artifact(self) -> View:

@@ -207,7 +207,8 @@ def test_a_classifier_without_labels_is_gated_on_agreement(tiny_classifier, labe
 def test_a_build_never_passes_without_a_quality_check():
     from deploykit.planner import Gates
 
-    checks = Gates(1.0, 0.99).checks(accuracy_drop=None, cosine_mean=None, fallback_ops=None, latency_ms=1.0)
+    checks = Gates(1.0, 0.99).checks(accuracy_drop=None, cosine_mean=None, fallback_ops=None,
+                                         latency={"p50": 1.0})
     assert not all(check["passed"] for check in checks)
 
 

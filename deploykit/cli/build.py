@@ -14,6 +14,10 @@ from deploykit.cli.build_options import (BUILD_DEFAULTS, PROFILE_DEFAULTS, SEARC
                                          search_options)
 from deploykit.cli.tables import front_table, summary_table
 from deploykit.errors import DeployKitError
+from deploykit.results import GATE_MISSED_EXIT_CODE, INCONCLUSIVE_EXIT_CODE
+
+# A run's exit code is its worst target's: a missed gate outranks an undecided one.
+EXIT_CODE_SEVERITY = (0, INCONCLUSIVE_EXIT_CODE, GATE_MISSED_EXIT_CODE)
 
 
 @click.command(cls=GroupedCommand)
@@ -128,11 +132,17 @@ def _run_build(arguments: dict, record: tuple) -> None:
         targets = [name.strip() for name in arguments["target_names"].split(",") if name.strip()]
         _write_results(junit_xml, summary_json, [], error.exit_code, str(error), targets)
         raise
-    failed = [r.target for r in results if not r.passed]
-    _write_results(junit_xml, summary_json, results, 3 if failed else 0)
-    if failed:
+    exit_code = max((result.exit_code for result in results), default=0, key=EXIT_CODE_SEVERITY.index)
+    _write_results(junit_xml, summary_json, results, exit_code)
+    if exit_code == GATE_MISSED_EXIT_CODE:
+        failed = [result.target for result in results if result.exit_code == GATE_MISSED_EXIT_CODE]
         print_error(f"quality gate missed for {', '.join(failed)}; see their report.md.")
-        sys.exit(3)
+    elif exit_code == INCONCLUSIVE_EXIT_CODE:
+        undecided = [result.target for result in results if result.inconclusive]
+        print_error(f"a gate could not be decided for {', '.join(undecided)} (its measurement straddles the limit); "
+                    "see their report.md, and rerun on a quieter machine or with more --runs.")
+    if exit_code:
+        sys.exit(exit_code)
 
 
 def _check_build_paths(junit_xml: str | None, summary_json: str | None, arguments: dict) -> None:

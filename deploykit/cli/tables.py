@@ -38,7 +38,8 @@ def summary_table(reports: list[dict]) -> Table:
             _optional(fidelity["cosine_mean"]),
             _optional(fidelity["agreement"]),
             _optional(metrics["accuracy_drop"], 2),
-            "[green]pass[/]" if report["gates"]["passed"] else "[red]FAIL[/]",
+            "[green]pass[/]" if report["gates"]["passed"] else "[yellow]inconclusive[/]"
+            if report["gates"].get("inconclusive") else "[red]FAIL[/]",
         )
     return table
 
@@ -54,6 +55,8 @@ def _speedup(report: dict) -> str:
         return f"[red]{text} slower[/]"
     if speed.get("faster_candidates_displaced"):
         return f"[yellow]{text} (a faster candidate missed a gate)[/]"
+    if (speed.get("paired") or {}).get("inconclusive"):
+        return f"[yellow]{text} (machine busy: inconclusive)[/]"
     return text
 
 

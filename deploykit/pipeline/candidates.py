@@ -46,6 +46,11 @@ class TriedCandidate:
     def passed(self) -> bool:
         return all(check["passed"] for check in self.checks)
 
+    @property
+    def inconclusive(self) -> bool:
+        """No gate missed, but one could not be decided (a latency whose interval straddles its limit)."""
+        return not self.passed and all(check["passed"] or check.get("inconclusive") for check in self.checks)
+
     def copy_to(self, folder: Path) -> None:
         """Copy the artifact's and tokenizer's files into the target folder and point the record at them."""
         artifact = self.measured.artifact
@@ -97,10 +102,14 @@ def try_candidate(job: TargetJob, candidate: Candidate, folder: Path) -> TriedCa
     agreement = measured.quality["fidelity"]["agreement"] if task == "classification" and original_accuracy is None \
         else None
     size_mb = sum(path.stat().st_size for path in artifact.files) / 1e6
+    latency = {**measured.profile["latency_ms"], "run_queue_wait_share": measured.profile.get("run_queue_wait_share")}
     checks = plan.gates.checks(accuracy_drop, cosine, compatibility.fallback_ops if compatibility else None,
-                               measured.profile["latency_ms"]["p50"], agreement, size_mb)
+                               latency, agreement, size_mb)
     for check in checks:
-        if not check["passed"]:
+        if check.get("inconclusive"):
+            session.log.info(f"[yellow]? {escape(candidate.label)}: gate {check['name']} inconclusive: "
+                             f"{escape(check['reason'])}[/]")
+        elif not check["passed"]:
             session.log.info(f"[red]✗ {escape(candidate.label)}: gate {check['name']}: {check['value']:.4g} "
                              f"misses the limit {check['limit']}[/]")
     predicted = plan.predictions.get(candidate.label)

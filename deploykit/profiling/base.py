@@ -29,13 +29,20 @@ class PairedTiming:
     load on a busy machine hits both alike. Each round times `runs` inferences of each (10: a median robust to one
     preempted run); at least `min_rounds` rounds (10: enough for a bootstrap interval of the median ratio), more
     while the per-round ratio's coefficient of variation is above `max_cv` (5%: the spread at which a 2.8x
-    speed-up is still told from 2.5x), up to `max_rounds` or `budget_s` seconds."""
+    speed-up is still told from 2.5x), up to `max_rounds` or `budget_s` seconds.
+
+    A round counts only when neither side's threads waited for a core more than `max_wait_share` of its time
+    (Linux run-queue wait; 5%, the size of `max_cv`: beyond it another process's share of the cores moves the ratio
+    more than the spread we accept). Fewer than `min_rounds` such rounds make the result *inconclusive*: on a
+    machine whose cores are taken, the ratio of two artifacts with different thread scaling is a different ratio,
+    not a noisier one (docs/results/timing-under-load.md)."""
 
     runs: int = 10
     min_rounds: int = 10
     max_rounds: int = 40
     max_cv: float = 0.05
     budget_s: float = 60.0
+    max_wait_share: float = 0.05
 
 
 @dataclass(frozen=True)

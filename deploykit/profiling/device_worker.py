@@ -226,14 +226,35 @@ def device_facts() -> dict:
     }
 
 
-def _timed_runs(run, inputs: dict, runs: int) -> list:
-    """Milliseconds of each of `runs` inferences."""
+def _run_queue_wait_ns() -> int | None:
+    """Nanoseconds this process's threads have spent runnable but waiting for a core (Linux schedstat, summed over
+    threads); None where the kernel does not say. Wait that grows while an artifact is timed means another process
+    held the cores: the measurement says so rather than passing the other job's share off as the artifact's."""
+    total, found = 0, False
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                total += int(handle.read().split()[1])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended between the listing and the read
+    return total if found else None
+
+
+def _timed_runs(run, inputs: dict, runs: int) -> tuple:
+    """Milliseconds of each of `runs` inferences, and the share of their wall time this process's threads spent
+    waiting for a core (None where unknown). Read once around all runs: per run, reading every thread's counters
+    would cost more than a small model's inference."""
     latencies = []
+    waited_before = _run_queue_wait_ns()
     for _ in range(runs):
         start = time.perf_counter_ns()
         run(inputs)
         latencies.append((time.perf_counter_ns() - start) / 1e6)
-    return latencies
+    waited_after = _run_queue_wait_ns()
+    if waited_before is None or waited_after is None:
+        return latencies, None
+    return latencies, round(max(0, waited_after - waited_before) / 1e6 / sum(latencies), 4)
 
 
 def measure(request: dict) -> dict:
@@ -250,9 +271,10 @@ def measure(request: dict) -> dict:
     inputs = _arrays(request["inputs"])  # after the runtime: a missing runtime is named before its NumPy is
     for _ in range(request["warmup"]):
         run(inputs)
-    latencies = _timed_runs(run, inputs, request["runs"])
+    latencies, wait_share = _timed_runs(run, inputs, request["runs"])
     peak_mb = _memory_mb("VmHWM")
-    measured = {"latencies_ms": latencies, "peak_rss_mb": peak_mb, "rss_before_load_mb": before_load_mb,
+    measured = {"latencies_ms": latencies, "run_queue_wait_share": wait_share, "peak_rss_mb": peak_mb,
+                "rss_before_load_mb": before_load_mb,
                 "runtime": runtime, "device": device_facts()}
     if profile_ops is not None:
         measured["op_profile"] = profile_ops(inputs, min(OP_PROFILE_RUNS, request["runs"]))
@@ -277,22 +299,34 @@ def measure_pair(request: dict) -> dict:
     for _ in range(max(1, request["warmup"])):
         run(inputs)
         run_baseline(inputs)
-    rounds, fastest = [], []
+    rounds, fastest, waits = [], [], []
     started = time.monotonic()
     while len(rounds) < pair["max_rounds"]:
-        medians, minimums = [0.0, 0.0], [0.0, 0.0]
+        medians, minimums, waited = [0.0, 0.0], [0.0, 0.0], [None, None]
         order = ((0, run), (1, run_baseline)) if len(rounds) % 2 == 0 else ((1, run_baseline), (0, run))
         for index, timed in order:
-            latencies = _timed_runs(timed, inputs, pair["runs"])
+            latencies, waited[index] = _timed_runs(timed, inputs, pair["runs"])
             medians[index], minimums[index] = statistics.median(latencies), min(latencies)
         rounds.append(medians)
         fastest.append(minimums)
-        if len(rounds) >= pair["min_rounds"]:
-            ratios = [baseline / artifact for artifact, baseline in rounds]
-            if (statistics.pstdev(ratios) / statistics.fmean(ratios) <= pair["max_cv"]
-                    or time.monotonic() - started > pair["budget_s"]):
+        waits.append(waited)
+        # Rounds in which another process held the cores do not count towards the minimum: transient load is
+        # waited out (within the budget); load that lasts leaves too few clean rounds, and the result says so.
+        clean = [ratio for ratio, waited in zip(rounds, waits) if _clean(waited, pair["max_wait_share"])]
+        if len(clean) >= pair["min_rounds"]:
+            ratios = [baseline / artifact for artifact, baseline in clean]
+            if statistics.pstdev(ratios) / statistics.fmean(ratios) <= pair["max_cv"]:
                 break
-    return {"rounds_ms": rounds, "rounds_min_ms": fastest, "runtime": runtime, "device": device_facts()}
+        if len(rounds) >= pair["min_rounds"] and time.monotonic() - started > pair["budget_s"]:
+            break
+    return {"rounds_ms": rounds, "rounds_min_ms": fastest, "rounds_wait_share": waits, "runtime": runtime,
+            "device": device_facts()}
+
+
+def _clean(waited: list, max_share: float) -> bool:
+    """A round neither side of which waited for a core more than `max_share` of its time (unknown counts as clean:
+    the drift check is then all that can tell)."""
+    return all(share is None or share <= max_share for share in waited)
 
 
 def main(arguments: list) -> int:

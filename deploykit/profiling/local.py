@@ -52,7 +52,8 @@ class LocalRunner(ProfileRunner):
                      sample: Inputs, threads: int, settings: ProfileSettings) -> dict:
         request = worker_request(backend, str(artifact.resolve()), runtime_config, sample, threads, settings,
                                  (str(baseline.resolve()), baseline_config))
-        return pair_result(_run_worker(f"timing {artifact.name} against {baseline.name}", request, settings))
+        stdout = _run_worker(f"timing {artifact.name} against {baseline.name}", request, settings)
+        return pair_result(stdout, settings.paired)
 
 
 def slug(text: str) -> str:

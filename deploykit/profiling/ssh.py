@@ -128,7 +128,7 @@ class SshRunner(ProfileRunner):
                                             f"timing {artifact.name} against {baseline.name} on {self.device_name}")
             finally:
                 session.remove(folder)
-        return pair_result(stdout)
+        return pair_result(stdout, settings.paired)
 
     def worker_command(self, folder: str, timeout_s: float, script: str = WORKER_SCRIPT.name) -> str:
         """The shell command that runs `script` on request.json in `folder` with the device's Python under

@@ -17,7 +17,19 @@ def latency_summary(latencies_ms: list[float]) -> dict:
         "min": round(float(values.min()), 4),
         "runs": int(len(values)),
         "throughput_per_s": round(1000.0 / float(values.mean()), 2),
+        "p50_interval": median_interval(values),
     }
+
+
+def median_interval(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[float]:
+    """A percentile-bootstrap interval at `level` for the median of `values`: how far a p50 can move from
+    resampling alone, so that a latency gate is decided on what the runs can tell apart. Seeded."""
+    values = np.asarray(values, np.float64)
+    generator = np.random.default_rng(seed)
+    medians = np.median(values[generator.integers(0, len(values), (resamples, len(values)))], axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def ratio_interval(numerator_ms: list[float], denominator_ms: list[float], level: float = 0.95,
@@ -40,14 +52,24 @@ def ratio_interval(numerator_ms: list[float], denominator_ms: list[float], level
 DRIFT = 0.10
 
 
-def paired_speedup(rounds_ms: list[list[float]], level: float = 0.95, resamples: int = 2000,
+def paired_speedup(rounds_ms: list[list[float]], wait_shares: list[list[float | None]] | None = None,
+                   min_rounds: int = 1, max_wait_share: float = 1.0, level: float = 0.95, resamples: int = 2000,
                    seed: int = 0) -> dict:
     """The speed-up (baseline / artifact) from alternating rounds [[artifact ms, baseline ms], ...]: the median of
     the per-round ratios, a percentile-bootstrap interval over rounds at `level`, the coefficients of variation, and
     whether the ratio drifted between the first and second half of the rounds. Seeded: the same rounds give the
-    same interval."""
+    same interval.
+
+    `wait_shares` ([[artifact, baseline], ...], each the share of the side's time its threads waited for a core, or
+    None where unknown): only rounds in which neither side waited more than `max_wait_share` count. With fewer
+    than `min_rounds` of them every round is used and the result is `inconclusive`: another process held the
+    cores, and what was measured is the ratio on a machine with fewer free cores."""
     rounds = np.asarray(rounds_ms, np.float64)
-    ratios = rounds[:, 1] / rounds[:, 0]
+    waits = wait_shares or [[None, None]] * len(rounds)
+    clean = np.array([all(share is None or share <= max_wait_share for share in pair) for pair in waits], bool)
+    inconclusive = int(clean.sum()) < min_rounds
+    used = rounds if inconclusive else rounds[clean]
+    ratios = used[:, 1] / used[:, 0]
     generator = np.random.default_rng(seed)
     medians = np.median(ratios[generator.integers(0, len(ratios), (resamples, len(ratios)))], axis=1)
     tail = (1 - level) / 2 * 100
@@ -55,7 +77,11 @@ def paired_speedup(rounds_ms: list[list[float]], level: float = 0.95, resamples:
     half = len(ratios) // 2
     first, second = (np.median(ratios[:half]), np.median(ratios[half:])) if half else (ratios[0], ratios[0])
     cv = lambda values: round(float(values.std() / values.mean()), 4)  # noqa: E731
+    known = [share for pair in waits for share in pair if share is not None]
     return {"speedup": round(float(np.median(ratios)), 4), "interval": [round(float(low), 4), round(float(high), 4)],
-            "level": level, "rounds": int(len(ratios)), "ratio_cv": cv(ratios), "artifact_cv": cv(rounds[:, 0]),
-            "baseline_cv": cv(rounds[:, 1]), "drift": bool(abs(second - first) / np.median(ratios) > DRIFT),
+            "level": level, "rounds": int(len(ratios)), "ratio_cv": cv(ratios), "artifact_cv": cv(used[:, 0]),
+            "baseline_cv": cv(used[:, 1]), "drift": bool(abs(second - first) / np.median(ratios) > DRIFT),
+            "contended_rounds": int((~clean).sum()), "rounds_timed": int(len(rounds)),
+            "median_wait_share": round(float(np.median(known)), 4) if known else None,
+            "inconclusive": bool(inconclusive),
             "rounds_ms": [[round(float(a), 4), round(float(b), 4)] for a, b in rounds]}

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from deploykit.errors import DeployKitError
-from deploykit.profiling.base import Inputs, ProfileSettings
+from deploykit.profiling.base import Inputs, PairedTiming, ProfileSettings
 from deploykit.profiling.stats import latency_summary, paired_speedup
 
 WORKER_SCRIPT = Path(__file__).with_name("device_worker.py")
@@ -27,11 +27,15 @@ def worker_request(backend: str, artifact: str, runtime_config: dict, sample: In
     return json.dumps(request)
 
 
-def pair_result(stdout: str) -> dict:
-    """The paired timing from the worker's JSON line: the speed-up over rounds with its interval and spread."""
+def pair_result(stdout: str, paired: PairedTiming) -> dict:
+    """The paired timing from the worker's JSON line: the speed-up over rounds with its interval and spread, from
+    the rounds no other process disturbed (or every round, marked inconclusive, when too few were)."""
     try:
         measured = json.loads(stdout.strip().splitlines()[-1])
-        return {**paired_speedup(measured["rounds_ms"]), "by_fastest_run": paired_speedup(measured["rounds_min_ms"]),
+        waits = measured.get("rounds_wait_share")  # absent from a worker older than the wait check
+        clean = {"wait_shares": waits, "min_rounds": paired.min_rounds, "max_wait_share": paired.max_wait_share}
+        return {**paired_speedup(measured["rounds_ms"], **clean),
+                "by_fastest_run": paired_speedup(measured["rounds_min_ms"], **clean),
                 "runtime": measured["runtime"], "device": measured["device"]}
     except (IndexError, KeyError, TypeError, ValueError) as error:
         raise DeployKitError(f"the profiling worker's output is not what deploykit expects ({type(error).__name__}: "
@@ -46,6 +50,8 @@ def worker_result(stdout: str, threads: int) -> dict:
             "latency_ms": latency_summary(measured["latencies_ms"]),
             # Every timed run, for the report's latency distribution (a summary hides a bimodal or drifting runtime).
             "latency_samples_ms": [round(float(value), 4) for value in measured["latencies_ms"]],
+            # Share of the timed runs' wall time the worker's threads waited for a core (another process's load).
+            "run_queue_wait_share": measured.get("run_queue_wait_share"),
             "peak_rss_mb": measured["peak_rss_mb"],
             "rss_before_load_mb": measured["rss_before_load_mb"],
             "threads": threads,

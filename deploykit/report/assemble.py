@@ -122,7 +122,7 @@ def assemble_report(
             **(chosen.compatibility.as_dict() if chosen.compatibility else {"fallback_ops": None, "fallback_reasons": None}),
         },
         "measured_on": measured_on,  # the profiling runner's account of the device
-        "gates": {"passed": chosen.passed, "checks": chosen.checks},
+        "gates": {"passed": chosen.passed, "inconclusive": chosen.inconclusive, "checks": chosen.checks},
         "integer_graph": integer_graph,
         "device_compile": device_compile,  # the device toolchain's outcome (None: the target names none)
         "timings_s": dict(timings),

@@ -26,7 +26,7 @@ def junit_xml(results: list[BuildResult], error: str | None = None, targets: lis
             suite = _suite(suites, target, tests=1, failures=0, errors=1, seconds=0.0)
             case = ElementTree.SubElement(suite, "testcase", classname=f"deploykit.{target}", name="build", time="0")
             ElementTree.SubElement(case, "error", message=error, type="DeployKitError").text = error
-    for key in ("tests", "failures", "errors"):
+    for key in ("tests", "failures", "errors", "skipped"):
         suites.set(key, str(sum(int(suite.get(key)) for suite in suites)))
     suites.set("time", f"{sum(float(suite.get('time')) for suite in suites):.3f}")
     ElementTree.indent(suites)
@@ -40,9 +40,10 @@ def write_junit(path: Path, results: list[BuildResult], error: str | None = None
 def _gate_suite(parent: ElementTree.Element, result: BuildResult) -> None:
     report = result.report
     checks = report["gates"]["checks"]
-    failures = [check for check in checks if not check["passed"]]
+    failures = [check for check in checks if not check["passed"] and not check.get("inconclusive")]
     suite = _suite(parent, result.target, tests=len(checks), failures=len(failures), errors=0,
-                   seconds=sum(report.get("timings_s", {}).values()))
+                   seconds=sum(report.get("timings_s", {}).values()),
+                   skipped=sum(bool(check.get("inconclusive")) for check in checks))
     artifact = report["artifact"]
     properties = ElementTree.SubElement(suite, "properties")
     for name, value in (("folder", str(result.folder)), ("artifact", artifact["path"]),
@@ -52,16 +53,18 @@ def _gate_suite(parent: ElementTree.Element, result: BuildResult) -> None:
     for check in checks:
         case = ElementTree.SubElement(suite, "testcase", classname=f"deploykit.{result.target}", name=check["name"],
                                       time="0")
-        if not check["passed"]:
+        if check.get("inconclusive"):  # JUnit has no "undecided": a skipped case with the reason is the nearest
+            ElementTree.SubElement(case, "skipped", message=f"{check['name']} inconclusive: {check['reason']}")
+        elif not check["passed"]:
             message = f"{check['name']}: measured {_value(check['value'])}, limit {_value(check['limit'])}"
             ElementTree.SubElement(case, "failure", message=message, type="GateMissed").text = (
                 f"{message}; see {result.folder / 'report.md'}")
 
 
 def _suite(parent: ElementTree.Element, name: str, tests: int, failures: int, errors: int,
-           seconds: float) -> ElementTree.Element:
+           seconds: float, skipped: int = 0) -> ElementTree.Element:
     return ElementTree.SubElement(parent, "testsuite", name=name, tests=str(tests), failures=str(failures),
-                                  errors=str(errors), skipped="0", time=f"{seconds:.3f}")
+                                  errors=str(errors), skipped=str(skipped), time=f"{seconds:.3f}")
 
 
 def _value(value) -> str:

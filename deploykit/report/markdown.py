@@ -7,6 +7,11 @@ from deploykit.report.speed import speed_method, speed_warnings
 from deploykit.report.formatting import megabytes as _megabytes, number as _number
 
 
+def gates_verdict(gates: dict) -> str:
+    """'passed', 'INCONCLUSIVE' (no gate missed, one undecided) or 'FAILED'."""
+    return "passed" if gates["passed"] else "INCONCLUSIVE" if gates.get("inconclusive") else "FAILED"
+
+
 def render_markdown(report: dict) -> str:
     artifact, baseline, metrics = report["artifact"], report["baseline"], report["metrics"]
     fidelity, base_fidelity = metrics["fidelity"], baseline["fidelity"]
@@ -17,7 +22,7 @@ def render_markdown(report: dict) -> str:
         f"Model `{model['source']}` ({model['task']}, sequence length {model['sequence_length']}) → "
         f"`{artifact['path']}` ({artifact['format']}, {artifact['precision']}).",
         "",
-        f"**Gates: {'passed' if report['gates']['passed'] else 'FAILED'}**",
+        f"**Gates: {gates_verdict(report['gates'])}**",
         "",
         "| | baseline | artifact | ratio |",
         "|---|---|---|---|",
@@ -47,8 +52,11 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     for check in report["gates"]["checks"]:
-        verdict = "pass" if check["passed"] else "FAIL"
-        lines.append(f"- {check['name']}: {_number(check['value'], 4)} (limit {check['limit']}) — {verdict}")
+        verdict = ("pass" if check["passed"] else f"INCONCLUSIVE: {check['reason']}" if check.get("inconclusive")
+                   else "FAIL")
+        interval = check.get("interval")
+        spread = f" ({_number(interval[0], 4)}–{_number(interval[1], 4)})" if interval else ""
+        lines.append(f"- {check['name']}: {_number(check['value'], 4)}{spread} (limit {check['limit']}) — {verdict}")
     if not report["gates"]["checks"]:
         lines.append("- no gate applies (no labels and not an embedding model)")
     if report.get("candidates_not_tried"):

@@ -77,6 +77,14 @@ def speed_method(report: dict) -> str | None:
         text = (f"Speed-up {paired['speedup']:.2f}× ({low:.2f}–{high:.2f}, {paired['level']:.0%} bootstrap interval) "
                 f"from {paired['rounds']} alternating rounds against the fp32 baseline on the same runner; the "
                 f"per-round ratio varied by {paired['ratio_cv']:.1%} (coefficient of variation).")
+        if paired.get("inconclusive"):
+            text += (f" Inconclusive: another process held this machine's cores in {paired['contended_rounds']} of "
+                     f"{paired['rounds_timed']} rounds (the worker's threads waited for a core "
+                     f"{paired['median_wait_share']:.0%} of the time), so this is the ratio on a busier machine, "
+                     "not the artifact's; rerun on a quiet machine.")
+        elif paired.get("contended_rounds"):
+            text += (f" {paired['contended_rounds']} rounds in which another process held the cores were left "
+                     "out.")
         if paired.get("drift"):
             text += " The ratio drifted between the first and the second half of the rounds: the machine's speed " \
                     "changed while it was timed (throttling, another job); rerun on a quiet machine to confirm."

@@ -2,9 +2,9 @@
 without reading each target's full report.json.
 
     {"exit_code": 3, "passed": false, "error": null, "targets": [
-        {"target": "arm-cpu", "passed": false, "exit_code": 3, "folder": "dist/arm-cpu",
+        {"target": "arm-cpu", "passed": false, "inconclusive": false, "exit_code": 3, "folder": "dist/arm-cpu",
          "artifact": {"path": "dist/arm-cpu/model.tflite", "precision": "dynamic-int8", "bytes": ..., "sha256": ...},
-         "latency_ms_p50": 7.6, "fidelity": {...}, "accuracy_drop": null, "gates": [{name, value, limit, passed}]}]}
+         "latency_ms_p50": 7.6, "fidelity": {...}, "accuracy_drop": null, "gates": [{name, value, limit, passed[, inconclusive, reason]}]}]}
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from deploykit.atomic_files import write_atomically
 from deploykit.results import BuildResult
 
 
-GATE_MISSED_EXIT_CODE = 3
-
-
 def target_summary(result: BuildResult) -> dict:
     report = result.report
     artifact, metrics = report["artifact"], report["metrics"]
     return {
         "target": result.target,
         "passed": result.passed,
-        "exit_code": 0 if result.passed else GATE_MISSED_EXIT_CODE,
+        "inconclusive": result.inconclusive,
+        "exit_code": result.exit_code,
         "folder": str(result.folder),
         "artifact": {"path": str(result.folder / artifact["path"]), "format": artifact["format"],
                      "precision": artifact["precision"], "bytes": artifact["bytes"], "sha256": artifact["sha256"]},
