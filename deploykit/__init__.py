@@ -18,6 +18,7 @@ from deploykit.target_loader import list_targets, load_target  # noqa: E402
 
 # The build API; the package that runs it is `deploykit.pipeline`, so `deploykit.build` names the function only.
 from deploykit.pipeline import build, build_targets, search  # noqa: E402
+from deploykit.compare import compare  # noqa: E402
 
 
 def profile(path, threads=None, runs: int = 100, warmup: int = 10, device: str | None = None, **device_options) -> dict:
@@ -50,4 +51,4 @@ def generate(folder, prompt: str, max_new_tokens: int = 64, temperature: float =
     return generate_text(Path(folder), prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads, runner)
 
 
-__all__ = ["build", "build_targets", "search", "profile", "generate", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]
+__all__ = ["build", "build_targets", "search", "compare", "profile", "generate", "list_targets", "load_target", "DeployKitError", "GateFailure", "__version__"]

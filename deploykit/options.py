@@ -39,6 +39,12 @@ class BuildOptions:
     devices_file: Path | None = None  # None: $DEPLOYKIT_DEVICES or ./devices.yaml
     trust_new_host: bool = False  # accept and record an SSH device's unknown host key
     benchmark_binary: str | None = None  # adb: a local benchmark_model binary to push
+    # Where fidelity is measured: "device" runs the evaluation samples through the artifact on the profiling device
+    # (its runtime and delegate), "host" on this machine; None: the device when one is given, else the host.
+    validate_on: str | None = None
+    # Host and device fidelity (cosine, agreement, accuracy as fractions) further apart than this are a finding:
+    # 0.01 is the margin between the default cosine gate (0.99) and a perfect copy.
+    host_device_tolerance: float = 0.01
     save_profile: Path | None = None  # write <folder>/<target>/<device>.json with what was measured
     profiles: Path | None = None  # measured profiles for the latency model; None: ./profiles when it exists
     seed: int = 0
@@ -77,6 +83,7 @@ def check_options(options: BuildOptions) -> None:
         ("min cosine", options.min_cosine, lambda v: -1 <= v <= 1, "in [-1, 1]"),
         ("min agreement", options.min_agreement, lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("max latency", options.max_latency_ms, lambda v: v > 0, "above 0 ms"),
+        ("host-device tolerance", options.host_device_tolerance, lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("masked logit", options.masked_logit, lambda v: v < 0, "below 0"),
         ("max residual scale", options.max_residual_scale, lambda v: v >= 1, "at least 1"),
         ("converter timeout", options.converter_timeout_s, lambda v: v > 0, "above 0 s"),
@@ -113,6 +120,8 @@ def check_options(options: BuildOptions) -> None:
     for name, value, accepted, expected in rules:
         if value is not None and (not math.isfinite(value) or not accepted(value)):
             raise DeployKitError(f"{name} must be {expected}, got {value}.")
+    if options.validate_on not in (None, "host", "device"):
+        raise DeployKitError(f"validate on must be host or device, got {options.validate_on!r}.")
 
 
 def forced_recipe(text: str, pass_parameters: dict, precision: str | None) -> dict:

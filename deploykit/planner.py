@@ -73,7 +73,7 @@ QUALITY_CHECKS = ("accuracy_drop", "cosine_mean", "agreement")  # at least one o
 
 def latency_check(limit: float, latency: dict) -> dict:
     """The p50 latency gate, decided on the p50's interval: passed when its upper end is within `limit`; missed
-    when its lower end is over it even with the time the worker's threads waited for a core taken off (another
+    when its lower end is over it even with the time a worker thread waited for a core taken off (another
     process's load only ever slows a run down); otherwise *inconclusive*: the runs' noise, or load on the machine,
     straddles the limit, and deploykit says so instead of passing or failing on it. A runner that gives no
     interval (benchmark_model's summary) is decided on the p50 itself."""
@@ -84,7 +84,7 @@ def latency_check(limit: float, latency: dict) -> dict:
     if not check["passed"] and low * (1 - waited) <= limit:
         check["inconclusive"] = True
         check["reason"] = (f"the p50's interval {low:.4g}–{high:.4g} ms"
-                           + (f" (threads waited for a core {waited:.0%} of the time)" if waited > 0.005 else "")
+                           + (f" (a worker thread waited for a core {waited:.0%} of the time)" if waited > 0.005 else "")
                            + f" straddles the {limit:g} ms limit; rerun on a quiet machine or with more --runs")
     return check
 

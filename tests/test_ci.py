@@ -91,6 +91,7 @@ def test_ci_init_refuses_to_replace_a_file_without_force(tmp_path):
     (("--build-args", "-oelsewhere"), "--build-args sets -o"),
     (("--build-args", "--recipe 'distill:layers=3, qat'"), "put a complex recipe in a recipe file"),
     (("--model", "-oelsewhere"), "would read it as an option"),
+    (("--compare-against", "--force"), "`deploykit compare` would read it as an option"),
     (("--device", "lab-pi5", "--runner-label", "lab runner"), "is not a runner label"),
     (("--model", "m" * 1000 + "\n"), "holds the control character '\\n'"),
     (("--targets", "arm-cpux"), "unknown target 'arm-cpux'"),
@@ -130,11 +131,13 @@ PLACES = {
     "--runner-label": lambda payload: ("--device", "lab-pi5", "--runner-label", f"lab-{payload}"),
     "--targets": lambda payload: ("--targets", f"intel-cpu,{payload}"),
     "--install": lambda payload: ("--install", f"pip install deploykit{payload}"),
+    "--compare-against": lambda payload: ("--compare-against", f"baselines/{payload}"),
 }
-VARIABLES = {"--model": "DEPLOYKIT_MODEL", "--data": "DEPLOYKIT_DATA", "--build-args": "DEPLOYKIT_BUILD_ARGS"}
+VARIABLES = {"--model": "DEPLOYKIT_MODEL", "--data": "DEPLOYKIT_DATA", "--build-args": "DEPLOYKIT_BUILD_ARGS",
+             "--compare-against": "DEPLOYKIT_COMPARE_AGAINST"}
 # What is written, not refused: a file name may hold any of these; balanced quotes in --build-args are shell quoting
 # that leaves safe words.
-ACCEPTED = {(place, PAYLOADS[name]) for place in ("--model", "--data")
+ACCEPTED = {(place, PAYLOADS[name]) for place in ("--model", "--data", "--compare-against")
             for name in ("single quote", "double quote", "command substitution", "backticks")}
 ACCEPTED.add(("--build-args", PAYLOADS["double quote"]))
 
@@ -199,14 +202,25 @@ def test_install_command_is_refused_with_an_expression_or_a_control_character(tm
     assert_refused(ci_init(tmp_path, "--provider", provider, *PLACES["--install"](payload)), tmp_path)
 
 
-def build_script(workflow: dict, provider: str) -> tuple[str, dict[str, str]]:
-    """The build job's `deploykit build` script, and the environment the workflow gives it."""
+def job_script(workflow: dict, provider: str, command: str = "build") -> tuple[str, dict[str, str]]:
+    """The build job's script that runs `deploykit COMMAND`, and the environment the workflow gives it."""
     if provider == "github":
-        steps = {step.get("name"): step for step in workflow["jobs"]["build"]["steps"]}
-        return steps["Build"]["run"], workflow["env"]
-    variables = {name: value["value"] if isinstance(value, dict) else value
-                 for name, value in workflow["variables"].items()}
-    return workflow["deploykit-build"]["script"][0], variables
+        scripts, variables = [step.get("run", "") for step in workflow["jobs"]["build"]["steps"]], workflow["env"]
+    else:
+        scripts = workflow["deploykit-build"]["script"]
+        variables = {name: value["value"] if isinstance(value, dict) else value
+                     for name, value in workflow["variables"].items()}
+    return next(script for script in scripts if f"deploykit {command} " in script), variables
+
+
+def arguments_of(script: str, variables: dict[str, str], folder: Path) -> list[str]:
+    """The arguments `deploykit` gets when the job runs `script` in `folder` (a stub prints them) for arm-cpu."""
+    stub = 'deploykit() { printf "%s\\0" "$@"; }\n'
+    completed = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", stub + script],
+                               cwd=folder, env={**os.environ, **variables, "TARGET": "arm-cpu"},
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.split("\0")[:-1]
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDER_SCHEMAS))
@@ -218,16 +232,31 @@ def test_values_reach_the_build_exactly(tmp_path, provider):
     (tmp_path / "data" / "it's $HOME `id` x.jsonl").write_text("")  # what the glob would match, unquoted
     path = written_workflow(tmp_path, provider, "--targets", "arm-cpu", "--model", model, "--data", data,
                             "--build-args", "--runs 3 --recipe 'distill:layers=3,qat'")
-    script, variables = build_script(yaml.safe_load(path.read_text()), provider)
+    script, variables = job_script(yaml.safe_load(path.read_text()), provider)
     assert model not in script and data not in script
-    stub = 'deploykit() { printf "%s\\0" "$@"; }\n'  # prints the arguments the build would get
-    completed = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", stub + script],
-                               cwd=tmp_path, env={**os.environ, **variables, "TARGET": "arm-cpu"},
-                               capture_output=True, text=True, timeout=60)
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.split("\0")[:-1] == [
+    assert arguments_of(script, variables, tmp_path) == [
         "build", model, "--data", data, "--target", "arm-cpu", "--out", "dist", "--junit-xml", "dist/junit.xml",
         "--summary-json", "dist/summary.json", "--runs", "3", "--recipe", "distill:layers=3,qat"]
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_SCHEMAS))
+def test_compare_against_adds_a_compare_step_that_gets_the_folder_exactly(tmp_path, provider):
+    """--compare-against DIR: after the build and its verification, `deploykit compare DIR/<target> dist/<target>`
+    with a JUnit file of its own (GitLab reports it too); DIR, with quotes, `$` and backticks, reaches it as one
+    argument through an environment variable, and the workflow still matches its provider's schema."""
+    baseline = "baselines/it's $HOME `id`"
+    path = written_workflow(tmp_path, provider, "--targets", "arm-cpu", "--compare-against", baseline)
+    workflow = yaml.safe_load(path.read_text())
+    script, variables = job_script(workflow, provider, "compare")
+    assert baseline not in script
+    assert arguments_of(script, variables, tmp_path) == [
+        "compare", f"{baseline}/arm-cpu", "dist/arm-cpu", "--junit-xml", "dist/compare.xml"]
+    assert schema_errors(provider, workflow) == []
+    if provider == "gitlab":
+        job = workflow["deploykit-build"]
+        assert job["script"][-1] == script and "dist/compare.xml" in job["artifacts"]["reports"]["junit"]
+    elif actionlint() is not None:
+        lint_github(path)
 
 
 @pytest.mark.skipif(actionlint() is None, reason="no actionlint binary")

@@ -33,23 +33,26 @@ BUILD_ARG_WORD = re.compile(r"[A-Za-z0-9_.,:=/+@%-]+")
 
 def workflow_settings(targets: str, model: str | None = None, data: str | None = None, devices: tuple[str, ...] = (),
                       runner_label: str | None = None, install: str = DEFAULT_INSTALL, build_args: str = "",
-                      command: str = "deploykit ci init") -> WorkflowSettings:
+                      command: str = "deploykit ci init", compare_against: str | None = None) -> WorkflowSettings:
     """Check what `ci init` was given against the target registry, before anything is written.
 
     `devices`: `NAME` (the only target's device) or `TARGET=NAME`, names of the devices file CI reads.
+    `compare_against`: an earlier build's --out folder in the repository; each job compares its target with it.
     """
     from deploykit.backends.base import available_runtimes
     from deploykit.profiling.devices import DEVICE_NAME
     from deploykit.target_loader import load_target, resolve_targets
 
     given = [("--targets", targets), ("--model", model), ("--data", data), *(("--device", entry) for entry in devices),
-             ("--runner-label", runner_label), ("--install", install), ("--build-args", build_args)]
+             ("--runner-label", runner_label), ("--install", install), ("--build-args", build_args),
+             ("--compare-against", compare_against)]
     for flag, value in given:
         if value is not None:
             check_text(flag, value)
-    if model and model.startswith("-"):
-        raise DeployKitError(f"--model {quoted(model)} starts with '-', so `deploykit build` would read it as an "
-                             f"option; give it as {quoted('./' + model)}.")
+    for flag, value, command_name in (("--model", model, "build"), ("--compare-against", compare_against, "compare")):
+        if value and value.startswith("-"):
+            raise DeployKitError(f"{flag} {quoted(value)} starts with '-', so `deploykit {command_name}` would read it "
+                                 f"as an option; give it as {quoted('./' + value)}.")
     resolved = resolve_targets(targets)
     if targets.strip() == "all":  # as `build --target all`: the targets deploykit can export for
         resolved = [target for target in resolved if target.runtime in available_runtimes()]
@@ -75,7 +78,8 @@ def workflow_settings(targets: str, model: str | None = None, data: str | None =
         raise DeployKitError("--install is empty; give the command that installs deploykit, e.g. 'pip install -e .'.")
     return WorkflowSettings(targets=names, model=model, data=data, devices=tuple(dict.fromkeys(jobs)),
                             runner_label=runner_label or DEFAULT_RUNNER_LABEL, install=install.strip(),
-                            build_args=" ".join(build_words(build_args)), command=command)
+                            build_args=" ".join(build_words(build_args)), command=command,
+                            compare_against=compare_against or None)
 
 
 def check_text(flag: str, value: str) -> None:

@@ -2,9 +2,10 @@
 
 The workflow is the same on every provider: install Python and deploykit, restore the
 deploykit cache, build one target per job with `--junit-xml` and `--summary-json`,
-verify the folder, show the report, keep the cache and the target folder, and fail the
-job with the build's exit code (3: a gate missed). A provider module only says how its
-CI spells that, as a document of plain dicts that is dumped to YAML.
+verify the folder, compare it with an earlier build when asked (`--compare-against`),
+show the report, keep the cache and the target folder, and fail the job with the build's
+or the comparison's exit code (3: a gate missed, or a regression). A provider module
+only says how its CI spells that, as a document of plain dicts that is dumped to YAML.
 
 The user's values (model, data, build options) reach the scripts only as environment
 variables set in the workflow's env/variables, never as script text: neither the shell
@@ -27,6 +28,7 @@ OUT = "dist"  # the build's --out folder in the job
 CACHE_FOLDER = ".deploykit-cache"  # $DEPLOYKIT_CACHE, inside the checkout so the providers' caches can keep it
 JUNIT_XML = f"{OUT}/junit.xml"  # beside the target folders, not in them: their manifest lists what they hold
 SUMMARY_JSON = f"{OUT}/summary.json"
+COMPARE_JUNIT_XML = f"{OUT}/compare.xml"  # `deploykit compare`'s checks, beside the build's gates
 DEFAULT_RUNNER_LABEL = "deploykit-devices"
 # Options the workflow sets on `deploykit build` itself; --build-args may not repeat them.
 WORKFLOW_OPTIONS = ("--target", "-t", "--out", "-o", "--junit-xml", "--summary-json", "--device")
@@ -34,6 +36,7 @@ WORKFLOW_OPTIONS = ("--target", "-t", "--out", "-o", "--junit-xml", "--summary-j
 MODEL_VARIABLE = "DEPLOYKIT_MODEL"
 DATA_VARIABLE = "DEPLOYKIT_DATA"
 BUILD_ARGS_VARIABLE = "DEPLOYKIT_BUILD_ARGS"
+COMPARE_VARIABLE = "DEPLOYKIT_COMPARE_AGAINST"
 # $DEPLOYKIT_BUILD_ARGS is expanded unquoted, to its words: `deploykit ci init` allows only words that word
 # splitting keeps whole and that no glob changes. The script says so to shellcheck (and its reader).
 _SPLIT_BUILD_ARGS = f"# shellcheck disable=SC2086 # ${BUILD_ARGS_VARIABLE} splits into the build's options\n"
@@ -58,12 +61,14 @@ class WorkflowSettings:
     runner_label: str = DEFAULT_RUNNER_LABEL
     install: str = DEFAULT_INSTALL
     build_args: str = ""  # checked words, joined by single spaces
+    compare_against: str | None = None  # an earlier build's --out folder: each target is compared with its folder
     command: str = "deploykit ci init"  # the command line that wrote the file, quoted in its header
 
     @property
     def variables(self) -> dict[str, str]:
         """The user's values by the environment variable the build step reads each from (those given only)."""
-        values = {MODEL_VARIABLE: self.model, DATA_VARIABLE: self.data, BUILD_ARGS_VARIABLE: self.build_args}
+        values = {MODEL_VARIABLE: self.model, DATA_VARIABLE: self.data, BUILD_ARGS_VARIABLE: self.build_args,
+                  COMPARE_VARIABLE: self.compare_against}
         return {name: value for name, value in values.items() if value}
 
     def build_command(self, device: bool) -> str:
@@ -84,6 +89,15 @@ class WorkflowSettings:
     @property
     def verify_command(self) -> str:
         return f'deploykit verify "{OUT}/$TARGET"'
+
+    def compare_command(self, device: bool) -> str | None:
+        """The job's `deploykit compare` of the target's folder under --compare-against (read from its environment
+        variable, as the build's values are) with the one just built; None without --compare-against."""
+        if not self.compare_against:
+            return None
+        words = ["deploykit", "compare", f'"${COMPARE_VARIABLE}/$TARGET"', f'"{OUT}/$TARGET"', "--junit-xml",
+                 COMPARE_JUNIT_XML]
+        return " ".join([*words, '--device "$DEVICE"'] if device else words)
 
 
 class CIProvider:

@@ -84,6 +84,9 @@ class GitHubActions(CIProvider):
                 # Exit code 3 (a gate missed) or 2 (bad input) fails this step and the job.
                 {"name": "Build", "run": settings.build_command(device)},
                 {"name": "Verify the shipped files", "run": settings.verify_command},
+                # Exit code 3 (a regression) or 5 (speed undecided on a busy runner) fails the job.
+                *([{"name": "Compare with the earlier build", "run": compare}]
+                  if (compare := settings.compare_command(device)) else []),
                 {"name": "Summary", "if": NOT_CANCELLED, "run": _SUMMARY},
                 {"name": "Save the deploykit cache", "if": NOT_CANCELLED, "uses": "actions/cache/save@v5",
                  "with": {"path": CACHE_FOLDER, "key": cache_key}},

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from deploykit.ci.base import CACHE_FOLDER, JUNIT_XML, OUT, PYTHON_VERSION, CIProvider, WorkflowSettings
+from deploykit.ci.base import (CACHE_FOLDER, COMPARE_JUNIT_XML, JUNIT_XML, OUT, PYTHON_VERSION, CIProvider,
+                               WorkflowSettings)
 
 
 class GitLabCI(CIProvider):
@@ -27,6 +28,7 @@ class GitLabCI(CIProvider):
     def _job(self, settings: WorkflowSettings, matrix: list[dict], device: bool) -> dict:
         """$TARGET (and $DEVICE) are the matrix's variables; a non-zero exit (3: a gate missed) fails the job."""
         name = "deploykit-$TARGET" + ("-$DEVICE" if device else "")
+        compare = settings.compare_command(device)
         return {
             "stage": "build",
             "image": f"python:{PYTHON_VERSION}",
@@ -34,7 +36,8 @@ class GitLabCI(CIProvider):
             # when: always keeps what a build that missed a gate exported and measured.
             "cache": {"key": name, "paths": [f"{CACHE_FOLDER}/"], "when": "always"},
             "before_script": [settings.install],
-            "script": [settings.build_command(device), settings.verify_command],
+            "script": [settings.build_command(device), settings.verify_command, *([compare] if compare else [])],
             "after_script": [f'if [ -f "{OUT}/$TARGET/report.md" ]; then cat "{OUT}/$TARGET/report.md"; fi'],
-            "artifacts": {"name": name, "when": "always", "paths": [f"{OUT}/"], "reports": {"junit": JUNIT_XML}},
+            "artifacts": {"name": name, "when": "always", "paths": [f"{OUT}/"],
+                          "reports": {"junit": [JUNIT_XML, COMPARE_JUNIT_XML] if compare else JUNIT_XML}},
         }

@@ -74,12 +74,14 @@ def main() -> None:
     deploykit build --target intel-cpu     build the built-in default (MiniLM + bundled data)
     deploykit build ./my-bert --data reviews.jsonl --target mobile-npu,arm-cpu
     deploykit verify dist                  re-check a build's files and run its artifacts
+    deploykit compare main/arm-cpu dist/arm-cpu   fail when the new build is slower, larger or less faithful
     deploykit ci init --provider gitlab    write a CI workflow that builds each target
 
     \b
     Exit codes: 0 success; 2 bad input or environment (one line on stderr);
-    3 a gate missed (reports still written); 4 verify found a mismatch;
-    130 / 143 interrupted by Ctrl-C / SIGTERM.
+    3 a gate missed (reports still written) or compare found a regression;
+    4 verify found a mismatch; 5 a gate or compare's speed undecided (machine
+    too busy to measure); 130 / 143 interrupted by Ctrl-C / SIGTERM.
     """
 
 

@@ -19,8 +19,8 @@ SEARCH_DEFAULTS = SearchSettings()
 PROFILE_DEFAULTS = BUILD_DEFAULTS.profile
 
 
-def device_options(command):
-    """Where to measure (a device over SSH or ADB) and where to keep what was measured."""
+def measuring_device_options(command):
+    """Where to measure: this machine, or a device over SSH or ADB."""
     options = [
         click.option("--device", help="Profile on this device instead of the build host: ssh://user@host[:port], "
                      "adb://SERIAL (adb:// for the only phone attached), or a name from the devices file."),
@@ -30,14 +30,25 @@ def device_options(command):
                      "known_hosts yet, and record it there (trust on first use)."),
         click.option("--benchmark-binary", type=click.Path(dir_okay=False, exists=True),
                      help="adb devices: a LiteRT benchmark_model binary to push (default: the one on the device)."),
-        click.option("--save-profile", is_flag=False, flag_value="profiles", type=click.Path(file_okay=False),
-                     help="Add what was measured to <DIR>/<target>/<device>.json, the device profile the latency "
-                     "model is fitted on. Alone it means profiles/; give a folder as --save-profile=DIR (a "
-                     "separate word after it would be read as the folder)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def device_options(command):
+    """Where to measure (a device over SSH or ADB) and where to keep what was measured."""
+    command = click.option("--save-profile", is_flag=False, flag_value="profiles", type=click.Path(file_okay=False),
+                           help="Add what was measured to <DIR>/<target>/<device>.json, the device profile the latency "
+                           "model is fitted on. Alone it means profiles/; give a folder as --save-profile=DIR (a "
+                           "separate word after it would be read as the folder).")(command)
+    command = click.option("--host-device-tolerance", type=float, default=BUILD_DEFAULTS.host_device_tolerance,
+                           show_default=True, help="With fidelity measured on a device: host and device cosine, "
+                           "agreement or accuracy further apart than this are reported as a finding.")(command)
+    command = click.option("--validate-on", type=click.Choice(["host", "device"]), default=None,
+                           help="Where the evaluation samples run for fidelity and the gates: the profiling device "
+                           "(its runtime and delegate; the default when it is a device) or this host.")(command)
+    return measuring_device_options(command)
 
 
 def search_options(command):
@@ -173,6 +184,7 @@ def build_options(values: dict, record: tuple = ()) -> BuildOptions:
         converter_timeout_s=v["converter_timeout"], runner=v["runner"], device=v["device"],
         devices_file=optional_path(v["devices_file"]), trust_new_host=v["trust_new_host"],
         benchmark_binary=v["benchmark_binary"], save_profile=optional_path(v["save_profile"]),
+        validate_on=v["validate_on"], host_device_tolerance=v["host_device_tolerance"],
         profiles=optional_path(v["profiles"]), sequence_length_percentile=v["length_percentile"],
         calibration_samples=v["calibration_samples"], evaluation_samples=v["evaluation_samples"], seed=v["seed"],
         masked_logit=v["masked_logit"], max_residual_scale=v["max_residual_scale"],
@@ -205,7 +217,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                                  "evaluation_samples", "seed"),
     "Training passes": ("recipe", "settings", "qat", "qat_steps", "qat_learning_rate", "qat_range_learning_rate"),
     "Profiling": ("runs", "warmup", "threads", "runner", "profile_timeout", "device", "devices_file",
-                  "trust_new_host", "benchmark_binary", "save_profile", "profiles"),
+                  "trust_new_host", "benchmark_binary", "validate_on", "host_device_tolerance", "save_profile",
+                  "profiles"),
     "Search": ("search", "trials", "storage", "study", "prefer", "prune_factor", "search_passes",
                "search_length_percentiles"),
     "Cache": ("cache", "no_cache", "cache_max_gb"),

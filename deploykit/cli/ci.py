@@ -32,23 +32,27 @@ def ci() -> None:
 @click.option("--build-args", default="", help="More `deploykit build` options, as shell words, e.g. "
               "'--max-accuracy-drop 1 --precision int8'; each word of letters, digits and _ . , : = / + @ % - "
               "(a complex recipe goes in a recipe file: --recipe FILE).")
+@click.option("--compare-against", metavar="DIR", help="Also compare each target's build with DIR/<target>, an "
+              "earlier build's --out folder in the repository (`deploykit compare`); a regression fails the job.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Workflow file to write (default: where the provider "
               "reads it).")
 @click.option("--force", is_flag=True, help="Replace the file when it exists.")
-def ci_init(provider, targets, model, data, devices, runner_label, install, build_args, out, force) -> None:
+def ci_init(provider: str, targets: str, devices: tuple[str, ...], out: str | None, force: bool, **values) -> None:
     """Write a CI workflow: per target, install deploykit, restore the deploykit cache, build with --junit-xml and
-    --summary-json, verify, show report.md, save the cache and keep the target folder; a missed gate fails the job.
+    --summary-json, verify, compare with an earlier build (--compare-against), show report.md, save the cache and
+    keep the target folder; a missed gate or a regression fails the job.
     """
     import shlex
 
     from deploykit.ci import get_provider, workflow_settings, write_workflow
 
     chosen = get_provider(provider)
-    given = [("--provider", provider), ("--targets", targets), ("--model", model), ("--data", data),
-             *(("--device", device) for device in devices), ("--runner-label", runner_label),
-             ("--install", install), ("--build-args", build_args or None)]
+    given = [("--provider", provider), ("--targets", targets), ("--model", values["model"]), ("--data", values["data"]),
+             *(("--device", device) for device in devices), ("--runner-label", values["runner_label"]),
+             ("--install", values["install"]), ("--build-args", values["build_args"] or None),
+             ("--compare-against", values["compare_against"])]
     command = " ".join(["deploykit ci init", *(f"{flag} {shlex.quote(value)}" for flag, value in given if value)])
-    settings = workflow_settings(targets, model, data, devices, runner_label, install, build_args, command)
+    settings = workflow_settings(targets, devices=devices, command=command, **values)
     path = write_workflow(chosen, settings, optional_path(out), force)
     jobs = ", ".join([*settings.targets, *(f"{job.target} on {job.device}" for job in settings.devices)])
     output.print(f"{path}: {chosen.title} workflow, one job per target ({jobs}).", highlight=False, markup=False,

@@ -130,7 +130,8 @@ class BuildSession:
     def _measurement_key(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> str:
         """What a measurement depends on: the artifact's bytes, the evaluation data, the runner and device, settings."""
         return digest(self.fingerprint(), [sha256_of(path) for path in artifact.files], artifact.runtime_config,
-                      runner.name, runner.device_name, threads, self.options.profile.__dict__)
+                      runner.name, runner.device_name, threads, self.options.profile.__dict__,
+                      self.validates_on_device(runner))
 
     def measurement_cached(self, artifact: ExportedArtifact, runner: ProfileRunner, threads: int) -> bool:
         return self.cache is not None and self.cache.get("measurement", self._measurement_key(
@@ -202,16 +203,54 @@ class BuildSession:
             loaded = backend.load(artifact.path, threads, artifact.runtime_config)
             outputs = run_examples(loaded, inputs)
             reference = self.reference()
-            quality = {**self.quality(outputs), "per_sample": per_sample_fidelity(
-                self.bundle.task, reference.outputs, outputs, reference.label_ids, reference.class_names)}
+            quality = self._quality_of(outputs)
             del loaded
         gc.collect()  # release the in-process runtime's worker threads before timing another process
-        sample = {name: values[:1] for name, values in inputs.items()}
         settings = self.options.profile
+        quality["validated_on"] = {"where": "host"}
+        if self.validates_on_device(runner):
+            quality = self._device_quality(backend, artifact, runner, threads, label, inputs, quality)
+        sample = {name: values[:1] for name, values in inputs.items()}
         with self.log.step(f"profile_{label}", f"Profiling the {label} artifact ({settings.runs} runs, {threads} threads, "
                                                f"{runner.name} runner)"):
             profile = runner.profile(backend.name, artifact.path, artifact.runtime_config, sample, threads, settings)
         return Measured(artifact, quality, profile)
+
+    def _quality_of(self, outputs: np.ndarray) -> dict:
+        reference = self.reference()
+        return {**self.quality(outputs), "per_sample": per_sample_fidelity(
+            self.bundle.task, reference.outputs, outputs, reference.label_ids, reference.class_names)}
+
+    def validates_on_device(self, runner: ProfileRunner) -> bool:
+        """Whether fidelity comes from the profiling device: by default whenever the runner is a device (--device,
+        or a target whose YAML names a device runner), unless validation on the host is asked for."""
+        return (self.options.validate_on or "device") == "device" and runner.name != "local"  # local: this host
+
+    def _device_quality(self, backend: Backend, artifact: ExportedArtifact, runner: ProfileRunner, threads: int,
+                        label: str, inputs: dict, host: dict) -> dict:
+        """Fidelity from the outputs the device's runtime computed, with the host's beside it and whether the two
+        differ beyond the tolerance (a delegate or an Arm kernel that computes differently is a finding of its own)."""
+        with self.log.step(f"validate_{label}_on_device", f"Validating the {label} artifact on {runner.device_name} "
+                                                          f"({len(self.split.evaluation)} samples)"):
+            measured = runner.run_outputs(backend.name, artifact.path, artifact.runtime_config, inputs, threads,
+                                          self.options.profile)
+        if measured is None:
+            return {**host, "validated_on": {"where": "host", "reason": f"the {runner.name} runner cannot send "
+                                                                       "outputs back from its device"}}
+        quality = self._quality_of(measured["outputs"])
+        tolerance = self.options.host_device_tolerance
+        differences = {}
+        for name in ("cosine_mean", "agreement", "accuracy"):
+            on_host = host["fidelity"].get(name) if name != "accuracy" else host["accuracy"]
+            on_device = quality["fidelity"].get(name) if name != "accuracy" else quality["accuracy"]
+            if on_host is not None and on_device is not None:
+                differences[name] = round(float(on_device - on_host), 6)
+        quality["validated_on"] = {
+            "where": "device", "device": runner.device_name, "runtime": measured["runtime"],
+            "host": {"fidelity": host["fidelity"], "accuracy": host["accuracy"]},
+            "device_minus_host": differences, "tolerance": tolerance,
+            "beyond_tolerance": any(abs(value) > tolerance for value in differences.values())}
+        return quality
 
     def export_options(self, target: Target, recipe: Recipe = (), int4_embeddings: bool = False) -> ExportOptions:
         """What the export of the recipe's model needs; a last pass that trained towards an export (int4-qat)

@@ -99,9 +99,18 @@ class ProfileRunner:
         raise NotImplementedError
 
     def profile_pair(self, backend: str, artifact: Path, runtime_config: dict, baseline: Path, baseline_config: dict,
-                     sample: Inputs, threads: int, settings: ProfileSettings) -> dict | None:
+                     sample: Inputs, threads: int, settings: ProfileSettings,
+                     baseline_sample: Inputs | None = None) -> dict | None:
         """The artifact against `baseline` in alternating rounds (`profiling.stats.paired_speedup`); None where this
-        runner cannot load both at once (the report then says its ratio came from separate timings)."""
+        runner cannot load both at once (the report then says its ratio came from separate timings).
+        `baseline_sample`: the baseline's own input where it takes another shape (another sequence length)."""
+        return None
+
+    def run_outputs(self, backend: str, artifact: Path, runtime_config: dict, inputs: Inputs, threads: int,
+                    settings: ProfileSettings) -> dict | None:
+        """The artifact's first output on every row of `inputs`, computed on this runner's device by its runtime
+        ({"outputs": float32 array, "runtime", "device"}), for fidelity measured where the model runs; None where
+        this runner cannot send outputs back (fidelity is then measured on the build host, and the report says so)."""
         return None
 
 

@@ -8,7 +8,8 @@ and installs with itself): a Raspberry Pi with just `pip install ai-edge-litert`
 can run it. Python 3.8 or newer.
 
 Usage: python -I device_worker.py request.json   (the request's format: worker_io.py; with a "pair", the
-artifact and a baseline are timed side by side in alternating rounds)
+artifact and a baseline are timed side by side in alternating rounds; with "mode": "outputs", the artifact runs on
+every input row and its outputs are written to outputs.npy beside the request, for fidelity measured on the device)
 Prints one JSON line; on failure, one line `deploykit-worker: <message>` on stderr and exit code 3.
 """
 
@@ -23,15 +24,27 @@ import statistics
 import sys
 import time
 from importlib import metadata
+from typing import Callable, NamedTuple
 
 # Per-op profiles time this many extra runs with the runtime's profiler on (after the timed runs, so the
 # profiler's overhead never reaches the latency figures).
 OP_PROFILE_RUNS = 10
 TOP_OPS = 20
+OUTPUTS_FILE = "outputs.npy"  # written beside the request in "outputs" mode
 
 
 class WorkerError(Exception):
     """A problem the user can fix on the device (a missing runtime, an unreadable artifact)."""
+
+
+class Loaded(NamedTuple):
+    """An artifact loaded in its runtime: `run` takes {input name: array} and returns the runtime's own result,
+    which `output_of` turns into the first output as float32 (kept apart so that timing pays for no conversion)."""
+
+    run: Callable
+    runtime: dict
+    profile_ops: Callable | None
+    output_of: Callable
 
 
 def _package_version(*names: str) -> str | None:
@@ -80,11 +93,22 @@ def load_litert(path: str, threads: int, runtime_config: dict, op_profile: bool)
         except ImportError:
             raise missing_runtime("LiteRT", "ai-edge-litert  (or tflite-runtime)") from None
     runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner()
+    outputs = runner.get_output_details()
     facts = {"name": name, "version": version, "delegate": "XNNPACK (default CPU delegate)",
              "input_types": {key: value["dtype"].__name__ for key, value in runner.get_input_details().items()},
-             "output_types": {key: value["dtype"].__name__ for key, value in runner.get_output_details().items()}}
+             "output_types": {key: value["dtype"].__name__ for key, value in outputs.items()}}
+    first = next(iter(outputs))
+    scale, zero_point = outputs[first]["quantization"]
+
+    def output_of(result: dict):
+        """The first output as float32, an integer output dequantized as deploykit's LiteRT backend does."""
+        value = result[first]
+        if value.dtype.kind != "f" and scale:
+            return (value.astype("float32") - zero_point) * scale
+        return value.astype("float32")
+
     # The Python interpreter exposes no op profiler; per-op times on LiteRT come from benchmark_model (adb runner).
-    return (lambda inputs: runner(**inputs)), facts, None
+    return Loaded(lambda inputs: runner(**inputs), facts, None, output_of)
 
 
 def load_openvino(path: str, threads: int, runtime_config: dict, op_profile: bool):
@@ -111,7 +135,9 @@ def load_openvino(path: str, threads: int, runtime_config: dict, op_profile: boo
                     per_node[key] = per_node.get(key, 0.0) + info.real_time.total_seconds() * 1000.0
         return _op_profile("OpenVINO performance counters (PERF_COUNT), real time per executed node", per_node, runs)
 
-    return (lambda inputs: request.infer(inputs)), facts, profile_ops if op_profile else None
+    output = compiled.outputs[0]
+    return Loaded(lambda inputs: request.infer(inputs), facts, profile_ops if op_profile else None,
+                  lambda result: result[output].astype("float32"))
 
 
 def load_onnxruntime(path: str, threads: int, runtime_config: dict, op_profile: bool):
@@ -147,7 +173,8 @@ def load_onnxruntime(path: str, threads: int, runtime_config: dict, op_profile: 
                 per_node[key] = per_node.get(key, 0.0) + event.get("dur", 0) / 1000.0
         return _op_profile("onnxruntime profiler (enable_profiling), kernel time per node", per_node, runs)
 
-    return (lambda inputs: timed.run(None, inputs)), facts, profile_ops if op_profile else None
+    return Loaded(lambda inputs: timed.run(None, inputs), facts, profile_ops if op_profile else None,
+                  lambda result: result[0].astype("float32"))
 
 
 def read_json(path: str):
@@ -226,25 +253,25 @@ def device_facts() -> dict:
     }
 
 
-def _run_queue_wait_ns() -> int | None:
-    """Nanoseconds this process's threads have spent runnable but waiting for a core (Linux schedstat, summed over
-    threads); None where the kernel does not say. Wait that grows while an artifact is timed means another process
+def _run_queue_wait_ns() -> dict | None:
+    """Nanoseconds each of this process's threads has spent runnable but waiting for a core (Linux schedstat), by
+    thread; None where the kernel does not say. Wait that grows while an artifact is timed means another process
     held the cores: the measurement says so rather than passing the other job's share off as the artifact's."""
-    total, found = 0, False
+    waited = {}
     for path in glob.glob("/proc/self/task/*/schedstat"):
         try:
             with open(path, encoding="ascii") as handle:
-                total += int(handle.read().split()[1])
-            found = True
+                waited[path] = int(handle.read().split()[1])
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended between the listing and the read
-    return total if found else None
+    return waited or None
 
 
 def _timed_runs(run, inputs: dict, runs: int) -> tuple:
-    """Milliseconds of each of `runs` inferences, and the share of their wall time this process's threads spent
-    waiting for a core (None where unknown). Read once around all runs: per run, reading every thread's counters
-    would cost more than a small model's inference."""
+    """Milliseconds of each of `runs` inferences, and the largest share of their wall time any one of this process's
+    threads spent waiting for a core (None where unknown): at most 1, and a lower bound on how much of the time
+    went to other processes. Read once around all runs: per run, reading every thread's counters would cost more
+    than a small model's inference."""
     latencies = []
     waited_before = _run_queue_wait_ns()
     for _ in range(runs):
@@ -254,20 +281,28 @@ def _timed_runs(run, inputs: dict, runs: int) -> tuple:
     waited_after = _run_queue_wait_ns()
     if waited_before is None or waited_after is None:
         return latencies, None
-    return latencies, round(max(0, waited_after - waited_before) / 1e6 / sum(latencies), 4)
+    longest = max(max(0, after - waited_before.get(thread, 0)) for thread, after in waited_after.items())
+    return latencies, round(min(1.0, longest / 1e6 / sum(latencies)), 4)
+
+
+def _loader(request: dict, *artifacts: str):
+    """The request's runtime loader, once its artifacts are known to be on this device."""
+    for path in artifacts:
+        if not os.path.isfile(path):
+            raise WorkerError(f"the artifact {path} is not on this device")
+    loader = LOADERS.get(request["backend"])
+    if loader is None:
+        raise WorkerError(f"this worker cannot run {request['backend']!r} artifacts (known: {', '.join(LOADERS)})")
+    return loader
 
 
 def measure(request: dict) -> dict:
     """Load, warm up, time `runs` batch-1 inferences; then, when asked, a per-op profile."""
     artifact = request["artifact"]
-    if not os.path.isfile(artifact):
-        raise WorkerError(f"the artifact {artifact} is not on this device")
-    loader = LOADERS.get(request["backend"])
-    if loader is None:
-        raise WorkerError(f"this worker cannot time {request['backend']!r} artifacts (known: {', '.join(LOADERS)})")
+    loader = _loader(request, artifact)
     before_load_mb = _memory_mb("VmRSS")
-    run, runtime, profile_ops = loader(artifact, request["threads"], request["runtime_config"],
-                                       request.get("op_profile", False))
+    run, runtime, profile_ops, _ = loader(artifact, request["threads"], request["runtime_config"],
+                                          request.get("op_profile", False))
     inputs = _arrays(request["inputs"])  # after the runtime: a missing runtime is named before its NumPy is
     for _ in range(request["warmup"]):
         run(inputs)
@@ -287,25 +322,21 @@ def measure_pair(request: dict) -> dict:
     inferences. Rounds go on past `min_rounds` while the per-round ratio's coefficient of variation is above
     `max_cv`, up to `max_rounds` or `budget_s` seconds."""
     pair = request["pair"]
-    loader = LOADERS.get(request["backend"])
-    if loader is None:
-        raise WorkerError(f"this worker cannot time {request['backend']!r} artifacts (known: {', '.join(LOADERS)})")
-    for path in (request["artifact"], pair["artifact"]):
-        if not os.path.isfile(path):
-            raise WorkerError(f"the artifact {path} is not on this device")
-    run, runtime, _ = loader(request["artifact"], request["threads"], request["runtime_config"], False)
-    run_baseline, _, _ = loader(pair["artifact"], request["threads"], pair["runtime_config"], False)
+    loader = _loader(request, request["artifact"], pair["artifact"])
+    run, runtime = loader(request["artifact"], request["threads"], request["runtime_config"], False)[:2]
+    run_baseline = loader(pair["artifact"], request["threads"], pair["runtime_config"], False).run
     inputs = _arrays(request["inputs"])
+    baseline_inputs = _arrays(pair["inputs"]) if "inputs" in pair else inputs  # its own sequence length
     for _ in range(max(1, request["warmup"])):
         run(inputs)
-        run_baseline(inputs)
+        run_baseline(baseline_inputs)
     rounds, fastest, waits = [], [], []
     started = time.monotonic()
     while len(rounds) < pair["max_rounds"]:
         medians, minimums, waited = [0.0, 0.0], [0.0, 0.0], [None, None]
-        order = ((0, run), (1, run_baseline)) if len(rounds) % 2 == 0 else ((1, run_baseline), (0, run))
-        for index, timed in order:
-            latencies, waited[index] = _timed_runs(timed, inputs, pair["runs"])
+        sides = ((0, run, inputs), (1, run_baseline, baseline_inputs))
+        for index, timed, given in sides if len(rounds) % 2 == 0 else sides[::-1]:
+            latencies, waited[index] = _timed_runs(timed, given, pair["runs"])
             medians[index], minimums[index] = statistics.median(latencies), min(latencies)
         rounds.append(medians)
         fastest.append(minimums)
@@ -323,6 +354,24 @@ def measure_pair(request: dict) -> dict:
             "device": device_facts()}
 
 
+def measure_outputs(request: dict) -> dict:
+    """Run the artifact on each input row (batch 1, as it ships) and write the first output of every row, stacked,
+    to outputs.npy in the working folder: what the host computes fidelity from, as the device's runtime computed
+    it. NumPy's own format without pickles, so the host can read it back as plain numbers."""
+    import numpy as np
+
+    loaded = _loader(request, request["artifact"])(request["artifact"], request["threads"], request["runtime_config"],
+                                                    False)
+    inputs = _arrays(request["inputs"])
+    count = len(next(iter(inputs.values())))
+    rows = [loaded.output_of(loaded.run({name: values[i:i + 1] for name, values in inputs.items()}))[0]
+            for i in range(count)]
+    outputs = np.stack(rows).astype(np.float32)
+    np.save(OUTPUTS_FILE, outputs, allow_pickle=False)
+    return {"outputs": {"file": OUTPUTS_FILE, "shape": list(outputs.shape)}, "runtime": loaded.runtime,
+            "device": device_facts()}
+
+
 def _clean(waited: list, max_share: float) -> bool:
     """A round neither side of which waited for a core more than `max_share` of its time (unknown counts as clean:
     the drift check is then all that can tell)."""
@@ -335,7 +384,8 @@ def main(arguments: list) -> int:
         return 2
     try:
         request = read_json(arguments[0])
-        print(json.dumps(measure_pair(request) if "pair" in request else measure(request)))
+        mode = measure_pair if "pair" in request else measure_outputs if request.get("mode") == "outputs" else measure
+        print(json.dumps(mode(request)))
     except WorkerError as error:
         print(f"deploykit-worker: {error}", file=sys.stderr)
         return 3

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from deploykit.backends.base import Inputs
 from deploykit.profiling.base import ProfileRunner, ProfileSettings
-from deploykit.profiling.worker_io import WORKER_SCRIPT, pair_result, worker_request, worker_result
+from deploykit.profiling.worker_io import (WORKER_SCRIPT, outputs_request, outputs_result, pair_result, worker_request,
+                                           worker_result)
 from deploykit.subprocesses import run_step
 
 
@@ -49,11 +50,19 @@ class LocalRunner(ProfileRunner):
         return profile
 
     def profile_pair(self, backend: str, artifact: Path, runtime_config: dict, baseline: Path, baseline_config: dict,
-                     sample: Inputs, threads: int, settings: ProfileSettings) -> dict:
+                     sample: Inputs, threads: int, settings: ProfileSettings,
+                     baseline_sample: Inputs | None = None) -> dict:
         request = worker_request(backend, str(artifact.resolve()), runtime_config, sample, threads, settings,
-                                 (str(baseline.resolve()), baseline_config))
+                                 (str(baseline.resolve()), baseline_config), baseline_sample)
         stdout = _run_worker(f"timing {artifact.name} against {baseline.name}", request, settings)
         return pair_result(stdout, settings.paired)
+
+    def run_outputs(self, backend: str, artifact: Path, runtime_config: dict, inputs: Inputs, threads: int,
+                    settings: ProfileSettings) -> dict:
+        request = outputs_request(backend, str(artifact.resolve()), runtime_config, inputs, threads)
+        rows = len(next(iter(inputs.values())))
+        return _run_worker(f"running {artifact.name} on {rows} samples", request, settings,
+                           lambda stdout, folder: outputs_result(stdout, folder / "outputs.npy", rows))
 
 
 def slug(text: str) -> str:
@@ -81,12 +90,13 @@ def profile_artifact(
     return worker_result(_run_worker(f"profiling {artifact.name} on {backend}", request, settings), threads)
 
 
-def _run_worker(step: str, request: str, settings: ProfileSettings) -> str:
-    """The worker's stdout for one request, run in a fresh process inside a temp folder."""
+def _run_worker(step: str, request: str, settings: ProfileSettings, read=None):
+    """The worker's stdout for one request, run in a fresh process inside a temp folder; with `read`, what
+    read(stdout, folder) makes of it and the files the worker wrote there, before the folder goes."""
     with tempfile.TemporaryDirectory(prefix="deploykit-profile-") as folder:
         request_path = Path(folder) / "request.json"
         request_path.write_text(request)
         # -I: the worker sees neither the caller's working directory nor PYTHON* variables on its path.
         done = run_step(step, [sys.executable, "-I", str(WORKER_SCRIPT), str(request_path)], settings.timeout_s,
                         cwd=folder)
-    return done.stdout
+        return read(done.stdout, Path(folder)) if read is not None else done.stdout

@@ -18,7 +18,8 @@ from pydantic import Field
 
 from deploykit.errors import DeployKitError
 from deploykit.profiling.base import Inputs, ProfileRunner, ProfileSettings, RunnerSettings
-from deploykit.profiling.worker_io import WORKER_SCRIPT, pair_result, worker_error, worker_request, worker_result
+from deploykit.profiling.worker_io import (WORKER_SCRIPT, outputs_limit, outputs_request, outputs_result, pair_result,
+                                           worker_error, worker_request, worker_result)
 
 # Seconds between the remote `timeout` sending TERM and KILL, and the extra wait for the connection to report it.
 KILL_GRACE_S = 5
@@ -111,7 +112,8 @@ class SshRunner(ProfileRunner):
         return profile
 
     def profile_pair(self, backend: str, artifact: Path, runtime_config: dict, baseline: Path, baseline_config: dict,
-                     sample: Inputs, threads: int, settings: ProfileSettings) -> dict:
+                     sample: Inputs, threads: int, settings: ProfileSettings,
+                     baseline_sample: Inputs | None = None) -> dict:
         from deploykit.backends.base import get_backend
 
         files = get_backend(backend).artifact_files
@@ -121,7 +123,7 @@ class SshRunner(ProfileRunner):
                 session.run(f"mkdir {shlex.quote(folder + '/baseline')}")
                 session.copy(files(baseline), f"{folder}/baseline", {})
                 request = worker_request(backend, artifact.name, runtime_config, sample, threads, settings,
-                                         (f"baseline/{baseline.name}", baseline_config))
+                                         (f"baseline/{baseline.name}", baseline_config), baseline_sample)
                 session.copy([WORKER_SCRIPT, *files(artifact)], folder, {"request.json": request})
                 stdout = session.run_worker(self.worker_command(folder, settings.timeout_s),
                                             settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
@@ -129,6 +131,31 @@ class SshRunner(ProfileRunner):
             finally:
                 session.remove(folder)
         return pair_result(stdout, settings.paired)
+
+    def run_outputs(self, backend: str, artifact: Path, runtime_config: dict, inputs: Inputs, threads: int,
+                    settings: ProfileSettings) -> dict:
+        """The artifact run on the device on every row; its outputs come back as one .npy file over SFTP."""
+        import tempfile
+
+        from deploykit.backends.base import get_backend
+
+        rows = len(next(iter(inputs.values())))
+        request = outputs_request(backend, artifact.name, runtime_config, inputs, threads)
+        with SshSession(self.settings) as session, tempfile.TemporaryDirectory(prefix="deploykit-outputs-") as local:
+            folder = session.make_temp_folder()
+            try:
+                session.copy([WORKER_SCRIPT, *get_backend(backend).artifact_files(artifact)], folder,
+                             {"request.json": request})
+                stdout = session.run_worker(self.worker_command(folder, settings.timeout_s),
+                                            settings.timeout_s + KILL_GRACE_S + REMOTE_MARGIN_S,
+                                            f"running {artifact.name} on {rows} samples on {self.device_name}")
+                received = Path(local) / "outputs.npy"
+                session.fetch(f"{folder}/outputs.npy", received, outputs_limit(rows))
+            finally:
+                session.remove(folder)
+            measured = outputs_result(stdout, received, rows)
+        self.facts, self.runtime = measured["device"], measured["runtime"]
+        return measured
 
     def worker_command(self, folder: str, timeout_s: float, script: str = WORKER_SCRIPT.name) -> str:
         """The shell command that runs `script` on request.json in `folder` with the device's Python under
@@ -237,6 +264,18 @@ class SshSession:
             for name, text in texts.items():
                 with sftp.open(f"{folder}/{name}", "w") as handle:
                     handle.write(text.encode())
+
+    def fetch(self, remote: str, local: Path, max_bytes: int) -> None:
+        """Copy one regular file of the run's temp folder back (the worker's outputs), refused unread when it is a
+        link or larger than `max_bytes`: the device is not trusted to send only what was asked for."""
+        import stat
+
+        with self.client.open_sftp() as sftp:
+            info = sftp.lstat(remote)
+            if not stat.S_ISREG(info.st_mode or 0) or (info.st_size or 0) > max_bytes:
+                raise DeployKitError(f"{self.settings.host} sent back {remote} as {info.st_size} bytes or not as a "
+                                     f"plain file (at most {max_bytes} expected); check the device's worker.")
+            sftp.get(remote, str(local))
 
     def remove(self, folder: str) -> None:
         """Remove the run's temp folder; never raises (it runs while another error may be on its way out)."""

@@ -14,17 +14,63 @@ WORKER_SCRIPT = Path(__file__).with_name("device_worker.py")
 WORKER_ERROR_PREFIX = "deploykit-worker: "
 
 
+def _encoded(inputs: Inputs) -> dict:
+    """Inputs as plain lists, so that the worker needs no file format beyond JSON."""
+    return {name: {"dtype": str(values.dtype), "shape": list(values.shape), "values": values.ravel().tolist()}
+            for name, values in inputs.items()}
+
+
 def worker_request(backend: str, artifact: str, runtime_config: dict, sample: Inputs, threads: int,
-                   settings: ProfileSettings, baseline: tuple[str, dict] | None = None) -> str:
-    """The request file's text: inputs as plain lists so the worker needs no file format beyond JSON. `baseline`
-    (its path and runtime config): time the two side by side in alternating rounds instead."""
-    inputs = {name: {"dtype": str(values.dtype), "shape": list(values.shape), "values": values.ravel().tolist()}
-              for name, values in sample.items()}
-    request = {"backend": backend, "artifact": artifact, "runtime_config": runtime_config, "inputs": inputs,
+                   settings: ProfileSettings, baseline: tuple[str, dict] | None = None,
+                   baseline_sample: Inputs | None = None) -> str:
+    """The request file's text for timing `sample` (batch 1). `baseline` (its path and runtime config): time the two
+    side by side in alternating rounds instead, the baseline on `baseline_sample` when it is given."""
+    request = {"backend": backend, "artifact": artifact, "runtime_config": runtime_config, "inputs": _encoded(sample),
                "threads": threads, "runs": settings.runs, "warmup": settings.warmup, "op_profile": settings.op_profile}
     if baseline is not None:
         request["pair"] = {"artifact": baseline[0], "runtime_config": baseline[1], **asdict(settings.paired)}
+        if baseline_sample is not None:
+            request["pair"]["inputs"] = _encoded(baseline_sample)
     return json.dumps(request)
+
+
+def outputs_request(backend: str, artifact: str, runtime_config: dict, inputs: Inputs, threads: int) -> str:
+    """The request file's text for running the artifact on every row of `inputs` (the evaluation samples)."""
+    return json.dumps({"mode": "outputs", "backend": backend, "artifact": artifact, "runtime_config": runtime_config,
+                       "inputs": _encoded(inputs), "threads": threads})
+
+
+# The outputs file holds float32 rows; more than this many values per row is no encoder's output (a 250k-class head
+# at most): the file is refused before it is parsed.
+MAX_OUTPUT_VALUES_PER_ROW = 1_000_000
+
+
+def outputs_limit(rows: int) -> int:
+    """The most bytes an outputs.npy of `rows` rows may hold (its header included)."""
+    return 4 * rows * MAX_OUTPUT_VALUES_PER_ROW + 4096
+
+
+def outputs_result(stdout: str, outputs_file: Path, rows: int) -> dict:
+    """The device's outputs ({"outputs": float32 array of `rows` rows, "runtime", "device"}) from the worker's JSON
+    line and the outputs.npy it wrote. The file came from the device: it is read bounded, without pickles, and must
+    hold `rows` finite float32 rows."""
+    import io
+
+    import numpy as np
+
+    from deploykit.user_files import read_untrusted_bytes
+
+    try:
+        measured = json.loads(stdout.strip().splitlines()[-1])
+        data = read_untrusted_bytes(outputs_file, limit=outputs_limit(rows))
+        outputs = np.load(io.BytesIO(data), allow_pickle=False)
+        if outputs.dtype != np.float32 or outputs.ndim < 2 or len(outputs) != rows:
+            raise ValueError(f"expected {rows} float32 rows, got {outputs.dtype} {list(outputs.shape)}")
+        return {"outputs": outputs, "runtime": measured["runtime"], "device": measured["device"]}
+    except (IndexError, KeyError, TypeError, ValueError) as error:
+        raise DeployKitError(f"the outputs the device's worker sent back are not what deploykit expects "
+                             f"({type(error).__name__}: {error}); the device's worker and this deploykit may differ "
+                             "in version.") from None
 
 
 def pair_result(stdout: str, paired: PairedTiming) -> dict:

@@ -121,7 +121,10 @@ def assemble_report(
             "integer_only_required": target.integer_only,
             **(chosen.compatibility.as_dict() if chosen.compatibility else {"fallback_ops": None, "fallback_reasons": None}),
         },
-        "measured_on": measured_on,  # the profiling runner's account of the device
+        "measured_on": measured_on,  # the profiling runner's account of the device (latency, memory)
+        # Where the fidelity and accuracy above were computed: "host", or "device" with its runtime, the host's own
+        # figures and whether the two differ beyond the tolerance. Absent from measurements cached before it existed.
+        "fidelity_measured_on": artifact.quality.get("validated_on", {"where": "host"}),
         "gates": {"passed": chosen.passed, "inconclusive": chosen.inconclusive, "checks": chosen.checks},
         "integer_graph": integer_graph,
         "device_compile": device_compile,  # the device toolchain's outcome (None: the target names none)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deploykit.atomic_files import write_atomically
 from deploykit.report.speed import speed_warnings
+from deploykit.report.validation import fidelity_where
 from deploykit.report.formatting import megabytes, number
 from deploykit.report.plots import report_figures
 
@@ -23,6 +24,7 @@ def render_html(reports: list[dict]) -> str:
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     environment.filters.update(number=number, megabytes=megabytes, signed=_signed)
     targets = [{"report": report, "anchor": f"target-{index}", "speed_warnings": speed_warnings(report),
+                "fidelity_where": fidelity_where(report.get("fidelity_measured_on")).replace("**", ""),
                 "figures": [{"id": figure.id, "title": figure.title, "caption": figure.caption,
                              "svg": Markup(figure.svg)} for figure in report_figures(report, f"target-{index}")]}
                for index, report in enumerate(reports)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from deploykit.planner import step_details
 from deploykit.report.speed import speed_method, speed_warnings
+from deploykit.report.validation import fidelity_where
 from deploykit.report.formatting import megabytes as _megabytes, number as _number
 
 
@@ -117,6 +118,7 @@ def render_markdown(report: dict) -> str:
                   f"{_number(facts.get('memory_mb'), 0, ' MB')} memory, {facts.get('os')} (kernel {facts.get('kernel')}); "
                   f"accelerators: {', '.join(facts.get('accelerators') or []) or 'none visible'}; runtime "
                   f"{runtime.get('name')} {runtime.get('version') or ''}.", ""]
+    lines += [fidelity_where(report.get("fidelity_measured_on")), ""]
     lines += [
         f"Data: `{report['data']['source']}`, {report['data']['calibration_samples']} calibration and "
         f"{report['data']['evaluation_samples']} evaluation samples ({report['data']['evaluation_source']}).",

@@ -79,7 +79,7 @@ def speed_method(report: dict) -> str | None:
                 f"per-round ratio varied by {paired['ratio_cv']:.1%} (coefficient of variation).")
         if paired.get("inconclusive"):
             text += (f" Inconclusive: another process held this machine's cores in {paired['contended_rounds']} of "
-                     f"{paired['rounds_timed']} rounds (the worker's threads waited for a core "
+                     f"{paired['rounds_timed']} rounds (a worker thread waited for a core "
                      f"{paired['median_wait_share']:.0%} of the time), so this is the ratio on a busier machine, "
                      "not the artifact's; rerun on a quiet machine.")
         elif paired.get("contended_rounds"):
