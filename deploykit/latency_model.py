@@ -41,6 +41,12 @@ MIN_POINTS = 3
 # the fitted points do, and a skip decision must not rest on an optimistic figure.
 MIN_STATED_ERROR = 0.10
 FEATURES = ("fixed", "dense_macs", "attention_macs", "token_width")
+# A point's weight in the fit is 1 / (p50 x its relative spread), the spread never taken below SPREAD_FLOOR (1%: a
+# tighter interval says more about how many runs were timed than about how the device varies from build to build)
+# and, for points saved before profiles carried a spread, taken as DEFAULT_SPREAD (5%, the spread at which paired
+# timing stops adding rounds). A point timed while another process held the cores weighs as little as its wait says.
+SPREAD_FLOOR = 0.01
+DEFAULT_SPREAD = 0.05
 
 
 @dataclass(frozen=True)
@@ -102,16 +108,21 @@ class LatencyFit:
         return self.error if low <= sequence_length <= high else self.extrapolation_error
 
 
-def fit(precision: str, rows: list[tuple[Architecture, int, float]]) -> LatencyFit | None:
-    """Fit per-unit costs on (architecture, sequence length, p50 ms) rows; None with fewer than MIN_POINTS."""
+def fit(precision: str, rows: list[tuple[Architecture, int, float]],
+        spreads: list[float | None] | None = None) -> LatencyFit | None:
+    """Fit per-unit costs on (architecture, sequence length, p50 ms) rows; None with fewer than MIN_POINTS.
+    `spreads`: each row's relative spread (`point_spread`), so that a noisy point pulls the fit less."""
     from scipy.optimize import nnls
 
     if len(rows) < MIN_POINTS:
         return None
     features = np.array([architecture.work(length) for architecture, length, _ in rows])
     measured = np.array([p50 for _, _, p50 in rows])
-    # Relative error is what matters (a 10% miss at 2 ms and at 200 ms are the same mistake): weight rows by 1/p50.
-    weights = 1.0 / measured
+    spread = np.array([DEFAULT_SPREAD if value is None else max(value, SPREAD_FLOOR)
+                       for value in (spreads or [None] * len(rows))])
+    # Relative error is what matters (a 10% miss at 2 ms and at 200 ms are the same mistake): weight rows by 1/p50,
+    # and by how precisely each was measured.
+    weights = 1.0 / (measured * spread)
     coefficients, _ = nnls(features * weights[:, None], measured * weights)
     lengths = [length for _, length, _ in rows]
     inside, everywhere = [MIN_STATED_ERROR], [MIN_STATED_ERROR]
@@ -148,19 +159,35 @@ class LatencyModel:
         return round(fitted.predict(architecture, sequence_length), 4), fitted.error_at(sequence_length)
 
 
-def profile_rows(profile: dict) -> dict[str, list[tuple[Architecture, int, float]]]:
-    """A profile's measurements as fit rows, by precision (rows without an architecture are left out)."""
-    rows: dict[str, list] = {}
+def point_spread(latency_ms: dict, wait_share: float | None = None) -> float | None:
+    """A measurement's relative spread: half its p50 interval's width over the p50, at least the share of time a
+    worker thread waited for a core (another process's load); None when the timing gave no interval."""
+    interval = latency_ms.get("p50_interval")
+    if not interval:
+        return None
+    spread = (float(interval[1]) - float(interval[0])) / 2 / float(latency_ms["p50"])
+    return round(max(spread, float(wait_share or 0.0)), 4)
+
+
+def profile_rows(profile: dict) -> dict[str, tuple[list[tuple[Architecture, int, float]], list[float | None]]]:
+    """A profile's measurements as fit rows and their spreads, by precision (rows without an architecture are left
+    out; rows saved before profiles carried a spread have None)."""
+    rows: dict[str, tuple[list, list]] = {}
     for entry in profile.get("measurements", []):
         if entry.get("architecture"):
-            rows.setdefault(entry["precision"], []).append(
-                (Architecture(**entry["architecture"]), int(entry["sequence_length"]), float(entry["latency_ms"]["p50"])))
+            points, spreads = rows.setdefault(entry["precision"], ([], []))
+            points.append((Architecture(**entry["architecture"]), int(entry["sequence_length"]),
+                           float(entry["latency_ms"]["p50"])))
+            spread = entry.get("spread")
+            if spread is not None and not (math.isfinite(float(spread)) and float(spread) >= 0):
+                raise ValueError(f"spread {spread!r} is not a finite share")
+            spreads.append(None if spread is None else float(spread))
     return rows
 
 
 def model_from_profile(profile: dict, source: str) -> LatencyModel:
-    fits = {precision: fitted for precision, rows in profile_rows(profile).items()
-            if (fitted := fit(precision, rows)) is not None}
+    fits = {precision: fitted for precision, (rows, spreads) in profile_rows(profile).items()
+            if (fitted := fit(precision, rows, spreads)) is not None}
     return LatencyModel(profile["device"], int(profile["threads"]), fits, source)
 
 

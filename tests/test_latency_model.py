@@ -42,6 +42,31 @@ def test_the_stated_error_is_the_worst_leave_one_out_miss():
     assert fitted.error_at(100) == fitted.error < fitted.extrapolation_error
 
 
+def test_a_point_measured_with_a_wide_spread_pulls_the_fit_less():
+    """One point 40% off the rest: weighed like the others it moves the fit; saved with the wide interval (or the
+    contention) it was measured with, the fit follows the precise points."""
+    rows = _rows()
+    off = [(a, n, p50 * (1.4 if n == 64 else 1.0)) for a, n, p50 in rows]
+    truth = float(COSTS @ MINILM.work(128))
+    alike = fit("fp32", off).predict(MINILM, 128)
+    weighed = fit("fp32", off, [0.5 if n == 64 else 0.01 for _, n, _ in off]).predict(MINILM, 128)
+    assert abs(weighed / truth - 1) < 0.02 < abs(alike / truth - 1)
+
+
+def test_a_profile_row_carries_the_spread_of_its_p50():
+    from deploykit.latency_model import point_spread
+    from deploykit.profiling.profiles import measurement
+
+    row = measurement("int8", "dynamic-int8", "", 128, MINILM.as_dict(),
+                      {"latency_ms": {"p50": 10.0, "p50_interval": [9.0, 11.0]}, "run_queue_wait_share": 0.02}, 100)
+    assert row["spread"] == 0.1
+    assert point_spread({"p50": 10.0, "p50_interval": [9.9, 10.1]}, 0.3) == 0.3  # contention outweighs the runs
+    assert point_spread({"p50": 10.0}) is None  # benchmark_model's summary: no interval
+    profile = {"device": "d", "threads": 2, "measurements": [{**row, "spread": "nan"}] * 3}
+    with pytest.raises(ValueError):
+        model_from_profile(profile, "p.json")
+
+
 def test_too_few_points_give_no_fit_and_no_prediction():
     assert fit("fp32", _rows(lengths=(16, 32))) is None
     model = LatencyModel("host", 2, {"fp32": fit("fp32", _rows())}, "test")

@@ -72,6 +72,7 @@ class TriedCandidate:
             "latency_ms_p50": profile["latency_ms"]["p50"],
             "predicted_latency_ms_p50": self.predicted_p50_ms,
             "latency_ms": profile["latency_ms"],
+            "run_queue_wait_share": profile.get("run_queue_wait_share"),  # another process's load while timed
             "peak_rss_mb": profile["peak_rss_mb"],
             "op_profile": profile.get("op_profile"),
             "bytes": sum(path.stat().st_size for path in self.measured.artifact.files),

@@ -46,9 +46,13 @@ def build_measurements(report: dict) -> list[dict]:
 
 def measurement(label: str, precision: str, recipe: str, sequence_length: int, architecture: dict | None,
                 measured: dict, size: int | None) -> dict:
-    """One profile row; `measured` holds latency_ms, peak_rss_mb and (optionally) op_profile."""
+    """One profile row; `measured` holds latency_ms, peak_rss_mb and (optionally) op_profile and
+    run_queue_wait_share. `spread`: the p50's relative uncertainty, which weighs the row in the latency model."""
+    from deploykit.latency_model import point_spread
+
     return {"label": label, "precision": precision, "recipe": recipe, "sequence_length": sequence_length,
             "architecture": architecture, "latency_ms": measured["latency_ms"],
+            "spread": point_spread(measured["latency_ms"], measured.get("run_queue_wait_share")),
             "peak_rss_mb": measured.get("peak_rss_mb"), "bytes": size,
             "op_types": (measured.get("op_profile") or {}).get("by_type")}
 

@@ -91,6 +91,7 @@ def assemble_report(
             "precision": baseline_entry["precision"],
             "bytes": baseline_entry["bytes"],
             "latency_ms": baseline.profile["latency_ms"],
+            "run_queue_wait_share": baseline.profile.get("run_queue_wait_share"),
             "latency_samples_ms": baseline.profile.get("latency_samples_ms"),  # None: the runner gives a summary only
             "peak_rss_mb": baseline.profile["peak_rss_mb"],
             "runtime": baseline.profile["runtime"],
@@ -100,6 +101,7 @@ def assemble_report(
         },
         "metrics": {
             "latency_ms": artifact.profile["latency_ms"],
+            "run_queue_wait_share": artifact.profile.get("run_queue_wait_share"),
             "latency_samples_ms": artifact.profile.get("latency_samples_ms"),
             "peak_rss_mb": artifact.profile["peak_rss_mb"],
             "rss_before_load_mb": artifact.profile.get("rss_before_load_mb"),

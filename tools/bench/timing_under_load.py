@@ -29,11 +29,13 @@ def _burn(stop) -> None:
             count += 1
 
 
-def _build(model: str, target: str, out: Path, samples: int) -> dict:
+def _build(model: str, target: str, out: Path, samples: int, threads: int | None) -> dict:
     import deploykit as dk
     from deploykit.options import BuildOptions
+    from deploykit.profiling.base import ProfileSettings
 
-    options = BuildOptions(out=out, use_cache=False, evaluation_samples=samples, calibration_samples=samples)
+    options = BuildOptions(out=out, use_cache=False, evaluation_samples=samples, calibration_samples=samples,
+                           profile=ProfileSettings(threads=threads))
     return dk.build(model, target=target, options=options).report
 
 
@@ -53,18 +55,20 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--target", default="arm-cpu")
     parser.add_argument("--samples", type=int, default=64, help="evaluation and calibration samples per build")
+    parser.add_argument("--threads", type=int, help="time with this many threads (default: the target's, at most "
+                        "this host's cores)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="timing-under-load-") as scratch:
-        rows.append(_row("quiet", _build(args.model, args.target, Path(scratch) / "quiet", args.samples)))
+        rows.append(_row("quiet", _build(args.model, args.target, Path(scratch) / "quiet", args.samples, args.threads)))
         stop = multiprocessing.Event()
         burner = multiprocessing.Process(target=_burn, args=(stop,), daemon=True)
         burner.start()
         time.sleep(1)
         try:
-            rows.append(_row("one core busy", _build(args.model, args.target, Path(scratch) / "busy", args.samples)))
+            rows.append(_row("one core busy", _build(args.model, args.target, Path(scratch) / "busy", args.samples, args.threads)))
         finally:
             stop.set()
             burner.join(10)
@@ -89,7 +93,8 @@ def main() -> None:
           f"{'marks its speed-up inconclusive' if busy['inconclusive'] else 'states its speed-up'}; the quiet one "
           f"{'marks its speed-up inconclusive' if quiet['inconclusive'] else 'states its speed-up'}.")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "target": args.target, "rows": rows}, indent=2) + "\n")
+        document = {"model": args.model, "target": args.target, "threads": args.threads, "rows": rows}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":
