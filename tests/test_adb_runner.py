@@ -92,10 +92,14 @@ def test_parser_rejects_a_garbled_op_table():
 # --- the runner against a fake adb --------------------------------------------------------------------------
 
 FAKE_ADB = '''#!{python}
-"""A fake adb: logs its argv, answers from the files beside it."""
-import json, sys, time
+"""A fake adb: logs its argv, answers from the files beside it; pushed files land in device/ (the phone's file
+system), `pull` copies back from there, `rm -rf` removes there, and `sh SCRIPT` runs each benchmark_model line of a
+pushed script as benchmark_model does its file I/O (inputs from --input_layer_value_files, the output tensors' raw
+bytes to --output_filepath), with LiteRT's interpreter standing in for the phone's."""
+import json, shlex, shutil, sys, time
 from pathlib import Path
 here = Path(__file__).parent
+device = here / "device"
 args = sys.argv[1:]
 with open(here / "adb.log", "a") as log:
     log.write(json.dumps(args) + "\\n")
@@ -103,10 +107,47 @@ if args == ["devices"]:
     print("List of devices attached")
     print((here / "devices.txt").read_text(), end="")
     sys.exit(0)
+
+def on_device(path):
+    return device / path.lstrip("/")
+
+def copy(source, target):
+    if source.is_dir():
+        shutil.copytree(source, target / source.name if target.is_dir() else target, dirs_exist_ok=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+
+def benchmark(arguments):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    flags = dict(argument[2:].split("=", 1) for argument in arguments[1:])
+    interpreter = Interpreter(model_path=str(on_device(flags["graph"])), num_threads=int(flags["num_threads"]))
+    interpreter.allocate_tensors()
+    files = dict(item.rsplit(":", 1) for item in flags["input_layer_value_files"].split(","))
+    for detail in interpreter.get_input_details():
+        values = np.frombuffer(on_device(files[detail["name"].replace(":", "::")]).read_bytes(), detail["dtype"])
+        interpreter.set_tensor(detail["index"], values.reshape(detail["shape"]))
+    interpreter.invoke()
+    with open(on_device(flags["output_filepath"]), "wb") as handle:
+        for detail in interpreter.get_output_details():
+            handle.write(interpreter.get_tensor(detail["index"]).tobytes())
+
 command = args[2:]  # after -s SERIAL
 if command[0] == "push":
+    copy(Path(command[1]), on_device(command[2]))
+    sys.exit(0)
+if command[0] == "pull":
+    copy(on_device(command[1]), Path(command[2]))
     sys.exit(0)
 shell = command[1]
+if shell.startswith("mkdir -p "):
+    on_device(shlex.split(shell)[2]).mkdir(parents=True, exist_ok=True)
+elif shell.startswith("rm -rf "):
+    shutil.rmtree(on_device(shlex.split(shell)[2]), ignore_errors=True)
+elif shell.startswith("sh "):
+    for line in on_device(shlex.split(shell)[1]).read_text().splitlines()[1:]:
+        benchmark(shlex.split(line))
 if shell == "getprop":
     print("[ro.product.model]: [Pixel 8]\\n[ro.product.manufacturer]: [Google]\\n[ro.soc.model]: [Tensor G3]")
     print("[ro.board.platform]: [zuma]\\n[ro.build.version.release]: [14]\\n[ro.product.cpu.abi]: [arm64-v8a]")
@@ -205,6 +246,36 @@ def test_runner_pushes_runs_and_cleans_up(fake_adb, tmp_path):
     assert len(ops["top"]) == 12 and ops["runs"] == 20
 
 
+def test_outputs_come_back_from_benchmark_model_one_run_per_row(fake_adb, tmp_path):
+    """Fidelity on a phone: every row's inputs pushed as files, one benchmark_model run per row with the target's
+    delegate flags and --output_filepath, the outputs pulled back in one call and read as the artifact's output; the
+    phone's folder is removed afterwards."""
+    model = _tiny_tflite(tmp_path / "model.tflite")
+    runner = _runner(fake_adb, benchmark_flags=["--use_xnnpack=true"])
+    ids = np.arange(24, dtype=np.int32).reshape(3, 8)
+    mask = np.array([[1] * 8, [1] * 4 + [0] * 4, [0] * 8], dtype=np.int32)
+    measured = runner.run_outputs("litert", model, {}, {"token_ids": ids, "padding_mask": mask}, 2, SETTINGS)
+    assert measured["outputs"].dtype == np.float32 and np.array_equal(measured["outputs"], ids * mask)
+    assert measured["runtime"]["flags"] == ["--use_xnnpack=true"]
+    steps = [call[2:] for call in _calls(fake_adb)[1:]]
+    script = next(step[1] for step in steps if step[0] == "shell" and step[1].startswith("sh "))
+    remote = script.split()[1].rsplit("/rows/", 1)[0]
+    assert ["pull", f"{remote}/out"] == next(step for step in steps if step[0] == "pull")[:2]
+    assert sum(step[0] == "push" for step in steps) == 2  # the model and one folder of every row's files
+    assert not (fake_adb / "device" / remote.lstrip("/")).exists()  # removed from the phone
+
+
+def test_outputs_of_the_wrong_size_are_refused(fake_adb, tmp_path):
+    from deploykit.profiling.adb import read_output
+
+    output = {"dtype": np.dtype(np.float32), "shape": (1, 8), "scale": 0.0, "zero_point": 0}
+    (tmp_path / "output-0.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(DeployKitError, match="holds 16 bytes, not the 32"):
+        read_output(tmp_path / "output-0.bin", output)
+    with pytest.raises(DeployKitError, match="wrote no output-1.bin"):
+        read_output(tmp_path / "output-1.bin", output)
+
+
 def test_runner_writes_the_token_ids_in_model_order(fake_adb, tmp_path, monkeypatch):
     model = _tiny_tflite(tmp_path / "model.tflite")
     pushed = {}
@@ -279,7 +350,7 @@ def test_runner_picks_the_named_device_among_several(fake_adb, tmp_path):
 
 
 def test_runner_rejects_other_artifacts_and_bad_flags(fake_adb, tmp_path):
-    with pytest.raises(DeployKitError, match="times LiteRT .tflite artifacts"):
+    with pytest.raises(DeployKitError, match="runs LiteRT .tflite artifacts"):
         _runner(fake_adb).profile("openvino", tmp_path / "model.xml", {}, SAMPLE, 4, SETTINGS)
     with pytest.raises(DeployKitError, match="must each look like --name=value"):
         _runner(fake_adb, benchmark_flags=["--use_gpu=true", "--use_nnapi=true; reboot"])

@@ -79,14 +79,38 @@ class AdbRunner(ProfileRunner):
 
     def profile(self, backend: str, artifact: Path, runtime_config: dict, sample: Inputs, threads: int,
                 settings: ProfileSettings) -> dict:
-        if backend != "litert" or artifact.suffix != ".tflite":
-            raise DeployKitError(f"the adb runner times LiteRT .tflite artifacts with benchmark_model; "
-                                 f"{artifact.name} is a {backend} artifact: use the local runner for it.")
+        _check_litert(backend, artifact)
         inputs = model_inputs(artifact, sample)
+        output = self._in_temp_folder(lambda serial, remote: self._benchmark(serial, remote, artifact, inputs,
+                                                                           threads, settings))
+        return self._result(output, threads, settings)
+
+    def run_outputs(self, backend: str, artifact: Path, runtime_config: dict, inputs: Inputs, threads: int,
+                    settings: ProfileSettings) -> dict:
+        """The artifact's output on every row, computed on the phone by benchmark_model with the target's delegate
+        flags: one run per row (`--num_runs=1`, that row's inputs from files), each writing its output tensor's raw
+        bytes to a file (`--output_filepath`, LiteRT's tflite/tools/benchmark/benchmark_tflite_model.cc), all
+        pulled back at once."""
+        _check_litert(backend, artifact)
+        output = tflite_output(artifact)
+        rows = len(next(iter(inputs.values())))
+        per_row = [model_inputs(artifact, {name: values[i:i + 1] for name, values in inputs.items()})
+                   for i in range(rows)]
+        with tempfile.TemporaryDirectory(prefix="deploykit-adb-outputs-") as local:
+            self._in_temp_folder(lambda serial, remote: self._run_rows(serial, remote, artifact, per_row, threads,
+                                                                       settings, Path(local)))
+            values = [read_output(Path(local) / "out" / f"output-{number}.bin", output) for number in range(rows)]
+        return {"outputs": np.stack(values).astype(np.float32),
+                "runtime": {"name": "benchmark_model", "binary": self.settings.benchmark_binary
+                            or self.settings.device_binary, "flags": list(self.settings.benchmark_flags)},
+                "device": self.device_facts()}
+
+    def _in_temp_folder(self, work):
+        """work(serial, remote folder) on the phone; the folder is removed afterwards, also after a failure."""
         serial = self.serial()
         remote = f"/data/local/tmp/deploykit-{secrets.token_hex(4)}"
         try:
-            output = self._benchmark(serial, remote, artifact, inputs, threads, settings)
+            result = work(serial, remote)
         except BaseException as error:
             try:
                 self._remove(serial, remote)
@@ -94,7 +118,7 @@ class AdbRunner(ProfileRunner):
                 error.add_note(str(cleanup_error))
             raise
         self._remove(serial, remote)
-        return self._result(output, threads, settings)
+        return result
 
     # --- the device -----------------------------------------------------------------------------------------
 
@@ -187,6 +211,33 @@ class AdbRunner(ProfileRunner):
                          timeout_s=settings.timeout_s)
         return f"{done.stdout}\n{done.stderr}"
 
+    def _run_rows(self, serial: str, remote: str, artifact: Path, per_row: list[list[dict]], threads: int,
+                  settings: ProfileSettings, local: Path) -> None:
+        """Push the model, every row's input files and a script of one benchmark_model run per row; run it; pull
+        the output files into `local`/out."""
+        self._adb(serial, f"creating {remote} on the device", "shell", shlex.join(["mkdir", "-p", f"{remote}/out"]))
+        self._adb(serial, f"pushing {artifact.name} to the device", "push", str(artifact), f"{remote}/model.tflite",
+                  timeout_s=settings.timeout_s)
+        binary = self._binary(serial, remote, settings)
+        once = ProfileSettings(runs=1, warmup=0, op_profile=False)
+        rows = local / "rows"
+        rows.mkdir()
+        lines = ["set -e"]
+        for number, inputs in enumerate(per_row):
+            for index, entry in enumerate(inputs):
+                name = f"input-{number}-{index}.bin"
+                (rows / name).write_bytes(entry["values"].tobytes())
+                entry["remote"] = f"{remote}/rows/{name}"
+            lines.append(shlex.join([binary, *self.benchmark_arguments(f"{remote}/model.tflite", inputs, threads, once),
+                                     f"--output_filepath={remote}/out/output-{number}.bin"]))
+        (rows / "run.sh").write_text("\n".join(lines) + "\n")
+        self._adb(serial, f"pushing {len(per_row)} samples to the device", "push", str(rows), remote,
+                  timeout_s=settings.timeout_s)
+        self._adb(serial, f"running {artifact.name} on {len(per_row)} samples on the device", "shell",
+                  shlex.join(["sh", f"{remote}/rows/run.sh"]), timeout_s=settings.timeout_s)
+        self._adb(serial, "pulling the outputs from the device", "pull", f"{remote}/out", str(local),
+                  timeout_s=settings.timeout_s)
+
     def _binary(self, serial: str, remote: str, settings: ProfileSettings) -> str:
         """The benchmark_model to run: the pushed local build, or the one already on the device."""
         if self.settings.benchmark_binary is not None:
@@ -270,6 +321,45 @@ def op_profile(tables: dict) -> dict:
     return {"source": "benchmark_model --enable_op_profiling=true, average per run of each node of the primary graph "
                       "(a delegated partition is one node)",
             "runs": tables["runs"], "by_type": by_type, "top": top}
+
+
+def _check_litert(backend: str, artifact: Path) -> None:
+    if backend != "litert" or artifact.suffix != ".tflite":
+        raise DeployKitError(f"the adb runner runs LiteRT .tflite artifacts with benchmark_model; "
+                             f"{artifact.name} is a {backend} artifact: use the local runner for it.")
+
+
+def tflite_output(path: Path) -> dict:
+    """The artifact's one output as benchmark_model writes it: dtype, shape, and the quantization that turns an
+    integer output into deploykit's float32 (as its LiteRT backend dequantizes)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_output_details()
+    if len(details) != 1:
+        raise DeployKitError(f"{path.name} has {len(details)} outputs; deploykit's encoder artifacts have one: "
+                             "rebuild it with `deploykit build`.")
+    scale, zero_point = details[0]["quantization"]
+    return {"dtype": np.dtype(details[0]["dtype"]), "shape": tuple(int(n) for n in details[0]["shape"]),
+            "scale": scale, "zero_point": zero_point}
+
+
+def read_output(path: Path, output: dict) -> np.ndarray:
+    """One row's output from the raw bytes benchmark_model wrote (pulled from the phone: read bounded, and it
+    must be exactly one output tensor's bytes)."""
+    from deploykit.user_files import read_untrusted_bytes
+
+    expected = int(np.prod(output["shape"])) * output["dtype"].itemsize
+    if not (path.exists() or path.is_symlink()):
+        raise DeployKitError(f"benchmark_model wrote no {path.name} on the device; its version may predate "
+                             "--output_filepath: push a current build with --benchmark-binary.")
+    data = read_untrusted_bytes(path, limit=expected)
+    if len(data) != expected:
+        raise DeployKitError(f"benchmark_model's {path.name} holds {len(data)} bytes, not the {expected} of the "
+                             f"artifact's output {list(output['shape'])}; check the benchmark_model build.")
+    values = np.frombuffer(data, dtype=output["dtype"].newbyteorder("<")).reshape(output["shape"])[0]
+    if output["dtype"].kind != "f" and output["scale"]:
+        return (values.astype(np.float32) - output["zero_point"]) * output["scale"]
+    return values.astype(np.float32)
 
 
 def model_inputs(artifact: Path, sample: Inputs) -> list[dict]:
