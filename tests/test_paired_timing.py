@@ -48,6 +48,25 @@ def test_rounds_in_which_another_process_held_the_cores_are_left_out():
     assert not unknown["inconclusive"] and unknown["contended_rounds"] == 0 and unknown["median_wait_share"] is None
 
 
+def test_timed_runs_with_two_peaks_are_flagged():
+    from deploykit.profiling.stats import latency_summary, two_peaks
+    from deploykit.report.speed import speed_warnings
+
+    generator = np.random.default_rng(0)
+    switching = np.r_[generator.normal(3, 0.3, 60), generator.normal(27, 2, 40)]  # a machine at two speeds
+    peaks = two_peaks(switching)
+    assert peaks["peaks_ms"][0] == pytest.approx(3, abs=0.5) and peaks["peaks_ms"][1] == pytest.approx(27, abs=2)
+    assert peaks["share_in_faster"] == 0.6
+    for unimodal in (generator.normal(5, 0.5, 100), 3 * np.exp(generator.normal(0, 0.3, 100)),
+                     np.r_[generator.normal(3, 0.1, 95), generator.normal(9, 1, 5)]):  # a tail of preempted runs
+        assert two_peaks(unimodal) is None
+    assert two_peaks(switching[::10]) is None  # 10 runs cannot tell
+    report = {"metrics": {"latency_ms": latency_summary(switching), "speedup_vs_baseline": 2.0},
+              "baseline": {"latency_ms": latency_summary(generator.normal(8, 0.2, 100))}, "speed": {}}
+    [warning] = speed_warnings(report)
+    assert warning.startswith("The shipped artifact's timed runs have two peaks, around 3")
+
+
 def test_the_latency_gate_is_decided_on_the_p50_interval():
     from deploykit.planner import latency_check
 

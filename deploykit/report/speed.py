@@ -52,7 +52,8 @@ def _compare(reference: dict, other: dict, level: float) -> tuple[float | None, 
 
 
 def speed_warnings(report: dict) -> list[str]:
-    """The findings in words, for report.md, report.html and the CLI (empty when nothing is slower)."""
+    """The findings in words, for report.md, report.html and the CLI (empty when nothing is slower and no timing
+    had two peaks)."""
     metrics, speed = report["metrics"], report.get("speed") or {}
     lines = []
     if speed.get("slower_than_baseline"):
@@ -61,6 +62,15 @@ def speed_warnings(report: dict) -> list[str]:
         certainty = "" if speed.get("slower_beyond_noise") else ", within timing noise"
         lines.append(f"The shipped artifact is slower than the fp32 baseline on the same runner: "
                      f"{metrics['speedup_vs_baseline']:.2f}×{spread}{certainty}.")
+    for name, latency in (("shipped artifact", metrics.get("latency_ms")),
+                          ("fp32 baseline", (report.get("baseline") or {}).get("latency_ms"))):
+        peaks = (latency or {}).get("two_peaks")
+        if peaks:
+            faster, slower = peaks["peaks_ms"]
+            lines.append(f"The {name}'s timed runs have two peaks, around {faster:.3g} ms and {slower:.3g} ms "
+                         f"({peaks['share_in_faster']:.0%} of runs in the faster): the machine or runtime switched "
+                         "between two speeds while it was timed (another job, frequency scaling, a fallback), and its "
+                         "p50 describes neither; rerun on a quiet machine.")
     for row in speed.get("faster_candidates_displaced", []):
         noise = "" if row["beyond_noise"] else ", within timing noise"
         lines.append(f"Candidate {row['candidate']} was {row['faster_by']:.2f}× faster ({row['latency_ms_p50']:.2f} ms "
