@@ -253,36 +253,46 @@ def device_facts() -> dict:
     }
 
 
-def _run_queue_wait_ns() -> dict | None:
-    """Nanoseconds each of this process's threads has spent runnable but waiting for a core (Linux schedstat), by
+def _scheduler_ns() -> dict | None:
+    """(ns on a core, ns runnable but waiting for one) of each of this process's threads (Linux schedstat), by
     thread; None where the kernel does not say. Wait that grows while an artifact is timed means another process
     held the cores: the measurement says so rather than passing the other job's share off as the artifact's."""
-    waited = {}
+    counters = {}
     for path in glob.glob("/proc/self/task/*/schedstat"):
         try:
             with open(path, encoding="ascii") as handle:
-                waited[path] = int(handle.read().split()[1])
-        except (OSError, IndexError, ValueError):
+                ran, waited = handle.read().split()[:2]
+            counters[path] = (int(ran), int(waited))
+        except (OSError, ValueError):
             continue  # a thread that ended between the listing and the read
-    return waited or None
+    return counters or None
+
+
+# A thread counts as doing the timed work when it was on a core for at least this share of the runs' wall time. A
+# runtime's helper thread that wakes briefly while the compute threads hold every core waits for one too, but that
+# wait is the artifact's own doing, not another process's; a compute thread starved by other processes still runs
+# far more than 5%.
+WORKING_SHARE = 0.05
 
 
 def _timed_runs(run, inputs: dict, runs: int) -> tuple:
-    """Milliseconds of each of `runs` inferences, and the largest share of their wall time any one of this process's
-    threads spent waiting for a core (None where unknown): at most 1, and a lower bound on how much of the time
+    """Milliseconds of each of `runs` inferences, and the largest share of their wall time any of the threads doing
+    the work spent waiting for a core (None where unknown): at most 1, and a lower bound on how much of the time
     went to other processes. Read once around all runs: per run, reading every thread's counters would cost more
     than a small model's inference."""
     latencies = []
-    waited_before = _run_queue_wait_ns()
+    before = _scheduler_ns()
     for _ in range(runs):
         start = time.perf_counter_ns()
         run(inputs)
         latencies.append((time.perf_counter_ns() - start) / 1e6)
-    waited_after = _run_queue_wait_ns()
-    if waited_before is None or waited_after is None:
+    after = _scheduler_ns()
+    if before is None or after is None:
         return latencies, None
-    longest = max(max(0, after - waited_before.get(thread, 0)) for thread, after in waited_after.items())
-    return latencies, round(min(1.0, longest / 1e6 / sum(latencies)), 4)
+    wall_ns = sum(latencies) * 1e6
+    waits = [waited - before.get(thread, (0, 0))[1] for thread, (ran, waited) in after.items()
+             if ran - before.get(thread, (0, 0))[0] >= WORKING_SHARE * wall_ns]
+    return latencies, round(min(1.0, max(waits, default=0) / wall_ns), 4)
 
 
 def _loader(request: dict, *artifacts: str):
@@ -320,7 +330,8 @@ def measure_pair(request: dict) -> dict:
     """The artifact and a baseline (`request["pair"]`) loaded side by side and timed in alternating rounds, in
     ABBA order, so that load on the device and drift hit both alike: per round, each one's median over `runs`
     inferences. Rounds go on past `min_rounds` while the per-round ratio's coefficient of variation is above
-    `max_cv`, up to `max_rounds` or `budget_s` seconds."""
+    `max_cv`, up to `max_rounds` or `budget_s` seconds; rounds disturbed by other processes do not count, and
+    timing stops early when, at the rate clean rounds have come so far, `max_rounds` would not bring `min_rounds`."""
     pair = request["pair"]
     loader = _loader(request, request["artifact"], pair["artifact"])
     run, runtime = loader(request["artifact"], request["threads"], request["runtime_config"], False)[:2]
@@ -348,6 +359,8 @@ def measure_pair(request: dict) -> dict:
             ratios = [baseline / artifact for artifact, baseline in clean]
             if statistics.pstdev(ratios) / statistics.fmean(ratios) <= pair["max_cv"]:
                 break
+        elif len(rounds) >= pair["min_rounds"] and len(clean) * pair["max_rounds"] < pair["min_rounds"] * len(rounds):
+            break  # at the clean rounds' rate so far, max_rounds would not hold min_rounds of them: the machine is busy
         if len(rounds) >= pair["min_rounds"] and time.monotonic() - started > pair["budget_s"]:
             break
     return {"rounds_ms": rounds, "rounds_min_ms": fastest, "rounds_wait_share": waits, "runtime": runtime,
