@@ -60,12 +60,20 @@ def two_peaks(values, min_share: float = 0.1, max_valley: float = 0.7, grid: int
 def median_interval(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[float]:
     """A percentile-bootstrap interval at `level` for the median of `values`: how far a p50 can move from
     resampling alone, so that a latency gate is decided on what the runs can tell apart. Seeded."""
-    values = np.asarray(values, np.float64)
-    generator = np.random.default_rng(seed)
-    medians = np.median(values[generator.integers(0, len(values), (resamples, len(values)))], axis=1)
+    medians = _bootstrap_medians(np.asarray(values, np.float64), np.random.default_rng(seed), resamples)
+    return [round(value, 4) for value in _interval(medians, level)]
+
+
+def _bootstrap_medians(values: np.ndarray, generator: np.random.Generator, resamples: int) -> np.ndarray:
+    """The medians of `resamples` resamples of `values` with replacement."""
+    return np.median(values[generator.integers(0, len(values), (resamples, len(values)))], axis=1)
+
+
+def _interval(estimates: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` share of bootstrap estimates: a percentile-bootstrap interval."""
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return [round(float(low), 4), round(float(high), 4)]
+    low, high = np.percentile(estimates, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def ratio_interval(numerator_ms: list[float], denominator_ms: list[float], level: float = 0.95,
@@ -75,12 +83,9 @@ def ratio_interval(numerator_ms: list[float], denominator_ms: list[float], level
     states the same interval for the same timings."""
     first, second = np.asarray(numerator_ms, np.float64), np.asarray(denominator_ms, np.float64)
     generator = np.random.default_rng(seed)
-    medians = [np.median(values[generator.integers(0, len(values), (resamples, len(values)))], axis=1)
-               for values in (first, second)]
-    ratios = medians[0] / medians[1]
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(np.median(first) / np.median(second)), float(low), float(high)
+    medians = [_bootstrap_medians(values, generator, resamples) for values in (first, second)]
+    low, high = _interval(medians[0] / medians[1], level)
+    return float(np.median(first) / np.median(second)), low, high
 
 
 # Per-round ratios whose two halves' medians differ by more than this share drifted (thermal throttling, a
@@ -106,15 +111,12 @@ def paired_speedup(rounds_ms: list[list[float]], wait_shares: list[list[float | 
     inconclusive = int(clean.sum()) < min_rounds
     used = rounds if inconclusive else rounds[clean]
     ratios = used[:, 1] / used[:, 0]
-    generator = np.random.default_rng(seed)
-    medians = np.median(ratios[generator.integers(0, len(ratios), (resamples, len(ratios)))], axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
+    low, high = _interval(_bootstrap_medians(ratios, np.random.default_rng(seed), resamples), level)
     half = len(ratios) // 2
     first, second = (np.median(ratios[:half]), np.median(ratios[half:])) if half else (ratios[0], ratios[0])
     cv = lambda values: round(float(values.std() / values.mean()), 4)  # noqa: E731
     known = [share for pair in waits for share in pair if share is not None]
-    return {"speedup": round(float(np.median(ratios)), 4), "interval": [round(float(low), 4), round(float(high), 4)],
+    return {"speedup": round(float(np.median(ratios)), 4), "interval": [round(low, 4), round(high, 4)],
             "level": level, "rounds": int(len(ratios)), "ratio_cv": cv(ratios), "artifact_cv": cv(used[:, 0]),
             "baseline_cv": cv(used[:, 1]), "drift": bool(abs(second - first) / np.median(ratios) > DRIFT),
             "contended_rounds": int((~clean).sum()), "rounds_timed": int(len(rounds)),
