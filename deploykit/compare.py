@@ -170,8 +170,8 @@ def _speed_verdict(timing: dict, base_ms: float, new_ms: float, how: str, thresh
 
 def _recorded_speed(base: ComparedBuild, new: ComparedBuild, reason: str, thresholds: Thresholds) -> Check:
     """Speed from what the two builds recorded (`reason`: why they were not re-timed): each one's timed runs, taken
-    separately, perhaps on other machines. Judged like a re-timing when both reports keep their runs and name the
-    same device; else skipped."""
+    separately, perhaps on other machines and under other load. Reported when both reports keep their runs and name
+    the same device, never judged: only alternating rounds time a ratio that load cannot move."""
     runs = _recorded_runs(base.report), _recorded_runs(new.report)
     devices = [(build.report.get("measured_on") or {}).get("device") for build in (base, new)]
     if None in runs or devices[0] is None or devices[0] != devices[1]:
@@ -179,10 +179,12 @@ def _recorded_speed(base: ComparedBuild, new: ComparedBuild, reason: str, thresh
                      "device with their runs kept; pass both build folders to time them side by side.",
                      threshold=thresholds.max_slowdown)
     speedup, low, high = ratio_interval(runs[0], runs[1])
-    timing = {"speedup": round(speedup, 4), "interval": [round(low, 4), round(high, 4)]}
-    return _speed_verdict(timing, float(np.median(runs[0])), float(np.median(runs[1])),
-                          f"from the recorded runs only ({reason}; each build timed its own, separately)",
-                          thresholds)
+    base_ms, new_ms = float(np.median(runs[0])), float(np.median(runs[1]))
+    return Check("speed", "skipped", f"not judged: BASE/NEW speed-up {speedup:.3f} ({low:.3f}–{high:.3f}) from the "
+                 f"recorded runs only ({reason}; each build timed its own, separately, so load on either run is in "
+                 "the ratio); pass both build folders to time them side by side.", round(base_ms, 4),
+                 round(new_ms, 4), round(new_ms / base_ms - 1, 4), thresholds.max_slowdown,
+                 {"speedup": round(speedup, 4), "interval": [round(low, 4), round(high, 4)]})
 
 
 def _recorded_runs(report: dict) -> list[float] | None:
