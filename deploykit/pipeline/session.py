@@ -239,12 +239,10 @@ class BuildSession:
                                                                        "outputs back from its device"}}
         quality = self._quality_of(measured["outputs"])
         tolerance = self.options.host_device_tolerance
-        differences = {}
-        for name in ("cosine_mean", "agreement", "accuracy"):
-            on_host = host["fidelity"].get(name) if name != "accuracy" else host["accuracy"]
-            on_device = quality["fidelity"].get(name) if name != "accuracy" else quality["accuracy"]
-            if on_host is not None and on_device is not None:
-                differences[name] = round(float(on_device - on_host), 6)
+        on_host, on_device = ({**found["fidelity"], "accuracy": found["accuracy"]} for found in (host, quality))
+        differences = {name: round(float(on_device[name] - on_host[name]), 6)
+                       for name in ("cosine_mean", "agreement", "accuracy")
+                       if on_host.get(name) is not None and on_device.get(name) is not None}
         quality["validated_on"] = {
             "where": "device", "device": runner.device_name, "runtime": measured["runtime"],
             "host": {"fidelity": host["fidelity"], "accuracy": host["accuracy"]},
